@@ -1,0 +1,64 @@
+// Elementwise maps: out (+)= f(a, b), with b broadcast over rows, columns or as a scalar.
+//
+// One parameter struct for the family; `op` selects the map and is uniform across the dispatch,
+// so the switch costs no divergence.
+
+struct Params {
+    n: u32,          // elements in `out`
+    op: u32,         // see the OP_* constants
+    bcast: u32,      // how `b` is indexed, see the B_* constants
+    cols: u32,       // row length for row/column broadcast
+    accumulate: u32, // 1: out += v, 0: out = v
+    alpha: f32,
+    beta: f32,
+    _pad: u32,
+}
+
+const OP_AXPBY: u32 = 0u;     // alpha*a + beta*b
+const OP_MUL: u32 = 1u;       // alpha*a*b
+const OP_MASK_POS: u32 = 2u;  // b where a > 0 else 0 (ReLU backward with a = x, b = dy)
+const OP_AFFINE: u32 = 3u;    // alpha*a + beta (b unused)
+const OP_RELU: u32 = 4u;      // max(a, 0) (b unused)
+
+const B_FULL: u32 = 0u;
+const B_ROW: u32 = 1u;    // b[i % cols]: a bias row added to every row
+const B_COL: u32 = 2u;    // b[i / cols]: one value per row
+const B_SCALAR: u32 = 3u; // b[0]
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(1) @binding(0) var<storage, read_write> a: array<f32>;
+@group(1) @binding(1) var<storage, read_write> b: array<f32>;
+@group(1) @binding(2) var<storage, read_write> out: array<f32>;
+
+const WG: u32 = 256u;
+
+fn b_at(i: u32) -> f32 {
+    switch p.bcast {
+        case 1u: { return b[i % p.cols]; }
+        case 2u: { return b[i / p.cols]; }
+        case 3u: { return b[0]; }
+        default: { return b[i]; }
+    }
+}
+
+@compute @workgroup_size(256)
+fn map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= p.n {
+        return;
+    }
+    let x = a[i];
+    var v: f32;
+    switch p.op {
+        case 0u: { v = p.alpha * x + p.beta * b_at(i); }
+        case 1u: { v = p.alpha * x * b_at(i); }
+        case 2u: { v = select(0.0, b_at(i), x > 0.0); }
+        case 3u: { v = p.alpha * x + p.beta; }
+        default: { v = max(x, 0.0); }
+    }
+    if p.accumulate != 0u {
+        out[i] = out[i] + v;
+    } else {
+        out[i] = v;
+    }
+}

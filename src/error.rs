@@ -1,0 +1,71 @@
+//! One error type for the whole crate: every failure a user can cause is reported here with
+//! enough context (the op, the shapes, the file, the limit) to fix it without a backtrace.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no GPU adapter found (backends tried: {tried}).\n{hint}\n\
+         On Debian/Ubuntu without a GPU, install Mesa's software Vulkan driver: \
+         `sudo apt-get install mesa-vulkan-drivers` (it provides the llvmpipe adapter).\n\
+         Choose a backend with WGPU_BACKEND=vulkan|gl|metal|dx12 and an adapter with WGPU_ADAPTER_NAME=<part of its name>."
+    )]
+    NoAdapter { tried: String, hint: String },
+
+    #[error("could not open the GPU device on {adapter}: {reason}")]
+    Device { adapter: String, reason: String },
+
+    #[error("GPU error: {0}")]
+    Gpu(String),
+
+    #[error(
+        "not enough GPU memory for `{what}`: it needs {needed} bytes but the adapter allows {limit} bytes{advice}"
+    )]
+    OutOfMemory {
+        what: String,
+        needed: u64,
+        limit: u64,
+        advice: String,
+    },
+
+    #[error("shape mismatch in `{op}`: {detail}")]
+    Shape { op: &'static str, detail: String },
+
+    #[error("invalid setting: {0}")]
+    Config(String),
+
+    #[error("{}: {what}", path.display())]
+    Data { path: PathBuf, what: String },
+
+    #[error("checkpoint {}: {what}", path.display())]
+    Checkpoint { path: PathBuf, what: String },
+
+    #[error("non-finite value at step {step}: first seen in `{op}`")]
+    NonFinite { step: u64, op: String },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    pub fn shape(op: &'static str, detail: impl Into<String>) -> Self {
+        Error::Shape {
+            op,
+            detail: detail.into(),
+        }
+    }
+
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,16 @@
+//! `contrastive`: contrastive self-supervised learning on any GPU through wgpu.
+//!
+//! Layers, bottom up:
+//! - [`gpu`]: adapter choice, buffers, cached pipelines, the one-submission-per-step recorder;
+//! - [`memory`]: tensors and the arenas that hold them (the memory plan);
+//! - [`kernels`]: the WGSL kernel families, each with its CPU reference;
+//! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker.
+
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod memory;
+
+pub use error::{Error, Result};
+pub use gpu::Gpu;
+pub use memory::{Arena, Shape, Tensor};

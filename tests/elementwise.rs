@@ -1,0 +1,112 @@
+mod common;
+
+use common::*;
+use contrastive::kernels::elementwise::{self, Broadcast, Map};
+use contrastive::Arena;
+
+const MAPS: [Map; 5] = [
+    Map::Axpby {
+        alpha: 1.0,
+        beta: -1.0,
+    },
+    Map::Mul { alpha: 0.5 },
+    Map::MaskPositive,
+    Map::Affine {
+        alpha: -2.0,
+        beta: 0.25,
+    },
+    Map::Relu,
+];
+
+#[test]
+fn every_map_and_broadcast_matches_reference() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    for &(rows, cols) in &[(1, 1), (1, 3), (17, 31), (129, 64), (3, 257)] {
+        for (bi, bcast) in [
+            Broadcast::Full,
+            Broadcast::Row,
+            Broadcast::Col,
+            Broadcast::Scalar,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let blen = match bcast {
+                Broadcast::Full => rows * cols,
+                Broadcast::Row => cols,
+                Broadcast::Col => rows,
+                Broadcast::Scalar => 1,
+            };
+            let a = rand_vec(rows * cols, 1 + bi as u64);
+            let b = rand_vec(blen, 2 + bi as u64);
+            let prev = rand_vec(rows * cols, 3);
+            let ta = arena.upload(&gpu, [rows, cols], &a).unwrap();
+            let tb = arena.upload(&gpu, [blen], &b).unwrap();
+            for m in MAPS {
+                for acc in [false, true] {
+                    let out = arena.upload(&gpu, [rows, cols], &prev).unwrap();
+                    elementwise::map(&gpu, m, &ta, &tb, bcast, &out, acc).unwrap();
+                    let got: Vec<f32> = gpu.read(out.region).unwrap();
+                    let want = elementwise::reference(m, &a, &b, bcast, cols, &prev, acc);
+                    assert_close(
+                        &format!("{m:?} {bcast:?} {rows}x{cols} acc={acc}"),
+                        &got,
+                        &want,
+                        1e-6,
+                        1e-6,
+                    );
+                }
+            }
+            arena.reset();
+        }
+    }
+}
+
+#[test]
+fn large_launch_folds_into_second_grid_dimension() {
+    // 65535 workgroups of 256 is the 1-D limit; go past it.
+    let n = 65535 * 256 + 1000;
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let a: Vec<f32> = (0..n).map(|i| (i % 1000) as f32).collect();
+    let ta = arena.upload(&gpu, [n], &a).unwrap();
+    let out = arena.tensor(&gpu, [n]).unwrap();
+    elementwise::map(
+        &gpu,
+        Map::Affine {
+            alpha: 2.0,
+            beta: 1.0,
+        },
+        &ta,
+        &ta,
+        Broadcast::Full,
+        &out,
+        false,
+    )
+    .unwrap();
+    let got: Vec<f32> = gpu.read(out.region).unwrap();
+    for i in [0, 1, 65535 * 256 - 1, 65535 * 256, n - 1] {
+        assert_eq!(got[i], 2.0 * a[i] + 1.0, "index {i}");
+    }
+}
+
+#[test]
+fn broadcast_shape_mismatch_is_an_error_naming_the_shapes() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let a = arena.tensor(&gpu, [4, 3]).unwrap();
+    let b = arena.tensor(&gpu, [4]).unwrap();
+    let err = elementwise::map(
+        &gpu,
+        Map::Mul { alpha: 1.0 },
+        &a,
+        &b,
+        Broadcast::Row,
+        &a,
+        false,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("[4]") && err.contains("[4, 3]"), "{err}");
+}
