@@ -6,6 +6,7 @@
 //! - [`kernels`]: the WGSL kernel families, each with its CPU reference;
 //! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker.
 
+pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
