@@ -117,6 +117,7 @@ fn truncated_corrupt_and_wrong_magic_files_are_named_errors() {
     .unwrap();
     assert!(err_of(&dir).contains("do not belong together"));
 
+    write_mnist_like(&dir, "train", 4, false);
     std::fs::remove_file(dir.join("t10k-images-idx3-ubyte")).unwrap();
     assert!(err_of(&dir).contains("not found"));
 }
