@@ -19,6 +19,8 @@ const OP_MUL: u32 = 1u;       // alpha*a*b
 const OP_MASK_POS: u32 = 2u;  // b where a > 0 else 0 (ReLU backward with a = x, b = dy)
 const OP_AFFINE: u32 = 3u;    // alpha*a + beta (b unused)
 const OP_RELU: u32 = 4u;      // max(a, 0) (b unused)
+const OP_BROADCAST: u32 = 5u; // alpha*b (a unused): spreads a row, column or scalar
+const OP_FILL: u32 = 6u;      // alpha (a and b unused)
 
 const B_FULL: u32 = 0u;
 const B_ROW: u32 = 1u;    // b[i % cols]: a bias row added to every row
@@ -47,18 +49,50 @@ fn map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     if i >= p.n {
         return;
     }
-    let x = a[i];
     var v: f32;
+    // `a` is not read by the ops that ignore it: it may be uninitialised memory (even NaN).
     switch p.op {
-        case 0u: { v = p.alpha * x + p.beta * b_at(i); }
-        case 1u: { v = p.alpha * x * b_at(i); }
-        case 2u: { v = select(0.0, b_at(i), x > 0.0); }
-        case 3u: { v = p.alpha * x + p.beta; }
-        default: { v = max(x, 0.0); }
+        case 0u: { v = p.alpha * a[i] + p.beta * b_at(i); }
+        case 1u: { v = p.alpha * a[i] * b_at(i); }
+        case 2u: { v = select(0.0, b_at(i), a[i] > 0.0); }
+        case 3u: { v = p.alpha * a[i] + p.beta; }
+        case 4u: { v = max(a[i], 0.0); }
+        case 5u: { v = p.alpha * b_at(i); }
+        default: { v = p.alpha; }
     }
     if p.accumulate != 0u {
         out[i] = out[i] + v;
     } else {
         out[i] = v;
+    }
+}
+
+// Column-block copy between a narrow matrix `a` [rows, cols] and a wide one `b` [rows, wide_cols]
+// at column offset `col0`. `from_wide` 0 writes the block into b (concatenation), 1 reads it back
+// out into a (the concatenation's backward).
+struct CopyParams {
+    n: u32, // rows * cols
+    cols: u32,
+    wide_cols: u32,
+    col0: u32,
+    from_wide: u32,
+    accumulate: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> cp: CopyParams;
+
+@compute @workgroup_size(256)
+fn copy_cols(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= cp.n {
+        return;
+    }
+    let j = (i / cp.cols) * cp.wide_cols + cp.col0 + (i % cp.cols);
+    if cp.from_wide == 0u {
+        b[j] = select(0.0, b[j], cp.accumulate != 0u) + a[i];
+    } else {
+        a[i] = select(0.0, a[i], cp.accumulate != 0u) + b[j];
     }
 }

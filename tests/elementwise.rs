@@ -1,10 +1,12 @@
 mod common;
 
 use common::*;
-use contrastive::kernels::elementwise::{self, Broadcast, Map};
+use contrastive::kernels::elementwise::{self, Broadcast, Direction, Map};
 use contrastive::Arena;
 
-const MAPS: [Map; 5] = [
+const MAPS: [Map; 7] = [
+    Map::Broadcast { alpha: 3.0 },
+    Map::Fill { alpha: -1.5 },
     Map::Axpby {
         alpha: 1.0,
         beta: -1.0,
@@ -109,4 +111,40 @@ fn broadcast_shape_mismatch_is_an_error_naming_the_shapes() {
     .unwrap_err()
     .to_string();
     assert!(err.contains("[4]") && err.contains("[4, 3]"), "{err}");
+}
+
+#[test]
+fn column_block_copy_both_ways() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    for &(rows, c, wide, col0) in &[(1, 1, 1, 0), (3, 1, 5, 0), (17, 4, 31, 27), (5, 30, 31, 1)] {
+        let a = rand_vec(rows * c, 1);
+        let b = rand_vec(rows * wide, 2);
+        let ta = arena.upload(&gpu, [rows, c], &a).unwrap();
+        let tb = arena.upload(&gpu, [rows, wide], &b).unwrap();
+        elementwise::copy_cols(&gpu, &ta, &tb, col0, Direction::IntoWide, true).unwrap();
+        let got: Vec<f32> = gpu.read(tb.region).unwrap();
+        for r in 0..rows {
+            for j in 0..wide {
+                let inside = (col0..col0 + c).contains(&j);
+                let want = b[r * wide + j] + if inside { a[r * c + j - col0] } else { 0.0 };
+                assert_eq!(
+                    got[r * wide + j],
+                    want,
+                    "into wide {rows}x{wide} at ({r},{j})"
+                );
+            }
+        }
+        elementwise::copy_cols(&gpu, &ta, &tb, col0, Direction::FromWide, false).unwrap();
+        let back: Vec<f32> = gpu.read(ta.region).unwrap();
+        for r in 0..rows {
+            for j in 0..c {
+                assert_eq!(back[r * c + j], got[r * wide + col0 + j]);
+            }
+        }
+        arena.reset();
+    }
+    let a = arena.tensor(&gpu, [2, 3]).unwrap();
+    let b = arena.tensor(&gpu, [2, 4]).unwrap();
+    assert!(elementwise::copy_cols(&gpu, &a, &b, 2, Direction::IntoWide, false).is_err());
 }

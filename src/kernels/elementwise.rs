@@ -23,6 +23,10 @@ pub enum Map {
     Affine { alpha: f32, beta: f32 },
     /// `max(a, 0)` (b is not read).
     Relu,
+    /// `alpha·b` (a is not read): spreads a row, a column or a scalar over the output.
+    Broadcast { alpha: f32 },
+    /// `alpha` everywhere (neither a nor b is read).
+    Fill { alpha: f32 },
 }
 
 /// How the second operand is indexed for output element `i` of a `[rows, cols]` output.
@@ -59,11 +63,16 @@ impl Map {
             Map::MaskPositive => (2, 0.0, 0.0),
             Map::Affine { alpha, beta } => (3, alpha, beta),
             Map::Relu => (4, 0.0, 0.0),
+            Map::Broadcast { alpha } => (5, alpha, 0.0),
+            Map::Fill { alpha } => (6, alpha, 0.0),
         }
     }
 
     fn reads_b(&self) -> bool {
-        !matches!(self, Map::Affine { .. } | Map::Relu)
+        matches!(
+            self,
+            Map::Axpby { .. } | Map::Mul { .. } | Map::MaskPositive | Map::Broadcast { .. }
+        )
     }
 }
 
@@ -77,8 +86,8 @@ fn b_len(bcast: Broadcast, rows: usize, cols: usize) -> usize {
     }
 }
 
-/// `out (+)= map(a, b)`. `a` and `out` have the same element count; `b` is ignored by
-/// [`Map::Affine`] and [`Map::Relu`] (pass any tensor, e.g. `a`).
+/// `out (+)= map(a, b)`. `a` and `out` have the same element count; maps that do not read an
+/// operand accept any tensor for it (e.g. `out` itself).
 pub fn map(
     gpu: &Gpu,
     m: Map,
@@ -89,7 +98,7 @@ pub fn map(
     accumulate: bool,
 ) -> Result<()> {
     let (rows, cols) = out.shape.rows_cols();
-    if a.numel() != out.numel() {
+    if a.numel() != out.numel() && !matches!(m, Map::Broadcast { .. } | Map::Fill { .. }) {
         return Err(Error::shape(
             "elementwise",
             format!(
@@ -159,6 +168,8 @@ pub fn reference(
                 }
                 Map::Affine { alpha, beta } => alpha as f64 * x + beta as f64,
                 Map::Relu => x.max(0.0),
+                Map::Broadcast { alpha } => alpha as f64 * bi(),
+                Map::Fill { alpha } => alpha as f64,
             };
             if accumulate {
                 out[i] as f64 + v
@@ -167,4 +178,64 @@ pub fn reference(
             }
         })
         .collect()
+}
+
+const COPY_COLS: crate::gpu::Kernel = kernel!("elementwise.wgsl", "copy_cols", 2);
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct CopyParams {
+    n: u32,
+    cols: u32,
+    wide_cols: u32,
+    col0: u32,
+    from_wide: u32,
+    accumulate: u32,
+    _pad: [u32; 2],
+}
+
+/// Which way [`copy_cols`] moves data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    /// Write the narrow matrix into the wide one's column block (concatenation).
+    IntoWide,
+    /// Read the wide matrix's column block into the narrow one (the concatenation's backward).
+    FromWide,
+}
+
+/// Copies between `narrow` [rows, c] and columns `col0..col0+c` of `wide` [rows, C].
+pub fn copy_cols(
+    gpu: &Gpu,
+    narrow: &Tensor,
+    wide: &Tensor,
+    col0: usize,
+    dir: Direction,
+    accumulate: bool,
+) -> Result<()> {
+    let (rows, c) = narrow.shape.rows_cols();
+    let (wrows, wc) = wide.shape.rows_cols();
+    if rows != wrows || col0 + c > wc {
+        return Err(Error::shape(
+            "concat",
+            format!(
+                "block {:?} at column {col0} does not fit in {:?}",
+                narrow.shape, wide.shape
+            ),
+        ));
+    }
+    let params = CopyParams {
+        n: narrow.numel() as u32,
+        cols: c.max(1) as u32,
+        wide_cols: wc as u32,
+        col0: col0 as u32,
+        from_wide: (dir == Direction::FromWide) as u32,
+        accumulate: accumulate as u32,
+        _pad: [0; 2],
+    };
+    gpu.dispatch(
+        &COPY_COLS,
+        &params,
+        &[narrow.region, wide.region],
+        grid_1d(narrow.numel(), 256),
+    )
 }
