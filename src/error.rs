@@ -43,6 +43,19 @@ pub enum Error {
     #[error("checkpoint {}: {what}", path.display())]
     Checkpoint { path: PathBuf, what: String },
 
+    #[error(
+        "gradient check failed for input {input} at index {index}: analytic {analytic:.6e}, \
+         finite difference {numeric:.6e} (|diff| {diff:.3e} > {bound:.3e})"
+    )]
+    Gradient {
+        input: usize,
+        index: usize,
+        analytic: f64,
+        numeric: f64,
+        diff: f64,
+        bound: f64,
+    },
+
     #[error("non-finite value at step {step}: first seen in `{op}`")]
     NonFinite { step: u64, op: String },
 

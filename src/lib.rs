@@ -6,11 +6,13 @@
 //! - [`kernels`]: the WGSL kernel families, each with its CPU reference;
 //! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker.
 
+pub mod autodiff;
 pub mod data;
 pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod memory;
+pub mod nn;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
