@@ -57,7 +57,11 @@ pub struct Input {
 impl Input {
     pub fn new(shape: impl Into<Shape>, data: Vec<f32>) -> Input {
         let shape = shape.into();
-        assert_eq!(shape.numel(), data.len(), "input data does not match its shape");
+        assert_eq!(
+            shape.numel(),
+            data.len(),
+            "input data does not match its shape"
+        );
         Input { shape, data }
     }
 }
@@ -113,7 +117,9 @@ where
     let mut arena = Arena::for_gpu("gradcheck", gpu);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(tol.seed);
     let (y0, _) = evaluate(gpu, &mut arena, inputs, &f, None)?;
-    let r: Vec<f32> = (0..y0.len()).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let r: Vec<f32> = (0..y0.len())
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
     let (_, analytic) = evaluate(gpu, &mut arena, inputs, &f, Some(&r))?;
 
     let mut xs: Vec<Input> = inputs
@@ -126,7 +132,9 @@ where
         let coords: Vec<usize> = if n <= tol.max_coords {
             (0..n).collect()
         } else {
-            (0..tol.max_coords).map(|_| rng.random_range(0..n)).collect()
+            (0..tol.max_coords)
+                .map(|_| rng.random_range(0..n))
+                .collect()
         };
         for i in coords {
             let x0 = xs[k].data[i];

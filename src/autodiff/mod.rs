@@ -33,26 +33,86 @@ pub struct Var(usize);
 /// A recorded op: its inputs and whatever its backward needs that is not an input or the output.
 #[derive(Clone, Debug)]
 enum Op {
-    MatMul { a: Var, b: Var, trans: Trans, alpha: f32 },
+    MatMul {
+        a: Var,
+        b: Var,
+        trans: Trans,
+        alpha: f32,
+    },
     /// `x·wᵀ + b`, then ReLU if `relu` (PyTorch's Linear layout: w is [out, in]).
-    Linear { x: Var, w: Var, b: Option<Var>, relu: bool },
-    Add { a: Var, b: Var },
-    Sub { a: Var, b: Var },
-    Mul { a: Var, b: Var },
-    AddBias { x: Var, b: Var },
-    Scale { x: Var, s: f32 },
-    Relu { x: Var },
+    Linear {
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        relu: bool,
+    },
+    Add {
+        a: Var,
+        b: Var,
+    },
+    Sub {
+        a: Var,
+        b: Var,
+    },
+    Mul {
+        a: Var,
+        b: Var,
+    },
+    AddBias {
+        x: Var,
+        b: Var,
+    },
+    Scale {
+        x: Var,
+        s: f32,
+    },
+    Relu {
+        x: Var,
+    },
     /// Sum or mean along an axis.
-    Reduce { x: Var, mean: bool, axis: Axis },
-    L2Normalize { x: Var, norms: Tensor },
+    Reduce {
+        x: Var,
+        mean: bool,
+        axis: Axis,
+    },
+    L2Normalize {
+        x: Var,
+        norms: Tensor,
+    },
     /// Per-row softmax cross-entropy; `dlogits` is the fused forward's gradient of each row's loss.
-    SoftmaxXent { logits: Var, dlogits: Tensor },
-    ConcatCols { a: Var, b: Var },
-    Reshape { x: Var },
-    Conv2d { x: Var, w: Var, b: Option<Var>, geom: Conv2d, relu: bool },
-    BatchNorm { x: Var, gamma: Var, beta: Var, mean: Tensor, invstd: Tensor, bn: BatchNorm },
-    AvgPoolGlobal { x: Var },
-    MaxPool2x2 { x: Var, argmax: Tensor },
+    SoftmaxXent {
+        logits: Var,
+        dlogits: Tensor,
+    },
+    ConcatCols {
+        a: Var,
+        b: Var,
+    },
+    Reshape {
+        x: Var,
+    },
+    Conv2d {
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        geom: Conv2d,
+        relu: bool,
+    },
+    BatchNorm {
+        x: Var,
+        gamma: Var,
+        beta: Var,
+        mean: Tensor,
+        invstd: Tensor,
+        bn: BatchNorm,
+    },
+    AvgPoolGlobal {
+        x: Var,
+    },
+    MaxPool2x2 {
+        x: Var,
+        argmax: Tensor,
+    },
 }
 
 impl Op {
@@ -219,11 +279,27 @@ impl<'a> Graph<'a> {
     }
 
     pub fn add(&mut self, a: Var, b: Var) -> Result<Var> {
-        self.binary_map(a, b, Map::Axpby { alpha: 1.0, beta: 1.0 }, Op::Add { a, b })
+        self.binary_map(
+            a,
+            b,
+            Map::Axpby {
+                alpha: 1.0,
+                beta: 1.0,
+            },
+            Op::Add { a, b },
+        )
     }
 
     pub fn sub(&mut self, a: Var, b: Var) -> Result<Var> {
-        self.binary_map(a, b, Map::Axpby { alpha: 1.0, beta: -1.0 }, Op::Sub { a, b })
+        self.binary_map(
+            a,
+            b,
+            Map::Axpby {
+                alpha: 1.0,
+                beta: -1.0,
+            },
+            Op::Sub { a, b },
+        )
     }
 
     pub fn mul(&mut self, a: Var, b: Var) -> Result<Var> {
@@ -231,7 +307,14 @@ impl<'a> Graph<'a> {
     }
 
     pub fn scale(&mut self, x: Var, s: f32) -> Result<Var> {
-        self.unary_map(x, Map::Affine { alpha: s, beta: 0.0 }, Op::Scale { x, s })
+        self.unary_map(
+            x,
+            Map::Affine {
+                alpha: s,
+                beta: 0.0,
+            },
+            Op::Scale { x, s },
+        )
     }
 
     pub fn relu(&mut self, x: Var) -> Result<Var> {
@@ -242,7 +325,18 @@ impl<'a> Graph<'a> {
     pub fn add_bias(&mut self, x: Var, b: Var) -> Result<Var> {
         let (xv, bv) = (self.value(x), self.value(b));
         let out = self.alloc(xv.shape)?;
-        elementwise::map(self.gpu, Map::Axpby { alpha: 1.0, beta: 1.0 }, &xv, &bv, Broadcast::Row, &out, false)?;
+        elementwise::map(
+            self.gpu,
+            Map::Axpby {
+                alpha: 1.0,
+                beta: 1.0,
+            },
+            &xv,
+            &bv,
+            Broadcast::Row,
+            &out,
+            false,
+        )?;
         let g = self.needs(&[x, b]);
         Ok(self.push(out, Some(Op::AddBias { x, b }), g))
     }
@@ -252,7 +346,10 @@ impl<'a> Graph<'a> {
         let xv = self.value(x);
         let shape = shape.into();
         if shape.numel() != xv.numel() {
-            return Err(Error::shape("reshape", format!("{:?} to {shape:?}", xv.shape)));
+            return Err(Error::shape(
+                "reshape",
+                format!("{:?} to {shape:?}", xv.shape),
+            ));
         }
         let g = self.needs(&[x]);
         Ok(self.push(xv.reshape(shape), Some(Op::Reshape { x }), g))
@@ -269,7 +366,11 @@ impl<'a> Graph<'a> {
             Trans::TN => (ac, bc),
         };
         let out = self.alloc([m, n])?;
-        let spec = Matmul { trans, alpha, ..Default::default() };
+        let spec = Matmul {
+            trans,
+            alpha,
+            ..Default::default()
+        };
         matmul::matmul(self.gpu, &av, &bv, &out, &spec)?;
         let g = self.needs(&[a, b]);
         Ok(self.push(out, Some(Op::MatMul { a, b, trans, alpha }), g))
@@ -372,7 +473,10 @@ impl<'a> Graph<'a> {
         let (ar, ac) = av.shape.rows_cols();
         let (br, bc) = bv.shape.rows_cols();
         if ar != br {
-            return Err(Error::shape("concat_cols", format!("{:?} and {:?} differ in rows", av.shape, bv.shape)));
+            return Err(Error::shape(
+                "concat_cols",
+                format!("{:?} and {:?} differ in rows", av.shape, bv.shape),
+            ));
         }
         let out = self.alloc([ar, ac + bc])?;
         elementwise::copy_cols(self.gpu, &av, &out, 0, Direction::IntoWide, false)?;
@@ -382,12 +486,22 @@ impl<'a> Graph<'a> {
     }
 
     /// 2-D convolution over NHWC `x` with weights [Cout, KH, KW, Cin], optional bias and ReLU.
-    pub fn conv2d(&mut self, x: Var, w: Var, b: Option<Var>, geom: Conv2d, relu: bool) -> Result<Var> {
+    pub fn conv2d(
+        &mut self,
+        x: Var,
+        w: Var,
+        b: Option<Var>,
+        geom: Conv2d,
+        relu: bool,
+    ) -> Result<Var> {
         let (xv, wv) = (self.value(x), self.value(w));
         if xv.shape.rank() != 4 || wv.shape.rank() != 4 {
             return Err(Error::shape(
                 "conv2d",
-                format!("input {:?} must be [N,H,W,C] and weights {:?} [Cout,KH,KW,Cin]", xv.shape, wv.shape),
+                format!(
+                    "input {:?} must be [N,H,W,C] and weights {:?} [Cout,KH,KW,Cin]",
+                    xv.shape, wv.shape
+                ),
             ));
         }
         let d = xv.shape.dims();
@@ -398,7 +512,17 @@ impl<'a> Graph<'a> {
         let mut inputs = vec![x, w];
         inputs.extend(b);
         let g = self.needs(&inputs);
-        Ok(self.push(out, Some(Op::Conv2d { x, w, b, geom, relu }), g))
+        Ok(self.push(
+            out,
+            Some(Op::Conv2d {
+                x,
+                w,
+                b,
+                geom,
+                relu,
+            }),
+            g,
+        ))
     }
 
     /// Batch normalisation over the channels (last dimension). In train mode it uses batch
@@ -425,10 +549,26 @@ impl<'a> Graph<'a> {
         let mean = self.alloc([bn.groups, c])?;
         let invstd = self.alloc([bn.groups, c])?;
         batchnorm::forward_train(
-            self.gpu, &xv, &gv, &bv, &out, &mean, &invstd, running_mean, running_var, bn,
+            self.gpu,
+            &xv,
+            &gv,
+            &bv,
+            &out,
+            &mean,
+            &invstd,
+            running_mean,
+            running_var,
+            bn,
         )?;
         let g = self.needs(&[x, gamma, beta]);
-        let op = Op::BatchNorm { x, gamma, beta, mean, invstd, bn: *bn };
+        let op = Op::BatchNorm {
+            x,
+            gamma,
+            beta,
+            mean,
+            invstd,
+            bn: *bn,
+        };
         Ok(self.push(out, Some(op), g))
     }
 
@@ -436,7 +576,10 @@ impl<'a> Graph<'a> {
     pub fn avg_pool_global(&mut self, x: Var) -> Result<Var> {
         let xv = self.value(x);
         if xv.shape.rank() != 4 {
-            return Err(Error::shape("avg_pool_global", format!("input {:?} must be [N,H,W,C]", xv.shape)));
+            return Err(Error::shape(
+                "avg_pool_global",
+                format!("input {:?} must be [N,H,W,C]", xv.shape),
+            ));
         }
         let out = self.alloc([xv.shape.dim(0), xv.shape.dim(3)])?;
         pool::avgpool_global(self.gpu, &xv, &out)?;
@@ -448,7 +591,10 @@ impl<'a> Graph<'a> {
     pub fn max_pool_2x2(&mut self, x: Var) -> Result<Var> {
         let xv = self.value(x);
         if xv.shape.rank() != 4 {
-            return Err(Error::shape("max_pool_2x2", format!("input {:?} must be [N,H,W,C]", xv.shape)));
+            return Err(Error::shape(
+                "max_pool_2x2",
+                format!("input {:?} must be [N,H,W,C]", xv.shape),
+            ));
         }
         let d = xv.shape.dims();
         let out = self.alloc([d[0], d[1] / 2, d[2] / 2, d[3]])?;
@@ -462,10 +608,21 @@ impl<'a> Graph<'a> {
     pub fn backward(&mut self, loss: Var) -> Result<()> {
         let lv = self.value(loss);
         if lv.numel() != 1 {
-            return Err(Error::shape("backward", format!("the loss must have one element, not {:?}", lv.shape)));
+            return Err(Error::shape(
+                "backward",
+                format!("the loss must have one element, not {:?}", lv.shape),
+            ));
         }
         let seed = self.alloc(lv.shape)?;
-        elementwise::map(self.gpu, Map::Fill { alpha: 1.0 }, &seed, &seed, Broadcast::Full, &seed, false)?;
+        elementwise::map(
+            self.gpu,
+            Map::Fill { alpha: 1.0 },
+            &seed,
+            &seed,
+            Broadcast::Full,
+            &seed,
+            false,
+        )?;
         self.backward_with(loss, seed)
     }
 
@@ -494,7 +651,11 @@ impl<'a> Graph<'a> {
 
     /// Calls `f(grad, accumulate)` to add a contribution to `v`'s gradient, allocating the gradient
     /// on first use. Does nothing for values that need no gradient.
-    fn contribute(&mut self, v: Var, f: impl FnOnce(&Gpu, &Tensor, bool) -> Result<()>) -> Result<()> {
+    fn contribute(
+        &mut self,
+        v: Var,
+        f: impl FnOnce(&Gpu, &Tensor, bool) -> Result<()>,
+    ) -> Result<()> {
         if !self.nodes[v.0].needs_grad {
             return Ok(());
         }
@@ -509,12 +670,24 @@ impl<'a> Graph<'a> {
     }
 
     /// `grad(v) += map(a, b)` elementwise.
-    fn contribute_map(&mut self, v: Var, m: Map, a: Tensor, b: Tensor, bcast: Broadcast) -> Result<()> {
-        self.contribute(v, |gpu, g, acc| elementwise::map(gpu, m, &a, &b, bcast, g, acc))
+    fn contribute_map(
+        &mut self,
+        v: Var,
+        m: Map,
+        a: Tensor,
+        b: Tensor,
+        bcast: Broadcast,
+    ) -> Result<()> {
+        self.contribute(v, |gpu, g, acc| {
+            elementwise::map(gpu, m, &a, &b, bcast, g, acc)
+        })
     }
 
     fn backward_op(&mut self, op: &Op, out: Tensor, dout: Tensor) -> Result<()> {
-        const COPY: Map = Map::Affine { alpha: 1.0, beta: 0.0 };
+        const COPY: Map = Map::Affine {
+            alpha: 1.0,
+            beta: 0.0,
+        };
         let full = Broadcast::Full;
         match *op {
             Op::Add { a, b } => {
@@ -523,14 +696,32 @@ impl<'a> Graph<'a> {
             }
             Op::Sub { a, b } => {
                 self.contribute_map(a, COPY, dout, dout, full)?;
-                self.contribute_map(b, Map::Affine { alpha: -1.0, beta: 0.0 }, dout, dout, full)?;
+                self.contribute_map(
+                    b,
+                    Map::Affine {
+                        alpha: -1.0,
+                        beta: 0.0,
+                    },
+                    dout,
+                    dout,
+                    full,
+                )?;
             }
             Op::Mul { a, b } => {
                 let (av, bv) = (self.value(a), self.value(b));
                 self.contribute_map(a, Map::Mul { alpha: 1.0 }, dout, bv, full)?;
                 self.contribute_map(b, Map::Mul { alpha: 1.0 }, dout, av, full)?;
             }
-            Op::Scale { x, s } => self.contribute_map(x, Map::Affine { alpha: s, beta: 0.0 }, dout, dout, full)?,
+            Op::Scale { x, s } => self.contribute_map(
+                x,
+                Map::Affine {
+                    alpha: s,
+                    beta: 0.0,
+                },
+                dout,
+                dout,
+                full,
+            )?,
             Op::Relu { x } => self.contribute_map(x, Map::MaskPositive, out, dout, full)?,
             Op::Reshape { x } => {
                 let shape = self.shape(x);
@@ -538,7 +729,9 @@ impl<'a> Graph<'a> {
             }
             Op::AddBias { x, b } => {
                 self.contribute_map(x, COPY, dout, dout, full)?;
-                self.contribute(b, |gpu, g, acc| reduce::reduce(gpu, &dout, g, Reduce::Sum, Axis::Cols, acc))?;
+                self.contribute(b, |gpu, g, acc| {
+                    reduce::reduce(gpu, &dout, g, Reduce::Sum, Axis::Cols, acc)
+                })?;
             }
             Op::Reduce { x, mean, axis } => {
                 let (rows, cols) = self.shape(x).rows_cols();
@@ -559,7 +752,12 @@ impl<'a> Graph<'a> {
                 };
                 for (v, (x, y, t)) in [(a, da), (b, db)] {
                     self.contribute(v, |gpu, g, acc| {
-                        let spec = Matmul { trans: t, alpha, accumulate: acc, ..Default::default() };
+                        let spec = Matmul {
+                            trans: t,
+                            alpha,
+                            accumulate: acc,
+                            ..Default::default()
+                        };
                         matmul::matmul(gpu, &x, &y, g, &spec)
                     })?;
                 }
@@ -568,45 +766,103 @@ impl<'a> Graph<'a> {
                 let dpre = self.masked(out, dout, relu)?;
                 let (xv, wv) = (self.value(x), self.value(w));
                 self.contribute(x, |gpu, g, acc| {
-                    matmul::matmul(gpu, &dpre, &wv, g, &Matmul { trans: Trans::NN, accumulate: acc, ..Default::default() })
+                    matmul::matmul(
+                        gpu,
+                        &dpre,
+                        &wv,
+                        g,
+                        &Matmul {
+                            trans: Trans::NN,
+                            accumulate: acc,
+                            ..Default::default()
+                        },
+                    )
                 })?;
                 self.contribute(w, |gpu, g, acc| {
-                    matmul::matmul(gpu, &dpre, &xv, g, &Matmul { trans: Trans::TN, accumulate: acc, ..Default::default() })
+                    matmul::matmul(
+                        gpu,
+                        &dpre,
+                        &xv,
+                        g,
+                        &Matmul {
+                            trans: Trans::TN,
+                            accumulate: acc,
+                            ..Default::default()
+                        },
+                    )
                 })?;
                 if let Some(b) = b {
-                    self.contribute(b, |gpu, g, acc| reduce::reduce(gpu, &dpre, g, Reduce::Sum, Axis::Cols, acc))?;
+                    self.contribute(b, |gpu, g, acc| {
+                        reduce::reduce(gpu, &dpre, g, Reduce::Sum, Axis::Cols, acc)
+                    })?;
                 }
             }
             Op::L2Normalize { x, norms } => {
-                self.contribute(x, |gpu, g, acc| l2norm::l2norm_backward(gpu, &out, &norms, &dout, g, acc))?;
+                self.contribute(x, |gpu, g, acc| {
+                    l2norm::l2norm_backward(gpu, &out, &norms, &dout, g, acc)
+                })?;
             }
             Op::SoftmaxXent { logits, dlogits } => {
-                self.contribute_map(logits, Map::Mul { alpha: 1.0 }, dlogits, dout, Broadcast::Col)?;
+                self.contribute_map(
+                    logits,
+                    Map::Mul { alpha: 1.0 },
+                    dlogits,
+                    dout,
+                    Broadcast::Col,
+                )?;
             }
             Op::ConcatCols { a, b } => {
                 let ac = self.shape(a).rows_cols().1;
                 for (v, col0) in [(a, 0), (b, ac)] {
                     let shape = self.shape(v);
                     self.contribute(v, |gpu, g, acc| {
-                        elementwise::copy_cols(gpu, &g.reshape(shape), &dout, col0, Direction::FromWide, acc)
+                        elementwise::copy_cols(
+                            gpu,
+                            &g.reshape(shape),
+                            &dout,
+                            col0,
+                            Direction::FromWide,
+                            acc,
+                        )
                     })?;
                 }
             }
-            Op::Conv2d { x, w, b, geom, relu } => {
+            Op::Conv2d {
+                x,
+                w,
+                b,
+                geom,
+                relu,
+            } => {
                 let dpre = self.masked(out, dout, relu)?;
                 let (xv, wv) = (self.value(x), self.value(w));
-                self.contribute(x, |gpu, g, acc| conv::backward_input(gpu, &dpre, &wv, g, &geom, acc))?;
-                self.contribute(w, |gpu, g, acc| conv::backward_weight(gpu, &xv, &dpre, g, &geom, acc))?;
+                self.contribute(x, |gpu, g, acc| {
+                    conv::backward_input(gpu, &dpre, &wv, g, &geom, acc)
+                })?;
+                self.contribute(w, |gpu, g, acc| {
+                    conv::backward_weight(gpu, &xv, &dpre, g, &geom, acc)
+                })?;
                 if let Some(b) = b {
-                    self.contribute(b, |gpu, g, acc| reduce::reduce(gpu, &dpre, g, Reduce::Sum, Axis::Cols, acc))?;
+                    self.contribute(b, |gpu, g, acc| {
+                        reduce::reduce(gpu, &dpre, g, Reduce::Sum, Axis::Cols, acc)
+                    })?;
                 }
             }
-            Op::BatchNorm { x, gamma, beta, mean, invstd, bn } => {
+            Op::BatchNorm {
+                x,
+                gamma,
+                beta,
+                mean,
+                invstd,
+                bn,
+            } => {
                 let (xv, gv) = (self.value(x), self.value(gamma));
                 let dgamma = self.param_grad(gamma)?;
                 let dbeta = self.param_grad(beta)?;
                 let run = |gpu: &Gpu, dx: &Tensor, acc: bool| {
-                    batchnorm::backward(gpu, &xv, &dout, &gv, &mean, &invstd, dx, &dgamma, &dbeta, &bn, acc)
+                    batchnorm::backward(
+                        gpu, &xv, &dout, &gv, &mean, &invstd, dx, &dgamma, &dbeta, &bn, acc,
+                    )
                 };
                 if self.nodes[x.0].needs_grad {
                     self.contribute(x, run)?;
@@ -617,10 +873,14 @@ impl<'a> Graph<'a> {
                 }
             }
             Op::AvgPoolGlobal { x } => {
-                self.contribute(x, |gpu, g, acc| pool::avgpool_global_backward(gpu, &dout, g, acc))?;
+                self.contribute(x, |gpu, g, acc| {
+                    pool::avgpool_global_backward(gpu, &dout, g, acc)
+                })?;
             }
             Op::MaxPool2x2 { x, argmax } => {
-                self.contribute(x, |gpu, g, acc| pool::maxpool2x2_backward(gpu, &dout, &argmax, g, acc))?;
+                self.contribute(x, |gpu, g, acc| {
+                    pool::maxpool2x2_backward(gpu, &dout, &argmax, g, acc)
+                })?;
             }
         }
         Ok(())
@@ -632,7 +892,15 @@ impl<'a> Graph<'a> {
             return Ok(dout);
         }
         let d = self.alloc(out.shape)?;
-        elementwise::map(self.gpu, Map::MaskPositive, &out, &dout, Broadcast::Full, &d, false)?;
+        elementwise::map(
+            self.gpu,
+            Map::MaskPositive,
+            &out,
+            &dout,
+            Broadcast::Full,
+            &d,
+            false,
+        )?;
         Ok(d)
     }
 
@@ -645,7 +913,15 @@ impl<'a> Graph<'a> {
         }
         let shape = node.value.shape;
         let t = self.alloc(shape)?;
-        elementwise::map(self.gpu, Map::Fill { alpha: 0.0 }, &t, &t, Broadcast::Full, &t, false)?;
+        elementwise::map(
+            self.gpu,
+            Map::Fill { alpha: 0.0 },
+            &t,
+            &t,
+            Broadcast::Full,
+            &t,
+            false,
+        )?;
         let node = &mut self.nodes[v.0];
         node.grad = Some(t);
         node.grad_written = node.needs_grad;

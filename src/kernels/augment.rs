@@ -225,12 +225,14 @@ pub fn reference(
         if y < 0 || x < 0 || y >= h || x >= w {
             return 0.0;
         }
-        set.images[((img * h as usize + y as usize) * w as usize + x as usize) * c + ch] as f64 / 255.0
+        set.images[((img * h as usize + y as usize) * w as usize + x as usize) * c + ch] as f64
+            / 255.0
     };
     let mut out = vec![];
     for s in samples.chunks(SAMPLE_WORDS) {
         let f = |i: usize| f32::from_bits(s[i]) as f64;
-        let (x0, y0, cw, ch, flip, br, co, img) = (f(0), f(1), f(2), f(3), s[4], f(5), f(6), s[7] as usize);
+        let (x0, y0, cw, ch, flip, br, co, img) =
+            (f(0), f(1), f(2), f(3), s[4], f(5), f(6), s[7] as usize);
         for v in 0..out_h {
             for u in 0..out_w {
                 let uu = if flip != 0 { out_w - 1 - u } else { u };

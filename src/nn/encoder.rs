@@ -52,14 +52,30 @@ struct ConvBn {
 }
 
 impl ConvBn {
-    fn new(p: &mut StoreBuilder, b: &mut StoreBuilder, name: &str, cin: usize, cout: usize, geom: Conv2d) -> Self {
+    fn new(
+        p: &mut StoreBuilder,
+        b: &mut StoreBuilder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        geom: Conv2d,
+    ) -> Self {
         ConvBn {
             conv: ConvLayer::new(p, &format!("{name}.conv"), cin, cout, geom, false),
             bn: BatchNormLayer::new(p, b, &format!("{name}.bn"), cout),
         }
     }
 
-    fn forward(&self, g: &mut Graph, ps: &Store, bs: &Store, x: Var, bn: &BatchNorm, train: bool, relu: bool) -> Result<Var> {
+    fn forward(
+        &self,
+        g: &mut Graph,
+        ps: &Store,
+        bs: &Store,
+        x: Var,
+        bn: &BatchNorm,
+        train: bool,
+        relu: bool,
+    ) -> Result<Var> {
         let y = self.conv.forward(g, ps, x, false)?;
         let y = self.bn.forward(g, ps, bs, y, bn, train)?;
         if relu {
@@ -90,7 +106,11 @@ pub struct Encoder {
 }
 
 impl Encoder {
-    pub fn new(p: &mut StoreBuilder, b: &mut StoreBuilder, config: &EncoderConfig) -> Result<Encoder> {
+    pub fn new(
+        p: &mut StoreBuilder,
+        b: &mut StoreBuilder,
+        config: &EncoderConfig,
+    ) -> Result<Encoder> {
         if config.widths.is_empty() || config.widths.contains(&0) || config.in_channels == 0 {
             return Err(Error::Config(format!(
                 "encoder widths {:?} and input channels {} must be non-empty and positive",
@@ -143,7 +163,12 @@ impl Encoder {
         self.stages
             .iter()
             .map(|s| {
-                (h, w) = s.down.conv.geom.out_hw(h, w).expect("checked at construction");
+                (h, w) = s
+                    .down
+                    .conv
+                    .geom
+                    .out_hw(h, w)
+                    .expect("checked at construction");
                 (h, w, s.down.conv.cout)
             })
             .collect()
@@ -163,7 +188,15 @@ impl Encoder {
 
     /// `x` is [N, H, W, C]. `train` selects batch statistics (and running-average updates) in
     /// BatchNorm; evaluation uses `train = false`.
-    pub fn forward(&self, g: &mut Graph, ps: &Store, bs: &Store, x: Var, bn: &BatchNorm, train: bool) -> Result<Features> {
+    pub fn forward(
+        &self,
+        g: &mut Graph,
+        ps: &Store,
+        bs: &Store,
+        x: Var,
+        bn: &BatchNorm,
+        train: bool,
+    ) -> Result<Features> {
         let mut maps = vec![];
         let mut h = x;
         for s in &self.stages {

@@ -23,10 +23,21 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(p: &mut StoreBuilder, name: &str, in_features: usize, out_features: usize, bias: bool) -> Linear {
+    pub fn new(
+        p: &mut StoreBuilder,
+        name: &str,
+        in_features: usize,
+        out_features: usize,
+        bias: bool,
+    ) -> Linear {
         let init = fan_in_uniform(in_features);
         Linear {
-            w: p.add(format!("{name}.weight"), [out_features, in_features], init, true),
+            w: p.add(
+                format!("{name}.weight"),
+                [out_features, in_features],
+                init,
+                true,
+            ),
             b: bias.then(|| p.add(format!("{name}.bias"), [out_features], init, false)),
             in_features,
             out_features,
@@ -55,10 +66,22 @@ pub struct ConvLayer {
 }
 
 impl ConvLayer {
-    pub fn new(p: &mut StoreBuilder, name: &str, cin: usize, cout: usize, geom: Conv2d, bias: bool) -> ConvLayer {
+    pub fn new(
+        p: &mut StoreBuilder,
+        name: &str,
+        cin: usize,
+        cout: usize,
+        geom: Conv2d,
+        bias: bool,
+    ) -> ConvLayer {
         let init = fan_in_uniform(cin * geom.kh * geom.kw);
         ConvLayer {
-            w: p.add(format!("{name}.weight"), [cout, geom.kh, geom.kw, cin], init, true),
+            w: p.add(
+                format!("{name}.weight"),
+                [cout, geom.kh, geom.kw, cin],
+                init,
+                true,
+            ),
             b: bias.then(|| p.add(format!("{name}.bias"), [cout], init, false)),
             geom,
             cin,
@@ -84,12 +107,37 @@ pub struct BatchNormLayer {
 }
 
 impl BatchNormLayer {
-    pub fn new(p: &mut StoreBuilder, buffers: &mut StoreBuilder, name: &str, channels: usize) -> Self {
+    pub fn new(
+        p: &mut StoreBuilder,
+        buffers: &mut StoreBuilder,
+        name: &str,
+        channels: usize,
+    ) -> Self {
         BatchNormLayer {
-            gamma: p.add(format!("{name}.weight"), [channels], Init::Constant(1.0), false),
-            beta: p.add(format!("{name}.bias"), [channels], Init::Constant(0.0), false),
-            running_mean: buffers.add(format!("{name}.running_mean"), [channels], Init::Constant(0.0), false),
-            running_var: buffers.add(format!("{name}.running_var"), [channels], Init::Constant(1.0), false),
+            gamma: p.add(
+                format!("{name}.weight"),
+                [channels],
+                Init::Constant(1.0),
+                false,
+            ),
+            beta: p.add(
+                format!("{name}.bias"),
+                [channels],
+                Init::Constant(0.0),
+                false,
+            ),
+            running_mean: buffers.add(
+                format!("{name}.running_mean"),
+                [channels],
+                Init::Constant(0.0),
+                false,
+            ),
+            running_var: buffers.add(
+                format!("{name}.running_var"),
+                [channels],
+                Init::Constant(1.0),
+                false,
+            ),
             channels,
         }
     }
@@ -107,7 +155,10 @@ impl BatchNormLayer {
     ) -> Result<Var> {
         let gamma = params.var(g, self.gamma);
         let beta = params.var(g, self.beta);
-        let (rm, rv) = (buffers.tensor(self.running_mean), buffers.tensor(self.running_var));
+        let (rm, rv) = (
+            buffers.tensor(self.running_mean),
+            buffers.tensor(self.running_var),
+        );
         g.batch_norm(x, gamma, beta, &rm, &rv, bn, train)
     }
 }

@@ -27,7 +27,9 @@ pub struct Id(usize);
 pub enum Init {
     /// Uniform in ±`bound` (PyTorch's default Linear/Conv init is bound = 1/√fan_in, which is
     /// Kaiming-uniform with a = √5).
-    Uniform { bound: f32 },
+    Uniform {
+        bound: f32,
+    },
     Constant(f32),
 }
 
@@ -55,7 +57,13 @@ impl StoreBuilder {
         }
     }
 
-    pub fn add(&mut self, name: impl Into<String>, shape: impl Into<Shape>, init: Init, decay: bool) -> Id {
+    pub fn add(
+        &mut self,
+        name: impl Into<String>,
+        shape: impl Into<Shape>,
+        init: Init,
+        decay: bool,
+    ) -> Id {
         self.entries.push((name.into(), shape.into(), init, decay));
         Id(self.entries.len() - 1)
     }
@@ -99,7 +107,11 @@ impl StoreBuilder {
         } else {
             None
         };
-        Ok(Store { values, grads, entries })
+        Ok(Store {
+            values,
+            grads,
+            entries,
+        })
     }
 }
 
@@ -177,12 +189,23 @@ impl Store {
         Ok(self
             .entries
             .iter()
-            .map(|e| (e.name.clone(), e.shape, all[e.offset..e.offset + e.shape.numel()].to_vec()))
+            .map(|e| {
+                (
+                    e.name.clone(),
+                    e.shape,
+                    all[e.offset..e.offset + e.shape.numel()].to_vec(),
+                )
+            })
             .collect())
     }
 
     /// Overwrites every tensor from host data by name; shapes must match exactly.
-    pub fn write_all(&self, gpu: &Gpu, tensors: &[(String, Shape, Vec<f32>)], origin: &str) -> Result<()> {
+    pub fn write_all(
+        &self,
+        gpu: &Gpu,
+        tensors: &[(String, Shape, Vec<f32>)],
+        origin: &str,
+    ) -> Result<()> {
         let mut host = vec![0.0f32; self.values.len];
         for e in &self.entries {
             let (_, shape, data) = tensors.iter().find(|t| t.0 == e.name).ok_or_else(|| {
