@@ -156,7 +156,7 @@ pub struct Gpu {
     timestamps: bool,
     /// Alignment, in bytes, of every region start (storage offsets must be multiples of it).
     pub align: u64,
-    buffers: RefCell<Vec<wgpu::Buffer>>,
+    buffers: RefCell<Vec<Option<wgpu::Buffer>>>,
     param_layout: wgpu::BindGroupLayout,
     storage_layouts: Vec<wgpu::BindGroupLayout>,
     pipeline_layouts: Vec<wgpu::PipelineLayout>,
@@ -401,8 +401,26 @@ impl Gpu {
             c.bytes_allocated += bytes;
         });
         let mut buffers = self.buffers.borrow_mut();
-        buffers.push(buffer);
+        buffers.push(Some(buffer));
         Ok(BufferId(buffers.len() - 1))
+    }
+
+    /// Releases a buffer. Work already recorded that uses it is flushed first.
+    pub fn free(&self, id: BufferId) -> Result<()> {
+        self.flush()?;
+        self.bind_groups
+            .borrow_mut()
+            .retain(|k, _| k.1.iter().all(|b| b.0 != id));
+        if let Some(b) = self.buffers.borrow_mut()[id.0].take() {
+            self.count(|c| c.bytes_allocated -= b.size());
+        }
+        Ok(())
+    }
+
+    fn buffer(&self, id: BufferId) -> std::cell::Ref<'_, wgpu::Buffer> {
+        std::cell::Ref::map(self.buffers.borrow(), |b| {
+            b[id.0].as_ref().expect("use of a freed buffer")
+        })
     }
 
     fn pipeline(&self, k: &Kernel) -> Result<Arc<wgpu::ComputePipeline>> {
@@ -450,14 +468,15 @@ impl Gpu {
         if let Some(bg) = self.bind_groups.borrow().get(&key) {
             return bg.clone();
         }
-        let buffers = self.buffers.borrow();
+        let buffers: Vec<_> = regions.iter().map(|r| self.buffer(r.buffer)).collect();
         let entries: Vec<_> = regions
             .iter()
+            .zip(&buffers)
             .enumerate()
-            .map(|(i, r)| wgpu::BindGroupEntry {
+            .map(|(i, (r, buffer))| wgpu::BindGroupEntry {
                 binding: i as u32,
                 resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &buffers[r.buffer.0],
+                    buffer,
                     offset: r.offset,
                     size: std::num::NonZeroU64::new(r.bytes().max(4)),
                 }),
@@ -567,7 +586,7 @@ impl Gpu {
             self.flush()?;
         }
         self.queue
-            .write_buffer(&self.buffers.borrow()[dst.buffer.0], dst.offset, bytes);
+            .write_buffer(&self.buffer(dst.buffer), dst.offset, bytes);
         Ok(())
     }
 
@@ -613,6 +632,7 @@ impl Gpu {
             self.queue.write_buffer(buf, 0, &params);
         }
         let buffers = self.buffers.borrow();
+        let buf = |id: BufferId| buffers[id.0].as_ref().expect("use of a freed buffer");
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
@@ -623,16 +643,16 @@ impl Gpu {
             match &commands[i] {
                 Command::Copy { src, dst } => {
                     enc.copy_buffer_to_buffer(
-                        &buffers[src.buffer.0],
+                        buf(src.buffer),
                         src.offset,
-                        &buffers[dst.buffer.0],
+                        buf(dst.buffer),
                         dst.offset,
                         src.bytes(),
                     );
                     i += 1;
                 }
                 Command::Clear(r) => {
-                    enc.clear_buffer(&buffers[r.buffer.0], r.offset, Some(r.bytes()));
+                    enc.clear_buffer(buf(r.buffer), r.offset, Some(r.bytes()));
                     i += 1;
                 }
                 Command::Dispatch { .. } => {
@@ -801,7 +821,7 @@ impl Gpu {
         let staging = staging.as_ref().unwrap();
         if r.len > 0 {
             enc.copy_buffer_to_buffer(
-                &self.buffers.borrow()[r.buffer.0],
+                &self.buffer(r.buffer),
                 r.offset,
                 staging,
                 0,

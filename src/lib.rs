@@ -9,10 +9,12 @@
 pub mod autodiff;
 pub mod data;
 pub mod error;
+pub mod eval;
 pub mod gpu;
 pub mod kernels;
 pub mod memory;
 pub mod nn;
+pub mod optim;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

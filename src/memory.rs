@@ -161,7 +161,9 @@ impl Arena {
                 }
             }
             // The current chunk is empty and too small (or missing): put a big enough one here.
-            let size = self.chunk_bytes.max(bytes);
+            // Chunks grow geometrically so that small arenas stay small.
+            let grown = (self.capacity().max(1 << 20)).min(self.chunk_bytes);
+            let size = grown.max(bytes);
             let id = gpu.create_buffer(size, self.name)?;
             if self.current < self.chunks.len() {
                 self.chunks.insert(self.current, (id, size));
@@ -191,6 +193,14 @@ impl Arena {
         self.current = 0;
         self.cursor = 0;
         self.used = 0;
+    }
+
+    /// Returns the arena's buffers to the device.
+    pub fn free(self, gpu: &Gpu) -> Result<()> {
+        for (id, _) in self.chunks {
+            gpu.free(id)?;
+        }
+        Ok(())
     }
 
     /// Bytes allocated since the last reset.

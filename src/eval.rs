@@ -1,0 +1,262 @@
+//! Measuring a representation honestly: features from the frozen encoder (BatchNorm in eval mode,
+//! computed once), a kNN classifier and a linear probe on them, always beside the same probes on a
+//! randomly initialised encoder and on raw pixels.
+//!
+//! kNN (the MoCo monitor): L2-normalised features, cosine similarity to every bank feature (a GEMM
+//! on the GPU), the k = 200 nearest vote for their class with weight exp(sim/τ), τ = 0.1.
+//! Linear probe: multinomial logistic regression on standardised features, trained on the host
+//! with mini-batch SGD (momentum 0.9, cosine learning rate); the encoder is never touched.
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::autodiff::Graph;
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
+use crate::kernels::batchnorm::BatchNorm;
+use crate::kernels::matmul::{self, Matmul, Trans};
+use crate::memory::{Arena, Tensor};
+use crate::nn::{Encoder, Store};
+
+/// Features with their labels, row-major [len, dim].
+#[derive(Clone, Debug)]
+pub struct FeatureSet {
+    pub data: Vec<f32>,
+    pub labels: Vec<u8>,
+    pub dim: usize,
+}
+
+impl FeatureSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    fn row(&self, i: usize) -> &[f32] {
+        &self.data[i * self.dim..(i + 1) * self.dim]
+    }
+}
+
+/// Images `0..len` of `images` as unaugmented batches, each recorded by `f(batch, first_index)`.
+fn for_batches(
+    gpu: &Gpu,
+    arena: &mut Arena,
+    images: &GpuImages,
+    batch: usize,
+    mut f: impl FnMut(&mut Arena, Tensor, usize) -> Result<()>,
+) -> Result<()> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    for start in (0..images.len).step_by(batch) {
+        let idx: Vec<u32> = (start as u32..(start + batch).min(images.len) as u32).collect();
+        arena.reset();
+        let samples = Augment::none().sample(&mut rng, &idx, images.height, images.width);
+        let st = arena.tensor(gpu, [idx.len() * SAMPLE_WORDS])?;
+        gpu.upload(st.region, &samples)?;
+        let x = arena.tensor(gpu, [idx.len(), images.height, images.width, images.channels])?;
+        augment::augment(gpu, images, &st, &x, 0.0, 0)?;
+        f(arena, x, start)?;
+    }
+    Ok(())
+}
+
+/// Global features of every image from the frozen encoder, BatchNorm in eval mode.
+pub fn features(
+    gpu: &Gpu,
+    encoder: &Encoder,
+    params: &Store,
+    buffers: &Store,
+    images: &GpuImages,
+    labels: &[u8],
+) -> Result<FeatureSet> {
+    let dim = encoder.feature_dim();
+    let mut data = Vec::with_capacity(images.len * dim);
+    let mut arena = Arena::for_gpu("eval", gpu);
+    let bn = BatchNorm::default();
+    for_batches(gpu, &mut arena, images, 256, |arena, x, _| {
+        let mut g = Graph::inference(gpu, arena);
+        let x = g.input(x);
+        let f = encoder.forward(&mut g, params, buffers, x, &bn, false)?;
+        data.extend(g.read(f.global)?);
+        Ok(())
+    })?;
+    arena.free(gpu)?;
+    Ok(FeatureSet {
+        data,
+        labels: labels.to_vec(),
+        dim,
+    })
+}
+
+/// Raw pixels, normalised with the dataset mean and std, as features.
+pub fn pixels(gpu: &Gpu, images: &GpuImages, labels: &[u8]) -> Result<FeatureSet> {
+    let dim = images.height * images.width * images.channels;
+    let mut data = Vec::with_capacity(images.len * dim);
+    let mut arena = Arena::for_gpu("eval", gpu);
+    for_batches(gpu, &mut arena, images, 1024, |_, x, _| {
+        data.extend(gpu.read::<f32>(x.region)?);
+        Ok(())
+    })?;
+    arena.free(gpu)?;
+    Ok(FeatureSet {
+        data,
+        labels: labels.to_vec(),
+        dim,
+    })
+}
+
+fn l2_normalised(f: &FeatureSet) -> Vec<f32> {
+    let mut out = f.data.clone();
+    for row in out.chunks_mut(f.dim) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+    out
+}
+
+/// Weighted kNN accuracy of `query` against `bank` (cosine similarity, k nearest, weights
+/// exp(sim/τ)). Similarities are computed on the GPU, the top-k selection on the host.
+pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32) -> Result<f64> {
+    let classes = bank.labels.iter().chain(&query.labels).max().map_or(1, |&m| m as usize + 1);
+    let k = k.min(bank.len()).max(1);
+    let mut bank_arena = Arena::for_gpu("knn bank", gpu);
+    let bank_t = bank_arena.upload(gpu, [bank.len(), bank.dim], &l2_normalised(bank))?;
+    let mut arena = Arena::for_gpu("knn", gpu);
+    let qn = l2_normalised(query);
+    let chunk = (gpu.max_binding() as usize / 4 / bank.len().max(1)).clamp(1, 512);
+    let mut correct = 0usize;
+    let mut scores = vec![0f64; classes];
+    for start in (0..query.len()).step_by(chunk) {
+        let end = (start + chunk).min(query.len());
+        let q = arena.upload(gpu, [end - start, query.dim], &qn[start * query.dim..end * query.dim])?;
+        let sims = arena.tensor(gpu, [end - start, bank.len()])?;
+        let spec = Matmul {
+            trans: Trans::NT,
+            ..Default::default()
+        };
+        matmul::matmul(gpu, &q, &bank_t, &sims, &spec)?;
+        let sims: Vec<f32> = gpu.read(sims.region)?;
+        for (r, row) in sims.chunks(bank.len()).enumerate() {
+            let mut order: Vec<usize> = (0..row.len()).collect();
+            order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
+            scores.fill(0.0);
+            for &j in &order[..k] {
+                scores[bank.labels[j] as usize] += ((row[j] / tau) as f64).exp();
+            }
+            let best = (0..classes).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
+            correct += (best == query.labels[start + r] as usize) as usize;
+        }
+        arena.reset();
+    }
+    arena.free(gpu)?;
+    bank_arena.free(gpu)?;
+    Ok(correct as f64 / query.len().max(1) as f64)
+}
+
+/// Settings of the linear probe.
+#[derive(Clone, Copy, Debug)]
+pub struct Probe {
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub seed: u64,
+}
+
+impl Default for Probe {
+    fn default() -> Self {
+        Probe {
+            epochs: 30,
+            batch: 256,
+            lr: 0.1,
+            weight_decay: 1e-4,
+            seed: 0,
+        }
+    }
+}
+
+/// Trains a softmax classifier on `train` and returns its accuracy on `test`.
+pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
+    let d = train.dim;
+    let classes = train.labels.iter().chain(&test.labels).max().map_or(1, |&m| m as usize + 1);
+    // Standardise with the training statistics so one learning rate fits every feature scale.
+    let n = train.len().max(1) as f64;
+    let mut mean = vec![0f64; d];
+    let mut var = vec![0f64; d];
+    for i in 0..train.len() {
+        for (j, &x) in train.row(i).iter().enumerate() {
+            mean[j] += x as f64 / n;
+        }
+    }
+    for i in 0..train.len() {
+        for (j, &x) in train.row(i).iter().enumerate() {
+            var[j] += (x as f64 - mean[j]).powi(2) / n;
+        }
+    }
+    let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v.sqrt() as f32 + 1e-6)).collect();
+    let norm = |f: &FeatureSet, i: usize, out: &mut Vec<f32>| {
+        out.clear();
+        out.extend(f.row(i).iter().enumerate().map(|(j, &x)| (x - mean[j] as f32) * inv[j]));
+    };
+
+    let mut w = vec![0f32; classes * d];
+    let mut b = vec![0f32; classes];
+    let mut mw = vec![0f32; classes * d];
+    let mut mb = vec![0f32; classes];
+    let mut gw = vec![0f32; classes * d];
+    let mut gb = vec![0f32; classes];
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(p.seed);
+    let mut x = Vec::with_capacity(d);
+    let mut logits = vec![0f32; classes];
+    let steps = (p.epochs * train.len().div_ceil(p.batch)).max(1);
+    let mut step = 0;
+    for _ in 0..p.epochs {
+        order.shuffle(&mut rng);
+        for chunk in order.chunks(p.batch) {
+            let lr = p.lr * 0.5 * (1.0 + (std::f32::consts::PI * step as f32 / steps as f32).cos());
+            step += 1;
+            gw.fill(0.0);
+            gb.fill(0.0);
+            for &i in chunk {
+                norm(train, i, &mut x);
+                for c in 0..classes {
+                    logits[c] = b[c] + w[c * d..(c + 1) * d].iter().zip(&x).map(|(a, b)| a * b).sum::<f32>();
+                }
+                let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
+                for c in 0..classes {
+                    let g = (logits[c] - m).exp() / z - (c == train.labels[i] as usize) as u8 as f32;
+                    gb[c] += g;
+                    for (gwj, xj) in gw[c * d..(c + 1) * d].iter_mut().zip(&x) {
+                        *gwj += g * xj;
+                    }
+                }
+            }
+            let s = 1.0 / chunk.len() as f32;
+            for j in 0..w.len() {
+                mw[j] = 0.9 * mw[j] + gw[j] * s + p.weight_decay * w[j];
+                w[j] -= lr * mw[j];
+            }
+            for c in 0..classes {
+                mb[c] = 0.9 * mb[c] + gb[c] * s;
+                b[c] -= lr * mb[c];
+            }
+        }
+    }
+    let mut correct = 0;
+    for i in 0..test.len() {
+        norm(test, i, &mut x);
+        let best = (0..classes)
+            .map(|c| b[c] + w[c * d..(c + 1) * d].iter().zip(&x).map(|(a, b)| a * b).sum::<f32>())
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .unwrap()
+            .0;
+        correct += (best == test.labels[i] as usize) as usize;
+    }
+    correct as f64 / test.len().max(1) as f64
+}

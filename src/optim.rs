@@ -1,0 +1,87 @@
+//! Optimisers over a whole parameter store: state buffers with the store's layout, a weight-decay
+//! mask (biases and BatchNorm parameters excluded), a learning-rate schedule, and one dispatch per
+//! update (`kernels::optim`).
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Region};
+use crate::kernels::optim::{self as kernel, Optimizer, Schedule};
+use crate::nn::Store;
+
+pub struct Optim {
+    pub kind: Optimizer,
+    pub schedule: Schedule,
+    pub base_lr: f32,
+    pub weight_decay: f32,
+    /// Momentum buffer (SGD) or first moment (Adam).
+    pub state1: Region,
+    /// Second moment (Adam); unused by SGD.
+    pub state2: Region,
+    mask: Region,
+    /// Updates done so far.
+    pub t: u32,
+}
+
+impl Optim {
+    pub fn new(
+        gpu: &Gpu,
+        store: &Store,
+        kind: Optimizer,
+        base_lr: f32,
+        weight_decay: f32,
+        schedule: Schedule,
+    ) -> Result<Optim> {
+        if !(base_lr > 0.0 && base_lr.is_finite()) {
+            return Err(Error::Config(format!("learning rate {base_lr} must be positive")));
+        }
+        if !(weight_decay >= 0.0) {
+            return Err(Error::Config(format!("weight decay {weight_decay} must be ≥ 0")));
+        }
+        let len = store.values.len;
+        let region = |what: &str| -> Result<Region> {
+            Ok(Region {
+                buffer: gpu.create_buffer(len as u64 * 4, what)?,
+                offset: 0,
+                len,
+            })
+        };
+        let (state1, state2, mask) = (region("optimiser state")?, region("optimiser state")?, region("decay mask")?);
+        gpu.upload(mask, &store.decay_mask())?;
+        Ok(Optim {
+            kind,
+            schedule,
+            base_lr,
+            weight_decay,
+            state1,
+            state2,
+            mask,
+            t: 0,
+        })
+    }
+
+    /// The learning rate the next update will use.
+    pub fn lr(&self) -> f32 {
+        self.schedule.lr(self.base_lr, self.t as u64)
+    }
+
+    /// Records one update of `store` from its gradients; returns the learning rate used.
+    pub fn step(&mut self, gpu: &Gpu, store: &Store) -> Result<f32> {
+        let grads = store
+            .grads
+            .ok_or_else(|| Error::Config("optimising a store without gradients".into()))?;
+        let lr = self.lr();
+        self.t += 1;
+        kernel::step(
+            gpu,
+            &self.kind,
+            store.values,
+            grads,
+            self.state1,
+            self.state2,
+            self.mask,
+            lr,
+            self.weight_decay,
+            self.t,
+        )?;
+        Ok(lr)
+    }
+}
