@@ -13,6 +13,7 @@ pub mod eval;
 pub mod gpu;
 pub mod kernels;
 pub mod memory;
+pub mod methods;
 pub mod nn;
 pub mod optim;
 

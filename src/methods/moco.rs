@@ -1,0 +1,239 @@
+//! MoCo v1/v2: a query network trained by InfoNCE against keys from an EMA copy of itself and a
+//! queue of past keys (REFERENCE §1).
+//!
+//! Step order, as the reference implementation: EMA update of the key network → key forward
+//! (BatchNorm in train mode, split into groups: the one-device stand-in for shuffle-BN) → logits
+//! `[q·k⁺, q·queue] / τ` with the positive at column 0 → loss → backward through the query network
+//! only → optimiser update → enqueue the keys (wrap-around, so any batch size works).
+//!
+//! Loss scaling: the mean over the batch of the per-row cross-entropy; with `symmetric` the mean of
+//! the two directions (q₁ against k₂ and q₂ against k₁), both key batches enqueued.
+
+use rand::SeedableRng;
+
+use super::{augmented_views, Method, Network, StepInput, StepOutput};
+use crate::autodiff::{Graph, Var};
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::kernels::elementwise::{self, Broadcast, Map};
+use crate::kernels::ema::ema;
+use crate::kernels::matmul::Trans;
+use crate::kernels::optim::{Optimizer, Schedule};
+use crate::kernels::reduce::{self, Axis, Reduce};
+use crate::kernels::softmax_xent::Xent;
+use crate::memory::{Arena, Tensor};
+use crate::nn::{Encoder, EncoderConfig, Store};
+use crate::optim::Optim;
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MocoConfig {
+    /// Keys in the queue (K).
+    pub queue: usize,
+    /// EMA momentum m of the key network.
+    pub momentum: f32,
+    pub temperature: f32,
+    /// Embedding dimension.
+    pub dim: usize,
+    /// MoCo v2's 2-layer MLP head instead of v1's linear one.
+    pub mlp: bool,
+    /// BatchNorm groups in the key network (split-BN); 1 disables.
+    pub split_bn: usize,
+    pub symmetric: bool,
+}
+
+impl Default for MocoConfig {
+    fn default() -> Self {
+        MocoConfig {
+            queue: 4096,
+            momentum: 0.99,
+            temperature: 0.1,
+            dim: 128,
+            mlp: true,
+            split_bn: 8,
+            symmetric: false,
+        }
+    }
+}
+
+impl MocoConfig {
+    pub fn validate(&self, batch: usize) -> Result<()> {
+        if self.queue == 0 {
+            return Err(Error::Config("--queue must be at least 1".into()));
+        }
+        if !(0.0..=1.0).contains(&self.momentum) {
+            return Err(Error::Config(format!("--momentum {} must be in [0, 1]", self.momentum)));
+        }
+        if !(self.temperature > 0.0) {
+            return Err(Error::Config(format!("--temperature {} must be > 0", self.temperature)));
+        }
+        if self.dim == 0 {
+            return Err(Error::Config("--dim must be at least 1".into()));
+        }
+        if self.split_bn == 0 || batch % self.split_bn != 0 {
+            return Err(Error::Config(format!(
+                "--split-bn {} must divide the batch size {batch}",
+                self.split_bn
+            )));
+        }
+        Ok(())
+    }
+}
+
+pub struct Moco {
+    pub config: MocoConfig,
+    pub query: Network,
+    pub key: Network,
+    /// [K, dim], L2-normalised keys; row `ptr` is the next to be overwritten.
+    pub queue: Tensor,
+    pub ptr: usize,
+    pub optim: Optim,
+    /// The keys enqueued by the last step (for tests and diagnostics).
+    pub last_keys: Vec<Tensor>,
+    /// Positive index (0) for every row, sized for the batch.
+    targets: Tensor,
+    /// Holds the queue and the targets for the whole run.
+    _state: Arena,
+}
+
+impl Moco {
+    pub fn new(
+        gpu: &Gpu,
+        config: MocoConfig,
+        encoder: &EncoderConfig,
+        batch: usize,
+        optimizer: (Optimizer, f32, f32, Schedule),
+        seed: u64,
+    ) -> Result<Moco> {
+        config.validate(batch)?;
+        let feat = *encoder.widths.last().unwrap_or(&0);
+        let head: Vec<usize> = if config.mlp {
+            vec![feat, config.dim]
+        } else {
+            vec![config.dim]
+        };
+        let query = Network::new(gpu, encoder, &head, seed)?;
+        let key = query.frozen_copy(gpu)?;
+        let mut persistent = Arena::for_gpu("moco state", gpu);
+        // The queue starts as random unit vectors, as in the reference implementation.
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x51ed);
+        let mut q: Vec<f32> = (0..config.queue * config.dim)
+            .map(|_| {
+                let (u, v): (f32, f32) = (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng));
+                (-2.0 * (u.max(1e-7)).ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+            })
+            .collect();
+        for row in q.chunks_mut(config.dim) {
+            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+            row.iter_mut().for_each(|x| *x /= n);
+        }
+        let queue = persistent.upload(gpu, [config.queue, config.dim], &q)?;
+        let targets = persistent.tensor(gpu, [batch])?;
+        gpu.upload(targets.region, &vec![0u32; batch])?;
+        let (kind, lr, wd, schedule) = optimizer;
+        let optim = Optim::new(gpu, &query.params, kind, lr, wd, schedule)?;
+        Ok(Moco {
+            config,
+            query,
+            key,
+            queue,
+            ptr: 0,
+            optim,
+            last_keys: vec![],
+            targets,
+            _state: persistent,
+        })
+    }
+
+    /// InfoNCE of queries `q` against their positive keys `k` and the queue; returns (loss, accuracy).
+    fn infonce(&self, g: &mut Graph, q: Var, k: Var) -> Result<(Var, Tensor)> {
+        let b = g.shape(q).dim(0);
+        let pos = g.mul(q, k)?;
+        let pos = g.sum_rows(pos)?;
+        let pos = g.reshape(pos, [b, 1])?;
+        let queue = g.input(self.queue);
+        let neg = g.matmul(q, queue, Trans::NT, 1.0)?;
+        let logits = g.concat_cols(pos, neg)?;
+        let targets = g.input(Tensor {
+            region: self.targets.region.slice(0, b),
+            shape: [b].into(),
+        });
+        let spec = Xent {
+            temperature: self.config.temperature,
+            mask_diagonal: false,
+        };
+        let (rows, hits) = g.softmax_xent(logits, targets, &spec)?;
+        let loss = g.mean(rows)?;
+        let acc = g.arena.tensor(g.gpu, [1])?;
+        let hits = g.value(hits).reshape([b, 1]);
+        reduce::reduce(g.gpu, &hits, &acc, Reduce::Mean, Axis::Cols, false)?;
+        Ok((loss, acc))
+    }
+
+    /// Writes `keys` [B, dim] into the queue at the pointer, wrapping around.
+    fn enqueue(&mut self, gpu: &Gpu, keys: Tensor) {
+        let (kq, d) = (self.config.queue, self.config.dim);
+        let b = keys.shape.dim(0);
+        // A batch larger than the queue leaves only its last K keys.
+        let skip = b.saturating_sub(kq);
+        let mut row = skip;
+        while row < b {
+            let n = (b - row).min(kq - self.ptr);
+            gpu.copy(
+                keys.region.slice(row * d, n * d),
+                self.queue.region.slice(self.ptr * d, n * d),
+            );
+            self.ptr = (self.ptr + n) % kq;
+            row += n;
+        }
+    }
+}
+
+impl Method for Moco {
+    fn name(&self) -> &'static str {
+        "moco"
+    }
+
+    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
+        input.arena.reset();
+        let gpu = input.gpu;
+        let views = augmented_views(&mut input, 2)?;
+        if let Some(grads) = self.query.params.grads {
+            gpu.clear(grads);
+        }
+        ema(gpu, self.key.params.values, self.query.params.values, self.config.momentum)?;
+
+        let mut g = Graph::new(gpu, input.arena);
+        let groups = self.config.split_bn;
+        let x1 = g.input(views[0]);
+        let x2 = g.input(views[1]);
+        let q1 = self.query.embed(&mut g, x1, 1)?;
+        let k2 = self.key.embed(&mut g, x2, groups)?;
+        let (mut loss, acc) = self.infonce(&mut g, q1, k2)?;
+        let mut keys = vec![g.value(k2)];
+        if self.config.symmetric {
+            let q2 = self.query.embed(&mut g, x2, 1)?;
+            let k1 = self.key.embed(&mut g, x1, groups)?;
+            let (loss2, acc2) = self.infonce(&mut g, q2, k1)?;
+            let sum = g.add(loss, loss2)?;
+            loss = g.scale(sum, 0.5)?;
+            let mean = Map::Axpby { alpha: 0.5, beta: 0.5 };
+            elementwise::map(gpu, mean, &acc, &acc2, Broadcast::Full, &acc, false)?;
+            keys.push(g.value(k1));
+        }
+        g.backward(loss)?;
+        let stats = g.arena.tensor(gpu, [2])?;
+        let loss_t = g.value(loss);
+        gpu.copy(loss_t.region, stats.region.slice(0, 1));
+        gpu.copy(acc.region, stats.region.slice(1, 1));
+        let lr = self.optim.step(gpu, &self.query.params)?;
+        for k in &keys {
+            self.enqueue(gpu, *k);
+        }
+        self.last_keys = keys;
+        Ok(StepOutput { stats, lr })
+    }
+
+    fn backbone(&self) -> (&Encoder, &Store, &Store) {
+        (&self.query.encoder, &self.query.params, &self.query.buffers)
+    }
+}

@@ -1,0 +1,113 @@
+//! Contrastive methods. Each is a small module implementing [`Method`]: how to record one training
+//! step on a batch of image indices. Everything else — data, schedule, evaluation, checkpoints,
+//! metrics — is the shared trainer's (`crate::train`).
+
+pub mod moco;
+
+use crate::autodiff::{Graph, Var};
+use crate::error::Result;
+use crate::gpu::Gpu;
+use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
+use crate::kernels::batchnorm::BatchNorm;
+use crate::memory::{Arena, Tensor};
+use crate::nn::{Encoder, EncoderConfig, Mlp, Store, StoreBuilder};
+
+pub use moco::{Moco, MocoConfig};
+
+/// What one step needs from the trainer.
+pub struct StepInput<'a> {
+    pub gpu: &'a Gpu,
+    /// The step arena, reset by the method at the start of the step.
+    pub arena: &'a mut Arena,
+    pub images: &'a GpuImages,
+    pub indices: &'a [u32],
+    pub augment: &'a Augment,
+    pub rng: &'a mut rand_chacha::ChaCha8Rng,
+    pub step: u64,
+}
+
+/// What one recorded step gives back: a small tensor whose first element is the loss and second
+/// the contrastive accuracy (read by the trainer with one readback), and the learning rate used.
+pub struct StepOutput {
+    pub stats: Tensor,
+    pub lr: f32,
+}
+
+pub trait Method {
+    fn name(&self) -> &'static str;
+    /// Records a whole training step — augmentation, forward, backward, update — without
+    /// submitting it.
+    fn record_step(&mut self, input: StepInput<'_>) -> Result<StepOutput>;
+    /// The encoder to evaluate, with its parameter and buffer stores.
+    fn backbone(&self) -> (&Encoder, &Store, &Store);
+}
+
+/// An encoder followed by an MLP head, its parameters in one store.
+pub struct Network {
+    pub encoder: Encoder,
+    pub head: Mlp,
+    pub params: Store,
+    pub buffers: Store,
+}
+
+impl Network {
+    /// `head_dims` are the head's sizes after the encoder's feature dimension.
+    pub fn new(gpu: &Gpu, config: &EncoderConfig, head_dims: &[usize], seed: u64) -> Result<Network> {
+        let mut p = StoreBuilder::new(seed);
+        let mut b = StoreBuilder::new(seed);
+        let encoder = Encoder::new(&mut p, &mut b, config)?;
+        let mut dims = vec![encoder.feature_dim()];
+        dims.extend_from_slice(head_dims);
+        let head = Mlp::new(&mut p, "head", &dims);
+        Ok(Network {
+            encoder,
+            head,
+            params: p.build(gpu, "parameters", true)?,
+            buffers: b.build(gpu, "batchnorm statistics", false)?,
+        })
+    }
+
+    /// A copy with the same architecture and values, without gradients (an EMA target).
+    pub fn frozen_copy(&self, gpu: &Gpu) -> Result<Network> {
+        Ok(Network {
+            encoder: self.encoder.clone(),
+            head: self.head.clone(),
+            params: self.params.duplicate(gpu, "ema parameters", false)?,
+            buffers: self.buffers.duplicate(gpu, "ema batchnorm statistics", false)?,
+        })
+    }
+
+    /// L2-normalised head output for images `x`, BatchNorm in train mode with `groups` groups.
+    pub fn embed(&self, g: &mut Graph, x: Var, groups: usize) -> Result<Var> {
+        let bn = BatchNorm {
+            groups,
+            ..BatchNorm::default()
+        };
+        let f = self.encoder.forward(g, &self.params, &self.buffers, x, &bn, true)?;
+        let z = self.head.forward(g, &self.params, f.global)?;
+        g.l2_normalize(z)
+    }
+}
+
+/// Draws augmentation parameters for `views` views of the batch and records the augmented
+/// batches. All uploads happen before anything is recorded, so the step stays one submission
+/// (an upload flushes recorded work, see [`Gpu::upload`]).
+pub fn augmented_views(input: &mut StepInput<'_>, views: usize) -> Result<Vec<Tensor>> {
+    let im = input.images;
+    let b = input.indices.len();
+    let mut params = vec![];
+    for _ in 0..views {
+        let samples = input.augment.sample(input.rng, input.indices, im.height, im.width);
+        let st = input.arena.tensor(input.gpu, [b * SAMPLE_WORDS])?;
+        input.gpu.upload(st.region, &samples)?;
+        params.push(st);
+    }
+    let mut out = vec![];
+    for (v, st) in params.iter().enumerate() {
+        let x = input.arena.tensor(input.gpu, [b, im.height, im.width, im.channels])?;
+        let seed = (input.step as u32).wrapping_mul(2654435761).wrapping_add(v as u32);
+        augment::augment(input.gpu, im, st, &x, input.augment.noise, seed)?;
+        out.push(x);
+    }
+    Ok(out)
+}
