@@ -16,6 +16,7 @@ pub mod memory;
 pub mod methods;
 pub mod nn;
 pub mod optim;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
