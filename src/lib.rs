@@ -7,6 +7,7 @@
 //! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker.
 
 pub mod autodiff;
+pub mod checkpoint;
 pub mod data;
 pub mod error;
 pub mod eval;

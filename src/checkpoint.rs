@@ -1,0 +1,289 @@
+//! Checkpoints as safetensors files.
+//!
+//! Layout (documented in the README for PyTorch users):
+//! - `<net>.<layer>.weight|bias|running_mean|running_var`: model tensors, f32. Convolution weights
+//!   are stored in PyTorch's [Cout, Cin, KH, KW] order (this crate computes in [Cout, KH, KW, Cin]);
+//!   Linear weights are [out, in] as in PyTorch. `<net>` is `query` (the trained encoder + head),
+//!   and for MoCo `key` (the EMA copy).
+//! - `optim.state1`, `optim.state2`: optimiser state, flat in the parameter store's layout.
+//! - method state (`moco.queue`, …) and trainer state (`trainer.order`, u32).
+//! - metadata: `format`, `method`, `step`, the full configuration as JSON, RNG states.
+//!
+//! Files are written atomically (temporary file, fsync, rename, fsync of the directory), so a crash
+//! or SIGKILL in the middle of a write leaves the previous checkpoint intact.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Region};
+use crate::nn::Store;
+
+pub const FORMAT: &str = "contrastive-checkpoint-1";
+
+#[derive(Clone, Debug)]
+enum Data {
+    F32(Vec<f32>),
+    U32(Vec<u32>),
+}
+
+/// Tensors and metadata of one checkpoint, in host memory.
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    tensors: BTreeMap<String, (Vec<usize>, Data)>,
+    pub meta: BTreeMap<String, String>,
+    /// Where it was read from, for error messages.
+    pub origin: PathBuf,
+}
+
+/// [Cout, KH, KW, Cin] ↔ [Cout, Cin, KH, KW].
+fn permute_conv(data: &[f32], d: [usize; 4], to_torch: bool) -> Vec<f32> {
+    let [o, h, w, i] = d;
+    let mut out = vec![0.0; data.len()];
+    for a in 0..o {
+        for y in 0..h {
+            for x in 0..w {
+                for c in 0..i {
+                    let ours = ((a * h + y) * w + x) * i + c;
+                    let torch = ((a * i + c) * h + y) * w + x;
+                    if to_torch {
+                        out[torch] = data[ours];
+                    } else {
+                        out[ours] = data[torch];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Checkpoint {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn bad(&self, what: impl Into<String>) -> Error {
+        Error::Checkpoint {
+            path: self.origin.clone(),
+            what: what.into(),
+        }
+    }
+
+    pub fn put_f32(&mut self, name: impl Into<String>, shape: &[usize], data: Vec<f32>) {
+        self.tensors.insert(name.into(), (shape.to_vec(), Data::F32(data)));
+    }
+
+    pub fn put_u32(&mut self, name: impl Into<String>, shape: &[usize], data: Vec<u32>) {
+        self.tensors.insert(name.into(), (shape.to_vec(), Data::U32(data)));
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.tensors.keys().map(String::as_str)
+    }
+
+    /// A tensor's shape, if present.
+    pub fn shape(&self, name: &str) -> Option<&[usize]> {
+        self.tensors.get(name).map(|t| t.0.as_slice())
+    }
+
+    pub fn get_f32(&self, name: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        match self.tensors.get(name) {
+            None => Err(self.bad(format!("tensor `{name}` is missing"))),
+            Some((s, _)) if s != shape => Err(self.bad(format!(
+                "tensor `{name}` has shape {s:?}, this configuration needs {shape:?} \
+                 (a checkpoint from another configuration?)"
+            ))),
+            Some((_, Data::F32(d))) => Ok(d.clone()),
+            Some((_, Data::U32(_))) => Err(self.bad(format!("tensor `{name}` is u32, expected f32"))),
+        }
+    }
+
+    pub fn get_u32(&self, name: &str) -> Result<Vec<u32>> {
+        match self.tensors.get(name) {
+            None => Err(self.bad(format!("tensor `{name}` is missing"))),
+            Some((_, Data::U32(d))) => Ok(d.clone()),
+            Some((_, Data::F32(_))) => Err(self.bad(format!("tensor `{name}` is f32, expected u32"))),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Result<&str> {
+        self.meta
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| self.bad(format!("metadata `{key}` is missing")))
+    }
+
+    pub fn meta_parse<T: std::str::FromStr>(&self, key: &str) -> Result<T> {
+        self.meta(key)?
+            .parse()
+            .map_err(|_| self.bad(format!("metadata `{key}` is not valid")))
+    }
+
+    /// Reads a store's tensors from the GPU under `prefix.`.
+    pub fn put_store(&mut self, gpu: &Gpu, prefix: &str, store: &Store) -> Result<()> {
+        for (name, shape, data) in store.read_all(gpu)? {
+            let d = shape.dims();
+            let (dims, data) = match *d {
+                [o, h, w, i] => (vec![o, i, h, w], permute_conv(&data, [o, h, w, i], true)),
+                _ => (d.to_vec(), data),
+            };
+            self.put_f32(format!("{prefix}.{name}"), &dims, data);
+        }
+        Ok(())
+    }
+
+    /// Writes a store's tensors from `prefix.` to the GPU, checking every shape.
+    pub fn get_store(&self, gpu: &Gpu, prefix: &str, store: &Store) -> Result<()> {
+        let mut tensors = vec![];
+        for e in &store.entries {
+            let d = e.shape.dims();
+            let name = format!("{prefix}.{}", e.name);
+            let data = match *d {
+                [o, h, w, i] => permute_conv(&self.get_f32(&name, &[o, i, h, w])?, [o, h, w, i], false),
+                _ => self.get_f32(&name, d)?,
+            };
+            tensors.push((e.name.clone(), e.shape, data));
+        }
+        store.write_all(gpu, &tensors, &self.origin.display().to_string())
+    }
+
+    /// Reads a raw region (optimiser state, queues) from the GPU.
+    pub fn put_region(&mut self, gpu: &Gpu, name: &str, region: Region, shape: &[usize]) -> Result<()> {
+        let data: Vec<f32> = gpu.read(region)?;
+        self.put_f32(name, shape, data);
+        Ok(())
+    }
+
+    pub fn get_region(&self, gpu: &Gpu, name: &str, region: Region, shape: &[usize]) -> Result<()> {
+        let data = self.get_f32(name, shape)?;
+        gpu.upload(region, &data)
+    }
+
+    fn serialize(&self) -> Result<Vec<u8>> {
+        let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = self
+            .tensors
+            .iter()
+            .map(|(name, (shape, data))| {
+                let (dtype, bytes): (Dtype, &[u8]) = match data {
+                    Data::F32(d) => (Dtype::F32, bytemuck::cast_slice(d)),
+                    Data::U32(d) => (Dtype::U32, bytemuck::cast_slice(d)),
+                };
+                let view = safetensors::tensor::TensorView::new(dtype, shape.clone(), bytes)
+                    .map_err(|e| self.bad(format!("tensor `{name}`: {e}")))?;
+                Ok((name.clone(), view))
+            })
+            .collect::<Result<_>>()?;
+        let mut meta: std::collections::HashMap<String, String> =
+            self.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        meta.insert("format".into(), FORMAT.into());
+        safetensors::serialize(views, Some(meta)).map_err(|e| self.bad(e.to_string()))
+    }
+
+    /// Writes atomically: a temporary file beside `path`, fsync, rename, fsync of the directory.
+    pub fn write(&self, path: &Path) -> Result<()> {
+        let bytes = self.serialize()?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(
+            ".{}.tmp-{}",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint"),
+            std::process::id()
+        ));
+        let io = |e| Error::io(&tmp, e);
+        {
+            let mut f = std::fs::File::create(&tmp).map_err(io)?;
+            f.write_all(&bytes).map_err(io)?;
+            f.sync_all().map_err(io)?;
+        }
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    }
+
+    pub fn read(path: &Path) -> Result<Checkpoint> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let bad = |what: String| Error::Checkpoint {
+            path: path.into(),
+            what,
+        };
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| bad(format!("not a readable safetensors file ({e}); truncated or corrupt?")))?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta: BTreeMap<String, String> = header
+            .metadata()
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => {}
+            other => {
+                return Err(bad(format!(
+                    "format {other:?} is not {FORMAT:?}: not a checkpoint written by this program"
+                )))
+            }
+        }
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let data = match view.dtype() {
+                Dtype::F32 => Data::F32(
+                    view.data()
+                        .chunks_exact(4)
+                        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+                Dtype::U32 => Data::U32(
+                    view.data()
+                        .chunks_exact(4)
+                        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+                        .collect(),
+                ),
+                other => return Err(bad(format!("tensor `{name}` has dtype {other:?}; only F32 and U32 are written"))),
+            };
+            tensors.insert(name, (view.shape().to_vec(), data));
+        }
+        Ok(Checkpoint {
+            tensors,
+            meta,
+            origin: path.into(),
+        })
+    }
+}
+
+/// `dir/checkpoint-<step>.safetensors`.
+pub fn path_for(dir: &Path, step: u64) -> PathBuf {
+    dir.join(format!("checkpoint-{step:08}.safetensors"))
+}
+
+/// Checkpoints in `dir`, oldest first.
+pub fn list(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".safetensors"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Writes `ck` as the checkpoint of `step` and keeps only the newest `keep`.
+pub fn save_rotating(ck: &Checkpoint, dir: &Path, step: u64, keep: usize) -> Result<PathBuf> {
+    let path = path_for(dir, step);
+    ck.write(&path)?;
+    let all = list(dir);
+    for old in &all[..all.len().saturating_sub(keep.max(1))] {
+        let _ = std::fs::remove_file(old);
+    }
+    Ok(path)
+}
