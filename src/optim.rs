@@ -7,6 +7,15 @@ use crate::gpu::{Gpu, Region};
 use crate::kernels::optim::{self as kernel, Optimizer, Schedule};
 use crate::nn::Store;
 
+/// Which optimiser, at what learning rate and weight decay, on what schedule.
+#[derive(Clone, Copy, Debug)]
+pub struct OptimConfig {
+    pub kind: Optimizer,
+    pub lr: f32,
+    pub weight_decay: f32,
+    pub schedule: Schedule,
+}
+
 pub struct Optim {
     pub kind: Optimizer,
     pub schedule: Schedule,
@@ -22,14 +31,13 @@ pub struct Optim {
 }
 
 impl Optim {
-    pub fn new(
-        gpu: &Gpu,
-        store: &Store,
-        kind: Optimizer,
-        base_lr: f32,
-        weight_decay: f32,
-        schedule: Schedule,
-    ) -> Result<Optim> {
+    pub fn new(gpu: &Gpu, store: &Store, c: &OptimConfig) -> Result<Optim> {
+        let OptimConfig {
+            kind,
+            lr: base_lr,
+            weight_decay,
+            schedule,
+        } = *c;
         if !(base_lr > 0.0 && base_lr.is_finite()) {
             return Err(Error::Config(format!("learning rate {base_lr} must be positive")));
         }

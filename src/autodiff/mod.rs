@@ -21,6 +21,7 @@ use crate::kernels::conv::{self, Conv2d};
 use crate::kernels::elementwise::{self, Broadcast, Direction, Map};
 use crate::kernels::l2norm;
 use crate::kernels::matmul::{self, Matmul, Trans};
+use crate::kernels::mi::{self, Estimator};
 use crate::kernels::pool;
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::kernels::softmax_xent::{self, Xent};
@@ -88,6 +89,15 @@ enum Op {
         a: Var,
         b: Var,
     },
+    SliceCols {
+        x: Var,
+        col0: usize,
+    },
+    /// A Deep InfoMax estimator; `dscores` is the fused forward's gradient of the total.
+    MiEstimate {
+        scores: Var,
+        dscores: Tensor,
+    },
     Reshape {
         x: Var,
     },
@@ -130,6 +140,8 @@ impl Op {
             Op::L2Normalize { .. } => "l2_normalize",
             Op::SoftmaxXent { .. } => "softmax_xent",
             Op::ConcatCols { .. } => "concat_cols",
+            Op::SliceCols { .. } => "slice_cols",
+            Op::MiEstimate { .. } => "mi_estimate",
             Op::Reshape { .. } => "reshape",
             Op::Conv2d { .. } => "conv2d",
             Op::BatchNorm { .. } => "batch_norm",
@@ -485,6 +497,41 @@ impl<'a> Graph<'a> {
         Ok(self.push(out, Some(Op::ConcatCols { a, b }), g))
     }
 
+    /// Columns `col0..col0 + width` of `x` [rows, cols].
+    pub fn slice_cols(&mut self, x: Var, col0: usize, width: usize) -> Result<Var> {
+        let xv = self.value(x);
+        let (rows, _) = xv.shape.rows_cols();
+        let out = self.alloc([rows, width])?;
+        elementwise::copy_cols(self.gpu, &out, &xv, col0, Direction::FromWide, false)?;
+        let g = self.needs(&[x]);
+        Ok(self.push(out, Some(Op::SliceCols { x, col0 }), g))
+    }
+
+    /// Sum of all elements, as a one-element tensor.
+    pub fn sum(&mut self, x: Var) -> Result<Var> {
+        let n = self.shape(x).numel();
+        let flat = self.reshape(x, [n, 1])?;
+        self.sum_cols(flat)
+    }
+
+    /// Deep InfoMax's local–global loss from `scores` [N, N·locs] (see [`crate::kernels::mi`]).
+    pub fn mi_estimate(&mut self, scores: Var, locs: usize, est: Estimator) -> Result<Var> {
+        let sv = self.value(scores);
+        let (n, _) = sv.shape.rows_cols();
+        let terms = self.alloc([mi::loss_len(est, n, locs)])?;
+        let dscores = self.alloc(sv.shape)?;
+        mi::estimate(self.gpu, est, &sv, locs, &terms, &dscores, false)?;
+        let rows = if est == Estimator::Jsd { n } else { n * locs };
+        let out = self.alloc([1])?;
+        let used = Tensor {
+            region: terms.region.slice(0, rows),
+            shape: [rows, 1].into(),
+        };
+        reduce::reduce(self.gpu, &used, &out, Reduce::Sum, Axis::Cols, false)?;
+        let g = self.needs(&[scores]);
+        Ok(self.push(out, Some(Op::MiEstimate { scores, dscores }), g))
+    }
+
     /// 2-D convolution over NHWC `x` with weights [Cout, KH, KW, Cin], optional bias and ReLU.
     pub fn conv2d(
         &mut self,
@@ -826,6 +873,19 @@ impl<'a> Graph<'a> {
                         )
                     })?;
                 }
+            }
+            Op::SliceCols { x, col0 } => {
+                let xv = self.value(x);
+                self.contribute(x, |gpu, g, acc| {
+                    if !acc {
+                        // Only the block receives gradient: the rest of the first write is zero.
+                        elementwise::map(gpu, Map::Fill { alpha: 0.0 }, g, g, Broadcast::Full, g, false)?;
+                    }
+                    elementwise::copy_cols(gpu, &dout, &g.reshape(xv.shape), col0, Direction::IntoWide, true)
+                })?;
+            }
+            Op::MiEstimate { scores, dscores } => {
+                self.contribute_map(scores, Map::Mul { alpha: 1.0 }, dscores, dout, Broadcast::Scalar)?;
             }
             Op::Conv2d {
                 x,

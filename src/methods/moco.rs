@@ -18,12 +18,11 @@ use crate::gpu::Gpu;
 use crate::kernels::elementwise::{self, Broadcast, Map};
 use crate::kernels::ema::ema;
 use crate::kernels::matmul::Trans;
-use crate::kernels::optim::{Optimizer, Schedule};
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
 use crate::nn::{Encoder, EncoderConfig, Store};
-use crate::optim::Optim;
+use crate::optim::{Optim, OptimConfig};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct MocoConfig {
@@ -101,7 +100,7 @@ impl Moco {
         config: MocoConfig,
         encoder: &EncoderConfig,
         batch: usize,
-        optimizer: (Optimizer, f32, f32, Schedule),
+        optimizer: &OptimConfig,
         seed: u64,
     ) -> Result<Moco> {
         config.validate(batch)?;
@@ -129,8 +128,7 @@ impl Moco {
         let queue = persistent.upload(gpu, [config.queue, config.dim], &q)?;
         let targets = persistent.tensor(gpu, [batch])?;
         gpu.upload(targets.region, &vec![0u32; batch])?;
-        let (kind, lr, wd, schedule) = optimizer;
-        let optim = Optim::new(gpu, &query.params, kind, lr, wd, schedule)?;
+        let optim = Optim::new(gpu, &query.params, optimizer)?;
         Ok(Moco {
             config,
             query,
@@ -196,7 +194,7 @@ impl Method for Moco {
     fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
         input.arena.reset();
         let gpu = input.gpu;
-        let views = augmented_views(&mut input, 2)?;
+        let views = augmented_views(&mut input, 2, false)?;
         if let Some(grads) = self.query.params.grads {
             gpu.clear(grads);
         }

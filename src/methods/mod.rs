@@ -2,6 +2,8 @@
 //! step on a batch of image indices. Everything else — data, schedule, evaluation, checkpoints,
 //! metrics — is the shared trainer's (`crate::train`).
 
+pub mod cmc;
+pub mod dim;
 pub mod moco;
 
 use crate::autodiff::{Graph, Var};
@@ -12,6 +14,8 @@ use crate::kernels::batchnorm::BatchNorm;
 use crate::memory::{Arena, Tensor};
 use crate::nn::{Encoder, EncoderConfig, Mlp, Store, StoreBuilder};
 
+pub use cmc::{Cmc, CmcConfig};
+pub use dim::{Dim, DimConfig};
 pub use moco::{Moco, MocoConfig};
 
 /// What one step needs from the trainer.
@@ -90,21 +94,27 @@ impl Network {
 }
 
 /// Draws augmentation parameters for `views` views of the batch and records the augmented
-/// batches. All uploads happen before anything is recorded, so the step stays one submission
-/// (an upload flushes recorded work, see [`Gpu::upload`]).
-pub fn augmented_views(input: &mut StepInput<'_>, views: usize) -> Result<Vec<Tensor>> {
+/// images: one tensor per view, or with `stacked` one tensor [views·B, H, W, C] with the views one
+/// after the other (one dispatch; what a network that embeds all views at once wants). All uploads
+/// happen before anything is recorded, so the step stays one submission (an upload flushes
+/// recorded work, see [`Gpu::upload`]).
+pub fn augmented_views(input: &mut StepInput<'_>, views: usize, stacked: bool) -> Result<Vec<Tensor>> {
     let im = input.images;
-    let b = input.indices.len();
-    let mut params = vec![];
+    let mut samples = vec![];
     for _ in 0..views {
-        let samples = input.augment.sample(input.rng, input.indices, im.height, im.width);
-        let st = input.arena.tensor(input.gpu, [b * SAMPLE_WORDS])?;
-        input.gpu.upload(st.region, &samples)?;
-        params.push(st);
+        samples.push(input.augment.sample(input.rng, input.indices, im.height, im.width));
+    }
+    let groups: Vec<Vec<u32>> = if stacked { vec![samples.concat()] } else { samples };
+    let mut uploaded = vec![];
+    for s in &groups {
+        let st = input.arena.tensor(input.gpu, [s.len()])?;
+        input.gpu.upload(st.region, s)?;
+        uploaded.push(st);
     }
     let mut out = vec![];
-    for (v, st) in params.iter().enumerate() {
-        let x = input.arena.tensor(input.gpu, [b, im.height, im.width, im.channels])?;
+    for (v, st) in uploaded.iter().enumerate() {
+        let n = st.numel() / SAMPLE_WORDS;
+        let x = input.arena.tensor(input.gpu, [n, im.height, im.width, im.channels])?;
         let seed = (input.step as u32).wrapping_mul(2654435761).wrapping_add(v as u32);
         augment::augment(input.gpu, im, st, &x, input.augment.noise, seed)?;
         out.push(x);
