@@ -10,7 +10,7 @@
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::autodiff::Graph;
+use crate::autodiff::{Graph, Var};
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
@@ -63,24 +63,23 @@ fn for_batches(
     Ok(())
 }
 
-/// Global features of every image from the frozen encoder, BatchNorm in eval mode.
+/// Features of every image from a frozen model: `f` records the features of a batch on an
+/// inference graph (BatchNorm in eval mode is the caller's part).
 pub fn features(
     gpu: &Gpu,
-    encoder: &Encoder,
-    params: &Store,
-    buffers: &Store,
+    f: &dyn Fn(&mut Graph, Var) -> Result<Var>,
     images: &GpuImages,
     labels: &[u8],
 ) -> Result<FeatureSet> {
-    let dim = encoder.feature_dim();
-    let mut data = Vec::with_capacity(images.len * dim);
+    let mut data = Vec::with_capacity(images.len);
+    let mut dim = 0;
     let mut arena = Arena::for_gpu("eval", gpu);
-    let bn = BatchNorm::default();
     for_batches(gpu, &mut arena, images, 256, |arena, x, _| {
         let mut g = Graph::inference(gpu, arena);
         let x = g.input(x);
-        let f = encoder.forward(&mut g, params, buffers, x, &bn, false)?;
-        data.extend(g.read(f.global)?);
+        let y = f(&mut g, x)?;
+        dim = g.shape(y).rows_cols().1;
+        data.extend(g.read(y)?);
         Ok(())
     })?;
     arena.free(gpu)?;
@@ -89,6 +88,15 @@ pub fn features(
         labels: labels.to_vec(),
         dim,
     })
+}
+
+/// The pooled global feature of `encoder`, BatchNorm in eval mode.
+pub fn encoder_features<'a>(
+    encoder: &'a Encoder,
+    params: &'a Store,
+    buffers: &'a Store,
+) -> impl Fn(&mut Graph, Var) -> Result<Var> + 'a {
+    move |g, x| Ok(encoder.forward(g, params, buffers, x, &BatchNorm::default(), false)?.global)
 }
 
 /// Raw pixels, normalised with the dataset mean and std, as features.

@@ -7,6 +7,7 @@ use std::time::Instant;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
+use crate::autodiff::{Graph, Var};
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::{self, FeatureSet, Probe};
@@ -136,14 +137,15 @@ pub fn evaluate(
     test_images: &GpuImages,
     seed: u64,
 ) -> Result<Evaluation> {
-    let (enc, params, buffers) = method.backbone();
-    let f_train = eval::features(gpu, enc, params, buffers, train_images, &data.train.labels)?;
-    let f_test = eval::features(gpu, enc, params, buffers, test_images, &data.test.labels)?;
+    let trained_f = |g: &mut Graph, x: Var| method.features(g, x);
+    let f_train = eval::features(gpu, &trained_f, train_images, &data.train.labels)?;
+    let f_test = eval::features(gpu, &trained_f, test_images, &data.test.labels)?;
     let trained = probe(gpu, &f_train, &f_test)?;
 
-    let random = crate::methods::Network::new(gpu, encoder_config, &[], seed ^ 0xdead_beef)?;
-    let r_train = eval::features(gpu, &random.encoder, &random.params, &random.buffers, train_images, &data.train.labels)?;
-    let r_test = eval::features(gpu, &random.encoder, &random.params, &random.buffers, test_images, &data.test.labels)?;
+    let net = crate::methods::Network::new(gpu, encoder_config, &[], seed ^ 0xdead_beef)?;
+    let random_f = eval::encoder_features(&net.encoder, &net.params, &net.buffers);
+    let r_train = eval::features(gpu, &random_f, train_images, &data.train.labels)?;
+    let r_test = eval::features(gpu, &random_f, test_images, &data.test.labels)?;
     let random = probe(gpu, &r_train, &r_test)?;
 
     let p_train = eval::pixels(gpu, train_images, &data.train.labels)?;
@@ -164,9 +166,9 @@ pub fn knn_monitor(
     train_images: &GpuImages,
     test_images: &GpuImages,
 ) -> Result<f64> {
-    let (enc, params, buffers) = method.backbone();
-    let bank = eval::features(gpu, enc, params, buffers, train_images, &data.train.labels)?;
-    let query = eval::features(gpu, enc, params, buffers, test_images, &data.test.labels)?;
+    let f = |g: &mut Graph, x: Var| method.features(g, x);
+    let bank = eval::features(gpu, &f, train_images, &data.train.labels)?;
+    let query = eval::features(gpu, &f, test_images, &data.test.labels)?;
     eval::knn(gpu, &bank, &query, 200, 0.1)
 }
 

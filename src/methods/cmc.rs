@@ -167,6 +167,18 @@ impl Cmc {
         Ok((loss, acc))
     }
 
+    /// Y and CbCr images [N, H, W, 1] and [N, H, W, 2] of RGB images `x`.
+    fn split(&self, g: &mut Graph, x: Var, m: Tensor) -> Result<(Var, Var)> {
+        let d = g.shape(x);
+        let (n, h, w) = (d.dim(0), d.dim(1), d.dim(2));
+        let flat = g.reshape(x, [n * h * w, 3])?;
+        let m = g.input(m);
+        let yuv = g.matmul(flat, m, Trans::NT, 1.0)?;
+        let luma = g.slice_cols(yuv, 0, 1)?;
+        let chroma = g.slice_cols(yuv, 1, 2)?;
+        Ok((g.reshape(luma, [n, h, w, 1])?, g.reshape(chroma, [n, h, w, 2])?))
+    }
+
     fn enqueue(&mut self, gpu: &Gpu, z: Tensor) {
         let Some(bank) = self.bank else { return };
         let (k, d) = (self.config.bank, self.config.dim);
@@ -189,7 +201,6 @@ impl Method for Cmc {
     fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
         input.arena.reset();
         let gpu = input.gpu;
-        let n = input.indices.len();
         let views = match self.config.views {
             Views::Augment => augmented_views(&mut input, 2, true)?,
             Views::ChannelSplit => augmented_views(&mut input, 1, false)?,
@@ -203,15 +214,7 @@ impl Method for Cmc {
         let x = g.input(views[0]);
         let (loss, acc, z) = match (&self.net2, self.ycbcr) {
             (Some(net2), Some(m)) => {
-                let d = g.shape(x);
-                let (h, w) = (d.dim(1), d.dim(2));
-                let flat = g.reshape(x, [n * h * w, 3])?;
-                let m = g.input(m);
-                let yuv = g.matmul(flat, m, Trans::NT, 1.0)?;
-                let luma = g.slice_cols(yuv, 0, 1)?;
-                let chroma = g.slice_cols(yuv, 1, 2)?;
-                let luma = g.reshape(luma, [n, h, w, 1])?;
-                let chroma = g.reshape(chroma, [n, h, w, 2])?;
+                let (luma, chroma) = self.split(&mut g, x, m)?;
                 let za = self.net.embed(&mut g, luma, 1)?;
                 let zb = net2.embed(&mut g, chroma, 1)?;
                 let (l1, a1) = self.infonce(&mut g, za, zb, false)?;
@@ -239,7 +242,20 @@ impl Method for Cmc {
         Ok(StepOutput { stats, lr })
     }
 
-    fn backbone(&self) -> (&Encoder, &Store, &Store) {
-        (&self.net.encoder, &self.net.params, &self.net.buffers)
+    /// In channel-split mode the representation is both encoders' features side by side, as CMC
+    /// evaluates it.
+    fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        let feats = |net: &Network, g: &mut Graph, x: Var| {
+            crate::eval::encoder_features(&net.encoder, &net.params, &net.buffers)(g, x)
+        };
+        match (&self.net2, self.ycbcr) {
+            (Some(net2), Some(m)) => {
+                let (luma, chroma) = self.split(g, x, m)?;
+                let a = feats(&self.net, g, luma)?;
+                let b = feats(net2, g, chroma)?;
+                g.concat_cols(a, b)
+            }
+            _ => feats(&self.net, g, x),
+        }
     }
 }

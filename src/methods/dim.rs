@@ -114,7 +114,7 @@ impl Method for Dim {
         Ok(StepOutput { stats, lr })
     }
 
-    fn backbone(&self) -> (&Encoder, &Store, &Store) {
-        (&self.encoder, &self.params, &self.buffers)
+    fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        crate::eval::encoder_features(&self.encoder, &self.params, &self.buffers)(g, x)
     }
 }

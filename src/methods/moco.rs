@@ -231,7 +231,8 @@ impl Method for Moco {
         Ok(StepOutput { stats, lr })
     }
 
-    fn backbone(&self) -> (&Encoder, &Store, &Store) {
-        (&self.query.encoder, &self.query.params, &self.query.buffers)
+    fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        let q = &self.query;
+        crate::eval::encoder_features(&q.encoder, &q.params, &q.buffers)(g, x)
     }
 }

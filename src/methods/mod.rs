@@ -42,8 +42,9 @@ pub trait Method {
     /// Records a whole training step — augmentation, forward, backward, update — without
     /// submitting it.
     fn record_step(&mut self, input: StepInput<'_>) -> Result<StepOutput>;
-    /// The encoder to evaluate, with its parameter and buffer stores.
-    fn backbone(&self) -> (&Encoder, &Store, &Store);
+    /// Records the representation of images `x` (frozen: inference graph, BatchNorm in eval
+    /// mode) for evaluation.
+    fn features(&self, g: &mut Graph, x: Var) -> Result<Var>;
 }
 
 /// An encoder followed by an MLP head, its parameters in one store.
