@@ -9,7 +9,10 @@ use clap::{Args, Parser, Subcommand};
 use contrastive::data::{self, Dataset};
 use contrastive::kernels::augment::{Augment, GpuImages};
 use contrastive::kernels::optim::{Optimizer, Schedule};
-use contrastive::methods::{Moco, MocoConfig};
+use contrastive::kernels::mi::Estimator;
+use contrastive::methods::cmc::Views;
+use contrastive::methods::{Cmc, CmcConfig, Dim, DimConfig, Method, Moco, MocoConfig};
+use contrastive::optim::OptimConfig;
 use contrastive::nn::EncoderConfig;
 use contrastive::train::{self, TrainConfig};
 use contrastive::{Arena, Error, Gpu, Result};
@@ -60,6 +63,37 @@ enum MethodCmd {
         #[arg(long)]
         symmetric: bool,
     },
+    /// Deep InfoMax: global vector vs local feature map, JSD or NCE estimator.
+    Dim {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Mutual-information estimator.
+        #[arg(long, value_enum, default_value = "jsd")]
+        estimator: Estimator,
+        /// Dimension of the shared space of the MI networks.
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        /// Encoder stage giving the local feature map (default: the one before the last).
+        #[arg(long)]
+        local_stage: Option<usize>,
+    },
+    /// Two-view invariance (CMC / SimCLR family): symmetric InfoNCE with in-batch negatives.
+    Cmc {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// How the two views are made.
+        #[arg(long, value_enum, default_value = "augment")]
+        views: Views,
+        /// Softmax temperature τ (> 0).
+        #[arg(long, default_value_t = 0.2)]
+        temperature: f32,
+        /// Embedding dimension.
+        #[arg(long, default_value_t = 128)]
+        dim: usize,
+        /// Memory bank of past embeddings used as extra negatives (0: none).
+        #[arg(long, default_value_t = 0)]
+        bank: usize,
+    },
 }
 
 #[derive(Args)]
@@ -82,9 +116,13 @@ struct CommonArgs {
     /// Images per batch.
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// Base learning rate (SGD, momentum 0.9).
-    #[arg(long, default_value_t = 0.06)]
-    lr: f32,
+    /// Optimiser [default: sgd (momentum 0.9) for moco and cmc, adam for dim].
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    /// Base learning rate for batch 256, scaled linearly with the batch size
+    /// [default: 0.06 with sgd, 1e-3 with adam/adamw].
+    #[arg(long)]
+    lr: Option<f32>,
     /// Weight decay (not applied to biases and BatchNorm parameters).
     #[arg(long, default_value_t = 5e-4)]
     weight_decay: f32,
@@ -106,15 +144,22 @@ struct CommonArgs {
     /// Turn augmentation off (the views differ only by noise-free identity: for debugging).
     #[arg(long)]
     no_augment: bool,
-    /// Run directory for metrics and the summary.
-    #[arg(long, default_value = "runs/moco")]
-    out: PathBuf,
+    /// Run directory for metrics, checkpoints and the summary [default: runs/<method>].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Overwrite a run directory that already holds a run.
     #[arg(long)]
     force: bool,
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum OptimizerArg {
+    Sgd,
+    Adam,
+    Adamw,
 }
 
 fn devices() -> Result<()> {
@@ -146,17 +191,24 @@ fn prepare_out(dir: &PathBuf, force: bool) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
 }
 
-fn train_moco(c: CommonArgs, moco: MocoConfig) -> Result<()> {
+type Build<'a> = Box<dyn FnOnce(&Gpu, &EncoderConfig, &OptimConfig, usize, u64) -> Result<Box<dyn Method>> + 'a>;
+
+fn run(method: &str, c: CommonArgs, default_optimizer: OptimizerArg, config: serde_json::Value, build: Build<'_>) -> Result<()> {
     let gpu = Gpu::new()?;
     eprintln!("adapter: {}", gpu.adapter);
     let mut split = data::load(c.data, c.data_dir.as_deref())?;
     if c.train_images > 0 {
         split.train = split.train.take(c.train_images);
     }
-    eprintln!("data: {}; training on {} images, evaluating on {}", split.origin, split.train.len(), split.test.len());
-    let steps = c
-        .steps
-        .unwrap_or(((c.epochs as f64 * split.train.len() as f64) / c.batch_size.max(1) as f64).ceil() as u64);
+    eprintln!(
+        "data: {}; training on {} images, evaluating on {}",
+        split.origin,
+        split.train.len(),
+        split.test.len()
+    );
+    let steps = c.steps.unwrap_or(
+        ((c.epochs as f64 * split.train.len() as f64) / c.batch_size.max(1) as f64).ceil() as u64,
+    );
     let cfg = TrainConfig {
         batch_size: c.batch_size,
         steps,
@@ -167,8 +219,8 @@ fn train_moco(c: CommonArgs, moco: MocoConfig) -> Result<()> {
         progress: !c.quiet,
     };
     train::validate(&cfg, split.train.len())?;
-    moco.validate(c.batch_size)?;
-    prepare_out(&c.out, c.force)?;
+    let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(method));
+    prepare_out(&out, c.force)?;
 
     let mut data_arena = Arena::for_gpu("datasets", &gpu);
     let train_images = GpuImages::upload(&gpu, &mut data_arena, &split.train)?;
@@ -178,89 +230,104 @@ fn train_moco(c: CommonArgs, moco: MocoConfig) -> Result<()> {
         residual_blocks: c.residual_blocks,
         ..EncoderConfig::small(split.train.height, split.train.width, split.train.channels)
     };
-    let schedule = Schedule::Cosine {
-        warmup: c.warmup,
-        total: steps,
-        min_lr: 0.0,
+    let optimizer = c.optimizer.unwrap_or(default_optimizer);
+    let (kind, default_lr) = match optimizer {
+        OptimizerArg::Sgd => (Optimizer::Sgd { momentum: 0.9, nesterov: false }, 0.06),
+        OptimizerArg::Adam | OptimizerArg::Adamw => (
+            Optimizer::Adam {
+                beta1: 0.9,
+                beta2: 0.999,
+                eps: 1e-8,
+                decoupled: optimizer == OptimizerArg::Adamw,
+            },
+            1e-3,
+        ),
     };
-    let sgd = Optimizer::Sgd {
-        momentum: 0.9,
-        nesterov: false,
+    let optim = OptimConfig {
+        kind,
+        lr: c.lr.unwrap_or(default_lr) * c.batch_size as f32 / 256.0,
+        weight_decay: c.weight_decay,
+        schedule: Schedule::Cosine {
+            warmup: c.warmup,
+            total: steps,
+            min_lr: 0.0,
+        },
     };
-    let lr = c.lr * c.batch_size as f32 / 256.0;
-    let mut method = Moco::new(&gpu, moco, &enc, c.batch_size, (sgd, lr, c.weight_decay, schedule), c.seed)?;
-    let (encoder, params, _) = contrastive::methods::Method::backbone(&method);
+    let mut m = build(&gpu, &enc, &optim, c.batch_size, c.seed)?;
+    let probe_enc = contrastive::methods::Network::new(&gpu, &enc, &[], 0)?;
     eprintln!(
-        "encoder: {} parameters, {:.1} MFLOP per image forward; {} steps of batch {}",
-        params.count(),
-        encoder.flops_per_image() * 1e-6,
-        steps,
+        "encoder: {} parameters, {:.1} MFLOP per image forward; model with heads: {} parameters; {steps} steps of batch {}",
+        probe_enc.params.count(),
+        probe_enc.encoder.flops_per_image() * 1e-6,
+        m.parameter_count(),
         c.batch_size
     );
 
-    let metrics_path = c.out.join("metrics.jsonl");
+    let metrics_path = out.join("metrics.jsonl");
     let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
     let start = std::time::Instant::now();
-    let lines = train::train(&gpu, &mut method, &split, &train_images, &test_images, &cfg, |line| {
+    let lines = train::train(&gpu, m.as_mut(), &split, &train_images, &test_images, &cfg, |line| {
         let json = serde_json::to_string(line).expect("log lines serialise");
         writeln!(metrics, "{json}").map_err(|e| Error::io(&metrics_path, e))
     })?;
     let elapsed = start.elapsed().as_secs_f64();
-    let pairs_per_s = (steps * c.batch_size as u64) as f64 / elapsed;
+    let per_s = (steps * c.batch_size as u64) as f64 / elapsed;
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
-    let evaluation = train::evaluate(&gpu, &method, &enc, &split, &train_images, &test_images, c.seed)?;
+    let evaluation = train::evaluate(&gpu, m.as_ref(), &enc, &split, &train_images, &test_images, c.seed)?;
     println!("\n{evaluation}");
-    println!(
-        "training: {steps} steps in {elapsed:.1} s, {pairs_per_s:.1} image pairs/s on {}",
-        gpu.adapter
-    );
+    println!("training: {steps} steps in {elapsed:.1} s, {per_s:.1} images/s (each with its views) on {}", gpu.adapter);
     let summary = serde_json::json!({
-        "method": "moco",
+        "method": method,
         "adapter": gpu.adapter.to_string(),
         "data": split.origin,
         "steps": steps,
         "batch_size": c.batch_size,
         "seconds": elapsed,
-        "image_pairs_per_s": pairs_per_s,
+        "images_per_s": per_s,
         "final_loss": lines.last().map(|l| l.loss),
         "evaluation": evaluation,
-        "moco": method.config,
+        "config": config,
         "encoder": enc,
         "train": cfg,
     });
-    let path = c.out.join("summary.json");
+    let path = out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises"))
         .map_err(|e| Error::io(&path, e))?;
     Ok(())
+}
+
+fn train_command(cmd: MethodCmd) -> Result<()> {
+    match cmd {
+        MethodCmd::Moco { common, queue, momentum, temperature, dim, linear_head, split_bn, symmetric } => {
+            let config = MocoConfig { queue, momentum, temperature, dim, mlp: !linear_head, split_bn, symmetric };
+            config.validate(common.batch_size)?;
+            let json = serde_json::to_value(&config).expect("config serialises");
+            run("moco", common, OptimizerArg::Sgd, json, Box::new(move |gpu, enc, opt, batch, seed| {
+                Ok(Box::new(Moco::new(gpu, config, enc, batch, opt, seed)?) as Box<dyn Method>)
+            }))
+        }
+        MethodCmd::Dim { common, estimator, dim, local_stage } => {
+            let config = DimConfig { estimator, dim, local_stage };
+            let json = serde_json::to_value(&config).expect("config serialises");
+            run("dim", common, OptimizerArg::Adam, json, Box::new(move |gpu, enc, opt, _, seed| {
+                Ok(Box::new(Dim::new(gpu, config, enc, opt, seed)?) as Box<dyn Method>)
+            }))
+        }
+        MethodCmd::Cmc { common, views, temperature, dim, bank } => {
+            let config = CmcConfig { views, temperature, dim, bank };
+            let json = serde_json::to_value(&config).expect("config serialises");
+            run("cmc", common, OptimizerArg::Sgd, json, Box::new(move |gpu, enc, opt, batch, seed| {
+                Ok(Box::new(Cmc::new(gpu, config, enc, batch, opt, seed)?) as Box<dyn Method>)
+            }))
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Devices => devices(),
-        Command::Train { method } => match method {
-            MethodCmd::Moco {
-                common,
-                queue,
-                momentum,
-                temperature,
-                dim,
-                linear_head,
-                split_bn,
-                symmetric,
-            } => train_moco(
-                common,
-                MocoConfig {
-                    queue,
-                    momentum,
-                    temperature,
-                    dim,
-                    mlp: !linear_head,
-                    split_bn,
-                    symmetric,
-                },
-            ),
-        },
+        Command::Train { method } => train_command(method),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

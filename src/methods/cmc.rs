@@ -244,6 +244,10 @@ impl Method for Cmc {
 
     /// In channel-split mode the representation is both encoders' features side by side, as CMC
     /// evaluates it.
+    fn parameter_count(&self) -> usize {
+        self.net.params.count() + self.net2.as_ref().map_or(0, |n| n.params.count())
+    }
+
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
         let feats = |net: &Network, g: &mut Graph, x: Var| {
             crate::eval::encoder_features(&net.encoder, &net.params, &net.buffers)(g, x)

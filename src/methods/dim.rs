@@ -114,6 +114,10 @@ impl Method for Dim {
         Ok(StepOutput { stats, lr })
     }
 
+    fn parameter_count(&self) -> usize {
+        self.params.count()
+    }
+
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
         crate::eval::encoder_features(&self.encoder, &self.params, &self.buffers)(g, x)
     }

@@ -231,6 +231,10 @@ impl Method for Moco {
         Ok(StepOutput { stats, lr })
     }
 
+    fn parameter_count(&self) -> usize {
+        self.query.params.count()
+    }
+
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
         let q = &self.query;
         crate::eval::encoder_features(&q.encoder, &q.params, &q.buffers)(g, x)

@@ -45,6 +45,8 @@ pub trait Method {
     /// Records the representation of images `x` (frozen: inference graph, BatchNorm in eval
     /// mode) for evaluation.
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var>;
+    /// Trained parameters (all networks with gradients).
+    fn parameter_count(&self) -> usize;
 }
 
 /// An encoder followed by an MLP head, its parameters in one store.
