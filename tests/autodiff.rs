@@ -241,3 +241,43 @@ fn gradient_checker_rejects_a_wrong_gradient() {
     let e = gradcheck::check(&gpu, &[x], |g, v| g.relu(v[0]), &tol).unwrap_err();
     assert!(e.to_string().contains("gradient check failed"), "{e}");
 }
+
+#[test]
+fn deep_infomax_estimators() {
+    use contrastive::kernels::mi::Estimator;
+    for est in [Estimator::Jsd, Estimator::Nce] {
+        check(&[&[3, 12]], move |g, v| g.mi_estimate(v[0], 4, est));
+    }
+}
+
+fn two_view_loss(g: &mut Graph, z: Var, n: usize) -> Result<Var> {
+    let z = g.l2_normalize(z)?;
+    let s = g.matmul(z, z, Trans::NT, 1.0)?;
+    let targets: Vec<u32> = (0..2 * n as u32).map(|i| (i + n as u32) % (2 * n as u32)).collect();
+    let t = g.constant_u32([2 * n], &targets)?;
+    let spec = Xent {
+        temperature: 0.5,
+        mask_diagonal: true,
+    };
+    let (rows, _) = g.softmax_xent(s, t, &spec)?;
+    g.mean(rows)
+}
+
+#[test]
+fn masked_two_view_loss() {
+    check(&[&[6, 4]], |g, v| two_view_loss(g, v[0], 3));
+    check(&[&[6, 4]], |g, v| g.slice_cols(v[0], 1, 2));
+}
+
+#[test]
+fn collapsed_two_view_embeddings_give_ln_2n_minus_1() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let n = 5;
+    let mut g = Graph::new(&gpu, &mut arena);
+    let z = g.constant([2 * n, 3], &[0.3f32, -0.2, 0.9].repeat(2 * n)).unwrap();
+    let loss = two_view_loss(&mut g, z, n).unwrap();
+    let got = g.read(loss).unwrap()[0] as f64;
+    let want = ((2 * n - 1) as f64).ln();
+    assert!((got - want).abs() < 1e-5, "loss {got}, ln(2N-1) = {want}");
+}
