@@ -3,7 +3,11 @@
 
 pub mod augment;
 pub mod elementwise;
+pub mod ema;
+pub mod l2norm;
 pub mod mi;
+pub mod reduce;
+pub mod softmax_xent;
 
 /// Workgroup counts for a 1-D launch of `n` threads in groups of `wg`, folded into a second
 /// dimension when it exceeds the per-dimension limit. Kernels recover the index as
@@ -31,7 +35,8 @@ pub fn check_close(got: &[f32], want: &[f64], tol: f64, eps: f64) -> Result<(), 
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let err = (g as f64 - w).abs();
         let bound = tol + w.abs() * eps;
-        if !(err <= bound) {
+        // NaN fails too.
+        if err.is_nan() || err > bound {
             return Err(format!(
                 "index {i}: got {g}, reference {w}, error {err:.3e} > bound {bound:.3e}"
             ));
