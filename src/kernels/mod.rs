@@ -1,7 +1,9 @@
 //! WGSL kernels, one module per family: the launcher, its CPU reference and its shapes checks sit
 //! together. Launchers only record work (see [`crate::gpu::Gpu::dispatch`]); they never block.
 
+pub mod batchnorm;
 pub mod elementwise;
+pub mod optim;
 
 /// Workgroup counts for a 1-D launch of `n` threads in groups of `wg`, folded into a second
 /// dimension when it exceeds the per-dimension limit. Kernels recover the index as
