@@ -6,6 +6,7 @@
 
 use contrastive::{Gpu, Result};
 
+mod batchnorm;
 mod harness;
 mod reduce;
 
@@ -15,5 +16,6 @@ fn main() -> Result<()> {
     let mut b = harness::Bench::new(&gpu, filter);
     b.header();
     reduce::run(&mut b)?;
+    batchnorm::run(&mut b)?;
     Ok(())
 }

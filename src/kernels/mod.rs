@@ -2,10 +2,12 @@
 //! together. Launchers only record work (see [`crate::gpu::Gpu::dispatch`]); they never block.
 
 pub mod augment;
+pub mod batchnorm;
 pub mod elementwise;
 pub mod ema;
 pub mod l2norm;
 pub mod mi;
+pub mod optim;
 pub mod reduce;
 pub mod softmax_xent;
 

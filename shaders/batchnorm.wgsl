@@ -1,0 +1,268 @@
+// Batch normalisation over the columns of a row-major [rows, cols] matrix (NHWC activations read as
+// [N·H·W, C]), with the rows split into `groups` equal contiguous blocks that each get their own
+// statistics ("split BN"; groups = 1 is ordinary BN).
+//
+// The launcher prepends `alias V = f32;` or, when the channel count is a multiple of 4,
+// `alias V = vec4<f32>;`: every buffer is then an array of V and every index and count below
+// (`cols` included) is in units of V, so one thread handles four channels with 16-byte loads.
+// (On llvmpipe this halves the time of the elementwise passes.)
+//
+// Every pass is laid out the same way, with no workgroup memory or barriers (barriers are very slow
+// on software rasterisers): thread (chunk, column) walks `chunk` consecutive rows of one column,
+// never crossing a group boundary. Neighbouring threads touch neighbouring columns of the same row,
+// so accesses coalesce, and the integer divisions that locate a thread's column and group are paid
+// once per chunk rather than once per element (per-element division dominated on llvmpipe).
+// Reductions write one partial per (chunk, column) into the scratch area and a finishing pass with
+// one thread per column merges them; the elementwise passes use shorter chunks.
+//
+// Scratch layout, with Q = groups·chunks partial rows of `cols` values (parts = Q·cols):
+//   [0, parts)                   partial A (forward: chunk mean;  backward: Σ dy)
+//   [parts, 2·parts)             partial B (forward: chunk M2;    backward: Σ dy·x̂)
+//   [2·parts, +groups·cols)      backward only: Σ dy per (group, column)
+//   [.., +groups·cols)           backward only: Σ dy·x̂ per (group, column)
+
+struct Params {
+    cols: u32,       // channels, in units of V
+    groups: u32,     // statistics groups
+    group_rows: u32, // rows / groups
+    chunk: u32,      // rows walked by one thread in this pass
+    chunks: u32,     // chunks per group in this pass
+    eps: f32,
+    momentum: f32,
+    flag: u32,       // normalize: 1 = stats are running mean/var (eval); grad_input: 1 = accumulate
+    parts: u32,      // partials per scratch half: groups · (reduction chunks per group) · cols
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+const WG: u32 = 64u;
+
+// Every entry point names its own bindings; entry points never share a binding layout.
+
+// stats_partial
+@group(1) @binding(0) var<storage, read_write> sp_x: array<V>;
+@group(1) @binding(1) var<storage, read_write> sp_scratch: array<V>;
+
+// stats_finish
+@group(1) @binding(0) var<storage, read_write> sf_scratch: array<V>;
+@group(1) @binding(1) var<storage, read_write> sf_mean: array<V>;
+@group(1) @binding(2) var<storage, read_write> sf_invstd: array<V>;
+@group(1) @binding(3) var<storage, read_write> sf_running_mean: array<V>;
+@group(1) @binding(4) var<storage, read_write> sf_running_var: array<V>;
+
+// normalize
+@group(1) @binding(0) var<storage, read_write> nm_x: array<V>;
+@group(1) @binding(1) var<storage, read_write> nm_gamma: array<V>;
+@group(1) @binding(2) var<storage, read_write> nm_beta: array<V>;
+@group(1) @binding(3) var<storage, read_write> nm_mean: array<V>;
+@group(1) @binding(4) var<storage, read_write> nm_scale: array<V>; // invstd, or running var (eval)
+@group(1) @binding(5) var<storage, read_write> nm_y: array<V>;
+
+// grad_partial
+@group(1) @binding(0) var<storage, read_write> gp_x: array<V>;
+@group(1) @binding(1) var<storage, read_write> gp_dy: array<V>;
+@group(1) @binding(2) var<storage, read_write> gp_mean: array<V>;
+@group(1) @binding(3) var<storage, read_write> gp_invstd: array<V>;
+@group(1) @binding(4) var<storage, read_write> gp_scratch: array<V>;
+
+// grad_finish
+@group(1) @binding(0) var<storage, read_write> gf_scratch: array<V>;
+@group(1) @binding(1) var<storage, read_write> gf_dgamma: array<V>;
+@group(1) @binding(2) var<storage, read_write> gf_dbeta: array<V>;
+
+// grad_input
+@group(1) @binding(0) var<storage, read_write> gi_x: array<V>;
+@group(1) @binding(1) var<storage, read_write> gi_dy: array<V>;
+@group(1) @binding(2) var<storage, read_write> gi_gamma: array<V>;
+@group(1) @binding(3) var<storage, read_write> gi_mean: array<V>;
+@group(1) @binding(4) var<storage, read_write> gi_invstd: array<V>;
+@group(1) @binding(5) var<storage, read_write> gi_scratch: array<V>;
+@group(1) @binding(6) var<storage, read_write> gi_dx: array<V>;
+
+// Where thread `i` works: its column, its index s = group·cols + column into [groups, cols]
+// statistics, the first element it touches and how many rows it walks.
+struct Chunk {
+    c: u32,
+    s: u32,
+    start: u32,
+    n: u32,
+}
+
+fn chunk_of(i: u32) -> Chunk {
+    let c = i % p.cols;
+    let q = i / p.cols;
+    let g = q / p.chunks;
+    let k = q % p.chunks;
+    let row = g * p.group_rows + k * p.chunk;
+    return Chunk(c, g * p.cols + c, row * p.cols + c, min(p.chunk, p.group_rows - k * p.chunk));
+}
+
+// Per chunk: mean and M2 = Σ (x - mean)². Sums are taken about the chunk's first value, so a large
+// common offset does not cancel catastrophically as it does in E[x²] - E[x]².
+@compute @workgroup_size(64)
+fn stats_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= p.parts {
+        return;
+    }
+    let ch = chunk_of(i);
+    var idx = ch.start;
+    let shift = sp_x[idx];
+    var s1 = V(0.0);
+    var s2 = V(0.0);
+    for (var r = 0u; r < ch.n; r++) {
+        let d = sp_x[idx] - shift;
+        s1 += d;
+        s2 += d * d;
+        idx += p.cols;
+    }
+    let m = s1 / f32(ch.n);
+    sp_scratch[i] = shift + m;
+    sp_scratch[p.parts + i] = max(s2 - s1 * m, V(0.0));
+}
+
+// One thread per column: merges the chunks of each group (Chan et al.), writes the group's mean and
+// 1/sqrt(biased var + eps), and moves the running statistics toward the average over groups of the
+// group mean and UNBIASED group variance (PyTorch's convention).
+@compute @workgroup_size(64)
+fn stats_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.cols {
+        return;
+    }
+    let n = f32(p.group_rows);
+    var mean_sum = V(0.0);
+    var var_sum = V(0.0);
+    for (var g = 0u; g < p.groups; g++) {
+        var count = 0.0;
+        var mean = V(0.0);
+        var m2 = V(0.0);
+        for (var k = 0u; k < p.chunks; k++) {
+            let j = (g * p.chunks + k) * p.cols + c;
+            let nb = f32(min(p.chunk, p.group_rows - k * p.chunk));
+            let total = count + nb;
+            let d = sf_scratch[j] - mean;
+            mean += d * (nb / total);
+            m2 += sf_scratch[p.parts + j] + d * d * (count * nb / total);
+            count = total;
+        }
+        sf_mean[g * p.cols + c] = mean;
+        sf_invstd[g * p.cols + c] = inverseSqrt(m2 / n + p.eps);
+        mean_sum += mean;
+        // A one-row group has no unbiased variance; its (zero) biased variance is used instead.
+        var_sum += m2 / max(n - 1.0, 1.0);
+    }
+    let inv_g = 1.0 / f32(p.groups);
+    let m = p.momentum;
+    sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean_sum * inv_g;
+    sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_sum * inv_g;
+}
+
+// y = (x - mean)·scale + beta with scale = gamma·invstd (subtracting first keeps precision when
+// the mean is large). In eval mode (flag 1) `nm_scale` holds the running variance.
+@compute @workgroup_size(64)
+fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= p.groups * p.chunks * p.cols {
+        return;
+    }
+    let ch = chunk_of(i);
+    var inv = nm_scale[ch.s];
+    if p.flag != 0u {
+        inv = inverseSqrt(inv + p.eps);
+    }
+    let scale = nm_gamma[ch.c] * inv;
+    let mean = nm_mean[ch.s];
+    let beta = nm_beta[ch.c];
+    var idx = ch.start;
+    for (var r = 0u; r < ch.n; r++) {
+        nm_y[idx] = (nm_x[idx] - mean) * scale + beta;
+        idx += p.cols;
+    }
+}
+
+// Per chunk: Σ dy and Σ dy·x̂.
+@compute @workgroup_size(64)
+fn grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= p.parts {
+        return;
+    }
+    let ch = chunk_of(i);
+    let mean = gp_mean[ch.s];
+    var idx = ch.start;
+    var sdy = V(0.0);
+    var sdyx = V(0.0);
+    for (var r = 0u; r < ch.n; r++) {
+        let d = gp_dy[idx];
+        sdy += d;
+        sdyx += d * (gp_x[idx] - mean);
+        idx += p.cols;
+    }
+    gp_scratch[i] = sdy;
+    gp_scratch[p.parts + i] = sdyx * gp_invstd[ch.s];
+}
+
+// One thread per column: per-group sums for grad_input, and dgamma += Σ dy·x̂, dbeta += Σ dy over
+// all groups (parameter gradients always accumulate).
+@compute @workgroup_size(64)
+fn grad_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let c = gid.x;
+    if c >= p.cols {
+        return;
+    }
+    let sums = 2u * p.parts;
+    let gc = p.groups * p.cols;
+    var dbeta = V(0.0);
+    var dgamma = V(0.0);
+    for (var g = 0u; g < p.groups; g++) {
+        var sdy = V(0.0);
+        var sdyx = V(0.0);
+        for (var k = 0u; k < p.chunks; k++) {
+            let j = (g * p.chunks + k) * p.cols + c;
+            sdy += gf_scratch[j];
+            sdyx += gf_scratch[p.parts + j];
+        }
+        gf_scratch[sums + g * p.cols + c] = sdy;
+        gf_scratch[sums + gc + g * p.cols + c] = sdyx;
+        dbeta += sdy;
+        dgamma += sdyx;
+    }
+    gf_dgamma[c] += dgamma;
+    gf_dbeta[c] += dbeta;
+}
+
+// dx = gamma·invstd·(dy - (Σ dy + x̂·Σ dy·x̂)/n) with sums over the row's group, rewritten as
+// dx = a·dy + b·(x - mean) + d with a, b, d constant per (group, column).
+@compute @workgroup_size(64)
+fn grad_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= p.groups * p.chunks * p.cols {
+        return;
+    }
+    let ch = chunk_of(i);
+    let sums = 2u * p.parts;
+    let inv = gi_invstd[ch.s];
+    let inv_n = 1.0 / f32(p.group_rows);
+    let sdy = gi_scratch[sums + ch.s] * inv_n;
+    let sdyx = gi_scratch[sums + p.groups * p.cols + ch.s] * inv_n;
+    let a = gi_gamma[ch.c] * inv;
+    let b = -a * sdyx * inv;
+    let d = -a * sdy;
+    let mean = gi_mean[ch.s];
+    var idx = ch.start;
+    if p.flag != 0u {
+        for (var r = 0u; r < ch.n; r++) {
+            gi_dx[idx] += a * gi_dy[idx] + b * (gi_x[idx] - mean) + d;
+            idx += p.cols;
+        }
+    } else {
+        for (var r = 0u; r < ch.n; r++) {
+            gi_dx[idx] = a * gi_dy[idx] + b * (gi_x[idx] - mean) + d;
+            idx += p.cols;
+        }
+    }
+}

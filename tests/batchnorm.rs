@@ -1,0 +1,403 @@
+mod common;
+
+use common::*;
+use contrastive::kernels::batchnorm::{self, BatchNorm};
+use contrastive::{Arena, Error, Gpu, Shape, Tensor};
+
+/// Everything one BN layer needs on the GPU, filled from host data.
+struct Layer {
+    x: Tensor,
+    gamma: Tensor,
+    beta: Tensor,
+    y: Tensor,
+    mean: Tensor,
+    invstd: Tensor,
+    running_mean: Tensor,
+    running_var: Tensor,
+    scratch: Tensor,
+}
+
+struct Host {
+    x: Vec<f32>,
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    running_mean: Vec<f32>,
+    running_var: Vec<f32>,
+}
+
+fn host(rows: usize, cols: usize, seed: u64) -> Host {
+    Host {
+        x: rand_vec(rows * cols, seed)
+            .iter()
+            .enumerate()
+            // Distinct offsets and spreads per column, so a wrong column index shows.
+            .map(|(i, v)| 2.0 * v * (1.0 + (i % cols) as f32 * 0.3) + (i % cols) as f32 - 1.0)
+            .collect(),
+        gamma: rand_vec(cols, seed + 1).iter().map(|v| 1.0 + v).collect(),
+        beta: rand_vec(cols, seed + 2),
+        running_mean: rand_vec(cols, seed + 3),
+        running_var: rand_vec(cols, seed + 4).iter().map(|v| 1.5 + v).collect(),
+    }
+}
+
+fn upload(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host) -> Layer {
+    let shape = Shape::new(dims);
+    let (rows, cols) = shape.rows_cols();
+    Layer {
+        x: arena.upload(gpu, shape, &h.x).unwrap(),
+        gamma: arena.upload(gpu, [cols], &h.gamma).unwrap(),
+        beta: arena.upload(gpu, [cols], &h.beta).unwrap(),
+        y: arena.tensor(gpu, shape).unwrap(),
+        mean: arena.tensor(gpu, [groups, cols]).unwrap(),
+        invstd: arena.tensor(gpu, [groups, cols]).unwrap(),
+        running_mean: arena.upload(gpu, [cols], &h.running_mean).unwrap(),
+        running_var: arena.upload(gpu, [cols], &h.running_var).unwrap(),
+        scratch: arena
+            .tensor(gpu, [batchnorm::scratch_len(rows, cols, groups)])
+            .unwrap(),
+    }
+}
+
+fn train(gpu: &Gpu, l: &Layer, bn: &BatchNorm) {
+    batchnorm::forward_train(
+        gpu,
+        &l.x,
+        &l.gamma,
+        &l.beta,
+        &l.y,
+        &l.mean,
+        &l.invstd,
+        &l.running_mean,
+        &l.running_var,
+        &l.scratch,
+        bn,
+    )
+    .unwrap();
+}
+
+fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
+    gpu.read(t.region).unwrap()
+}
+
+/// Train forward, both backward modes and eval on one shape, all against the f64 references.
+/// `tol` scales every tolerance (large reductions and badly conditioned inputs need more).
+fn check(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host, tol: f64) {
+    let bn = BatchNorm {
+        groups,
+        ..BatchNorm::default()
+    };
+    let (rows, cols) = Shape::new(dims).rows_cols();
+    let what = format!("{dims:?} groups={groups}");
+    let l = upload(gpu, arena, dims, groups, h);
+    train(gpu, &l, &bn);
+    let want = batchnorm::reference_forward_train(
+        &h.x,
+        cols,
+        &h.gamma,
+        &h.beta,
+        &h.running_mean,
+        &h.running_var,
+        &bn,
+    );
+    assert_close(&format!("y {what}"), &read(gpu, &l.y), &want.y, tol, tol);
+    assert_close(
+        &format!("mean {what}"),
+        &read(gpu, &l.mean),
+        &want.mean,
+        tol,
+        tol,
+    );
+    assert_close(
+        &format!("invstd {what}"),
+        &read(gpu, &l.invstd),
+        &want.invstd,
+        0.0,
+        tol,
+    );
+    let running_mean = read(gpu, &l.running_mean);
+    let running_var = read(gpu, &l.running_var);
+    assert_close(
+        &format!("running_mean {what}"),
+        &running_mean,
+        &want.running_mean,
+        tol,
+        tol,
+    );
+    assert_close(
+        &format!("running_var {what}"),
+        &running_var,
+        &want.running_var,
+        tol,
+        tol,
+    );
+
+    let dy = rand_vec(rows * cols, 11);
+    let prev_dx = rand_vec(rows * cols, 12);
+    let prev_dgamma = rand_vec(cols, 13);
+    let prev_dbeta = rand_vec(cols, 14);
+    let tdy = arena.upload(gpu, [rows, cols], &dy).unwrap();
+    for accumulate in [false, true] {
+        let dx = arena.upload(gpu, [rows, cols], &prev_dx).unwrap();
+        let dgamma = arena.upload(gpu, [cols], &prev_dgamma).unwrap();
+        let dbeta = arena.upload(gpu, [cols], &prev_dbeta).unwrap();
+        batchnorm::backward(
+            gpu, &l.x, &tdy, &l.gamma, &l.mean, &l.invstd, &dx, &dgamma, &dbeta, &l.scratch, &bn,
+            accumulate,
+        )
+        .unwrap();
+        let want = batchnorm::reference_backward(
+            &h.x,
+            &dy,
+            cols,
+            &h.gamma,
+            &prev_dx,
+            &prev_dgamma,
+            &prev_dbeta,
+            &bn,
+            accumulate,
+        );
+        let what = format!("{what} accumulate={accumulate}");
+        assert_close(&format!("dx {what}"), &read(gpu, &dx), &want.dx, tol, tol);
+        // Sums over all rows: the bound grows with the row count.
+        let sum_tol = tol * (rows as f64).sqrt();
+        assert_close(
+            &format!("dgamma {what}"),
+            &read(gpu, &dgamma),
+            &want.dgamma,
+            sum_tol,
+            tol,
+        );
+        assert_close(
+            &format!("dbeta {what}"),
+            &read(gpu, &dbeta),
+            &want.dbeta,
+            sum_tol,
+            tol,
+        );
+    }
+
+    batchnorm::forward_eval(
+        gpu,
+        &l.x,
+        &l.gamma,
+        &l.beta,
+        &l.running_mean,
+        &l.running_var,
+        &l.y,
+        &bn,
+    )
+    .unwrap();
+    let want = batchnorm::reference_forward_eval(
+        &h.x,
+        cols,
+        &h.gamma,
+        &h.beta,
+        &running_mean,
+        &running_var,
+        &bn,
+    );
+    assert_close(&format!("eval y {what}"), &read(gpu, &l.y), &want, tol, tol);
+    arena.reset();
+}
+
+#[test]
+fn small_and_nhwc_shapes_match_reference() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let cases: &[(&[usize], &[usize])] = &[
+        (&[1, 1], &[1]),
+        (&[3, 5], &[1, 3]),
+        (&[17, 3], &[1, 17]),
+        (&[2, 5, 3, 7], &[1, 2]),
+        (&[4, 3, 2, 5], &[1, 2, 4]),
+        (&[129, 64], &[1, 3]),
+        (&[1000, 3], &[1, 2, 4, 8]),
+        (&[8, 2, 2, 131], &[1, 4, 8]),
+        // Channel counts divisible by 4 run the vec4 build.
+        (&[17, 4], &[1]),
+        (&[6, 3, 3, 12], &[1, 2, 3, 6]),
+        (&[1000, 8], &[1, 8]),
+    ];
+    for (seed, &(dims, groups)) in cases.iter().enumerate() {
+        let (rows, cols) = Shape::new(dims).rows_cols();
+        let h = host(rows, cols, 100 * seed as u64);
+        for &g in groups {
+            check(&gpu, &mut arena, dims, g, &h, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn large_batch_reduction_matches_reference() {
+    // A ResNet stage-1 activation at batch 32: 25088 rows of 32 channels, many chunks per group.
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let dims = [32, 28, 28, 32];
+    let h = host(32 * 28 * 28, 32, 7);
+    for groups in [1, 4] {
+        check(&gpu, &mut arena, &dims, groups, &h, 2e-4);
+    }
+}
+
+#[test]
+fn variance_is_sound_for_large_means() {
+    // x = 100 + 0.1·u: E[x²] - E[x]² in f32 would lose most of the variance (1e4 vs 3e-3).
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    for (rows, cols) in [(3000, 2), (3000, 8)] {
+        let mut h = host(rows, cols, 21);
+        h.x = rand_vec(rows * cols, 22)
+            .iter()
+            .map(|v| 100.0 + 0.1 * v)
+            .collect();
+        check(&gpu, &mut arena, &[rows, cols], 1, &h, 2e-3);
+    }
+}
+
+#[test]
+fn constant_column_gives_finite_results() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    for cols in [3, 4] {
+        let rows = 300;
+        let mut h = host(rows, cols, 31);
+        for r in 0..rows {
+            h.x[r * cols + 1] = 3.25;
+        }
+        check(&gpu, &mut arena, &[rows, cols], 1, &h, 1e-4);
+        check(&gpu, &mut arena, &[rows, cols], 2, &h, 1e-4);
+        let l = upload(&gpu, &mut arena, &[rows, cols], 1, &h);
+        train(&gpu, &l, &BatchNorm::default());
+        let y = read(&gpu, &l.y);
+        assert!(y.iter().all(|v| v.is_finite()));
+        assert_eq!(
+            y[cols + 1],
+            h.beta[1],
+            "a constant column normalises to beta"
+        );
+        arena.reset();
+    }
+}
+
+#[test]
+fn running_stats_follow_momentum_and_eval_uses_them() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let (rows, cols) = (64, 5);
+    let h = host(rows, cols, 41);
+    let bn = BatchNorm {
+        momentum: 0.25,
+        groups: 2,
+        ..BatchNorm::default()
+    };
+    let l = upload(&gpu, &mut arena, &[rows, cols], 2, &h);
+    train(&gpu, &l, &bn);
+    let running_mean = read(&gpu, &l.running_mean);
+    let running_var = read(&gpu, &l.running_var);
+    // The momentum rule written out: average of the two half-batches' mean and unbiased variance.
+    let n = rows / 2;
+    for c in 0..cols {
+        let (mut bm, mut bv) = (0.0, 0.0);
+        for g in 0..2 {
+            let col: Vec<f64> = (g * n..(g + 1) * n)
+                .map(|r| h.x[r * cols + c] as f64)
+                .collect();
+            let m = col.iter().sum::<f64>() / n as f64;
+            bm += m / 2.0;
+            bv += col.iter().map(|v| (v - m) * (v - m)).sum::<f64>() / (n - 1) as f64 / 2.0;
+        }
+        let want_m = 0.75 * h.running_mean[c] as f64 + 0.25 * bm;
+        let want_v = 0.75 * h.running_var[c] as f64 + 0.25 * bv;
+        assert!(
+            (running_mean[c] as f64 - want_m).abs() < 1e-5,
+            "running mean {c}"
+        );
+        assert!(
+            (running_var[c] as f64 - want_v).abs() < 1e-5,
+            "running var {c}"
+        );
+    }
+    batchnorm::forward_eval(
+        &gpu,
+        &l.x,
+        &l.gamma,
+        &l.beta,
+        &l.running_mean,
+        &l.running_var,
+        &l.y,
+        &bn,
+    )
+    .unwrap();
+    let got = read(&gpu, &l.y);
+    let want = batchnorm::reference_forward_eval(
+        &h.x,
+        cols,
+        &h.gamma,
+        &h.beta,
+        &running_mean,
+        &running_var,
+        &bn,
+    );
+    assert_close("eval", &got, &want, 1e-5, 1e-5);
+    let with_batch_stats = batchnorm::reference_forward_train(
+        &h.x,
+        cols,
+        &h.gamma,
+        &h.beta,
+        &h.running_mean,
+        &h.running_var,
+        &bn,
+    );
+    assert!(
+        contrastive::kernels::check_close(&got, &with_batch_stats.y, 1e-2, 0.0).is_err(),
+        "eval output equals the train output: running statistics were not used"
+    );
+}
+
+#[test]
+fn bad_groups_shapes_and_scratch_are_errors() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let h = host(6, 4, 51);
+    let l = upload(&gpu, &mut arena, &[6, 4], 1, &h);
+    let call = |bn: &BatchNorm, gamma: &Tensor, scratch: &Tensor| {
+        batchnorm::forward_train(
+            &gpu,
+            &l.x,
+            gamma,
+            &l.beta,
+            &l.y,
+            &l.mean,
+            &l.invstd,
+            &l.running_mean,
+            &l.running_var,
+            scratch,
+            bn,
+        )
+    };
+    for groups in [0, 4] {
+        let bn = BatchNorm {
+            groups,
+            ..BatchNorm::default()
+        };
+        let err = call(&bn, &l.gamma, &l.scratch).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "groups={groups}: {err}");
+    }
+    let bn = BatchNorm::default();
+    let short_gamma = arena.tensor(&gpu, [3]).unwrap();
+    let err = call(&bn, &short_gamma, &l.scratch).unwrap_err().to_string();
+    assert!(
+        err.contains("gamma") && err.contains("[3]") && err.contains("[6, 4]"),
+        "{err}"
+    );
+    let small = arena.tensor(&gpu, [2]).unwrap();
+    let err = call(&bn, &l.gamma, &small).unwrap_err().to_string();
+    assert!(err.contains("scratch"), "{err}");
+    // Two groups need [2, 4] saved statistics, not [1, 4].
+    let bn2 = BatchNorm {
+        groups: 2,
+        ..BatchNorm::default()
+    };
+    let err = call(&bn2, &l.gamma, &l.scratch).unwrap_err().to_string();
+    assert!(err.contains("save_mean"), "{err}");
+}
