@@ -587,7 +587,7 @@ impl<'a> Graph<'a> {
         train: bool,
     ) -> Result<Var> {
         let (xv, gv, bv) = (self.value(x), self.value(gamma), self.value(beta));
-        let (_, c) = xv.shape.rows_cols();
+        let (rows, c) = xv.shape.rows_cols();
         let out = self.alloc(xv.shape)?;
         if !train {
             batchnorm::forward_eval(self.gpu, &xv, &gv, &bv, running_mean, running_var, &out, bn)?;
@@ -595,6 +595,7 @@ impl<'a> Graph<'a> {
         }
         let mean = self.alloc([bn.groups, c])?;
         let invstd = self.alloc([bn.groups, c])?;
+        let scratch = self.alloc([batchnorm::scratch_len(rows, c, bn.groups)])?;
         batchnorm::forward_train(
             self.gpu,
             &xv,
@@ -605,6 +606,7 @@ impl<'a> Graph<'a> {
             &invstd,
             running_mean,
             running_var,
+            &scratch,
             bn,
         )?;
         let g = self.needs(&[x, gamma, beta]);
@@ -919,17 +921,20 @@ impl<'a> Graph<'a> {
                 let (xv, gv) = (self.value(x), self.value(gamma));
                 let dgamma = self.param_grad(gamma)?;
                 let dbeta = self.param_grad(beta)?;
+                let (rows, c) = xv.shape.rows_cols();
+                let scratch = self.alloc([batchnorm::scratch_len(rows, c, bn.groups)])?;
                 let run = |gpu: &Gpu, dx: &Tensor, acc: bool| {
                     batchnorm::backward(
-                        gpu, &xv, &dout, &gv, &mean, &invstd, dx, &dgamma, &dbeta, &bn, acc,
+                        gpu, &xv, &dout, &gv, &mean, &invstd, dx, &dgamma, &dbeta, &scratch, &bn,
+                        acc,
                     )
                 };
                 if self.nodes[x.0].needs_grad {
                     self.contribute(x, run)?;
                 } else {
                     // The fused kernel also produces dgamma and dbeta: give it somewhere to put dx.
-                    let scratch = self.alloc(xv.shape)?;
-                    run(self.gpu, &scratch, false)?;
+                    let unused = self.alloc(xv.shape)?;
+                    run(self.gpu, &unused, false)?;
                 }
             }
             Op::AvgPoolGlobal { x } => {
