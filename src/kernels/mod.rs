@@ -8,6 +8,7 @@ pub mod ema;
 pub mod l2norm;
 pub mod mi;
 pub mod optim;
+pub mod pool;
 pub mod reduce;
 pub mod softmax_xent;
 
