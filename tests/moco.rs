@@ -9,6 +9,7 @@ use contrastive::kernels::augment::{Augment, GpuImages};
 use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::{Method, Moco, MocoConfig, StepInput};
 use contrastive::nn::EncoderConfig;
+use contrastive::optim::OptimConfig;
 use contrastive::{Arena, Gpu};
 use rand::SeedableRng;
 
@@ -22,16 +23,16 @@ fn setup(gpu: &Gpu, config: MocoConfig) -> (Moco, GpuImages, Arena) {
         widths: vec![4, 8],
         ..EncoderConfig::small(28, 28, 1)
     };
-    let opt = (
-        Optimizer::Sgd {
+    let opt = OptimConfig {
+        kind: Optimizer::Sgd {
             momentum: 0.9,
             nesterov: false,
         },
-        0.1,
-        5e-4,
-        Schedule::Constant,
-    );
-    let moco = Moco::new(gpu, config, &enc, BATCH, opt, 3).unwrap();
+        lr: 0.1,
+        weight_decay: 5e-4,
+        schedule: Schedule::Constant,
+    };
+    let moco = Moco::new(gpu, config, &enc, BATCH, &opt, 3).unwrap();
     (moco, images, arena)
 }
 

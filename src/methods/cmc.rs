@@ -22,7 +22,7 @@ use crate::kernels::matmul::Trans;
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
-use crate::nn::{Encoder, EncoderConfig, Store};
+use crate::nn::EncoderConfig;
 use crate::optim::{Optim, OptimConfig};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]

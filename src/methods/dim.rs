@@ -6,7 +6,7 @@
 //! plain matmuls over [N·M·M, C]). Scores are one GEMM, [N, d] · [N·M², d]ᵀ.
 
 use super::{augmented_views, Method, StepInput, StepOutput};
-use crate::autodiff::Graph;
+use crate::autodiff::{Graph, Var};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::batchnorm::BatchNorm;

@@ -21,7 +21,7 @@ use crate::kernels::matmul::Trans;
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
-use crate::nn::{Encoder, EncoderConfig, Store};
+use crate::nn::EncoderConfig;
 use crate::optim::{Optim, OptimConfig};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
