@@ -17,6 +17,7 @@ pub mod memory;
 pub mod methods;
 pub mod nn;
 pub mod optim;
+pub mod report;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -1,20 +1,24 @@
 //! The `contrastive` command line.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
+use serde::{Deserialize, Serialize};
 
-use contrastive::data::{self, Dataset};
+use contrastive::checkpoint::{self, Checkpoint};
+use contrastive::data::{self, Dataset, Split};
 use contrastive::kernels::augment::{Augment, GpuImages};
-use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::kernels::mi::Estimator;
+use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::cmc::Views;
-use contrastive::methods::{Cmc, CmcConfig, Dim, DimConfig, Method, Moco, MocoConfig};
-use contrastive::optim::OptimConfig;
+use contrastive::methods::{Cmc, CmcConfig, Dim, DimConfig, Method, Moco, MocoConfig, Network};
 use contrastive::nn::EncoderConfig;
-use contrastive::train::{self, TrainConfig};
+use contrastive::optim::OptimConfig;
+use contrastive::train::{self, Checkpointing, TrainConfig};
 use contrastive::{Arena, Error, Gpu, Result};
 
 #[derive(Parser)]
@@ -26,16 +30,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Train a method and evaluate it against a random encoder and raw pixels.
+    /// Train a method, then evaluate it beside a random encoder and raw pixels.
     Train {
         #[command(subcommand)]
         method: MethodCmd,
+    },
+    /// Evaluate a checkpoint: kNN and linear probe beside a random encoder and raw pixels.
+    Eval {
+        /// A checkpoint file, or a run directory (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+    },
+    /// Summarise the runs found in a directory (one per sub-directory with a metrics.jsonl).
+    Runs {
+        #[arg(default_value = "runs")]
+        dir: PathBuf,
     },
     /// List the GPU adapters wgpu can see (honours WGPU_BACKEND) and the one that would be used.
     Devices,
 }
 
-#[derive(Subcommand)]
+#[derive(Subcommand, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum MethodCmd {
     /// Momentum Contrast (MoCo v1/v2): EMA key encoder and a queue of negatives.
     Moco {
@@ -81,7 +97,7 @@ enum MethodCmd {
     Cmc {
         #[command(flatten)]
         common: CommonArgs,
-        /// How the two views are made.
+        /// How the two views are made (channel-split needs colour images).
         #[arg(long, value_enum, default_value = "augment")]
         views: Views,
         /// Softmax temperature τ (> 0).
@@ -96,7 +112,29 @@ enum MethodCmd {
     },
 }
 
-#[derive(Args)]
+impl MethodCmd {
+    fn name(&self) -> &'static str {
+        match self {
+            MethodCmd::Moco { .. } => "moco",
+            MethodCmd::Dim { .. } => "dim",
+            MethodCmd::Cmc { .. } => "cmc",
+        }
+    }
+
+    fn common(&self) -> &CommonArgs {
+        match self {
+            MethodCmd::Moco { common, .. } | MethodCmd::Dim { common, .. } | MethodCmd::Cmc { common, .. } => common,
+        }
+    }
+
+    fn common_mut(&mut self) -> &mut CommonArgs {
+        match self {
+            MethodCmd::Moco { common, .. } | MethodCmd::Dim { common, .. } | MethodCmd::Cmc { common, .. } => common,
+        }
+    }
+}
+
+#[derive(Args, Clone, Serialize, Deserialize)]
 struct CommonArgs {
     /// Dataset. Without --data-dir, fashion-mnist is the embedded 10,000-image test set (8,000 train / 2,000 held out).
     #[arg(long, value_enum, default_value = "fashion-mnist")]
@@ -141,21 +179,38 @@ struct CommonArgs {
     /// Run the kNN monitor every N steps (0: only the final evaluation).
     #[arg(long, default_value_t = 0)]
     knn_every: u64,
-    /// Turn augmentation off (the views differ only by noise-free identity: for debugging).
+    /// Turn augmentation off (debugging: the views are then identical).
     #[arg(long)]
     no_augment: bool,
-    /// Run directory for metrics, checkpoints and the summary [default: runs/<method>].
+    /// Run directory for metrics, checkpoints, plots and the summary [default: runs/<method>].
     #[arg(long)]
     out: Option<PathBuf>,
     /// Overwrite a run directory that already holds a run.
     #[arg(long)]
+    #[serde(skip)]
     force: bool,
+    /// Continue the run in this directory from its newest checkpoint (its settings are used).
+    #[arg(long)]
+    #[serde(skip)]
+    resume: Option<PathBuf>,
+    /// Write a checkpoint every N steps (0: only at the end or when interrupted).
+    #[arg(long, default_value_t = 100)]
+    checkpoint_every: u64,
+    /// Checkpoints to keep.
+    #[arg(long, default_value_t = 3)]
+    keep: usize,
+    /// Stop cleanly after this step, as Ctrl-C would (checkpoint written; continue with --resume).
+    #[arg(long)]
+    #[serde(skip)]
+    stop_after: Option<u64>,
     /// No progress bar.
     #[arg(long)]
+    #[serde(skip)]
     quiet: bool,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 enum OptimizerArg {
     Sgd,
     Adam,
@@ -181,31 +236,25 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
-fn prepare_out(dir: &PathBuf, force: bool) -> Result<()> {
-    if dir.join("metrics.jsonl").exists() && !force {
-        return Err(Error::Config(format!(
-            "{} already holds a run; pass --force to overwrite it or choose another --out",
-            dir.display()
-        )));
-    }
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))
+/// Everything a command needs, built from its settings: device, data on the GPU, the method.
+struct Setup {
+    gpu: Gpu,
+    split: Split,
+    train_images: GpuImages,
+    test_images: GpuImages,
+    encoder: EncoderConfig,
+    cfg: TrainConfig,
+    method: Box<dyn Method>,
+    _data: Arena,
 }
 
-type Build<'a> = Box<dyn FnOnce(&Gpu, &EncoderConfig, &OptimConfig, usize, u64) -> Result<Box<dyn Method>> + 'a>;
-
-fn run(method: &str, c: CommonArgs, default_optimizer: OptimizerArg, config: serde_json::Value, build: Build<'_>) -> Result<()> {
+fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
+    let c = cmd.common();
     let gpu = Gpu::new()?;
-    eprintln!("adapter: {}", gpu.adapter);
     let mut split = data::load(c.data, c.data_dir.as_deref())?;
     if c.train_images > 0 {
         split.train = split.train.take(c.train_images);
     }
-    eprintln!(
-        "data: {}; training on {} images, evaluating on {}",
-        split.origin,
-        split.train.len(),
-        split.test.len()
-    );
     let steps = c.steps.unwrap_or(
         ((c.epochs as f64 * split.train.len() as f64) / c.batch_size.max(1) as f64).ceil() as u64,
     );
@@ -216,21 +265,16 @@ fn run(method: &str, c: CommonArgs, default_optimizer: OptimizerArg, config: ser
         augment: if c.no_augment { Augment::none() } else { Augment::contrastive() },
         knn_every: c.knn_every,
         monitor_images: split.test.len(),
-        progress: !c.quiet,
+        progress: !quiet,
     };
     train::validate(&cfg, split.train.len())?;
-    let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(method));
-    prepare_out(&out, c.force)?;
-
-    let mut data_arena = Arena::for_gpu("datasets", &gpu);
-    let train_images = GpuImages::upload(&gpu, &mut data_arena, &split.train)?;
-    let test_images = GpuImages::upload(&gpu, &mut data_arena, &split.test)?;
-    let enc = EncoderConfig {
+    let encoder = EncoderConfig {
         widths: c.widths.clone(),
         residual_blocks: c.residual_blocks,
         ..EncoderConfig::small(split.train.height, split.train.width, split.train.channels)
     };
-    let optimizer = c.optimizer.unwrap_or(default_optimizer);
+    let default = if matches!(cmd, MethodCmd::Dim { .. }) { OptimizerArg::Adam } else { OptimizerArg::Sgd };
+    let optimizer = c.optimizer.unwrap_or(default);
     let (kind, default_lr) = match optimizer {
         OptimizerArg::Sgd => (Optimizer::Sgd { momentum: 0.9, nesterov: false }, 0.06),
         OptimizerArg::Adam | OptimizerArg::Adamw => (
@@ -253,42 +297,200 @@ fn run(method: &str, c: CommonArgs, default_optimizer: OptimizerArg, config: ser
             min_lr: 0.0,
         },
     };
-    let mut m = build(&gpu, &enc, &optim, c.batch_size, c.seed)?;
-    let probe_enc = contrastive::methods::Network::new(&gpu, &enc, &[], 0)?;
+    let method: Box<dyn Method> = match cmd.clone() {
+        MethodCmd::Moco { common, queue, momentum, temperature, dim, linear_head, split_bn, symmetric } => {
+            let config = MocoConfig { queue, momentum, temperature, dim, mlp: !linear_head, split_bn, symmetric };
+            config.validate(common.batch_size)?;
+            Box::new(Moco::new(&gpu, config, &encoder, common.batch_size, &optim, common.seed)?)
+        }
+        MethodCmd::Dim { common, estimator, dim, local_stage } => {
+            let config = DimConfig { estimator, dim, local_stage };
+            Box::new(Dim::new(&gpu, config, &encoder, &optim, common.seed)?)
+        }
+        MethodCmd::Cmc { common, views, temperature, dim, bank } => {
+            let config = CmcConfig { views, temperature, dim, bank };
+            Box::new(Cmc::new(&gpu, config, &encoder, common.batch_size, &optim, common.seed)?)
+        }
+    };
+    let mut data_arena = Arena::for_gpu("datasets", &gpu);
+    let train_images = GpuImages::upload(&gpu, &mut data_arena, &split.train)?;
+    let test_images = GpuImages::upload(&gpu, &mut data_arena, &split.test)?;
+    Ok(Setup {
+        gpu,
+        split,
+        train_images,
+        test_images,
+        encoder,
+        cfg,
+        method,
+        _data: data_arena,
+    })
+}
+
+/// The newest checkpoint of a run directory, or the file itself.
+fn find_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let file = if path.is_dir() {
+        checkpoint::list(path).pop().ok_or_else(|| Error::Checkpoint {
+            path: path.into(),
+            what: "no checkpoint-*.safetensors in this directory".into(),
+        })?
+    } else {
+        path.to_path_buf()
+    };
+    Checkpoint::read(&file)
+}
+
+/// The command a checkpoint was trained with.
+fn command_of(ck: &Checkpoint) -> Result<MethodCmd> {
+    serde_json::from_str(ck.meta("command")?).map_err(|e| Error::Checkpoint {
+        path: ck.origin.clone(),
+        what: format!("its stored command does not parse ({e})"),
+    })
+}
+
+fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
+    let given = cmd.common().clone();
+    let resume = match &given.resume {
+        Some(dir) => {
+            let ck = find_checkpoint(dir)?;
+            let stored = command_of(&ck)?;
+            if stored.name() != cmd.name() {
+                return Err(Error::Config(format!(
+                    "{} holds a {} run; resume it with `contrastive train {} --resume {}`",
+                    dir.display(),
+                    stored.name(),
+                    stored.name(),
+                    dir.display()
+                )));
+            }
+            cmd = stored;
+            let c = cmd.common_mut();
+            c.out = Some(dir.clone());
+            (c.resume, c.stop_after, c.quiet) = (given.resume.clone(), given.stop_after, given.quiet);
+            Some(ck)
+        }
+        None => None,
+    };
+    let c = cmd.common().clone();
+    let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(cmd.name()));
+    if resume.is_none() && out.join("metrics.jsonl").exists() && !c.force {
+        return Err(Error::Config(format!(
+            "{} already holds a run; continue it with --resume {}, overwrite it with --force, or choose another --out",
+            out.display(),
+            out.display()
+        )));
+    }
+    let mut s = setup(&cmd, c.quiet)?;
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    if resume.is_none() {
+        for old in checkpoint::list(&out) {
+            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+        }
+    }
+    eprintln!("adapter: {}", s.gpu.adapter);
     eprintln!(
-        "encoder: {} parameters, {:.1} MFLOP per image forward; model with heads: {} parameters; {steps} steps of batch {}",
-        probe_enc.params.count(),
-        probe_enc.encoder.flops_per_image() * 1e-6,
-        m.parameter_count(),
+        "data: {}; training on {} images, evaluating on {}",
+        s.split.origin,
+        s.split.train.len(),
+        s.split.test.len()
+    );
+    let probe = Network::new(&s.gpu, &s.encoder, &[], 0)?;
+    eprintln!(
+        "encoder: {} parameters, {:.1} MFLOP per image forward; trained model {} parameters; {} steps of batch {}",
+        probe.params.count(),
+        probe.encoder.flops_per_image() * 1e-6,
+        s.method.parameter_count(),
+        s.cfg.steps,
         c.batch_size
     );
-
+    if let Some(ck) = &resume {
+        eprintln!("resuming {} at step {}", ck.origin.display(), ck.meta("step")?);
+    }
+    let mut meta = std::collections::BTreeMap::new();
+    meta.insert("command".into(), serde_json::to_string(&cmd).expect("command serialises"));
+    meta.insert("encoder".into(), serde_json::to_string(&s.encoder).expect("config serialises"));
+    let ckpt = Checkpointing {
+        dir: out.clone(),
+        every: c.checkpoint_every,
+        keep: c.keep,
+        meta,
+    };
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::File::create(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+    let mut metrics = std::fs::OpenOptions::new()
+        .create(true)
+        .append(resume.is_some())
+        .write(true)
+        .truncate(resume.is_none())
+        .open(&metrics_path)
+        .map_err(|e| Error::io(&metrics_path, e))?;
     let start = std::time::Instant::now();
-    let lines = train::train(&gpu, m.as_mut(), &split, &train_images, &test_images, &cfg, |line| {
-        let json = serde_json::to_string(line).expect("log lines serialise");
-        writeln!(metrics, "{json}").map_err(|e| Error::io(&metrics_path, e))
-    })?;
+    let first = resume.as_ref().map_or(Ok(0), |ck| ck.meta_parse::<u64>("step"))?;
+    let stop_after = c.stop_after;
+    let stop_flag = stop.clone();
+    let outcome = train::train(
+        &s.gpu,
+        s.method.as_mut(),
+        &s.split,
+        &s.train_images,
+        &s.test_images,
+        &s.cfg,
+        Some(&ckpt),
+        resume.as_ref(),
+        &stop,
+        |line| {
+            let json = serde_json::to_string(line).expect("log lines serialise");
+            writeln!(metrics, "{json}").map_err(|e| Error::io(&metrics_path, e))?;
+            metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+            contrastive::report::refresh(&out, line.step).map_err(|e| Error::io(&out, e))?;
+            if stop_after.is_some_and(|n| line.step >= n) {
+                stop_flag.store(true, Ordering::SeqCst);
+            }
+            Ok(())
+        },
+    )?;
+    contrastive::report::draw(&out).map_err(|e| Error::io(&out, e))?;
+    if outcome.interrupted {
+        let saved = outcome
+            .checkpoint
+            .map_or("no checkpoint".to_string(), |p| p.display().to_string());
+        eprintln!(
+            "\nstopped after step {} ({saved}); continue with:\n  contrastive train {} --resume {}",
+            outcome.step,
+            cmd.name(),
+            out.display()
+        );
+        return Ok(());
+    }
     let elapsed = start.elapsed().as_secs_f64();
-    let per_s = (steps * c.batch_size as u64) as f64 / elapsed;
+    let done = outcome.step - first;
+    let per_s = (done * c.batch_size as u64) as f64 / elapsed;
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
-    let evaluation = train::evaluate(&gpu, m.as_ref(), &enc, &split, &train_images, &test_images, c.seed)?;
+    let evaluation = train::evaluate(
+        &s.gpu,
+        s.method.as_ref(),
+        &s.encoder,
+        &s.split,
+        &s.train_images,
+        &s.test_images,
+        c.seed,
+    )?;
     println!("\n{evaluation}");
-    println!("training: {steps} steps in {elapsed:.1} s, {per_s:.1} images/s (each with its views) on {}", gpu.adapter);
+    println!(
+        "training: {done} steps in {elapsed:.1} s, {per_s:.1} images/s (each with its views) on {}",
+        s.gpu.adapter
+    );
     let summary = serde_json::json!({
-        "method": method,
-        "adapter": gpu.adapter.to_string(),
-        "data": split.origin,
-        "steps": steps,
+        "method": cmd.name(),
+        "adapter": s.gpu.adapter.to_string(),
+        "data": s.split.origin,
+        "steps": outcome.step,
         "batch_size": c.batch_size,
         "seconds": elapsed,
         "images_per_s": per_s,
-        "final_loss": lines.last().map(|l| l.loss),
+        "final_loss": outcome.lines.last().map(|l| l.loss),
         "evaluation": evaluation,
-        "config": config,
-        "encoder": enc,
-        "train": cfg,
+        "command": cmd,
+        "encoder": s.encoder,
     });
     let path = out.join("summary.json");
     std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises"))
@@ -296,38 +498,47 @@ fn run(method: &str, c: CommonArgs, default_optimizer: OptimizerArg, config: ser
     Ok(())
 }
 
-fn train_command(cmd: MethodCmd) -> Result<()> {
-    match cmd {
-        MethodCmd::Moco { common, queue, momentum, temperature, dim, linear_head, split_bn, symmetric } => {
-            let config = MocoConfig { queue, momentum, temperature, dim, mlp: !linear_head, split_bn, symmetric };
-            config.validate(common.batch_size)?;
-            let json = serde_json::to_value(&config).expect("config serialises");
-            run("moco", common, OptimizerArg::Sgd, json, Box::new(move |gpu, enc, opt, batch, seed| {
-                Ok(Box::new(Moco::new(gpu, config, enc, batch, opt, seed)?) as Box<dyn Method>)
-            }))
-        }
-        MethodCmd::Dim { common, estimator, dim, local_stage } => {
-            let config = DimConfig { estimator, dim, local_stage };
-            let json = serde_json::to_value(&config).expect("config serialises");
-            run("dim", common, OptimizerArg::Adam, json, Box::new(move |gpu, enc, opt, _, seed| {
-                Ok(Box::new(Dim::new(gpu, config, enc, opt, seed)?) as Box<dyn Method>)
-            }))
-        }
-        MethodCmd::Cmc { common, views, temperature, dim, bank } => {
-            let config = CmcConfig { views, temperature, dim, bank };
-            let json = serde_json::to_value(&config).expect("config serialises");
-            run("cmc", common, OptimizerArg::Sgd, json, Box::new(move |gpu, enc, opt, batch, seed| {
-                Ok(Box::new(Cmc::new(gpu, config, enc, batch, opt, seed)?) as Box<dyn Method>)
-            }))
-        }
-    }
+fn eval_command(path: &Path) -> Result<()> {
+    let ck = find_checkpoint(path)?;
+    let cmd = command_of(&ck)?;
+    let mut s = setup(&cmd, true)?;
+    s.method.load(&s.gpu, &ck)?;
+    eprintln!(
+        "{} checkpoint {} (step {}) on {}",
+        cmd.name(),
+        ck.origin.display(),
+        ck.meta("step")?,
+        s.gpu.adapter
+    );
+    let evaluation = train::evaluate(
+        &s.gpu,
+        s.method.as_ref(),
+        &s.encoder,
+        &s.split,
+        &s.train_images,
+        &s.test_images,
+        cmd.common().seed,
+    )?;
+    println!("{evaluation}");
+    Ok(())
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    // The first Ctrl-C asks the trainer to checkpoint and stop; a second one exits at once.
+    let _ = ctrlc::set_handler(move || {
+        if flag.swap(true, Ordering::SeqCst) {
+            std::process::exit(130);
+        }
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint…");
+    });
     let result = match cli.command {
         Command::Devices => devices(),
-        Command::Train { method } => train_command(method),
+        Command::Train { method } => train_command(method, stop),
+        Command::Eval { checkpoint } => eval_command(&checkpoint),
+        Command::Runs { dir } => contrastive::report::summarize(&dir).map_err(|e| Error::io(&dir, e)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,6 +2,7 @@
 //! mask (biases and BatchNorm parameters excluded), a learning-rate schedule, and one dispatch per
 //! update (`kernels::optim`).
 
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
 use crate::kernels::optim::{self as kernel, Optimizer, Schedule};
@@ -91,5 +92,24 @@ impl Optim {
             self.t,
         )?;
         Ok(lr)
+    }
+}
+
+impl Optim {
+    /// Adds the optimiser state under `prefix.` (flat, in the parameter store's layout).
+    pub fn save(&self, gpu: &Gpu, ck: &mut Checkpoint, prefix: &str) -> Result<()> {
+        let n = [self.state1.len];
+        ck.put_region(gpu, &format!("{prefix}.state1"), self.state1, &n)?;
+        ck.put_region(gpu, &format!("{prefix}.state2"), self.state2, &n)?;
+        ck.meta.insert(format!("{prefix}.t"), self.t.to_string());
+        Ok(())
+    }
+
+    pub fn load(&mut self, gpu: &Gpu, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        let n = [self.state1.len];
+        ck.get_region(gpu, &format!("{prefix}.state1"), self.state1, &n)?;
+        ck.get_region(gpu, &format!("{prefix}.state2"), self.state2, &n)?;
+        self.t = ck.meta_parse(&format!("{prefix}.t"))?;
+        Ok(())
     }
 }

@@ -8,6 +8,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autodiff::{Graph, Var};
+use crate::checkpoint::{self, Checkpoint};
 use crate::data::Split;
 use crate::error::{Error, Result};
 use crate::eval::{self, FeatureSet, Probe};
@@ -109,6 +110,31 @@ impl Batches {
         b
     }
 
+    /// Adds the permutation, the position in it and the RNG state under `trainer.batches`.
+    pub fn save(&self, ck: &mut Checkpoint) {
+        ck.put_u32("trainer.order", &[self.order.len()], self.order.clone());
+        ck.meta.insert("trainer.pos".into(), self.pos.to_string());
+        save_rng(ck, "trainer.batch_rng", &self.rng);
+    }
+
+    pub fn load(&mut self, ck: &Checkpoint) -> Result<()> {
+        let order = ck.get_u32("trainer.order")?;
+        if order.len() != self.order.len() {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!(
+                    "it was trained on {} images, this run has {}",
+                    order.len(),
+                    self.order.len()
+                ),
+            });
+        }
+        self.order = order;
+        self.pos = ck.meta_parse("trainer.pos")?;
+        self.rng = load_rng(ck, "trainer.batch_rng")?;
+        Ok(())
+    }
+
     pub fn next_batch(&mut self) -> &[u32] {
         if self.pos + self.batch > self.order.len() {
             self.order.shuffle(&mut self.rng);
@@ -117,6 +143,59 @@ impl Batches {
         self.pos += self.batch;
         &self.order[self.pos - self.batch..self.pos]
     }
+}
+
+fn save_rng(ck: &mut Checkpoint, key: &str, rng: &rand_chacha::ChaCha8Rng) {
+    let seed: String = rng.get_seed().iter().map(|b| format!("{b:02x}")).collect();
+    ck.meta.insert(
+        key.into(),
+        format!("{seed}:{}:{}", rng.get_stream(), rng.get_word_pos()),
+    );
+}
+
+fn load_rng(ck: &Checkpoint, key: &str) -> Result<rand_chacha::ChaCha8Rng> {
+    let bad = || Error::Checkpoint {
+        path: ck.origin.clone(),
+        what: format!("metadata `{key}` is not a valid RNG state"),
+    };
+    let v = ck.meta(key)?;
+    let mut parts = v.split(':');
+    let (Some(seed), Some(stream), Some(pos)) = (parts.next(), parts.next(), parts.next()) else {
+        return Err(bad());
+    };
+    let mut bytes = [0u8; 32];
+    if seed.len() != 64 {
+        return Err(bad());
+    }
+    for (i, b) in bytes.iter_mut().enumerate() {
+        *b = u8::from_str_radix(&seed[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::from_seed(bytes);
+    rng.set_stream(stream.parse().map_err(|_| bad())?);
+    rng.set_word_pos(pos.parse().map_err(|_| bad())?);
+    Ok(rng)
+}
+
+/// Where and how often checkpoints are written.
+#[derive(Clone, Debug)]
+pub struct Checkpointing {
+    pub dir: std::path::PathBuf,
+    /// Every this many steps (0: only at the end and on interruption).
+    pub every: u64,
+    /// How many checkpoints to keep.
+    pub keep: usize,
+    /// Written into every checkpoint (method name, configuration).
+    pub meta: std::collections::BTreeMap<String, String>,
+}
+
+/// How a training run ended.
+pub struct Outcome {
+    pub lines: Vec<LogLine>,
+    /// The last step done.
+    pub step: u64,
+    /// Stopped early by the `stop` flag (Ctrl-C).
+    pub interrupted: bool,
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 /// Probes one feature set pair with kNN and the linear probe.
@@ -172,7 +251,29 @@ pub fn knn_monitor(
     eval::knn(gpu, &bank, &query, 200, 0.1)
 }
 
-/// Runs `cfg.steps` training steps, calling `log` with every step's line.
+/// The trainer's own state in a checkpoint: step, batch order and RNGs.
+fn save_state(
+    gpu: &Gpu,
+    method: &dyn Method,
+    step: u64,
+    batches: &Batches,
+    rng: &rand_chacha::ChaCha8Rng,
+    meta: &std::collections::BTreeMap<String, String>,
+) -> Result<Checkpoint> {
+    let mut ck = Checkpoint::new();
+    ck.meta.extend(meta.clone());
+    ck.meta.insert("method".into(), method.name().into());
+    ck.meta.insert("step".into(), step.to_string());
+    batches.save(&mut ck);
+    save_rng(&mut ck, "trainer.augment_rng", rng);
+    method.save(gpu, &mut ck)?;
+    Ok(ck)
+}
+
+/// Runs training steps up to `cfg.steps` (continuing from `resume` if given), calling `log` with
+/// every step's line, checkpointing as `ckpt` says, and stopping cleanly — with a checkpoint —
+/// when `stop` becomes true.
+#[allow(clippy::too_many_arguments)]
 pub fn train(
     gpu: &Gpu,
     method: &mut dyn Method,
@@ -180,12 +281,28 @@ pub fn train(
     train_images: &GpuImages,
     monitor_images: &GpuImages,
     cfg: &TrainConfig,
+    ckpt: Option<&Checkpointing>,
+    resume: Option<&Checkpoint>,
+    stop: &std::sync::atomic::AtomicBool,
     mut log: impl FnMut(&LogLine) -> Result<()>,
-) -> Result<Vec<LogLine>> {
+) -> Result<Outcome> {
     validate(cfg, train_images.len)?;
     let mut arena = Arena::for_gpu("step", gpu);
     let mut batches = Batches::new(train_images.len, cfg.batch_size, cfg.seed);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xa076_1d64);
+    let mut first = 1;
+    if let Some(ck) = resume {
+        if ck.meta("method")? != method.name() {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("it is a {} checkpoint, not {}", ck.meta("method")?, method.name()),
+            });
+        }
+        method.load(gpu, ck)?;
+        batches.load(ck)?;
+        rng = load_rng(ck, "trainer.augment_rng")?;
+        first = ck.meta_parse::<u64>("step")? + 1;
+    }
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(cfg.steps);
         bar.set_style(
@@ -194,13 +311,35 @@ pub fn train(
             )
             .expect("valid template"),
         );
+        bar.set_position(first - 1);
+        bar.reset_eta();
         bar
     } else {
         indicatif::ProgressBar::hidden()
     };
+    let save = |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
+        ckpt.map(|c| -> Result<std::path::PathBuf> {
+            let ck = save_state(gpu, method, step, batches, rng, &c.meta)?;
+            checkpoint::save_rotating(&ck, &c.dir, step, c.keep)
+        })
+        .transpose()
+    };
     let mut lines = vec![];
     let mut images_per_s = 0.0;
-    for step in 1..=cfg.steps {
+    let mut last_saved = None;
+    let mut step = first - 1;
+    while step < cfg.steps {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            bar.abandon();
+            let path = save(method, step, &batches, &rng)?;
+            return Ok(Outcome {
+                lines,
+                step,
+                interrupted: true,
+                checkpoint: path.or(last_saved),
+            });
+        }
+        step += 1;
         let t = Instant::now();
         let indices = batches.next_batch().to_vec();
         let out = method.record_step(StepInput {
@@ -214,8 +353,12 @@ pub fn train(
         })?;
         let stats: Vec<f32> = gpu.read(out.stats.region)?;
         let rate = cfg.batch_size as f64 / t.elapsed().as_secs_f64();
-        // Smoothed for display; the first step includes pipeline compilation.
-        images_per_s = if step <= 2 { rate } else { 0.9 * images_per_s + 0.1 * rate };
+        // Smoothed for display; the first steps include pipeline compilation.
+        images_per_s = if step <= first + 1 {
+            rate
+        } else {
+            0.9 * images_per_s + 0.1 * rate
+        };
         if !stats[0].is_finite() {
             bar.abandon();
             return Err(Error::NonFinite {
@@ -235,17 +378,29 @@ pub fn train(
             images_per_s,
             knn,
         };
+        let acc = if line.accuracy.is_finite() {
+            format!("  acc {:5.1}%", line.accuracy * 100.0)
+        } else {
+            String::new()
+        };
         bar.set_message(format!(
-            "loss {:.4}  acc {:5.1}%  {:.0} img/s{}",
+            "loss {:.4}{acc}  {:.0} img/s{}",
             line.loss,
-            line.accuracy * 100.0,
             images_per_s,
             knn.map_or(String::new(), |k| format!("  kNN {:.1}%", k * 100.0))
         ));
         bar.inc(1);
         log(&line)?;
         lines.push(line);
+        if ckpt.is_some_and(|c| c.every > 0 && step % c.every == 0) || step == cfg.steps {
+            last_saved = save(method, step, &batches, &rng)?.or(last_saved);
+        }
     }
     bar.finish();
-    Ok(lines)
+    Ok(Outcome {
+        lines,
+        step,
+        interrupted: false,
+        checkpoint: last_saved,
+    })
 }

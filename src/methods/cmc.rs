@@ -15,6 +15,7 @@ use rand::SeedableRng;
 
 use super::{augmented_views, Method, Network, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::elementwise::{self, Broadcast, Map};
@@ -246,6 +247,36 @@ impl Method for Cmc {
     /// evaluates it.
     fn parameter_count(&self) -> usize {
         self.net.params.count() + self.net2.as_ref().map_or(0, |n| n.params.count())
+    }
+
+    fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()> {
+        self.net.save(gpu, ck, "query")?;
+        if let Some(n2) = &self.net2 {
+            n2.save(gpu, ck, "query2")?;
+        }
+        for (i, o) in self.optim.iter().enumerate() {
+            o.save(gpu, ck, &format!("optim{i}"))?;
+        }
+        if let Some(bank) = self.bank {
+            ck.put_region(gpu, "cmc.bank", bank.region, bank.shape.dims())?;
+        }
+        ck.meta.insert("cmc.ptr".into(), self.ptr.to_string());
+        Ok(())
+    }
+
+    fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()> {
+        self.net.load(gpu, ck, "query")?;
+        if let Some(n2) = &self.net2 {
+            n2.load(gpu, ck, "query2")?;
+        }
+        for (i, o) in self.optim.iter_mut().enumerate() {
+            o.load(gpu, ck, &format!("optim{i}"))?;
+        }
+        if let Some(bank) = self.bank {
+            ck.get_region(gpu, "cmc.bank", bank.region, bank.shape.dims())?;
+        }
+        self.ptr = ck.meta_parse("cmc.ptr")?;
+        Ok(())
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {

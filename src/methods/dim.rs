@@ -7,6 +7,7 @@
 
 use super::{augmented_views, Method, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::batchnorm::BatchNorm;
@@ -116,6 +117,18 @@ impl Method for Dim {
 
     fn parameter_count(&self) -> usize {
         self.params.count()
+    }
+
+    fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()> {
+        ck.put_store(gpu, "query", &self.params)?;
+        ck.put_store(gpu, "query", &self.buffers)?;
+        self.optim.save(gpu, ck, "optim")
+    }
+
+    fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()> {
+        ck.get_store(gpu, "query", &self.params)?;
+        ck.get_store(gpu, "query", &self.buffers)?;
+        self.optim.load(gpu, ck, "optim")
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {

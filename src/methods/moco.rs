@@ -13,6 +13,7 @@ use rand::SeedableRng;
 
 use super::{augmented_views, Method, Network, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
+use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::elementwise::{self, Broadcast, Map};
@@ -233,6 +234,30 @@ impl Method for Moco {
 
     fn parameter_count(&self) -> usize {
         self.query.params.count()
+    }
+
+    fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()> {
+        self.query.save(gpu, ck, "query")?;
+        self.key.save(gpu, ck, "key")?;
+        self.optim.save(gpu, ck, "optim")?;
+        ck.put_region(gpu, "moco.queue", self.queue.region, self.queue.shape.dims())?;
+        ck.meta.insert("moco.ptr".into(), self.ptr.to_string());
+        Ok(())
+    }
+
+    fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()> {
+        self.query.load(gpu, ck, "query")?;
+        self.key.load(gpu, ck, "key")?;
+        self.optim.load(gpu, ck, "optim")?;
+        ck.get_region(gpu, "moco.queue", self.queue.region, self.queue.shape.dims())?;
+        self.ptr = ck.meta_parse("moco.ptr")?;
+        if self.ptr >= self.config.queue {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("queue pointer {} outside a queue of {}", self.ptr, self.config.queue),
+            });
+        }
+        Ok(())
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {

@@ -7,6 +7,7 @@ pub mod dim;
 pub mod moco;
 
 use crate::autodiff::{Graph, Var};
+use crate::checkpoint::Checkpoint;
 use crate::error::Result;
 use crate::gpu::Gpu;
 use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
@@ -47,6 +48,10 @@ pub trait Method {
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var>;
     /// Trained parameters (all networks with gradients).
     fn parameter_count(&self) -> usize;
+    /// Adds everything needed to resume — networks, optimiser and method state — to `ck`.
+    fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()>;
+    /// Restores what [`Method::save`] wrote, checking every shape.
+    fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()>;
 }
 
 /// An encoder followed by an MLP head, its parameters in one store.
@@ -82,6 +87,17 @@ impl Network {
             params: self.params.duplicate(gpu, "ema parameters", false)?,
             buffers: self.buffers.duplicate(gpu, "ema batchnorm statistics", false)?,
         })
+    }
+
+    /// Adds the parameters and BatchNorm statistics under `prefix.`.
+    pub fn save(&self, gpu: &Gpu, ck: &mut Checkpoint, prefix: &str) -> Result<()> {
+        ck.put_store(gpu, prefix, &self.params)?;
+        ck.put_store(gpu, prefix, &self.buffers)
+    }
+
+    pub fn load(&self, gpu: &Gpu, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        ck.get_store(gpu, prefix, &self.params)?;
+        ck.get_store(gpu, prefix, &self.buffers)
     }
 
     /// L2-normalised head output for images `x`, BatchNorm in train mode with `groups` groups.
