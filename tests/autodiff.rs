@@ -23,7 +23,7 @@ fn check(shapes: &[&[usize]], f: impl Fn(&mut Graph, &[Var]) -> Result<Var>) {
     let inputs: Vec<Input> = shapes.iter().enumerate().map(|(i, s)| input(s, 10 + i as u64)).collect();
     match gradcheck::check(&gpu, &inputs, f, &Tolerance::default()) {
         Ok(r) => assert!(r.checked > 0),
-        Err(e) => panic!("{e}"),
+        Err(e) => panic!("inputs {shapes:?}: {e}"),
     }
 }
 
@@ -82,7 +82,7 @@ fn normalisation_softmax_and_concat() {
 }
 
 #[test]
-fn conv_pool_and_batchnorm() {
+fn conv2d_strides_padding_bias_and_relu() {
     for (stride, pad) in [(1, 0), (1, 1), (2, 1), (2, 0)] {
         let geom = Conv2d {
             kh: 3,
@@ -100,9 +100,62 @@ fn conv_pool_and_batchnorm() {
         stride: (1, 1),
         pad: (1, 1),
     };
-    check(&[&[1, 4, 3, 1], &[2, 3, 3, 1]], move |g, v| g.conv2d(v[0], v[1], None, k3, true));
+    check(&[&[1, 4, 3, 1], &[2, 3, 3, 1]], move |g, v| g.conv2d(v[0], v[1], None, k3, false));
+}
+
+/// Fused-ReLU epilogues (linear, conv) have kinks that finite differences straddle; check them
+/// against the separately gradient-checked ReLU op instead: same values, same gradients.
+#[test]
+fn fused_relu_equals_separate_relu() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let k3 = Conv2d {
+        kh: 3,
+        kw: 3,
+        stride: (2, 2),
+        pad: (1, 1),
+    };
+    let x = rand_vec(2 * 5 * 6 * 3, 1);
+    let w = rand_vec(4 * 9 * 3, 2);
+    let b = rand_vec(4, 3);
+    let mut results = vec![];
+    for fused in [true, false] {
+        arena.reset();
+        let mut g = Graph::new(&gpu, &mut arena);
+        let xv = g.arena.upload(&gpu, [2, 5, 6, 3], &x).unwrap();
+        let wv = g.arena.upload(&gpu, [4, 3, 3, 3], &w).unwrap();
+        let bv = g.arena.upload(&gpu, [4], &b).unwrap();
+        let (xv, wv, bv) = (g.leaf(xv), g.leaf(wv), g.leaf(bv));
+        let y = if fused {
+            g.conv2d(xv, wv, Some(bv), k3, true).unwrap()
+        } else {
+            let y = g.conv2d(xv, wv, Some(bv), k3, false).unwrap();
+            g.relu(y).unwrap()
+        };
+        let flat = g.reshape(y, [g.shape(y).numel() / 4, 4]).unwrap();
+        let lw = g.constant([3, 4], &rand_vec(12, 4)).unwrap();
+        let z = g.linear(flat, lw, None, true).unwrap();
+        let loss = g.mean(z).unwrap();
+        g.backward(loss).unwrap();
+        let read = |v| gpu.read::<f32>(g.grad(v).unwrap().region).unwrap();
+        results.push((g.read(loss).unwrap(), read(xv), read(wv), read(bv)));
+    }
+    assert_eq!(results[0].0, results[1].0);
+    for (a, b) in [(&results[0].1, &results[1].1), (&results[0].2, &results[1].2), (&results[0].3, &results[1].3)] {
+        let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
+        assert_close("fused vs separate ReLU", a, &want, 1e-6, 1e-5);
+    }
+}
+
+
+#[test]
+fn pooling() {
     check(&[&[2, 3, 5, 4]], |g, v| g.avg_pool_global(v[0]));
     check(&[&[2, 5, 4, 3]], |g, v| g.max_pool_2x2(v[0]));
+}
+
+#[test]
+fn batch_norm_train_mode() {
     for groups in [1, 2] {
         check(&[&[4, 3, 2, 5], &[5], &[5]], move |g, v| {
             let gpu = g.gpu;

@@ -901,8 +901,10 @@ impl<'a> Graph<'a> {
                 self.contribute(x, |gpu, g, acc| {
                     conv::backward_input(gpu, &dpre, &wv, g, &geom, acc)
                 })?;
+                let d = xv.shape.dims();
+                let scratch = self.alloc([geom.weight_grad_scratch(d[0], d[1], d[2], d[3], wv.shape.dim(0))])?;
                 self.contribute(w, |gpu, g, acc| {
-                    conv::backward_weight(gpu, &xv, &dpre, g, &geom, acc)
+                    conv::backward_weight(gpu, &xv, &dpre, g, Some(&scratch), &geom, acc)
                 })?;
                 if let Some(b) = b {
                     self.contribute(b, |gpu, g, acc| {
