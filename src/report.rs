@@ -11,7 +11,7 @@ use crate::train::LogLine;
 
 const W: usize = 720;
 const PANEL_H: usize = 220;
-const LEFT: usize = 78;
+const LEFT: usize = 104;
 const RIGHT: usize = 16;
 const TOP: usize = 30;
 const BOTTOM: usize = 34;

@@ -147,7 +147,7 @@ where
             let a = analytic[k][i] as f64;
             let diff = (a - numeric).abs();
             let bound = tol.atol + tol.rtol * a.abs().max(numeric.abs());
-            if !(diff <= bound) {
+            if diff.is_nan() || diff > bound {
                 return Err(Error::Gradient {
                     input: k,
                     index: i,
