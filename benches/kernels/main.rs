@@ -7,11 +7,13 @@
 use contrastive::{Gpu, Result};
 
 mod harness;
+mod matmul;
 
 fn main() -> Result<()> {
     let gpu = Gpu::new()?;
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut b = harness::Bench::new(&gpu, filter);
     b.header();
+    matmul::run(&mut b)?;
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! together. Launchers only record work (see [`crate::gpu::Gpu::dispatch`]); they never block.
 
 pub mod elementwise;
+pub mod matmul;
 
 /// Workgroup counts for a 1-D launch of `n` threads in groups of `wg`, folded into a second
 /// dimension when it exceeds the per-dimension limit. Kernels recover the index as
