@@ -8,6 +8,7 @@ use contrastive::{Gpu, Result};
 
 mod batchnorm;
 mod harness;
+mod matmul;
 mod reduce;
 
 fn main() -> Result<()> {
@@ -15,6 +16,7 @@ fn main() -> Result<()> {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut b = harness::Bench::new(&gpu, filter);
     b.header();
+    matmul::run(&mut b)?;
     reduce::run(&mut b)?;
     batchnorm::run(&mut b)?;
     Ok(())

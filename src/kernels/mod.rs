@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod elementwise;
 pub mod ema;
 pub mod l2norm;
+pub mod matmul;
 pub mod mi;
 pub mod optim;
 pub mod pool;

@@ -1,0 +1,451 @@
+// Matrix multiply: c = epilogue(alpha · op(a) · op(b)), op(x) = x or xᵀ per the mode.
+//
+// NN: a [M,K], b [K,N]; NT: a [M,K], b [N,K]; TN: a [K,M], b [K,N]; c [M,N]; all row-major.
+// Epilogue: + bias[col], then ReLU; or, when accumulating, c += alpha · op(a) · op(b).
+//
+// Two families of kernels:
+// - Register tiles for CPU adapters (llvmpipe). llvmpipe runs 8 invocations as the 8 lanes of one
+//   SIMD vector, so a workgroup of 8 is one vector and there are no barriers (each one costs a
+//   coroutine switch there). Every storage load is a per-lane loop, about as costly per vec4 as a
+//   scalar one, while arithmetic is cheap: each lane therefore owns a 16×32 tile of c and pays 48
+//   vec4 loads for 2048 multiply-adds per step of 4 along K. Everything in the hot loop is
+//   unrolled by hand and indexed by constants (llvmpipe keeps such arrays in registers; any
+//   dynamic index would move them to memory). Loads are clamped to the matrix instead of being
+//   bounds-checked, so edge tiles run the same code and only their stores are guarded.
+//   `tile4_*` need K and N (and M in TN) to be multiples of 4; `tile1` takes any shape.
+// - `smem`: the classic GPU kernel. A 64×64 tile of c per workgroup of 16×16, 4×4 per
+//   invocation, K in slices of 16 staged in workgroup memory.
+
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32, // FLAG_* bits
+    alpha: f32,
+    // Register tiles: how many of a workgroup's 8 lanes sit side by side along N (1, 2, 4 or 8).
+    lanes_x: u32,
+    // Element strides of op(a)[row, k] and op(b)[k, col]: they encode the mode for the kernels
+    // that take it at run time (`tile1`, `shared`).
+    a_row: u32,
+    a_k: u32,
+    b_k: u32,
+    b_col: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+const FLAG_ACCUMULATE: u32 = 1u;
+const FLAG_BIAS: u32 = 2u;
+const FLAG_RELU: u32 = 4u;
+
+const NN: u32 = 0u;
+const NT: u32 = 1u;
+const TN: u32 = 2u;
+
+// Rows and columns of c per lane in the register-tile kernels.
+const LANE_ROWS: u32 = 16u;
+const LANE_COLS: u32 = 32u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// The same bindings seen as vec4s (aligned kernels) and as scalars (the others).
+@group(1) @binding(0) var<storage, read_write> a4: array<vec4<f32>>;
+@group(1) @binding(1) var<storage, read_write> b4: array<vec4<f32>>;
+@group(1) @binding(2) var<storage, read_write> c4: array<vec4<f32>>;
+@group(1) @binding(0) var<storage, read_write> a1: array<f32>;
+@group(1) @binding(1) var<storage, read_write> b1: array<f32>;
+@group(1) @binding(2) var<storage, read_write> c1: array<f32>;
+// Bias, N elements (bound to c when there is none; then it is not read).
+@group(1) @binding(3) var<storage, read_write> bias: array<f32>;
+
+// ---------------------------------------------------------------------------------------------
+// Epilogue, shared by all kernels. The flags are uniform, so the branches never diverge.
+
+fn finish(v: vec4<f32>, old: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    var r = p.alpha * v;
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        return old + r;
+    }
+    if (p.flags & FLAG_BIAS) != 0u {
+        r += b;
+    }
+    if (p.flags & FLAG_RELU) != 0u {
+        r = max(r, vec4(0.0));
+    }
+    return r;
+}
+
+// Stores v into c[row, col4*4 .. col4*4+4] (N a multiple of 4) if that is inside c.
+fn store4(row: u32, col4: u32, v: vec4<f32>, b: vec4<f32>) {
+    let n4 = p.n / 4u;
+    if row >= p.m || col4 >= n4 {
+        return;
+    }
+    let i = row * n4 + col4;
+    var old = vec4(0.0);
+    if (p.flags & FLAG_ACCUMULATE) != 0u {
+        old = c4[i];
+    }
+    c4[i] = finish(v, old, b);
+}
+
+// Stores v into c[row, col .. col+4], any N: the columns past N are dropped.
+fn store1(row: u32, col: u32, v: vec4<f32>) {
+    if row >= p.m {
+        return;
+    }
+    for (var j = 0u; j < 4u; j++) {
+        if col + j < p.n {
+            let i = row * p.n + col + j;
+            var old = 0.0;
+            if (p.flags & FLAG_ACCUMULATE) != 0u {
+                old = c1[i];
+            }
+            var b = 0.0;
+            if (p.flags & FLAG_BIAS) != 0u {
+                b = bias[col + j];
+            }
+            c1[i] = finish(vec4(v[j]), vec4(old), vec4(b)).x;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Register tiles (CPU adapters). A 4×4 block is held in a mat4x4 used as 4 rows of 4 (its
+// "columns" in WGSL terms); transpose() only renames registers.
+
+// acc[t] += Σ_q a[t][q] · b[q]: a holds 4 rows × 4 k of op(a), b 4 k × 4 columns of op(b).
+fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
+    return mat4x4(
+        fma(vec4(a[0].w), b[3], fma(vec4(a[0].z), b[2], fma(vec4(a[0].y), b[1], fma(vec4(a[0].x), b[0], acc[0])))),
+        fma(vec4(a[1].w), b[3], fma(vec4(a[1].z), b[2], fma(vec4(a[1].y), b[1], fma(vec4(a[1].x), b[0], acc[1])))),
+        fma(vec4(a[2].w), b[3], fma(vec4(a[2].z), b[2], fma(vec4(a[2].y), b[1], fma(vec4(a[2].x), b[0], acc[2])))),
+        fma(vec4(a[3].w), b[3], fma(vec4(a[3].z), b[2], fma(vec4(a[3].y), b[1], fma(vec4(a[3].x), b[0], acc[3])))),
+    );
+}
+
+// op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows. Rows past M are clamped to the last one (their
+// results are never stored). `mode` is a constant in every caller, so the branch folds away.
+fn load_a4(mode: u32, r: u32, k4: u32) -> mat4x4<f32> {
+    if mode == TN {
+        // a is [K, M]: one vec4 holds 4 rows at one k.
+        let m4 = p.m / 4u;
+        let i = 4u * k4 * m4 + min(r / 4u, m4 - 1u);
+        return transpose(mat4x4(a4[i], a4[i + m4], a4[i + 2u * m4], a4[i + 3u * m4]));
+    }
+    // a is [M, K]: one vec4 holds 4 k of one row.
+    let k4n = p.k / 4u;
+    let last = p.m - 1u;
+    return mat4x4(
+        a4[min(r, last) * k4n + k4],
+        a4[min(r + 1u, last) * k4n + k4],
+        a4[min(r + 2u, last) * k4n + k4],
+        a4[min(r + 3u, last) * k4n + k4],
+    );
+}
+
+// op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped.
+fn load_b4(mode: u32, c: u32, k4: u32) -> mat4x4<f32> {
+    if mode == NT {
+        // b is [N, K]: one vec4 holds 4 k of one column.
+        let k4n = p.k / 4u;
+        let last = p.n - 1u;
+        return transpose(mat4x4(
+            b4[min(c, last) * k4n + k4],
+            b4[min(c + 1u, last) * k4n + k4],
+            b4[min(c + 2u, last) * k4n + k4],
+            b4[min(c + 3u, last) * k4n + k4],
+        ));
+    }
+    // b is [K, N]: one vec4 holds 4 columns at one k.
+    let n4 = p.n / 4u;
+    let i = 4u * k4 * n4 + min(c / 4u, n4 - 1u);
+    return mat4x4(b4[i], b4[i + n4], b4[i + 2u * n4], b4[i + 3u * n4]);
+}
+
+// First row and column of this lane's tile: the 8 lanes of a workgroup form a
+// (8 / lanes_x) × lanes_x grid of tiles.
+fn lane_origin(wg: vec3<u32>, lane: u32) -> vec2<u32> {
+    let lanes_y = 8u / p.lanes_x;
+    let row = (wg.y * lanes_y + lane / p.lanes_x) * LANE_ROWS;
+    let col = (wg.x * p.lanes_x + lane % p.lanes_x) * LANE_COLS;
+    return vec2(row, col);
+}
+
+fn tile4(mode: u32, wg: vec3<u32>, lane: u32) {
+    let o = lane_origin(wg, lane);
+    let r = o.x;
+    let c = o.y;
+    // acc[4·i + j] is the block at rows r + 4i, columns c + 4j.
+    var acc: array<mat4x4<f32>, 32>;
+    for (var k4 = 0u; k4 < p.k / 4u; k4++) {
+        let a0 = load_a4(mode, r, k4);
+        let a1 = load_a4(mode, r + 4u, k4);
+        let a2 = load_a4(mode, r + 8u, k4);
+        let a3 = load_a4(mode, r + 12u, k4);
+        let b0 = load_b4(mode, c, k4);
+        let b1 = load_b4(mode, c + 4u, k4);
+        let b2 = load_b4(mode, c + 8u, k4);
+        let b3 = load_b4(mode, c + 12u, k4);
+        let b4 = load_b4(mode, c + 16u, k4);
+        let b5 = load_b4(mode, c + 20u, k4);
+        let b6 = load_b4(mode, c + 24u, k4);
+        let b7 = load_b4(mode, c + 28u, k4);
+        acc[0] = mac(acc[0], a0, b0);
+        acc[1] = mac(acc[1], a0, b1);
+        acc[2] = mac(acc[2], a0, b2);
+        acc[3] = mac(acc[3], a0, b3);
+        acc[4] = mac(acc[4], a0, b4);
+        acc[5] = mac(acc[5], a0, b5);
+        acc[6] = mac(acc[6], a0, b6);
+        acc[7] = mac(acc[7], a0, b7);
+        acc[8] = mac(acc[8], a1, b0);
+        acc[9] = mac(acc[9], a1, b1);
+        acc[10] = mac(acc[10], a1, b2);
+        acc[11] = mac(acc[11], a1, b3);
+        acc[12] = mac(acc[12], a1, b4);
+        acc[13] = mac(acc[13], a1, b5);
+        acc[14] = mac(acc[14], a1, b6);
+        acc[15] = mac(acc[15], a1, b7);
+        acc[16] = mac(acc[16], a2, b0);
+        acc[17] = mac(acc[17], a2, b1);
+        acc[18] = mac(acc[18], a2, b2);
+        acc[19] = mac(acc[19], a2, b3);
+        acc[20] = mac(acc[20], a2, b4);
+        acc[21] = mac(acc[21], a2, b5);
+        acc[22] = mac(acc[22], a2, b6);
+        acc[23] = mac(acc[23], a2, b7);
+        acc[24] = mac(acc[24], a3, b0);
+        acc[25] = mac(acc[25], a3, b1);
+        acc[26] = mac(acc[26], a3, b2);
+        acc[27] = mac(acc[27], a3, b3);
+        acc[28] = mac(acc[28], a3, b4);
+        acc[29] = mac(acc[29], a3, b5);
+        acc[30] = mac(acc[30], a3, b6);
+        acc[31] = mac(acc[31], a3, b7);
+    }
+    // The epilogue walks the 4 rows of each block in a loop (unrolled, its 128 guarded stores would
+    // take llvmpipe tens of seconds to compile) and picks the row with selects: a dynamic index
+    // into `acc` would move the whole tile to memory.
+    var bias_c: array<vec4<f32>, 8>;
+    if (p.flags & FLAG_BIAS) != 0u {
+        bias_c = array(load_bias4(c), load_bias4(c + 4u), load_bias4(c + 8u), load_bias4(c + 12u),
+                       load_bias4(c + 16u), load_bias4(c + 20u), load_bias4(c + 24u), load_bias4(c + 28u));
+    }
+    let c4i = c / 4u;
+    for (var t = 0u; t < 4u; t++) {
+        store4(r + t, c4i, row_of(acc[0], t), bias_c[0]);
+        store4(r + t, c4i + 1u, row_of(acc[1], t), bias_c[1]);
+        store4(r + t, c4i + 2u, row_of(acc[2], t), bias_c[2]);
+        store4(r + t, c4i + 3u, row_of(acc[3], t), bias_c[3]);
+        store4(r + t, c4i + 4u, row_of(acc[4], t), bias_c[4]);
+        store4(r + t, c4i + 5u, row_of(acc[5], t), bias_c[5]);
+        store4(r + t, c4i + 6u, row_of(acc[6], t), bias_c[6]);
+        store4(r + t, c4i + 7u, row_of(acc[7], t), bias_c[7]);
+        store4(r + 4u + t, c4i, row_of(acc[8], t), bias_c[0]);
+        store4(r + 4u + t, c4i + 1u, row_of(acc[9], t), bias_c[1]);
+        store4(r + 4u + t, c4i + 2u, row_of(acc[10], t), bias_c[2]);
+        store4(r + 4u + t, c4i + 3u, row_of(acc[11], t), bias_c[3]);
+        store4(r + 4u + t, c4i + 4u, row_of(acc[12], t), bias_c[4]);
+        store4(r + 4u + t, c4i + 5u, row_of(acc[13], t), bias_c[5]);
+        store4(r + 4u + t, c4i + 6u, row_of(acc[14], t), bias_c[6]);
+        store4(r + 4u + t, c4i + 7u, row_of(acc[15], t), bias_c[7]);
+        store4(r + 8u + t, c4i, row_of(acc[16], t), bias_c[0]);
+        store4(r + 8u + t, c4i + 1u, row_of(acc[17], t), bias_c[1]);
+        store4(r + 8u + t, c4i + 2u, row_of(acc[18], t), bias_c[2]);
+        store4(r + 8u + t, c4i + 3u, row_of(acc[19], t), bias_c[3]);
+        store4(r + 8u + t, c4i + 4u, row_of(acc[20], t), bias_c[4]);
+        store4(r + 8u + t, c4i + 5u, row_of(acc[21], t), bias_c[5]);
+        store4(r + 8u + t, c4i + 6u, row_of(acc[22], t), bias_c[6]);
+        store4(r + 8u + t, c4i + 7u, row_of(acc[23], t), bias_c[7]);
+        store4(r + 12u + t, c4i, row_of(acc[24], t), bias_c[0]);
+        store4(r + 12u + t, c4i + 1u, row_of(acc[25], t), bias_c[1]);
+        store4(r + 12u + t, c4i + 2u, row_of(acc[26], t), bias_c[2]);
+        store4(r + 12u + t, c4i + 3u, row_of(acc[27], t), bias_c[3]);
+        store4(r + 12u + t, c4i + 4u, row_of(acc[28], t), bias_c[4]);
+        store4(r + 12u + t, c4i + 5u, row_of(acc[29], t), bias_c[5]);
+        store4(r + 12u + t, c4i + 6u, row_of(acc[30], t), bias_c[6]);
+        store4(r + 12u + t, c4i + 7u, row_of(acc[31], t), bias_c[7]);
+    }
+}
+
+fn row_of(m: mat4x4<f32>, t: u32) -> vec4<f32> {
+    return select(select(m[0], m[1], t == 1u), select(m[2], m[3], t == 3u), t >= 2u);
+}
+
+// bias[c .. c+4], clamped like the loads (N is a multiple of 4 here).
+fn load_bias4(c: u32) -> vec4<f32> {
+    let j = min(c, p.n - 4u);
+    return vec4(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn tile4_nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    tile4(NN, wg, lane);
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn tile4_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    tile4(NT, wg, lane);
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn tile4_tn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    tile4(TN, wg, lane);
+}
+
+// Any shape, any mode (from the strides): scalar loads, a 16×16 tile per lane, K one at a time.
+@compute @workgroup_size(8, 1, 1)
+fn tile1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    // Same lane grid as tile4, with 16 columns per lane.
+    let lanes_y = 8u / p.lanes_x;
+    let r = (wg.y * lanes_y + lane / p.lanes_x) * 16u;
+    let c = (wg.x * p.lanes_x + lane % p.lanes_x) * 16u;
+    // Clamped row and column offsets, fixed for the whole K loop.
+    let lr = p.m - 1u;
+    let lc = p.n - 1u;
+    var ra: array<vec4<u32>, 4>;
+    var cb: array<vec4<u32>, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        let t = vec4(4u * i) + vec4(0u, 1u, 2u, 3u);
+        ra[i] = min(vec4(r) + t, vec4(lr)) * p.a_row;
+        cb[i] = min(vec4(c) + t, vec4(lc)) * p.b_col;
+    }
+    let ra0 = ra[0];
+    let ra1 = ra[1];
+    let ra2 = ra[2];
+    let ra3 = ra[3];
+    let cb0 = cb[0];
+    let cb1 = cb[1];
+    let cb2 = cb[2];
+    let cb3 = cb[3];
+    // acc[4·i + j]: rows r + 4i .. +4, columns c + 4j .. +4.
+    var acc: array<mat4x4<f32>, 16>;
+    for (var k = 0u; k < p.k; k++) {
+        let ka = k * p.a_k;
+        let kb = k * p.b_k;
+        let a0 = load_a1(ra0 + ka);
+        let a1 = load_a1(ra1 + ka);
+        let a2 = load_a1(ra2 + ka);
+        let a3 = load_a1(ra3 + ka);
+        let b0 = load_b1(cb0 + kb);
+        let b1 = load_b1(cb1 + kb);
+        let b2 = load_b1(cb2 + kb);
+        let b3 = load_b1(cb3 + kb);
+        acc[0] = outer(acc[0], a0, b0);
+        acc[1] = outer(acc[1], a0, b1);
+        acc[2] = outer(acc[2], a0, b2);
+        acc[3] = outer(acc[3], a0, b3);
+        acc[4] = outer(acc[4], a1, b0);
+        acc[5] = outer(acc[5], a1, b1);
+        acc[6] = outer(acc[6], a1, b2);
+        acc[7] = outer(acc[7], a1, b3);
+        acc[8] = outer(acc[8], a2, b0);
+        acc[9] = outer(acc[9], a2, b1);
+        acc[10] = outer(acc[10], a2, b2);
+        acc[11] = outer(acc[11], a2, b3);
+        acc[12] = outer(acc[12], a3, b0);
+        acc[13] = outer(acc[13], a3, b1);
+        acc[14] = outer(acc[14], a3, b2);
+        acc[15] = outer(acc[15], a3, b3);
+    }
+    for (var t = 0u; t < 4u; t++) {
+        store1(r + t, c, row_of(acc[0], t));
+        store1(r + t, c + 4u, row_of(acc[1], t));
+        store1(r + t, c + 8u, row_of(acc[2], t));
+        store1(r + t, c + 12u, row_of(acc[3], t));
+        store1(r + 4u + t, c, row_of(acc[4], t));
+        store1(r + 4u + t, c + 4u, row_of(acc[5], t));
+        store1(r + 4u + t, c + 8u, row_of(acc[6], t));
+        store1(r + 4u + t, c + 12u, row_of(acc[7], t));
+        store1(r + 8u + t, c, row_of(acc[8], t));
+        store1(r + 8u + t, c + 4u, row_of(acc[9], t));
+        store1(r + 8u + t, c + 8u, row_of(acc[10], t));
+        store1(r + 8u + t, c + 12u, row_of(acc[11], t));
+        store1(r + 12u + t, c, row_of(acc[12], t));
+        store1(r + 12u + t, c + 4u, row_of(acc[13], t));
+        store1(r + 12u + t, c + 8u, row_of(acc[14], t));
+        store1(r + 12u + t, c + 12u, row_of(acc[15], t));
+    }
+}
+
+fn load_a1(i: vec4<u32>) -> vec4<f32> {
+    return vec4(a1[i.x], a1[i.y], a1[i.z], a1[i.w]);
+}
+
+fn load_b1(i: vec4<u32>) -> vec4<f32> {
+    return vec4(b1[i.x], b1[i.y], b1[i.z], b1[i.w]);
+}
+
+// acc[t] += a[t] · b: a holds 4 rows of one column of op(a), b 4 columns of one row of op(b).
+fn outer(acc: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4(fma(vec4(a.x), b, acc[0]), fma(vec4(a.y), b, acc[1]), fma(vec4(a.z), b, acc[2]), fma(vec4(a.w), b, acc[3]));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared-memory tiles (GPUs): any shape, any mode (from the strides).
+
+const TILE: u32 = 64u;
+const SLICE: u32 = 16u;
+
+// One K-slice of op(a) and op(b), stored k-major as vec4s: sa[k·16 + i] holds rows 4i .. 4i+4.
+var<workgroup> sa: array<vec4<f32>, 256>;
+var<workgroup> sb: array<vec4<f32>, 256>;
+
+@compute @workgroup_size(16, 16, 1)
+fn smem(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let row0 = wg.y * TILE;
+    let col0 = wg.x * TILE;
+    var acc0 = vec4(0.0);
+    var acc1 = vec4(0.0);
+    var acc2 = vec4(0.0);
+    var acc3 = vec4(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
+        // Each invocation stages 4 elements of each slice; consecutive invocations read
+        // consecutive addresses along whichever dimension is contiguous in memory.
+        for (var s = 0u; s < 4u; s++) {
+            let e = tid + 256u * s;
+            var row = e % TILE;
+            var ka = e / TILE;
+            if p.a_k == 1u {
+                row = e / SLICE;
+                ka = e % SLICE;
+            }
+            var va = 0.0;
+            if row0 + row < p.m && k0 + ka < p.k {
+                va = a1[(row0 + row) * p.a_row + (k0 + ka) * p.a_k];
+            }
+            sa[ka * 16u + row / 4u][row % 4u] = va;
+            var col = e % TILE;
+            var kb = e / TILE;
+            if p.b_col != 1u {
+                col = e / SLICE;
+                kb = e % SLICE;
+            }
+            var vb = 0.0;
+            if col0 + col < p.n && k0 + kb < p.k {
+                vb = b1[(k0 + kb) * p.b_k + (col0 + col) * p.b_col];
+            }
+            sb[kb * 16u + col / 4u][col % 4u] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < SLICE; kk++) {
+            let av = sa[kk * 16u + lid.y];
+            let bv = sb[kk * 16u + lid.x];
+            acc0 = fma(vec4(av.x), bv, acc0);
+            acc1 = fma(vec4(av.y), bv, acc1);
+            acc2 = fma(vec4(av.z), bv, acc2);
+            acc3 = fma(vec4(av.w), bv, acc3);
+        }
+        workgroupBarrier();
+    }
+    let r = row0 + 4u * lid.y;
+    let c = col0 + 4u * lid.x;
+    store1(r, c, acc0);
+    store1(r + 1u, c, acc1);
+    store1(r + 2u, c, acc2);
+    store1(r + 3u, c, acc3);
+}

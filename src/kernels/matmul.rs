@@ -1,0 +1,314 @@
+//! Matrix multiply (`shaders/matmul.wgsl`): `c = epilogue(alpha · op(a) · op(b))` with either
+//! operand transposed, a bias + ReLU epilogue, or accumulation into `c`.
+//!
+//! Two kernel families, chosen per adapter ([`Variant::for_adapter`]):
+//! - register tiles for CPU adapters (llvmpipe), where workgroup barriers are very expensive and
+//!   every storage load costs a per-lane loop: each invocation owns a 16×32 tile of `c` and streams
+//!   vec4s of `a` and `b` straight from storage ([`Variant::Vec4`]); shapes that cannot be read as
+//!   vec4s use a scalar-load version ([`Variant::Scalar`]);
+//! - shared-memory tiles for GPUs ([`Variant::Shared`]): 64×64 per workgroup, 4×4 per invocation,
+//!   K in slices of 16 staged in workgroup memory.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel, Region};
+use crate::kernel;
+use crate::memory::Tensor;
+
+const TILE4_NN: Kernel = kernel!("matmul.wgsl", "tile4_nn", 4);
+const TILE4_NT: Kernel = kernel!("matmul.wgsl", "tile4_nt", 4);
+const TILE4_TN: Kernel = kernel!("matmul.wgsl", "tile4_tn", 4);
+const TILE1: Kernel = kernel!("matmul.wgsl", "tile1", 4);
+const SHARED: Kernel = kernel!("matmul.wgsl", "smem", 4);
+
+/// Rows and columns of `c` per invocation in the register-tile kernels, and the side of the
+/// shared-memory kernel's workgroup tile (they must match the WGSL constants).
+const TILE4_ROWS: usize = 16;
+const TILE4_COLS: usize = 32;
+const TILE1_SIDE: usize = 16;
+const SHARED_TILE: usize = 64;
+/// Invocations per workgroup in the register-tile kernels: one SIMD vector on llvmpipe.
+const LANES: usize = 8;
+
+/// Which operand is transposed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trans {
+    /// `a [M,K] · b [K,N]`
+    NN,
+    /// `a [M,K] · b [N,K]ᵀ`
+    NT,
+    /// `a [K,M]ᵀ · b [K,N]`
+    TN,
+}
+
+/// What to compute; see [`matmul`].
+#[derive(Clone, Copy, Debug)]
+pub struct Matmul<'a> {
+    pub trans: Trans,
+    pub alpha: f32,
+    /// Added to every row of the product (N elements).
+    pub bias: Option<&'a Tensor>,
+    /// ReLU after the bias.
+    pub relu: bool,
+    /// `c += alpha · op(a) · op(b)` instead of `c = ...`; excludes `bias` and `relu`.
+    pub accumulate: bool,
+}
+
+impl Default for Matmul<'_> {
+    fn default() -> Self {
+        Matmul {
+            trans: Trans::NN,
+            alpha: 1.0,
+            bias: None,
+            relu: false,
+            accumulate: false,
+        }
+    }
+}
+
+/// Kernel family. [`matmul`] picks one with [`Variant::for_adapter`]; [`matmul_with`] takes it
+/// explicitly (tests run every variant on every adapter).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    /// Register tiles with vec4 loads. Needs K and N (and M in [`Trans::TN`]) to be multiples of
+    /// 4; other shapes run [`Variant::Scalar`].
+    Vec4,
+    /// Register tiles with scalar loads, any shape.
+    Scalar,
+    /// Shared-memory tiles, any shape.
+    Shared,
+}
+
+impl Variant {
+    /// Register tiles on CPU adapters, shared-memory tiles on GPUs.
+    pub fn for_adapter(gpu: &Gpu) -> Variant {
+        if gpu.adapter.device_type == "Cpu" {
+            Variant::Vec4
+        } else {
+            Variant::Shared
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    flags: u32,
+    alpha: f32,
+    lanes_x: u32,
+    a_row: u32,
+    a_k: u32,
+    b_k: u32,
+    b_col: u32,
+    _pad: [u32; 2],
+}
+
+const FLAG_ACCUMULATE: u32 = 1;
+const FLAG_BIAS: u32 = 2;
+const FLAG_RELU: u32 = 4;
+
+/// `c = epilogue(alpha · op(a) · op(b))`; `a`, `b` and `c` are read as matrices through
+/// [`crate::Shape::rows_cols`] (leading dimensions fold into rows).
+///
+/// - [`Trans::NN`]: `a [M,K]`, `b [K,N]`; [`Trans::NT`]: `a [M,K]`, `b [N,K]` (`c = a·bᵀ`);
+///   [`Trans::TN`]: `a [K,M]`, `b [K,N]` (`c = aᵀ·b`); always `c [M,N]`.
+/// - Epilogue: `+ bias[col]` (bias has N elements), then ReLU if `relu`.
+/// - `accumulate`: `c += alpha · op(a) · op(b)`. Combining it with `bias` or `relu` is an
+///   [`Error::Config`]: the epilogue of a sum of contributions is not the sum of epilogues.
+///
+/// `c` must not overlap `a`, `b` or the bias. Only records the work (see [`Gpu::dispatch`]).
+pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<()> {
+    matmul_with(gpu, a, b, c, spec, Variant::for_adapter(gpu))
+}
+
+/// [`matmul`] with the kernel family chosen by the caller.
+pub fn matmul_with(
+    gpu: &Gpu,
+    a: &Tensor,
+    b: &Tensor,
+    c: &Tensor,
+    spec: &Matmul,
+    variant: Variant,
+) -> Result<()> {
+    let (m, n, k) = dims(a, b, c, spec)?;
+    if spec.accumulate && (spec.bias.is_some() || spec.relu) {
+        return Err(Error::Config(
+            "matmul: `accumulate` cannot be combined with a bias or ReLU epilogue".into(),
+        ));
+    }
+    for (input, what) in [(Some(a), "a"), (Some(b), "b"), (spec.bias, "the bias")] {
+        if input.is_some_and(|t| overlaps(t.region, c.region)) {
+            return Err(Error::Config(format!(
+                "matmul: the output c {:?} overlaps {what}",
+                c.shape
+            )));
+        }
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    let flags = if spec.accumulate { FLAG_ACCUMULATE } else { 0 }
+        | if spec.bias.is_some() { FLAG_BIAS } else { 0 }
+        | if spec.relu { FLAG_RELU } else { 0 };
+    // Element strides of op(a)[row, k] and op(b)[k, col].
+    let (a_row, a_k) = match spec.trans {
+        Trans::NN | Trans::NT => (k, 1),
+        Trans::TN => (1, m),
+    };
+    let (b_k, b_col) = match spec.trans {
+        Trans::NN | Trans::TN => (n, 1),
+        Trans::NT => (1, k),
+    };
+    let vec4_ok = k > 0 && k % 4 == 0 && n % 4 == 0 && (spec.trans != Trans::TN || m % 4 == 0);
+    let variant = match variant {
+        Variant::Vec4 if !vec4_ok => Variant::Scalar,
+        v => v,
+    };
+    let (kernel, lanes_x, groups) = match variant {
+        Variant::Vec4 => {
+            let kernel = match spec.trans {
+                Trans::NN => &TILE4_NN,
+                Trans::NT => &TILE4_NT,
+                Trans::TN => &TILE4_TN,
+            };
+            let (lanes_x, groups) = lane_grid(m, n, TILE4_ROWS, TILE4_COLS);
+            (kernel, lanes_x, groups)
+        }
+        Variant::Scalar => {
+            let (lanes_x, groups) = lane_grid(m, n, TILE1_SIDE, TILE1_SIDE);
+            (&TILE1, lanes_x, groups)
+        }
+        Variant::Shared => (
+            &SHARED,
+            1,
+            [
+                n.div_ceil(SHARED_TILE) as u32,
+                m.div_ceil(SHARED_TILE) as u32,
+                1,
+            ],
+        ),
+    };
+    let params = Params {
+        m: m as u32,
+        n: n as u32,
+        k: k as u32,
+        flags,
+        alpha: spec.alpha,
+        lanes_x: lanes_x as u32,
+        a_row: a_row as u32,
+        a_k: a_k as u32,
+        b_k: b_k as u32,
+        b_col: b_col as u32,
+        _pad: [0; 2],
+    };
+    // Without a bias, `c` fills the slot; the kernel does not read it.
+    let bias = spec.bias.map_or(c.region, |t| t.region);
+    gpu.dispatch(
+        kernel,
+        &params,
+        &[a.region, b.region, c.region, bias],
+        groups,
+    )
+}
+
+/// (M, N, K) of the product, or a shape error naming all shapes and the mode.
+fn dims(a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<(usize, usize, usize)> {
+    let (ar, ac) = a.shape.rows_cols();
+    let (br, bc) = b.shape.rows_cols();
+    let (m, k, kb, n) = match spec.trans {
+        Trans::NN => (ar, ac, br, bc),
+        Trans::NT => (ar, ac, bc, br),
+        Trans::TN => (ac, ar, br, bc),
+    };
+    let fail = |why: String| {
+        Err(Error::shape(
+            "matmul",
+            format!(
+                "{:?}: a {:?} · b {:?} -> c {:?}: {why}",
+                spec.trans, a.shape, b.shape, c.shape
+            ),
+        ))
+    };
+    if k != kb {
+        return fail(format!("inner dimensions differ ({k} and {kb})"));
+    }
+    if c.shape.rows_cols() != (m, n) {
+        return fail(format!("c must be {m}×{n}"));
+    }
+    if let Some(t) = spec.bias {
+        if t.numel() != n {
+            return fail(format!("bias {:?} must have {n} elements", t.shape));
+        }
+    }
+    Ok((m, n, k))
+}
+
+fn overlaps(x: Region, y: Region) -> bool {
+    x.buffer == y.buffer
+        && x.len > 0
+        && y.len > 0
+        && x.offset < y.offset + y.bytes()
+        && y.offset < x.offset + x.bytes()
+}
+
+/// How the 8 lanes of a register-tile workgroup are laid out (`lanes_x` of them side by side
+/// along N) and the workgroup grid: the layout that covers `m × n` with the least padding.
+fn lane_grid(m: usize, n: usize, rows: usize, cols: usize) -> (usize, [u32; 3]) {
+    [8, 4, 2, 1]
+        .into_iter()
+        .map(|lanes_x| {
+            let (wg_rows, wg_cols) = (LANES / lanes_x * rows, lanes_x * cols);
+            let (gy, gx) = (m.div_ceil(wg_rows), n.div_ceil(wg_cols));
+            (
+                gy * wg_rows * gx * wg_cols,
+                lanes_x,
+                [gx as u32, gy as u32, 1],
+            )
+        })
+        .min_by_key(|&(area, _, _)| area)
+        .map(|(_, lanes_x, groups)| (lanes_x, groups))
+        .expect("four layouts")
+}
+
+/// CPU reference of [`matmul`] in f64. `a`, `b` are laid out as for `spec.trans`; `c_prev` is
+/// read only when accumulating; `bias` stands in for `spec.bias` (whose GPU tensor is ignored).
+#[allow(clippy::too_many_arguments)]
+pub fn reference(
+    a: &[f32],
+    b: &[f32],
+    c_prev: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    spec: &Matmul,
+    bias: Option<&[f32]>,
+) -> Vec<f64> {
+    let at = |i: usize, q: usize| match spec.trans {
+        Trans::NN | Trans::NT => a[i * k + q],
+        Trans::TN => a[q * m + i],
+    } as f64;
+    let bt = |q: usize, j: usize| match spec.trans {
+        Trans::NN | Trans::TN => b[q * n + j],
+        Trans::NT => b[j * k + q],
+    } as f64;
+    let mut out = Vec::with_capacity(m * n);
+    for i in 0..m {
+        for j in 0..n {
+            let dot: f64 = (0..k).map(|q| at(i, q) * bt(q, j)).sum();
+            let v = spec.alpha as f64 * dot;
+            out.push(if spec.accumulate {
+                c_prev[i * n + j] as f64 + v
+            } else {
+                let v = v + bias.map_or(0.0, |b| b[j] as f64);
+                if spec.relu {
+                    v.max(0.0)
+                } else {
+                    v
+                }
+            });
+        }
+    }
+    out
+}
