@@ -6,6 +6,7 @@
 
 use contrastive::{Gpu, Result};
 
+mod conv;
 mod harness;
 
 fn main() -> Result<()> {
@@ -13,5 +14,6 @@ fn main() -> Result<()> {
     let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let mut b = harness::Bench::new(&gpu, filter);
     b.header();
+    conv::run(&mut b)?;
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! WGSL kernels, one module per family: the launcher, its CPU reference and its shapes checks sit
 //! together. Launchers only record work (see [`crate::gpu::Gpu::dispatch`]); they never block.
 
+pub mod conv;
 pub mod elementwise;
 
 /// Workgroup counts for a 1-D launch of `n` threads in groups of `wg`, folded into a second
