@@ -23,10 +23,10 @@
 
 struct Params {
     n: u32, h: u32, w: u32, cin: u32,
-    ho: u32, wo: u32, cout: u32, m: u32,    // m: rows of the GEMM (forward: n*ho*wo; dx: tiles)
+    ho: u32, wo: u32, cout: u32, m: u32,    // m: forward and weight grad: n*ho*wo; dx: row tiles
     kh: u32, kw: u32, sh: u32, sw: u32,
     ph: u32, pw: u32, flags: u32, k: u32,   // k: kh*kw*cin, the length of a weight row
-    splits: u32, chunk: u32, total: u32, _pad: u32,
+    splits: u32, chunk: u32, total: u32, _pad: u32,  // weight grad: split-K sums of `chunk` pixels
 }
 
 const TM: u32 = 16u;  // pixels per invocation
@@ -38,10 +38,12 @@ const F_ACC: u32 = 4u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The same buffers viewed as vec4 (channel counts that are multiples of 4) or as scalars.
+// src: the image gathered per tap (x, or dy for the input gradient; scratch for the reduction).
+// opd: the other operand (the weights, or dy for the weight gradient).
 @group(1) @binding(0) var<storage, read_write> src4: array<vec4<f32>>;
 @group(1) @binding(0) var<storage, read_write> src1: array<f32>;
-@group(1) @binding(1) var<storage, read_write> wt4: array<vec4<f32>>;
-@group(1) @binding(1) var<storage, read_write> wt1: array<f32>;
+@group(1) @binding(1) var<storage, read_write> opd4: array<vec4<f32>>;
+@group(1) @binding(1) var<storage, read_write> opd1: array<f32>;
 @group(1) @binding(2) var<storage, read_write> bias4: array<vec4<f32>>;
 @group(1) @binding(2) var<storage, read_write> bias1: array<f32>;
 @group(1) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>;
@@ -258,7 +260,7 @@ fn tap_index(tp: Taps, i: u32, j: u32) -> u32 {
 }
 
 fn wmat(o: vec4<u32>, transposed: bool) -> mat4x4<f32> {
-    let m = mat4x4(wt4[o.x], wt4[o.y], wt4[o.z], wt4[o.w]);
+    let m = mat4x4(opd4[o.x], opd4[o.y], opd4[o.z], opd4[o.w]);
     if transposed {
         return transpose(m);
     }
@@ -266,20 +268,24 @@ fn wmat(o: vec4<u32>, transposed: bool) -> mat4x4<f32> {
 }
 
 fn wvec(o: vec4<u32>) -> vec4<f32> {
-    return vec4(wt1[o.x], wt1[o.y], wt1[o.z], wt1[o.w]);
+    return vec4(opd1[o.x], opd1[o.y], opd1[o.z], opd1[o.w]);
 }
 
 // Epilogue. It is a loop over the tile's rows that shifts the tile down by one row per iteration,
 // so every access uses a constant index and the stores are emitted once rather than 64 times
 // (spelled out, they dominated the shader's compile time). Columns past ncols are dropped.
 
+fn shift_acc(acc: ptr<function, Tile>) {
+    let a = *acc;
+    *acc = Tile(a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
+                a[14], a[15], a[15]);
+}
+
 fn shift_rows(px: ptr<function, Pxs>, acc: ptr<function, Tile>) {
     let q = *px;
     *px = Pxs(q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11], q[12], q[13],
               q[14], q[15], q[15]);
-    let a = *acc;
-    *acc = Tile(a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
-                a[14], a[15], a[15]);
+    shift_acc(acc);
 }
 
 // Bias of four columns starting at `col` (zero without bias; the index is clamped because the
@@ -436,4 +442,192 @@ fn input_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
     var px: Pxs;
     let tp = rows_input_grad(gid.x, &px);
     gemm1(&px, tp, gid.y * TN, true);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient: dw[co, q] = sum over output pixels m of dy[m, co] * x[pixel(m, tap(q)), ci(q)]
+// with q = tap * cin + ci the position along a weight row. The reduction (n*ho*wo, long) is split
+// into `splits` chunks of `chunk` pixels whose partial sums go to a scratch buffer
+// [splits, cout * k] and are added up by weight_grad_reduce; with one split the partial kernel
+// writes dw directly.
+//
+// An invocation owns 16 output channels (rows, workgroup y) x 16 weight-row positions (columns).
+// Invocations along x are (split, column tile) with the column tile fastest, so neighbouring lanes
+// share the split and read the same dy values. The tile is held as acc[row][column block].
+
+// Per pixel the invocation walks (n, oh, ow) incrementally instead of dividing.
+struct Walk { n: u32, oh: u32, ow: u32 }
+
+fn walk_start(m: u32) -> Walk {
+    let hw = p.ho * p.wo;
+    let n = m / hw;
+    let rem = m - n * hw;
+    let oh = rem / p.wo;
+    return Walk(n, oh, rem - oh * p.wo);
+}
+
+fn walk_next(v: Walk) -> Walk {
+    let wrap_w = v.ow + 1u == p.wo;
+    let oh = select(v.oh, v.oh + 1u, wrap_w);
+    let wrap_h = oh == p.ho;
+    return Walk(select(v.n, v.n + 1u, wrap_h), select(oh, 0u, wrap_h), select(v.ow + 1u, 0u, wrap_w));
+}
+
+// acc[t] += b * a[t / 4][t % 4] for the 16 rows t: a holds dy for the tile's 16 output channels,
+// b the gathered x values of its 16 columns.
+fn outer16(acc: ptr<function, Tile>, a: Acc, b: ptr<function, Acc>) {
+    fma1(acc, 0u, a[0].x, b);
+    fma1(acc, 1u, a[0].y, b);
+    fma1(acc, 2u, a[0].z, b);
+    fma1(acc, 3u, a[0].w, b);
+    fma1(acc, 4u, a[1].x, b);
+    fma1(acc, 5u, a[1].y, b);
+    fma1(acc, 6u, a[1].z, b);
+    fma1(acc, 7u, a[1].w, b);
+    fma1(acc, 8u, a[2].x, b);
+    fma1(acc, 9u, a[2].y, b);
+    fma1(acc, 10u, a[2].z, b);
+    fma1(acc, 11u, a[2].w, b);
+    fma1(acc, 12u, a[3].x, b);
+    fma1(acc, 13u, a[3].y, b);
+    fma1(acc, 14u, a[3].z, b);
+    fma1(acc, 15u, a[3].w, b);
+}
+
+// Where this invocation's partial sums start in the destination, and whether it exists.
+struct Part { split: u32, tile: u32, base: u32, ok: bool }
+
+fn part(gx: u32, col_tiles: u32) -> Part {
+    let split = gx / col_tiles;
+    let base = select(0u, split * p.total, p.splits > 1u);
+    return Part(split, gx - split * col_tiles, base, split < p.splits);
+}
+
+fn put_w(o: u32, v: f32) {
+    dst1[o] = select(v, v + dst1[o], (p.flags & F_ACC) != 0u);
+}
+
+// cin and cout multiples of 4: a column tile is one tap x 16 input channels, loaded as 4 vec4.
+@compute @workgroup_size(64)
+fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ci_tiles = cdiv(p.cin, TN);
+    let pt = part(gid.x, p.kh * p.kw * ci_tiles);
+    if !pt.ok {
+        return;
+    }
+    let tap = pt.tile / ci_tiles;
+    let ci0 = (pt.tile - tap * ci_tiles) * TN;
+    let kh = tap / p.kw;
+    let kw = tap - kh * p.kw;
+    let co0 = gid.y * TM;
+    let c4 = p.cin / 4u;
+    let o4 = p.cout / 4u;
+    let xi = min(vec4(ci0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(c4 - 1u));
+    let yi = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(o4 - 1u));
+    let m0 = pt.split * p.chunk;
+    let m1 = min(m0 + p.chunk, p.m);
+    var acc: Tile;
+    var v = walk_start(m0);
+    for (var m = m0; m < m1; m++) {
+        let hi = i32(v.oh * p.sh + kh) - i32(p.ph);
+        let wi = i32(v.ow * p.sw + kw) - i32(p.pw);
+        let ok = u32(hi) < p.h && u32(wi) < p.w;
+        let s = Src(select(0u, ((v.n * p.h + u32(hi)) * p.w + u32(wi)) * c4, ok), ok);
+        var b = Acc(ld4(s, xi.x), ld4(s, xi.y), ld4(s, xi.z), ld4(s, xi.w));
+        let yb = m * o4;
+        let a = Acc(opd4[yb + yi.x], opd4[yb + yi.y], opd4[yb + yi.z], opd4[yb + yi.w]);
+        outer16(&acc, a, &b);
+        v = walk_next(v);
+    }
+    // Rows are output channels; row t is written to dst[base + co * k + tap * cin + ci0 ..].
+    let rows = min(TM, p.cout - co0);
+    let col = tap * p.cin + ci0;
+    for (var t = 0u; t < rows; t++) {
+        let o = pt.base + (co0 + t) * p.k + col;
+        for (var b = 0u; b < 4u; b++) {
+            if ci0 + 4u * b < p.cin {
+                let val = acc[0][b];
+                let oi = o / 4u + b;
+                dst4[oi] = select(val, val + dst4[oi], (p.flags & F_ACC) != 0u);
+            }
+        }
+        shift_acc(&acc);
+    }
+}
+
+// Any channel counts: a column tile is 16 consecutive weight-row positions (taps and channels
+// mixed), each gathered with its own scalar load.
+@compute @workgroup_size(64)
+fn weight_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let pt = part(gid.x, cdiv(p.k, TN));
+    if !pt.ok {
+        return;
+    }
+    let q0 = pt.tile * TN;
+    let co0 = gid.y * TM;
+    // Tap offsets and channel of the 16 columns, four per vec4.
+    var qh: array<vec4<i32>, 4>;
+    var qw: array<vec4<i32>, 4>;
+    var qc: array<vec4<u32>, 4>;
+    for (var b = 0u; b < 4u; b++) {
+        let q = min(vec4(q0 + 4u * b) + vec4(0u, 1u, 2u, 3u), vec4(p.k - 1u));
+        let tap = q / p.cin;
+        let kh = tap / p.kw;
+        qh[b] = vec4<i32>(kh) - i32(p.ph);
+        qw[b] = vec4<i32>(tap - kh * p.kw) - i32(p.pw);
+        qc[b] = q - tap * p.cin;
+    }
+    let yi = min(vec4(co0), vec4(p.cout - 1u));
+    let m0 = pt.split * p.chunk;
+    let m1 = min(m0 + p.chunk, p.m);
+    var acc: Tile;
+    var v = walk_start(m0);
+    for (var m = m0; m < m1; m++) {
+        let h0 = vec4(i32(v.oh * p.sh));
+        let w0 = vec4(i32(v.ow * p.sw));
+        var b = Acc(gather4(v.n, h0 + qh[0], w0 + qw[0], qc[0]), gather4(v.n, h0 + qh[1], w0 + qw[1], qc[1]),
+                    gather4(v.n, h0 + qh[2], w0 + qw[2], qc[2]), gather4(v.n, h0 + qh[3], w0 + qw[3], qc[3]));
+        let yb = m * p.cout;
+        let a = Acc(dy4(yb, co0), dy4(yb, co0 + 4u), dy4(yb, co0 + 8u), dy4(yb, co0 + 12u));
+        outer16(&acc, a, &b);
+        v = walk_next(v);
+    }
+    let rows = min(TM, p.cout - co0);
+    for (var t = 0u; t < rows; t++) {
+        let o = pt.base + (co0 + t) * p.k + q0;
+        for (var e = 0u; e < TN; e++) {
+            if q0 + e < p.k {
+                put_w(o + e, acc[0][e / 4u][e % 4u]);
+            }
+        }
+        shift_acc(&acc);
+    }
+}
+
+// x at four (row, column, channel) positions of image n, zero outside the image.
+fn gather4(n: u32, hi: vec4<i32>, wi: vec4<i32>, c: vec4<u32>) -> vec4<f32> {
+    let ok = vec4<u32>(hi) < vec4(p.h) & vec4<u32>(wi) < vec4(p.w);
+    let i = select(vec4(0u), ((vec4(n * p.h) + vec4<u32>(hi)) * p.w + vec4<u32>(wi)) * p.cin + c, ok);
+    return select(vec4(0.0), vec4(src1[i.x], src1[i.y], src1[i.z], src1[i.w]), ok);
+}
+
+// dy of output channels co..co+3 (clamped) at pixel offset yb.
+fn dy4(yb: u32, co: u32) -> vec4<f32> {
+    let c = min(vec4(co) + vec4(0u, 1u, 2u, 3u), vec4(p.cout - 1u));
+    return vec4(opd1[yb + c.x], opd1[yb + c.y], opd1[yb + c.z], opd1[yb + c.w]);
+}
+
+// dw (+)= the sum of the partial sums over splits. src: scratch, dst: dw.
+@compute @workgroup_size(256)
+fn weight_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i >= p.total {
+        return;
+    }
+    var s = 0.0;
+    for (var k = 0u; k < p.splits; k++) {
+        s += src1[k * p.total + i];
+    }
+    put_w(i, s);
 }

@@ -23,6 +23,8 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let b = rand_vec(s.cout, seed + 2);
     let dy = rand_vec(s.n * ho * wo * s.cout, seed + 3);
     let prev_dx = rand_vec(xn, seed + 4);
+    let wn = s.cout * g.kh * g.kw * s.cin;
+    let prev_dw = rand_vec(wn, seed + 5);
     let (bias, relu, acc) = (seed.is_multiple_of(2), seed.is_multiple_of(3), seed % 4 < 2);
     let what = format!("{s:?} {g:?} seed {seed}");
 
@@ -32,6 +34,16 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let tdy = arena.upload(gpu, [s.n, ho, wo, s.cout], &dy).unwrap();
     let ty = arena.tensor(gpu, [s.n, ho, wo, s.cout]).unwrap();
     let tdx = arena.upload(gpu, [s.n, s.h, s.w, s.cin], &prev_dx).unwrap();
+    let tdw = arena
+        .upload(gpu, [s.cout, g.kh, g.kw, s.cin], &prev_dw)
+        .unwrap();
+    // No scratch (one pass), room for exactly two chunks, or full parallelism.
+    let scratch_len = match seed % 3 {
+        0 => 0,
+        1 => 2 * wn + 1,
+        _ => g.weight_grad_scratch(s.n, s.h, s.w, s.cin, s.cout),
+    };
+    let scratch = arena.tensor(gpu, [scratch_len.max(1)]).unwrap();
 
     conv::forward(gpu, &tx, &tw, bias.then_some(&tb), &ty, &g, relu).unwrap();
     let got: Vec<f32> = gpu.read(ty.region).unwrap();
@@ -49,6 +61,18 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let want = conv::reference_backward_input(&s, &g, &dy, &w, acc.then_some(&prev_dx[..]));
     assert_close(
         &format!("backward_input {what} acc={acc}"),
+        &got,
+        &want,
+        1e-4,
+        1e-4,
+    );
+
+    let sc = (scratch_len > 0).then_some(&scratch);
+    conv::backward_weight(gpu, &tx, &tdy, &tdw, sc, &g, acc).unwrap();
+    let got: Vec<f32> = gpu.read(tdw.region).unwrap();
+    let want = conv::reference_backward_weight(&s, &g, &x, &dy, acc.then_some(&prev_dw[..]));
+    assert_close(
+        &format!("backward_weight {what} acc={acc} scratch={scratch_len}"),
         &got,
         &want,
         1e-4,
@@ -154,4 +178,29 @@ fn stride_larger_than_kernel_leaves_unreached_pixels_zero() {
         },
         9,
     );
+}
+
+#[test]
+fn weight_grad_reduction_splits_match_reference() {
+    // Enough pixels for several chunks: every scratch mode of `check` runs a different split count.
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    for (seed, cin, cout) in [
+        (30, 8, 12),
+        (31, 8, 12),
+        (32, 8, 12),
+        (33, 3, 5),
+        (34, 3, 5),
+        (35, 3, 5),
+    ] {
+        let s = RefShape {
+            n: 3,
+            h: 17,
+            w: 13,
+            cin,
+            cout,
+        };
+        check(&gpu, &mut arena, s, geom(3, 3, 1, 1), seed);
+        arena.reset();
+    }
 }

@@ -29,13 +29,23 @@ pub fn run(b: &mut Bench) -> Result<()> {
             let w = arena.tensor(gpu, [cout, 3, 3, cin])?;
             let bias = arena.tensor(gpu, [cout])?;
             let y = arena.tensor(gpu, [BATCH, ho, wo, cout])?;
+            let scratch = arena.tensor(
+                gpu,
+                [g.weight_grad_scratch(BATCH, side, side, cin, cout).max(1)],
+            )?;
             let flops = g.flops(BATCH, side, side, cin, cout);
-            let (xn, wn, yn) = (x.numel() as f64, w.numel() as f64, y.numel() as f64);
-            // Bytes each pass must move at least: its inputs once and its output once.
-            b.run(&name("fwd"), flops, 4.0 * (xn + wn + yn), 2.0, || {
+            // Bytes each pass must move at least: its operands once and its result once (the same
+            // three tensors for all passes).
+            let bytes = 4.0 * (x.numel() + w.numel() + y.numel()) as f64;
+            b.run(&name("fwd"), flops, bytes, 2.0, || {
                 conv::forward(gpu, &x, &w, Some(&bias), &y, &g, true)
             })?;
-            let _ = wn;
+            b.run(&name("dx"), flops, bytes, 2.0, || {
+                conv::backward_input(gpu, &y, &w, &x, &g, false)
+            })?;
+            b.run(&name("dw"), flops, bytes, 2.0, || {
+                conv::backward_weight(gpu, &x, &y, &w, Some(&scratch), &g, false)
+            })?;
         }
     }
     Ok(())

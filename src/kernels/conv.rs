@@ -21,12 +21,19 @@ const FORWARD4: Kernel = kernel!("conv.wgsl", "forward4", 4);
 const FORWARD1: Kernel = kernel!("conv.wgsl", "forward1", 4);
 const INPUT_GRAD4: Kernel = kernel!("conv.wgsl", "input_grad4", 4);
 const INPUT_GRAD1: Kernel = kernel!("conv.wgsl", "input_grad1", 4);
+const WEIGHT_GRAD4: Kernel = kernel!("conv.wgsl", "weight_grad4", 4);
+const WEIGHT_GRAD1: Kernel = kernel!("conv.wgsl", "weight_grad1", 4);
+const WEIGHT_GRAD_REDUCE: Kernel = kernel!("conv.wgsl", "weight_grad_reduce", 4);
 
 /// Register tile of one invocation: pixels × channels (the shader's TM and TN).
 const TM: usize = 16;
 const TN: usize = 16;
 /// Invocations per workgroup along the pixel dimension.
 const WG: usize = 64;
+/// Weight gradient: split the pixel reduction until about this many invocations run, but never
+/// into chunks shorter than MIN_CHUNK pixels.
+const WGRAD_INVOCATIONS: usize = 4096;
+const MIN_CHUNK: usize = 64;
 
 const F_BIAS: u32 = 1;
 const F_RELU: u32 = 2;
@@ -65,6 +72,38 @@ impl Conv2d {
             (hp - self.kh) / self.stride.0 + 1,
             (wp - self.kw) / self.stride.1 + 1,
         ))
+    }
+
+    /// Scratch (in f32 elements) with which [`backward_weight`] reaches full parallelism for an
+    /// input `[n, h, w, cin]` and `cout` output channels. Smaller scratch works too (fewer splits).
+    pub fn weight_grad_scratch(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+    ) -> usize {
+        match self.out_hw(h, w) {
+            Ok((ho, wo)) => {
+                let d = Dims {
+                    n,
+                    h,
+                    w,
+                    cin,
+                    ho,
+                    wo,
+                    cout,
+                };
+                let splits = d.wgrad_splits(self, usize::MAX).0;
+                if splits > 1 {
+                    splits * cout * self.kh * self.kw * cin
+                } else {
+                    0
+                }
+            }
+            Err(_) => 0,
+        }
     }
 
     /// Multiply-adds × 2 of one pass (forward, input gradient and weight gradient all cost the same).
@@ -177,6 +216,29 @@ impl Dims {
         }
     }
 
+    /// Weight-gradient column tiles of 16 (one tap × 16 channels for vec4, 16 positions of a
+    /// weight row otherwise).
+    fn wgrad_col_tiles(&self, g: &Conv2d) -> usize {
+        if self.vec4() {
+            g.kh * g.kw * self.cin.div_ceil(TN)
+        } else {
+            (g.kh * g.kw * self.cin).div_ceil(TN)
+        }
+    }
+
+    /// (splits, chunk) of the weight-gradient reduction over n·ho·wo pixels, with at most
+    /// `max_splits` splits.
+    fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
+        let pixels = self.n * self.ho * self.wo;
+        let tiles = self.wgrad_col_tiles(g) * self.cout.div_ceil(TM);
+        let want = (WGRAD_INVOCATIONS / tiles)
+            .min(pixels.div_ceil(MIN_CHUNK))
+            .min(max_splits)
+            .max(1);
+        let chunk = pixels.div_ceil(want);
+        (pixels.div_ceil(chunk), chunk)
+    }
+
     /// Both channel counts are multiples of 4: the vec4 kernels apply.
     fn vec4(&self) -> bool {
         self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4)
@@ -245,6 +307,62 @@ pub fn backward_input(
         &d.params(g, tiles, flags),
         &[dy.region, w.region, w.region, dx.region],
         tile_groups(tiles, d.cin),
+    )
+}
+
+/// `dw [Cout,KH,KW,Cin] (+)= dyᵀ · im2col(x)`, a GEMM whose reduction runs over all N·Ho·Wo output
+/// pixels. The reduction is split into chunks whose partial sums go to `scratch` and are then
+/// added up by a second small pass; the number of chunks is bounded by `scratch`'s size
+/// ([`Conv2d::weight_grad_scratch`] gives the size for full parallelism). Without scratch (or with
+/// too little for two chunks) one pass reduces everything, which is correct but leaves most of the
+/// device idle. The bias gradient (a column sum of dy) is not computed here.
+pub fn backward_weight(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    scratch: Option<&Tensor>,
+    g: &Conv2d,
+    accumulate: bool,
+) -> Result<()> {
+    let d = Dims::check("conv2d backward_weight", g, x, dw, dy)?;
+    let total = dw.numel();
+    let room = scratch.map_or(0, |t| t.numel() / total);
+    let (splits, chunk) = d.wgrad_splits(g, room.max(1));
+    let direct = splits == 1;
+    let acc_flag = if accumulate { F_ACC } else { 0 };
+    let mut params = d.params(g, d.n * d.ho * d.wo, if direct { acc_flag } else { 0 });
+    params.splits = splits as u32;
+    params.chunk = chunk as u32;
+    params.total = total as u32;
+    let dst = match scratch {
+        Some(t) if !direct => t.region,
+        _ => dw.region,
+    };
+    let kernel = if d.vec4() {
+        &WEIGHT_GRAD4
+    } else {
+        &WEIGHT_GRAD1
+    };
+    gpu.dispatch(
+        kernel,
+        &params,
+        &[x.region, dy.region, dy.region, dst],
+        [
+            (splits * d.wgrad_col_tiles(g)).div_ceil(WG) as u32,
+            d.cout.div_ceil(TM) as u32,
+            1,
+        ],
+    )?;
+    if direct {
+        return Ok(());
+    }
+    params.flags = acc_flag;
+    gpu.dispatch(
+        &WEIGHT_GRAD_REDUCE,
+        &params,
+        &[dst, dy.region, dy.region, dw.region],
+        super::grid_1d(total, 256),
     )
 }
 
@@ -322,6 +440,34 @@ pub fn reference_forward(
         }
     }
     y
+}
+
+/// CPU reference of [`backward_weight`] in f64: `dw` as `[Cout,KH,KW,Cin]` (`prev` is added when
+/// accumulating).
+pub fn reference_backward_weight(
+    s: &RefShape,
+    g: &Conv2d,
+    x: &[f32],
+    dy: &[f32],
+    prev: Option<&[f32]>,
+) -> Vec<f64> {
+    let (ho, wo) = g
+        .out_hw(s.h, s.w)
+        .expect("reference called with an invalid geometry");
+    let mut dw: Vec<f64> = match prev {
+        Some(p) => p.iter().map(|&v| v as f64).collect(),
+        None => vec![0.0; s.cout * g.kh * g.kw * s.cin],
+    };
+    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
+        let yp = ((n * ho + oh) * wo + ow) * s.cout;
+        for co in 0..s.cout {
+            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
+            for ci in 0..s.cin {
+                dw[wb + ci] += dy[yp + co] as f64 * x[xp * s.cin + ci] as f64;
+            }
+        }
+    });
+    dw
 }
 
 /// CPU reference of [`backward_input`] in f64: `dx` as `[N,H,W,Cin]` (`prev` is added when
