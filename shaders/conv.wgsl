@@ -348,7 +348,7 @@ fn store_tile1(px: ptr<function, Pxs>, acc: ptr<function, Tile>, rows: u32, col0
     }
 }
 
-fn gemm4(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) {
+fn gemm4(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) -> Tile {
     let l = weight_layout(col0, input_grad, 4u);
     var acc: Tile;
     for (var i = 0u; i < tp.nth; i++) {
@@ -378,10 +378,10 @@ fn gemm4(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) {
             }
         }
     }
-    store_tile4(px, &acc, tp.rows, col0, l.ncols);
+    return acc;
 }
 
-fn gemm1(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) {
+fn gemm1(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) -> Tile {
     let l = weight_layout(col0, input_grad, 1u);
     var acc: Tile;
     for (var i = 0u; i < tp.nth; i++) {
@@ -411,37 +411,51 @@ fn gemm1(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) {
             }
         }
     }
-    store_tile1(px, &acc, tp.rows, col0, l.ncols);
+    return acc;
 }
 
-// Entry points: gid.x is the row tile, gid.y the channel tile.
+// Entry points: gid.x is the row tile, gid.y the channel tile. The suffix says how channels are
+// read and written: 4 = vec4 gathers and stores, 1 = scalar, 1_out4 = scalar gathers (few input
+// channels, e.g. a first layer) with vec4 stores.
 
 @compute @workgroup_size(64)
 fn forward4(@builtin(global_invocation_id) gid: vec3<u32>) {
     var px: Pxs;
     let tp = rows_forward(gid.x, &px);
-    gemm4(&px, tp, gid.y * TN, false);
+    var acc = gemm4(&px, tp, gid.y * TN, false);
+    store_tile4(&px, &acc, tp.rows, gid.y * TN, p.cout);
 }
 
 @compute @workgroup_size(64)
 fn forward1(@builtin(global_invocation_id) gid: vec3<u32>) {
     var px: Pxs;
     let tp = rows_forward(gid.x, &px);
-    gemm1(&px, tp, gid.y * TN, false);
+    var acc = gemm1(&px, tp, gid.y * TN, false);
+    store_tile1(&px, &acc, tp.rows, gid.y * TN, p.cout);
+}
+
+@compute @workgroup_size(64)
+fn forward1_out4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var px: Pxs;
+    let tp = rows_forward(gid.x, &px);
+    var acc = gemm1(&px, tp, gid.y * TN, false);
+    store_tile4(&px, &acc, tp.rows, gid.y * TN, p.cout);
 }
 
 @compute @workgroup_size(64)
 fn input_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
     var px: Pxs;
     let tp = rows_input_grad(gid.x, &px);
-    gemm4(&px, tp, gid.y * TN, true);
+    var acc = gemm4(&px, tp, gid.y * TN, true);
+    store_tile4(&px, &acc, tp.rows, gid.y * TN, p.cin);
 }
 
 @compute @workgroup_size(64)
 fn input_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
     var px: Pxs;
     let tp = rows_input_grad(gid.x, &px);
-    gemm1(&px, tp, gid.y * TN, true);
+    var acc = gemm1(&px, tp, gid.y * TN, true);
+    store_tile1(&px, &acc, tp.rows, gid.y * TN, p.cin);
 }
 
 // ---------------------------------------------------------------------------------------------

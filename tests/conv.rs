@@ -92,7 +92,8 @@ const GEOMS: [(usize, usize, usize, usize); 6] = [
 
 #[test]
 fn scalar_paths_match_reference() {
-    // Channel counts that are not multiples of 4 take the scalar kernels.
+    // Channel counts that are not multiples of 4 take the scalar kernels (with vec4 stores when
+    // only the input channels are odd, as in a first layer).
     let gpu = gpu();
     let mut arena = Arena::for_gpu("test", &gpu);
     let mut seed = 0;
@@ -102,6 +103,8 @@ fn scalar_paths_match_reference() {
         (1, 5, 7, 5, 1),
         (2, 5, 6, 17, 3),
         (1, 6, 6, 4, 5),
+        (2, 7, 5, 3, 8),
+        (1, 6, 5, 1, 20),
     ] {
         for &(kh, kw, st, pd) in &GEOMS {
             seed += 1;

@@ -19,6 +19,7 @@ use crate::memory::Tensor;
 
 const FORWARD4: Kernel = kernel!("conv.wgsl", "forward4", 4);
 const FORWARD1: Kernel = kernel!("conv.wgsl", "forward1", 4);
+const FORWARD1_OUT4: Kernel = kernel!("conv.wgsl", "forward1_out4", 4);
 const INPUT_GRAD4: Kernel = kernel!("conv.wgsl", "input_grad4", 4);
 const INPUT_GRAD1: Kernel = kernel!("conv.wgsl", "input_grad1", 4);
 const WEIGHT_GRAD4: Kernel = kernel!("conv.wgsl", "weight_grad4", 4);
@@ -272,7 +273,13 @@ pub fn forward(
     }
     let m = d.n * d.ho * d.wo;
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
-    let kernel = if d.vec4() { &FORWARD4 } else { &FORWARD1 };
+    let kernel = if d.vec4() {
+        &FORWARD4
+    } else if d.cout.is_multiple_of(4) {
+        &FORWARD1_OUT4
+    } else {
+        &FORWARD1
+    };
     gpu.dispatch(
         kernel,
         &d.params(g, m, flags),
