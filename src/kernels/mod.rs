@@ -3,6 +3,7 @@
 
 pub mod conv;
 pub mod elementwise;
+pub mod pool;
 
 /// Workgroup counts for a 1-D launch of `n` threads in groups of `wg`, folded into a second
 /// dimension when it exceeds the per-dimension limit. Kernels recover the index as
