@@ -207,3 +207,51 @@ fn weight_grad_reduction_splits_match_reference() {
         arena.reset();
     }
 }
+
+#[test]
+fn shape_errors_name_the_shapes() {
+    let g = geom(3, 3, 1, 0);
+    assert_eq!(g.out_hw(3, 5).unwrap(), (1, 3));
+    let err = g.out_hw(2, 5).unwrap_err().to_string();
+    assert!(err.contains("larger than the padded input 2x5"), "{err}");
+    assert!(geom(3, 3, 1, 1).out_hw(1, 1).is_ok());
+    assert!(geom(3, 3, 0, 1).out_hw(5, 5).is_err());
+
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let x = arena.tensor(&gpu, [2, 5, 5, 3]).unwrap();
+    let w = arena.tensor(&gpu, [4, 3, 3, 3]).unwrap();
+    let y = arena.tensor(&gpu, [2, 3, 3, 4]).unwrap();
+    let b = arena.tensor(&gpu, [4]).unwrap();
+    conv::forward(&gpu, &x, &w, Some(&b), &y, &g, false).unwrap();
+
+    let tiny = arena.tensor(&gpu, [2, 2, 5, 3]).unwrap();
+    let err = conv::forward(&gpu, &tiny, &w, None, &y, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than the padded input"), "{err}");
+    let w_bad = arena.tensor(&gpu, [4, 3, 3, 2]).unwrap();
+    let err = conv::forward(&gpu, &x, &w_bad, None, &y, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[4, 3, 3, 2]") && err.contains("[2, 5, 5, 3]"),
+        "{err}"
+    );
+    let y_bad = arena.tensor(&gpu, [2, 3, 3, 5]).unwrap();
+    let err = conv::forward(&gpu, &x, &w, None, &y_bad, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[2, 3, 3, 5]"), "{err}");
+    let b_bad = arena.tensor(&gpu, [5]).unwrap();
+    let err = conv::forward(&gpu, &x, &w, Some(&b_bad), &y, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[5]"), "{err}");
+    let flat = arena.tensor(&gpu, [50, 3]).unwrap();
+    assert!(conv::forward(&gpu, &flat, &w, None, &y, &g, false).is_err());
+    assert!(conv::backward_input(&gpu, &y_bad, &w, &x, &g, false).is_err());
+    assert!(conv::backward_input(&gpu, &y, &w_bad, &x, &g, false).is_err());
+    assert!(conv::backward_weight(&gpu, &x, &y_bad, &w, None, &g, false).is_err());
+    assert!(conv::backward_weight(&gpu, &tiny, &y, &w, None, &g, false).is_err());
+}
