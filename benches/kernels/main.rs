@@ -7,6 +7,7 @@
 use contrastive::{Gpu, Result};
 
 mod batchnorm;
+mod conv;
 mod harness;
 mod matmul;
 mod reduce;
@@ -18,6 +19,7 @@ fn main() -> Result<()> {
     b.header();
     matmul::run(&mut b)?;
     reduce::run(&mut b)?;
+    conv::run(&mut b)?;
     batchnorm::run(&mut b)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 pub mod augment;
 pub mod batchnorm;
+pub mod conv;
 pub mod elementwise;
 pub mod ema;
 pub mod l2norm;

@@ -1,0 +1,647 @@
+// 2-D convolution as implicit GEMMs. Activations NHWC, weights [Cout, KH, KW, Cin].
+//
+// forward:        y[m, co]  = sum_(tap, ci) x[pixel(m, tap), ci] * w[co, tap, ci]   m: output pixels
+// input gradient: dx[m, ci] = sum_(tap, co) dy[pixel(m, tap), co] * w[co, tap, ci]  m: input pixels
+// weight grad:    dw[co, tap, ci] = sum_m dy[m, co] * x[pixel(m, tap), ci]         m: output pixels
+//
+// The first two share one register-tiled GEMM: rows are pixels whose source values are gathered
+// per tap (im2col folded into the loads), columns are channels. The input gradient is a gather, not
+// a scatter: input pixels are grouped by their position modulo the stride, and every pixel of a
+// group is reached by the same taps, so a stride-s transposed convolution becomes s*s small
+// stride-1 convolutions and no tap is wasted on a pixel it cannot reach.
+//
+// Shape of the code, for llvmpipe (where storage loads cost a loop over the 8 SIMD lanes each and
+// barriers are coroutine switches):
+// - each invocation owns a TM x TN = 16 pixel x 16 channel tile: one gathered vec4 feeds 16
+//   outputs, one weight vec4 feeds 16. Lanes differ in pixels and share the channel block
+//   (workgroup y), so weight loads hit one address across lanes, which is the cheaper kind;
+// - no workgroup memory, no barriers;
+// - padding and image edges are resolved once per (pixel, tap): the source index is clamped and a
+//   flag zeroes the value, so the channel loop has no branches;
+// - vec4 loads along the contiguous channel dimension when both channel counts are multiples of 4;
+//   four of them form a mat4x4 (free in SIMD-of-lanes code), and `a * W` is a 4x4 block of FMAs.
+
+struct Params {
+    n: u32, h: u32, w: u32, cin: u32,
+    ho: u32, wo: u32, cout: u32, m: u32,    // m: forward and weight grad: n*ho*wo; dx: row tiles
+    kh: u32, kw: u32, sh: u32, sw: u32,
+    ph: u32, pw: u32, flags: u32, k: u32,   // k: kh*kw*cin, the length of a weight row
+    splits: u32, chunk: u32, total: u32, _pad: u32,  // weight grad: split-K sums of `chunk` pixels
+}
+
+const TM: u32 = 16u;  // pixels per invocation
+const TN: u32 = 16u;  // channels per invocation
+
+const F_BIAS: u32 = 1u;
+const F_RELU: u32 = 2u;
+const F_ACC: u32 = 4u;
+
+@group(0) @binding(0) var<uniform> p: Params;
+// The same buffers viewed as vec4 (channel counts that are multiples of 4) or as scalars.
+// src: the image gathered per tap (x, or dy for the input gradient; scratch for the reduction).
+// opd: the other operand (the weights, or dy for the weight gradient).
+@group(1) @binding(0) var<storage, read_write> src4: array<vec4<f32>>;
+@group(1) @binding(0) var<storage, read_write> src1: array<f32>;
+@group(1) @binding(1) var<storage, read_write> opd4: array<vec4<f32>>;
+@group(1) @binding(1) var<storage, read_write> opd1: array<f32>;
+@group(1) @binding(2) var<storage, read_write> bias4: array<vec4<f32>>;
+@group(1) @binding(2) var<storage, read_write> bias1: array<f32>;
+@group(1) @binding(3) var<storage, read_write> dst4: array<vec4<f32>>;
+@group(1) @binding(3) var<storage, read_write> dst1: array<f32>;
+
+alias Acc = array<vec4<f32>, 4>;   // one pixel's TN outputs
+alias Tile = array<Acc, 16>;       // TM pixels
+alias Wb = array<mat4x4<f32>, 4>;  // one k-step of weights for the TN channels
+
+// Every array below is indexed with constants only (the 16-way repetitions are spelled out): a
+// loop-indexed access to a register array becomes a compare-and-select ladder over all its
+// elements, which multiplies both run time and shader compile time.
+
+// A tile row: where its source window starts in the source image (may be negative: padding), the
+// source image's first row, and the destination row it is written to.
+struct Px { h0: i32, w0: i32, row0: u32, out: u32 }
+alias Pxs = array<Px, 16>;
+
+// The taps that reach a tile: tap (i, j) has weight position (kh0 + kstep_h*i, kw0 + kstep_w*j)
+// and reads source pixel (h0 + sign*i, w0 + sign*j) of a src_h x src_w image. Only the first
+// `rows` rows of the tile exist (the others duplicate the last one and are not stored).
+struct Taps {
+    kh0: u32, kw0: u32, kstep_h: u32, kstep_w: u32,
+    nth: u32, ntw: u32, sign: i32,
+    src_h: u32, src_w: u32, rows: u32,
+}
+
+// Index of a source pixel's first channel in units of `per`; clamped to 0 (and flagged) outside the
+// image.
+struct Src { i: u32, ok: bool }
+alias Srcs = array<Src, 16>;
+
+fn src_at(q: Px, dh: i32, dw: i32, tp: Taps, per: u32) -> Src {
+    let hi = q.h0 + dh;
+    let wi = q.w0 + dw;
+    let ok = u32(hi) < tp.src_h && u32(wi) < tp.src_w;
+    return Src(select(0u, ((q.row0 + u32(hi)) * tp.src_w + u32(wi)) * per, ok), ok);
+}
+
+fn srcs(px: ptr<function, Pxs>, i: u32, j: u32, tp: Taps, per: u32) -> Srcs {
+    let dh = tp.sign * i32(i);
+    let dw = tp.sign * i32(j);
+    return Srcs(
+        src_at((*px)[0], dh, dw, tp, per), src_at((*px)[1], dh, dw, tp, per),
+        src_at((*px)[2], dh, dw, tp, per), src_at((*px)[3], dh, dw, tp, per),
+        src_at((*px)[4], dh, dw, tp, per), src_at((*px)[5], dh, dw, tp, per),
+        src_at((*px)[6], dh, dw, tp, per), src_at((*px)[7], dh, dw, tp, per),
+        src_at((*px)[8], dh, dw, tp, per), src_at((*px)[9], dh, dw, tp, per),
+        src_at((*px)[10], dh, dw, tp, per), src_at((*px)[11], dh, dw, tp, per),
+        src_at((*px)[12], dh, dw, tp, per), src_at((*px)[13], dh, dw, tp, per),
+        src_at((*px)[14], dh, dw, tp, per), src_at((*px)[15], dh, dw, tp, per),
+    );
+}
+
+fn ld4(s: Src, c: u32) -> vec4<f32> {
+    return select(vec4<f32>(0.0), src4[s.i + c], s.ok);
+}
+
+fn ld1(s: Src, c: u32) -> f32 {
+    return select(0.0, src1[s.i + c], s.ok);
+}
+
+fn fma4(acc: ptr<function, Tile>, t: u32, a: vec4<f32>, wm: ptr<function, Wb>) {
+    (*acc)[t][0] += a * (*wm)[0];
+    (*acc)[t][1] += a * (*wm)[1];
+    (*acc)[t][2] += a * (*wm)[2];
+    (*acc)[t][3] += a * (*wm)[3];
+}
+
+fn fma1(acc: ptr<function, Tile>, t: u32, a: f32, wv: ptr<function, Acc>) {
+    (*acc)[t][0] += a * (*wv)[0];
+    (*acc)[t][1] += a * (*wv)[1];
+    (*acc)[t][2] += a * (*wv)[2];
+    (*acc)[t][3] += a * (*wv)[3];
+}
+
+fn cdiv(a: u32, b: u32) -> u32 {
+    return (a + b - 1u) / b;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row decoding.
+
+// Forward: row m is output pixel (n, oh, ow); its window starts at (oh*sh - ph, ow*sw - pw).
+fn px_forward(m: u32) -> Px {
+    let mm = min(m, p.m - 1u);
+    let hw = p.ho * p.wo;
+    let n = mm / hw;
+    let rem = mm - n * hw;
+    let oh = rem / p.wo;
+    let ow = rem - oh * p.wo;
+    return Px(i32(oh * p.sh) - i32(p.ph), i32(ow * p.sw) - i32(p.pw), n * p.h, mm);
+}
+
+fn rows_forward(tile: u32, px: ptr<function, Pxs>) -> Taps {
+    let m = tile * TM;
+    *px = Pxs(
+        px_forward(m), px_forward(m + 1u), px_forward(m + 2u), px_forward(m + 3u),
+        px_forward(m + 4u), px_forward(m + 5u), px_forward(m + 6u), px_forward(m + 7u),
+        px_forward(m + 8u), px_forward(m + 9u), px_forward(m + 10u), px_forward(m + 11u),
+        px_forward(m + 12u), px_forward(m + 13u), px_forward(m + 14u), px_forward(m + 15u),
+    );
+    let rows = select(0u, min(TM, p.m - m), m < p.m);
+    return Taps(0u, 0u, 1u, 1u, p.kh, p.kw, 1, p.h, p.w, rows);
+}
+
+// Input gradient: input pixels are grouped by (hi mod sh, wi mod sw) and tiled within their group.
+// For group (rh, rw) the taps that reach a pixel are kh = kh0 + sh*i with kh0 = (rh + ph) mod sh,
+// and the output pixel they read is oh = hq + (rh + ph) / sh - i where hi = rh + sh*hq (likewise
+// for w).
+struct Group { rh: u32, rw: u32, hr: u32, wr: u32, ok: bool }
+
+fn px_input(g: Group, l: u32) -> Px {
+    let cnt = p.n * g.hr * g.wr;
+    let ll = min(l, max(cnt, 1u) - 1u);
+    let hw = max(g.hr * g.wr, 1u);
+    let n = ll / hw;
+    let rem = ll - n * hw;
+    let hq = rem / max(g.wr, 1u);
+    let wq = rem - hq * g.wr;
+    let out = (n * p.h + g.rh + p.sh * hq) * p.w + g.rw + p.sw * wq;
+    return Px(
+        i32(hq + (g.rh + p.ph) / p.sh),
+        i32(wq + (g.rw + p.pw) / p.sw),
+        n * p.ho,
+        min(out, p.n * p.h * p.w - 1u),
+    );
+}
+
+fn rows_input_grad(tile: u32, px: ptr<function, Pxs>) -> Taps {
+    // Find the group of this tile; tiles past the last group get an empty group.
+    var rest = tile;
+    var g = Group(0u, 0u, 0u, 0u, false);
+    for (var k = 0u; k < p.sh * p.sw; k++) {
+        let rh = k / p.sw;
+        let rw = k - rh * p.sw;
+        let hr = cdiv(p.h - min(rh, p.h), p.sh);
+        let wr = cdiv(p.w - min(rw, p.w), p.sw);
+        let tiles = cdiv(p.n * hr * wr, TM);
+        if !g.ok && rest < tiles {
+            g = Group(rh, rw, hr, wr, true);
+        } else if !g.ok {
+            rest -= tiles;
+        }
+    }
+    let l = rest * TM;
+    *px = Pxs(
+        px_input(g, l), px_input(g, l + 1u), px_input(g, l + 2u), px_input(g, l + 3u),
+        px_input(g, l + 4u), px_input(g, l + 5u), px_input(g, l + 6u), px_input(g, l + 7u),
+        px_input(g, l + 8u), px_input(g, l + 9u), px_input(g, l + 10u), px_input(g, l + 11u),
+        px_input(g, l + 12u), px_input(g, l + 13u), px_input(g, l + 14u), px_input(g, l + 15u),
+    );
+    let kh0 = (g.rh + p.ph) % p.sh;
+    let kw0 = (g.rw + p.pw) % p.sw;
+    let nth = select(0u, cdiv(p.kh - min(kh0, p.kh), p.sh), g.ok);
+    let ntw = cdiv(p.kw - min(kw0, p.kw), p.sw);
+    let cnt = p.n * g.hr * g.wr;
+    let rows = select(0u, min(TM, cnt - l), g.ok && l < cnt);
+    return Taps(kh0, kw0, p.sh, p.sw, nth, ntw, -1, p.ho, p.wo, rows);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tile GEMM shared by forward and input gradient, in a vec4 and a scalar flavour (an entry
+// point may use only one view of a buffer, so the two cannot share a body).
+//
+// Weights: the element for tile column 4b+e at k-step c of tap `tap` is at
+// wo[b][e] + tap * tap_len + c * cstep (in vec4 or scalar units). Forward: columns are output
+// channels (weight rows) and k runs along a row. Input gradient: columns are input channels (along
+// a row) and k runs over output channels (across rows), so the 4x4 blocks arrive transposed.
+
+struct Layout {
+    wo: array<vec4<u32>, 4>,
+    tap_len: u32,  // weight elements per tap (cin, in load units)
+    cstep: u32,    // weight offset of one k-step
+    per: u32,      // loads per source pixel = k-steps per tap
+    ncols: u32,    // channels of the result
+}
+
+fn col_offsets(col: u32, last: u32, mul: u32) -> vec4<u32> {
+    return min(vec4(col) + vec4(0u, 1u, 2u, 3u), vec4(last)) * mul;
+}
+
+fn weight_layout(col0: u32, input_grad: bool, lanes: u32) -> Layout {
+    var l: Layout;
+    l.ncols = select(p.cout, p.cin, input_grad);
+    l.per = select(p.cin, p.cout, input_grad) / lanes;
+    l.tap_len = p.cin / lanes;
+    let row_len = p.k / lanes;
+    let last = l.ncols - 1u;
+    if !input_grad {
+        // Column q is weight row min(col0 + q, last).
+        l.wo = array(col_offsets(col0, last, row_len), col_offsets(col0 + 4u, last, row_len),
+                     col_offsets(col0 + 8u, last, row_len), col_offsets(col0 + 12u, last, row_len));
+        l.cstep = 1u;
+    } else if lanes == 4u {
+        // Block b is the vec4 of input channels col0 + 4b.., element e is weight row 4c + e.
+        let rows = vec4(0u, 1u, 2u, 3u) * row_len;
+        let b0 = col0 / 4u;
+        let lb = l.tap_len - 1u;
+        l.wo = array(rows + min(b0, lb), rows + min(b0 + 1u, lb), rows + min(b0 + 2u, lb),
+                     rows + min(b0 + 3u, lb));
+        l.cstep = 4u * row_len;
+    } else {
+        // Column q is input channel min(col0 + q, last) of weight row c.
+        l.wo = array(col_offsets(col0, last, 1u), col_offsets(col0 + 4u, last, 1u),
+                     col_offsets(col0 + 8u, last, 1u), col_offsets(col0 + 12u, last, 1u));
+        l.cstep = p.k;
+    }
+    return l;
+}
+
+fn tap_index(tp: Taps, i: u32, j: u32) -> u32 {
+    return (tp.kh0 + tp.kstep_h * i) * p.kw + tp.kw0 + tp.kstep_w * j;
+}
+
+fn wmat(o: vec4<u32>, transposed: bool) -> mat4x4<f32> {
+    let m = mat4x4(opd4[o.x], opd4[o.y], opd4[o.z], opd4[o.w]);
+    if transposed {
+        return transpose(m);
+    }
+    return m;
+}
+
+fn wvec(o: vec4<u32>) -> vec4<f32> {
+    return vec4(opd1[o.x], opd1[o.y], opd1[o.z], opd1[o.w]);
+}
+
+// Epilogue. It is a loop over the tile's rows that shifts the tile down by one row per iteration,
+// so every access uses a constant index and the stores are emitted once rather than 64 times
+// (spelled out, they dominated the shader's compile time). Columns past ncols are dropped.
+
+fn shift_acc(acc: ptr<function, Tile>) {
+    let a = *acc;
+    *acc = Tile(a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[8], a[9], a[10], a[11], a[12], a[13],
+                a[14], a[15], a[15]);
+}
+
+fn shift_rows(px: ptr<function, Pxs>, acc: ptr<function, Tile>) {
+    let q = *px;
+    *px = Pxs(q[1], q[2], q[3], q[4], q[5], q[6], q[7], q[8], q[9], q[10], q[11], q[12], q[13],
+              q[14], q[15], q[15]);
+    shift_acc(acc);
+}
+
+// Bias of four columns starting at `col` (zero without bias; the index is clamped because the
+// bias binding is a stand-in when there is none).
+fn bias_of(col: u32, ncols: u32) -> vec4<f32> {
+    let b = bias4[min(col, ncols - 1u) / 4u];
+    return select(vec4(0.0), b, (p.flags & F_BIAS) != 0u);
+}
+
+fn put4(row: u32, v_in: vec4<f32>, b: vec4<f32>, col: u32, ncols: u32) {
+    if col < ncols {
+        let o = (row * ncols + col) / 4u;
+        var v = v_in + b;
+        v = select(v, max(v, vec4(0.0)), (p.flags & F_RELU) != 0u);
+        if (p.flags & F_ACC) != 0u {
+            v += dst4[o];
+        }
+        dst4[o] = v;
+    }
+}
+
+fn store_tile4(px: ptr<function, Pxs>, acc: ptr<function, Tile>, rows: u32, col0: u32, ncols: u32) {
+    let b0 = bias_of(col0, ncols);
+    let b1 = bias_of(col0 + 4u, ncols);
+    let b2 = bias_of(col0 + 8u, ncols);
+    let b3 = bias_of(col0 + 12u, ncols);
+    for (var t = 0u; t < rows; t++) {
+        let row = (*px)[0].out;
+        let a = (*acc)[0];
+        put4(row, a[0], b0, col0, ncols);
+        put4(row, a[1], b1, col0 + 4u, ncols);
+        put4(row, a[2], b2, col0 + 8u, ncols);
+        put4(row, a[3], b3, col0 + 12u, ncols);
+        shift_rows(px, acc);
+    }
+}
+
+fn put1(row: u32, v_in: f32, col: u32, ncols: u32) {
+    if col < ncols {
+        let o = row * ncols + col;
+        var v = v_in;
+        if (p.flags & F_BIAS) != 0u {
+            v += bias1[col];
+        }
+        v = select(v, max(v, 0.0), (p.flags & F_RELU) != 0u);
+        if (p.flags & F_ACC) != 0u {
+            v += dst1[o];
+        }
+        dst1[o] = v;
+    }
+}
+
+fn store_tile1(px: ptr<function, Pxs>, acc: ptr<function, Tile>, rows: u32, col0: u32, ncols: u32) {
+    for (var t = 0u; t < rows; t++) {
+        let row = (*px)[0].out;
+        for (var e = 0u; e < TN; e++) {
+            put1(row, (*acc)[0][e / 4u][e % 4u], col0 + e, ncols);
+        }
+        shift_rows(px, acc);
+    }
+}
+
+fn gemm4(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) -> Tile {
+    let l = weight_layout(col0, input_grad, 4u);
+    var acc: Tile;
+    for (var i = 0u; i < tp.nth; i++) {
+        for (var j = 0u; j < tp.ntw; j++) {
+            let s = srcs(px, i, j, tp, l.per);
+            let tb = tap_index(tp, i, j) * l.tap_len;
+            for (var c = 0u; c < l.per; c++) {
+                let o = vec4(tb + c * l.cstep);
+                var wm = Wb(wmat(l.wo[0] + o, input_grad), wmat(l.wo[1] + o, input_grad),
+                            wmat(l.wo[2] + o, input_grad), wmat(l.wo[3] + o, input_grad));
+                fma4(&acc, 0u, ld4(s[0], c), &wm);
+                fma4(&acc, 1u, ld4(s[1], c), &wm);
+                fma4(&acc, 2u, ld4(s[2], c), &wm);
+                fma4(&acc, 3u, ld4(s[3], c), &wm);
+                fma4(&acc, 4u, ld4(s[4], c), &wm);
+                fma4(&acc, 5u, ld4(s[5], c), &wm);
+                fma4(&acc, 6u, ld4(s[6], c), &wm);
+                fma4(&acc, 7u, ld4(s[7], c), &wm);
+                fma4(&acc, 8u, ld4(s[8], c), &wm);
+                fma4(&acc, 9u, ld4(s[9], c), &wm);
+                fma4(&acc, 10u, ld4(s[10], c), &wm);
+                fma4(&acc, 11u, ld4(s[11], c), &wm);
+                fma4(&acc, 12u, ld4(s[12], c), &wm);
+                fma4(&acc, 13u, ld4(s[13], c), &wm);
+                fma4(&acc, 14u, ld4(s[14], c), &wm);
+                fma4(&acc, 15u, ld4(s[15], c), &wm);
+            }
+        }
+    }
+    return acc;
+}
+
+fn gemm1(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) -> Tile {
+    let l = weight_layout(col0, input_grad, 1u);
+    var acc: Tile;
+    for (var i = 0u; i < tp.nth; i++) {
+        for (var j = 0u; j < tp.ntw; j++) {
+            let s = srcs(px, i, j, tp, l.per);
+            let tb = tap_index(tp, i, j) * l.tap_len;
+            for (var c = 0u; c < l.per; c++) {
+                let o = vec4(tb + c * l.cstep);
+                var wv = Acc(wvec(l.wo[0] + o), wvec(l.wo[1] + o), wvec(l.wo[2] + o),
+                             wvec(l.wo[3] + o));
+                fma1(&acc, 0u, ld1(s[0], c), &wv);
+                fma1(&acc, 1u, ld1(s[1], c), &wv);
+                fma1(&acc, 2u, ld1(s[2], c), &wv);
+                fma1(&acc, 3u, ld1(s[3], c), &wv);
+                fma1(&acc, 4u, ld1(s[4], c), &wv);
+                fma1(&acc, 5u, ld1(s[5], c), &wv);
+                fma1(&acc, 6u, ld1(s[6], c), &wv);
+                fma1(&acc, 7u, ld1(s[7], c), &wv);
+                fma1(&acc, 8u, ld1(s[8], c), &wv);
+                fma1(&acc, 9u, ld1(s[9], c), &wv);
+                fma1(&acc, 10u, ld1(s[10], c), &wv);
+                fma1(&acc, 11u, ld1(s[11], c), &wv);
+                fma1(&acc, 12u, ld1(s[12], c), &wv);
+                fma1(&acc, 13u, ld1(s[13], c), &wv);
+                fma1(&acc, 14u, ld1(s[14], c), &wv);
+                fma1(&acc, 15u, ld1(s[15], c), &wv);
+            }
+        }
+    }
+    return acc;
+}
+
+// Entry points: gid.x is the row tile, gid.y the channel tile. The suffix says how channels are
+// read and written: 4 = vec4 gathers and stores, 1 = scalar, 1_out4 = scalar gathers (few input
+// channels, e.g. a first layer) with vec4 stores.
+
+@compute @workgroup_size(64)
+fn forward4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var px: Pxs;
+    let tp = rows_forward(gid.x, &px);
+    var acc = gemm4(&px, tp, gid.y * TN, false);
+    store_tile4(&px, &acc, tp.rows, gid.y * TN, p.cout);
+}
+
+@compute @workgroup_size(64)
+fn forward1(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var px: Pxs;
+    let tp = rows_forward(gid.x, &px);
+    var acc = gemm1(&px, tp, gid.y * TN, false);
+    store_tile1(&px, &acc, tp.rows, gid.y * TN, p.cout);
+}
+
+@compute @workgroup_size(64)
+fn forward1_out4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var px: Pxs;
+    let tp = rows_forward(gid.x, &px);
+    var acc = gemm1(&px, tp, gid.y * TN, false);
+    store_tile4(&px, &acc, tp.rows, gid.y * TN, p.cout);
+}
+
+@compute @workgroup_size(64)
+fn input_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var px: Pxs;
+    let tp = rows_input_grad(gid.x, &px);
+    var acc = gemm4(&px, tp, gid.y * TN, true);
+    store_tile4(&px, &acc, tp.rows, gid.y * TN, p.cin);
+}
+
+@compute @workgroup_size(64)
+fn input_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var px: Pxs;
+    let tp = rows_input_grad(gid.x, &px);
+    var acc = gemm1(&px, tp, gid.y * TN, true);
+    store_tile1(&px, &acc, tp.rows, gid.y * TN, p.cin);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weight gradient: dw[co, q] = sum over output pixels m of dy[m, co] * x[pixel(m, tap(q)), ci(q)]
+// with q = tap * cin + ci the position along a weight row. The reduction (n*ho*wo, long) is split
+// into `splits` chunks of `chunk` pixels whose partial sums go to a scratch buffer
+// [splits, cout * k] and are added up by weight_grad_reduce; with one split the partial kernel
+// writes dw directly.
+//
+// An invocation owns 16 output channels (rows, workgroup y) x 16 weight-row positions (columns).
+// Invocations along x are (split, column tile) with the column tile fastest, so neighbouring lanes
+// share the split and read the same dy values. The tile is held as acc[row][column block].
+
+// Per pixel the invocation walks (n, oh, ow) incrementally instead of dividing.
+struct Walk { n: u32, oh: u32, ow: u32 }
+
+fn walk_start(m: u32) -> Walk {
+    let hw = p.ho * p.wo;
+    let n = m / hw;
+    let rem = m - n * hw;
+    let oh = rem / p.wo;
+    return Walk(n, oh, rem - oh * p.wo);
+}
+
+fn walk_next(v: Walk) -> Walk {
+    let wrap_w = v.ow + 1u == p.wo;
+    let oh = select(v.oh, v.oh + 1u, wrap_w);
+    let wrap_h = oh == p.ho;
+    return Walk(select(v.n, v.n + 1u, wrap_h), select(oh, 0u, wrap_h), select(v.ow + 1u, 0u, wrap_w));
+}
+
+// acc[t] += b * a[t / 4][t % 4] for the 16 rows t: a holds dy for the tile's 16 output channels,
+// b the gathered x values of its 16 columns.
+fn outer16(acc: ptr<function, Tile>, a: Acc, b: ptr<function, Acc>) {
+    fma1(acc, 0u, a[0].x, b);
+    fma1(acc, 1u, a[0].y, b);
+    fma1(acc, 2u, a[0].z, b);
+    fma1(acc, 3u, a[0].w, b);
+    fma1(acc, 4u, a[1].x, b);
+    fma1(acc, 5u, a[1].y, b);
+    fma1(acc, 6u, a[1].z, b);
+    fma1(acc, 7u, a[1].w, b);
+    fma1(acc, 8u, a[2].x, b);
+    fma1(acc, 9u, a[2].y, b);
+    fma1(acc, 10u, a[2].z, b);
+    fma1(acc, 11u, a[2].w, b);
+    fma1(acc, 12u, a[3].x, b);
+    fma1(acc, 13u, a[3].y, b);
+    fma1(acc, 14u, a[3].z, b);
+    fma1(acc, 15u, a[3].w, b);
+}
+
+// Where this invocation's partial sums start in the destination, and whether it exists.
+struct Part { split: u32, tile: u32, base: u32, ok: bool }
+
+fn part(gx: u32, col_tiles: u32) -> Part {
+    let split = gx / col_tiles;
+    let base = select(0u, split * p.total, p.splits > 1u);
+    return Part(split, gx - split * col_tiles, base, split < p.splits);
+}
+
+fn put_w(o: u32, v: f32) {
+    dst1[o] = select(v, v + dst1[o], (p.flags & F_ACC) != 0u);
+}
+
+// cin and cout multiples of 4: a column tile is one tap x 16 input channels, loaded as 4 vec4.
+@compute @workgroup_size(64)
+fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let ci_tiles = cdiv(p.cin, TN);
+    let pt = part(gid.x, p.kh * p.kw * ci_tiles);
+    if !pt.ok {
+        return;
+    }
+    let tap = pt.tile / ci_tiles;
+    let ci0 = (pt.tile - tap * ci_tiles) * TN;
+    let kh = tap / p.kw;
+    let kw = tap - kh * p.kw;
+    let co0 = gid.y * TM;
+    let c4 = p.cin / 4u;
+    let o4 = p.cout / 4u;
+    let xi = min(vec4(ci0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(c4 - 1u));
+    let yi = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(o4 - 1u));
+    let m0 = pt.split * p.chunk;
+    let m1 = min(m0 + p.chunk, p.m);
+    var acc: Tile;
+    var v = walk_start(m0);
+    for (var m = m0; m < m1; m++) {
+        let hi = i32(v.oh * p.sh + kh) - i32(p.ph);
+        let wi = i32(v.ow * p.sw + kw) - i32(p.pw);
+        let ok = u32(hi) < p.h && u32(wi) < p.w;
+        let s = Src(select(0u, ((v.n * p.h + u32(hi)) * p.w + u32(wi)) * c4, ok), ok);
+        var b = Acc(ld4(s, xi.x), ld4(s, xi.y), ld4(s, xi.z), ld4(s, xi.w));
+        let yb = m * o4;
+        let a = Acc(opd4[yb + yi.x], opd4[yb + yi.y], opd4[yb + yi.z], opd4[yb + yi.w]);
+        outer16(&acc, a, &b);
+        v = walk_next(v);
+    }
+    // Rows are output channels; row t is written to dst[base + co * k + tap * cin + ci0 ..].
+    let rows = min(TM, p.cout - co0);
+    let col = tap * p.cin + ci0;
+    for (var t = 0u; t < rows; t++) {
+        let o = pt.base + (co0 + t) * p.k + col;
+        for (var b = 0u; b < 4u; b++) {
+            if ci0 + 4u * b < p.cin {
+                let val = acc[0][b];
+                let oi = o / 4u + b;
+                dst4[oi] = select(val, val + dst4[oi], (p.flags & F_ACC) != 0u);
+            }
+        }
+        shift_acc(&acc);
+    }
+}
+
+// Any channel counts: a column tile is 16 consecutive weight-row positions (taps and channels
+// mixed), each gathered with its own scalar load.
+@compute @workgroup_size(64)
+fn weight_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let pt = part(gid.x, cdiv(p.k, TN));
+    if !pt.ok {
+        return;
+    }
+    let q0 = pt.tile * TN;
+    let co0 = gid.y * TM;
+    // Tap offsets and channel of the 16 columns, four per vec4.
+    var qh: array<vec4<i32>, 4>;
+    var qw: array<vec4<i32>, 4>;
+    var qc: array<vec4<u32>, 4>;
+    for (var b = 0u; b < 4u; b++) {
+        let q = min(vec4(q0 + 4u * b) + vec4(0u, 1u, 2u, 3u), vec4(p.k - 1u));
+        let tap = q / p.cin;
+        let kh = tap / p.kw;
+        qh[b] = vec4<i32>(kh) - i32(p.ph);
+        qw[b] = vec4<i32>(tap - kh * p.kw) - i32(p.pw);
+        qc[b] = q - tap * p.cin;
+    }
+    let yi = min(vec4(co0), vec4(p.cout - 1u));
+    let m0 = pt.split * p.chunk;
+    let m1 = min(m0 + p.chunk, p.m);
+    var acc: Tile;
+    var v = walk_start(m0);
+    for (var m = m0; m < m1; m++) {
+        let h0 = vec4(i32(v.oh * p.sh));
+        let w0 = vec4(i32(v.ow * p.sw));
+        var b = Acc(gather4(v.n, h0 + qh[0], w0 + qw[0], qc[0]), gather4(v.n, h0 + qh[1], w0 + qw[1], qc[1]),
+                    gather4(v.n, h0 + qh[2], w0 + qw[2], qc[2]), gather4(v.n, h0 + qh[3], w0 + qw[3], qc[3]));
+        let yb = m * p.cout;
+        let a = Acc(dy4(yb, co0), dy4(yb, co0 + 4u), dy4(yb, co0 + 8u), dy4(yb, co0 + 12u));
+        outer16(&acc, a, &b);
+        v = walk_next(v);
+    }
+    let rows = min(TM, p.cout - co0);
+    for (var t = 0u; t < rows; t++) {
+        let o = pt.base + (co0 + t) * p.k + q0;
+        for (var e = 0u; e < TN; e++) {
+            if q0 + e < p.k {
+                put_w(o + e, acc[0][e / 4u][e % 4u]);
+            }
+        }
+        shift_acc(&acc);
+    }
+}
+
+// x at four (row, column, channel) positions of image n, zero outside the image.
+fn gather4(n: u32, hi: vec4<i32>, wi: vec4<i32>, c: vec4<u32>) -> vec4<f32> {
+    let ok = vec4<u32>(hi) < vec4(p.h) & vec4<u32>(wi) < vec4(p.w);
+    let i = select(vec4(0u), ((vec4(n * p.h) + vec4<u32>(hi)) * p.w + vec4<u32>(wi)) * p.cin + c, ok);
+    return select(vec4(0.0), vec4(src1[i.x], src1[i.y], src1[i.z], src1[i.w]), ok);
+}
+
+// dy of output channels co..co+3 (clamped) at pixel offset yb.
+fn dy4(yb: u32, co: u32) -> vec4<f32> {
+    let c = min(vec4(co) + vec4(0u, 1u, 2u, 3u), vec4(p.cout - 1u));
+    return vec4(opd1[yb + c.x], opd1[yb + c.y], opd1[yb + c.z], opd1[yb + c.w]);
+}
+
+// dw (+)= the sum of the partial sums over splits. src: scratch, dst: dw.
+@compute @workgroup_size(256)
+fn weight_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 256u;
+    if i >= p.total {
+        return;
+    }
+    var s = 0.0;
+    for (var k = 0u; k < p.splits; k++) {
+        s += src1[k * p.total + i];
+    }
+    put_w(i, s);
+}

@@ -1,0 +1,506 @@
+//! 2-D convolution (`shaders/conv.wgsl`): forward, input gradient and weight gradient as implicit
+//! GEMMs, with f64 CPU references.
+//!
+//! **Layout.** Activations are NHWC (`[N, H, W, C]`, channels last) everywhere in the crate: a 1×1
+//! convolution is then literally a matmul over `[N·H·W, C]`, BatchNorm statistics are column
+//! reductions of an `[N·H·W, C]` matrix, and the implicit-GEMM reduction dimension `(kh, kw, cin)` is
+//! contiguous in memory. Weights are `[Cout, KH, KW, Cin]`, so `y = im2col(x) · Wᵀ` (an "NT" GEMM);
+//! checkpoint export permutes them to PyTorch's `[Cout, Cin, KH, KW]`.
+//!
+//! **Kernels.** No im2col matrix is ever materialised: the gather is folded into the GEMM's loads.
+//! Each invocation computes an 8-pixel × 16-channel register tile without workgroup memory or
+//! barriers (the fast shape on llvmpipe, see the shader's header). Channel counts that are multiples
+//! of 4 take vec4 paths; others (the first layer's 1 or 3 input channels) take scalar paths.
+
+use crate::error::{Error, Result};
+use crate::gpu::{Gpu, Kernel};
+use crate::kernel;
+use crate::memory::Tensor;
+
+const FORWARD4: Kernel = kernel!("conv.wgsl", "forward4", 4);
+const FORWARD1: Kernel = kernel!("conv.wgsl", "forward1", 4);
+const FORWARD1_OUT4: Kernel = kernel!("conv.wgsl", "forward1_out4", 4);
+const INPUT_GRAD4: Kernel = kernel!("conv.wgsl", "input_grad4", 4);
+const INPUT_GRAD1: Kernel = kernel!("conv.wgsl", "input_grad1", 4);
+const WEIGHT_GRAD4: Kernel = kernel!("conv.wgsl", "weight_grad4", 4);
+const WEIGHT_GRAD1: Kernel = kernel!("conv.wgsl", "weight_grad1", 4);
+const WEIGHT_GRAD_REDUCE: Kernel = kernel!("conv.wgsl", "weight_grad_reduce", 4);
+
+/// Register tile of one invocation: pixels × channels (the shader's TM and TN).
+const TM: usize = 16;
+const TN: usize = 16;
+/// Invocations per workgroup along the pixel dimension.
+const WG: usize = 64;
+/// Weight gradient: split the pixel reduction until about this many invocations run, but never
+/// into chunks shorter than MIN_CHUNK pixels.
+const WGRAD_INVOCATIONS: usize = 4096;
+const MIN_CHUNK: usize = 64;
+
+const F_BIAS: u32 = 1;
+const F_RELU: u32 = 2;
+const F_ACC: u32 = 4;
+
+/// Geometry of a 2-D convolution; pairs are `(height, width)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2d {
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: (usize, usize),
+    pub pad: (usize, usize),
+}
+
+impl Conv2d {
+    /// Output height and width for an `h × w` input; an error when the kernel does not fit in the
+    /// padded input or the geometry is degenerate.
+    pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize)> {
+        if self.kh == 0 || self.kw == 0 || self.stride.0 == 0 || self.stride.1 == 0 {
+            return Err(Error::shape(
+                "conv2d",
+                format!("kernel sizes and strides must be positive, got {self:?}"),
+            ));
+        }
+        let (hp, wp) = (h + 2 * self.pad.0, w + 2 * self.pad.1);
+        if self.kh > hp || self.kw > wp {
+            return Err(Error::shape(
+                "conv2d",
+                format!(
+                    "kernel {}x{} is larger than the padded input {hp}x{wp} (input {h}x{w}, padding {:?})",
+                    self.kh, self.kw, self.pad
+                ),
+            ));
+        }
+        Ok((
+            (hp - self.kh) / self.stride.0 + 1,
+            (wp - self.kw) / self.stride.1 + 1,
+        ))
+    }
+
+    /// Scratch (in f32 elements) with which [`backward_weight`] reaches full parallelism for an
+    /// input `[n, h, w, cin]` and `cout` output channels. Smaller scratch works too (fewer splits).
+    pub fn weight_grad_scratch(
+        &self,
+        n: usize,
+        h: usize,
+        w: usize,
+        cin: usize,
+        cout: usize,
+    ) -> usize {
+        match self.out_hw(h, w) {
+            Ok((ho, wo)) => {
+                let d = Dims {
+                    n,
+                    h,
+                    w,
+                    cin,
+                    ho,
+                    wo,
+                    cout,
+                };
+                let splits = d.wgrad_splits(self, usize::MAX).0;
+                if splits > 1 {
+                    splits * cout * self.kh * self.kw * cin
+                } else {
+                    0
+                }
+            }
+            Err(_) => 0,
+        }
+    }
+
+    /// Multiply-adds × 2 of one pass (forward, input gradient and weight gradient all cost the same).
+    pub fn flops(&self, n: usize, h: usize, w: usize, cin: usize, cout: usize) -> f64 {
+        match self.out_hw(h, w) {
+            Ok((ho, wo)) => 2.0 * (n * ho * wo) as f64 * (cout * self.kh * self.kw * cin) as f64,
+            Err(_) => 0.0,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct Params {
+    n: u32,
+    h: u32,
+    w: u32,
+    cin: u32,
+    ho: u32,
+    wo: u32,
+    cout: u32,
+    m: u32,
+    kh: u32,
+    kw: u32,
+    sh: u32,
+    sw: u32,
+    ph: u32,
+    pw: u32,
+    flags: u32,
+    k: u32,
+    splits: u32,
+    chunk: u32,
+    total: u32,
+    _pad: u32,
+}
+
+/// Sizes of one convolution, checked against the tensors' shapes.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    h: usize,
+    w: usize,
+    cin: usize,
+    ho: usize,
+    wo: usize,
+    cout: usize,
+}
+
+impl Dims {
+    /// Checks `x [N,H,W,Cin]`, `w [Cout,KH,KW,Cin]` and `y [N,Ho,Wo,Cout]` against each other.
+    fn check(op: &'static str, g: &Conv2d, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<Dims> {
+        let (xs, ws, ys) = (x.shape.dims(), w.shape.dims(), y.shape.dims());
+        let bad = |what: &str| {
+            Err(Error::shape(
+                op,
+                format!(
+                    "{what}: input {:?}, weight {:?}, output {:?} for {g:?} \
+                     (expected [N,H,W,Cin], [Cout,KH,KW,Cin], [N,Ho,Wo,Cout])",
+                    x.shape, w.shape, y.shape
+                ),
+            ))
+        };
+        if xs.len() != 4 || ws.len() != 4 || ys.len() != 4 {
+            return bad("all three tensors must have rank 4");
+        }
+        let (ho, wo) = g.out_hw(xs[1], xs[2])?;
+        let d = Dims {
+            n: xs[0],
+            h: xs[1],
+            w: xs[2],
+            cin: xs[3],
+            ho,
+            wo,
+            cout: ws[0],
+        };
+        if ws[1] != g.kh || ws[2] != g.kw || ws[3] != d.cin {
+            return bad("the weight does not match the kernel size or input channels");
+        }
+        if ys != [d.n, ho, wo, d.cout] {
+            return bad("the output shape does not match");
+        }
+        if d.n * d.h * d.w * d.cin == 0 || d.cout == 0 {
+            return bad("empty tensors");
+        }
+        Ok(d)
+    }
+
+    fn params(&self, g: &Conv2d, m: usize, flags: u32) -> Params {
+        Params {
+            n: self.n as u32,
+            h: self.h as u32,
+            w: self.w as u32,
+            cin: self.cin as u32,
+            ho: self.ho as u32,
+            wo: self.wo as u32,
+            cout: self.cout as u32,
+            m: m as u32,
+            kh: g.kh as u32,
+            kw: g.kw as u32,
+            sh: g.stride.0 as u32,
+            sw: g.stride.1 as u32,
+            ph: g.pad.0 as u32,
+            pw: g.pad.1 as u32,
+            flags,
+            k: (g.kh * g.kw * self.cin) as u32,
+            splits: 0,
+            chunk: 0,
+            total: 0,
+            _pad: 0,
+        }
+    }
+
+    /// Weight-gradient column tiles of 16 (one tap × 16 channels for vec4, 16 positions of a
+    /// weight row otherwise).
+    fn wgrad_col_tiles(&self, g: &Conv2d) -> usize {
+        if self.vec4() {
+            g.kh * g.kw * self.cin.div_ceil(TN)
+        } else {
+            (g.kh * g.kw * self.cin).div_ceil(TN)
+        }
+    }
+
+    /// (splits, chunk) of the weight-gradient reduction over n·ho·wo pixels, with at most
+    /// `max_splits` splits.
+    fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
+        let pixels = self.n * self.ho * self.wo;
+        let tiles = self.wgrad_col_tiles(g) * self.cout.div_ceil(TM);
+        let want = (WGRAD_INVOCATIONS / tiles)
+            .min(pixels.div_ceil(MIN_CHUNK))
+            .min(max_splits)
+            .max(1);
+        let chunk = pixels.div_ceil(want);
+        (pixels.div_ceil(chunk), chunk)
+    }
+
+    /// Both channel counts are multiples of 4: the vec4 kernels apply.
+    fn vec4(&self) -> bool {
+        self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4)
+    }
+}
+
+/// Workgroups for `row_tiles` tiles of TM rows by `cols` channels.
+fn tile_groups(row_tiles: usize, cols: usize) -> [u32; 3] {
+    [row_tiles.div_ceil(WG) as u32, cols.div_ceil(TN) as u32, 1]
+}
+
+/// `y [N,Ho,Wo,Cout] = conv(x [N,H,W,Cin], w [Cout,KH,KW,Cin]) (+ bias [Cout])`, then ReLU if
+/// `relu`.
+pub fn forward(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    g: &Conv2d,
+    relu: bool,
+) -> Result<()> {
+    let d = Dims::check("conv2d forward", g, x, w, y)?;
+    if let Some(b) = bias {
+        if b.numel() != d.cout {
+            return Err(Error::shape(
+                "conv2d forward",
+                format!("bias {:?} for weight {:?}", b.shape, w.shape),
+            ));
+        }
+    }
+    let m = d.n * d.ho * d.wo;
+    let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
+    let kernel = if d.vec4() {
+        &FORWARD4
+    } else if d.cout.is_multiple_of(4) {
+        &FORWARD1_OUT4
+    } else {
+        &FORWARD1
+    };
+    gpu.dispatch(
+        kernel,
+        &d.params(g, m, flags),
+        &[x.region, w.region, bias.unwrap_or(w).region, y.region],
+        tile_groups(m.div_ceil(TM), d.cout),
+    )
+}
+
+/// `dx [N,H,W,Cin] (+)= conv_transpose(dy [N,Ho,Wo,Cout], w [Cout,KH,KW,Cin])`, computed as a
+/// gather: every input pixel sums over the output pixels and taps that read it. Input pixels are
+/// grouped by position modulo the stride so that each group is reached by one fixed set of taps.
+pub fn backward_input(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    g: &Conv2d,
+    accumulate: bool,
+) -> Result<()> {
+    let d = Dims::check("conv2d backward_input", g, dx, w, dy)?;
+    let (sh, sw) = g.stride;
+    let mut tiles = 0;
+    for rh in 0..sh.min(d.h) {
+        for rw in 0..sw.min(d.w) {
+            tiles += (d.n * (d.h - rh).div_ceil(sh) * (d.w - rw).div_ceil(sw)).div_ceil(TM);
+        }
+    }
+    let kernel = if d.vec4() { &INPUT_GRAD4 } else { &INPUT_GRAD1 };
+    let flags = if accumulate { F_ACC } else { 0 };
+    gpu.dispatch(
+        kernel,
+        &d.params(g, tiles, flags),
+        &[dy.region, w.region, w.region, dx.region],
+        tile_groups(tiles, d.cin),
+    )
+}
+
+/// `dw [Cout,KH,KW,Cin] (+)= dyᵀ · im2col(x)`, a GEMM whose reduction runs over all N·Ho·Wo output
+/// pixels. The reduction is split into chunks whose partial sums go to `scratch` and are then
+/// added up by a second small pass; the number of chunks is bounded by `scratch`'s size
+/// ([`Conv2d::weight_grad_scratch`] gives the size for full parallelism). Without scratch (or with
+/// too little for two chunks) one pass reduces everything, which is correct but leaves most of the
+/// device idle. The bias gradient (a column sum of dy) is not computed here.
+pub fn backward_weight(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    scratch: Option<&Tensor>,
+    g: &Conv2d,
+    accumulate: bool,
+) -> Result<()> {
+    let d = Dims::check("conv2d backward_weight", g, x, dw, dy)?;
+    let total = dw.numel();
+    let room = scratch.map_or(0, |t| t.numel() / total);
+    let (splits, chunk) = d.wgrad_splits(g, room.max(1));
+    let direct = splits == 1;
+    let acc_flag = if accumulate { F_ACC } else { 0 };
+    let mut params = d.params(g, d.n * d.ho * d.wo, if direct { acc_flag } else { 0 });
+    params.splits = splits as u32;
+    params.chunk = chunk as u32;
+    params.total = total as u32;
+    let dst = match scratch {
+        Some(t) if !direct => t.region,
+        _ => dw.region,
+    };
+    let kernel = if d.vec4() {
+        &WEIGHT_GRAD4
+    } else {
+        &WEIGHT_GRAD1
+    };
+    gpu.dispatch(
+        kernel,
+        &params,
+        &[x.region, dy.region, dy.region, dst],
+        [
+            (splits * d.wgrad_col_tiles(g)).div_ceil(WG) as u32,
+            d.cout.div_ceil(TM) as u32,
+            1,
+        ],
+    )?;
+    if direct {
+        return Ok(());
+    }
+    params.flags = acc_flag;
+    gpu.dispatch(
+        &WEIGHT_GRAD_REDUCE,
+        &params,
+        &[dst, dy.region, dy.region, dw.region],
+        super::grid_1d(total, 256),
+    )
+}
+
+/// Shape of a reference problem: `x [n,h,w,cin]`, weights `[cout,kh,kw,cin]`.
+#[derive(Clone, Copy, Debug)]
+pub struct RefShape {
+    pub n: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cin: usize,
+    pub cout: usize,
+}
+
+/// Calls `f(n, oh, ow, kh, kw, x_pixel_index)` for every output position and tap that lands
+/// inside the input (padding taps contribute zero and are skipped).
+fn for_each_tap(
+    s: &RefShape,
+    g: &Conv2d,
+    mut f: impl FnMut(usize, usize, usize, usize, usize, usize),
+) {
+    let (ho, wo) = g
+        .out_hw(s.h, s.w)
+        .expect("reference called with an invalid geometry");
+    for n in 0..s.n {
+        for oh in 0..ho {
+            for ow in 0..wo {
+                for kh in 0..g.kh {
+                    let hi = (oh * g.stride.0 + kh) as isize - g.pad.0 as isize;
+                    if hi < 0 || hi >= s.h as isize {
+                        continue;
+                    }
+                    for kw in 0..g.kw {
+                        let wi = (ow * g.stride.1 + kw) as isize - g.pad.1 as isize;
+                        if wi < 0 || wi >= s.w as isize {
+                            continue;
+                        }
+                        let xp = (n * s.h + hi as usize) * s.w + wi as usize;
+                        f(n, oh, ow, kh, kw, xp);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// CPU reference of [`forward`] in f64, returning `y` as `[N,Ho,Wo,Cout]`.
+pub fn reference_forward(
+    s: &RefShape,
+    g: &Conv2d,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    relu: bool,
+) -> Vec<f64> {
+    let (ho, wo) = g
+        .out_hw(s.h, s.w)
+        .expect("reference called with an invalid geometry");
+    let mut y = vec![0.0f64; s.n * ho * wo * s.cout];
+    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
+        let yp = ((n * ho + oh) * wo + ow) * s.cout;
+        for co in 0..s.cout {
+            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
+            let dot: f64 = (0..s.cin)
+                .map(|ci| x[xp * s.cin + ci] as f64 * w[wb + ci] as f64)
+                .sum();
+            y[yp + co] += dot;
+        }
+    });
+    for (i, v) in y.iter_mut().enumerate() {
+        if let Some(b) = bias {
+            *v += b[i % s.cout] as f64;
+        }
+        if relu {
+            *v = v.max(0.0);
+        }
+    }
+    y
+}
+
+/// CPU reference of [`backward_weight`] in f64: `dw` as `[Cout,KH,KW,Cin]` (`prev` is added when
+/// accumulating).
+pub fn reference_backward_weight(
+    s: &RefShape,
+    g: &Conv2d,
+    x: &[f32],
+    dy: &[f32],
+    prev: Option<&[f32]>,
+) -> Vec<f64> {
+    let (ho, wo) = g
+        .out_hw(s.h, s.w)
+        .expect("reference called with an invalid geometry");
+    let mut dw: Vec<f64> = match prev {
+        Some(p) => p.iter().map(|&v| v as f64).collect(),
+        None => vec![0.0; s.cout * g.kh * g.kw * s.cin],
+    };
+    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
+        let yp = ((n * ho + oh) * wo + ow) * s.cout;
+        for co in 0..s.cout {
+            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
+            for ci in 0..s.cin {
+                dw[wb + ci] += dy[yp + co] as f64 * x[xp * s.cin + ci] as f64;
+            }
+        }
+    });
+    dw
+}
+
+/// CPU reference of [`backward_input`] in f64: `dx` as `[N,H,W,Cin]` (`prev` is added when
+/// accumulating).
+pub fn reference_backward_input(
+    s: &RefShape,
+    g: &Conv2d,
+    dy: &[f32],
+    w: &[f32],
+    prev: Option<&[f32]>,
+) -> Vec<f64> {
+    let (ho, wo) = g
+        .out_hw(s.h, s.w)
+        .expect("reference called with an invalid geometry");
+    let mut dx: Vec<f64> = match prev {
+        Some(p) => p.iter().map(|&v| v as f64).collect(),
+        None => vec![0.0; s.n * s.h * s.w * s.cin],
+    };
+    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
+        let yp = ((n * ho + oh) * wo + ow) * s.cout;
+        for co in 0..s.cout {
+            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
+            for ci in 0..s.cin {
+                dx[xp * s.cin + ci] += dy[yp + co] as f64 * w[wb + ci] as f64;
+            }
+        }
+    });
+    dx
+}

@@ -1,0 +1,257 @@
+mod common;
+
+use common::*;
+use contrastive::kernels::conv::{self, Conv2d, RefShape};
+use contrastive::{Arena, Gpu};
+
+fn geom(kh: usize, kw: usize, s: usize, p: usize) -> Conv2d {
+    Conv2d {
+        kh,
+        kw,
+        stride: (s, s),
+        pad: (p, p),
+    }
+}
+
+/// Runs every pass on one problem and compares with the references; `seed` varies data and the
+/// optional parts (bias, ReLU, accumulate).
+fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
+    let (ho, wo) = g.out_hw(s.h, s.w).unwrap();
+    let xn = s.n * s.h * s.w * s.cin;
+    let x = rand_vec(xn, seed);
+    let w = rand_vec(s.cout * g.kh * g.kw * s.cin, seed + 1);
+    let b = rand_vec(s.cout, seed + 2);
+    let dy = rand_vec(s.n * ho * wo * s.cout, seed + 3);
+    let prev_dx = rand_vec(xn, seed + 4);
+    let wn = s.cout * g.kh * g.kw * s.cin;
+    let prev_dw = rand_vec(wn, seed + 5);
+    let (bias, relu, acc) = (seed.is_multiple_of(2), seed.is_multiple_of(3), seed % 4 < 2);
+    let what = format!("{s:?} {g:?} seed {seed}");
+
+    let tx = arena.upload(gpu, [s.n, s.h, s.w, s.cin], &x).unwrap();
+    let tw = arena.upload(gpu, [s.cout, g.kh, g.kw, s.cin], &w).unwrap();
+    let tb = arena.upload(gpu, [s.cout], &b).unwrap();
+    let tdy = arena.upload(gpu, [s.n, ho, wo, s.cout], &dy).unwrap();
+    let ty = arena.tensor(gpu, [s.n, ho, wo, s.cout]).unwrap();
+    let tdx = arena.upload(gpu, [s.n, s.h, s.w, s.cin], &prev_dx).unwrap();
+    let tdw = arena
+        .upload(gpu, [s.cout, g.kh, g.kw, s.cin], &prev_dw)
+        .unwrap();
+    // No scratch (one pass), room for exactly two chunks, or full parallelism.
+    let scratch_len = match seed % 3 {
+        0 => 0,
+        1 => 2 * wn + 1,
+        _ => g.weight_grad_scratch(s.n, s.h, s.w, s.cin, s.cout),
+    };
+    let scratch = arena.tensor(gpu, [scratch_len.max(1)]).unwrap();
+
+    conv::forward(gpu, &tx, &tw, bias.then_some(&tb), &ty, &g, relu).unwrap();
+    let got: Vec<f32> = gpu.read(ty.region).unwrap();
+    let want = conv::reference_forward(&s, &g, &x, &w, bias.then_some(&b[..]), relu);
+    assert_close(
+        &format!("forward {what} bias={bias} relu={relu}"),
+        &got,
+        &want,
+        1e-4,
+        1e-4,
+    );
+
+    conv::backward_input(gpu, &tdy, &tw, &tdx, &g, acc).unwrap();
+    let got: Vec<f32> = gpu.read(tdx.region).unwrap();
+    let want = conv::reference_backward_input(&s, &g, &dy, &w, acc.then_some(&prev_dx[..]));
+    assert_close(
+        &format!("backward_input {what} acc={acc}"),
+        &got,
+        &want,
+        1e-4,
+        1e-4,
+    );
+
+    let sc = (scratch_len > 0).then_some(&scratch);
+    conv::backward_weight(gpu, &tx, &tdy, &tdw, sc, &g, acc).unwrap();
+    let got: Vec<f32> = gpu.read(tdw.region).unwrap();
+    let want = conv::reference_backward_weight(&s, &g, &x, &dy, acc.then_some(&prev_dw[..]));
+    assert_close(
+        &format!("backward_weight {what} acc={acc} scratch={scratch_len}"),
+        &got,
+        &want,
+        1e-4,
+        1e-4,
+    );
+}
+
+/// Kernel shapes, strides and paddings: square and not, 1×1, stride 2 with and without padding.
+const GEOMS: [(usize, usize, usize, usize); 6] = [
+    (3, 3, 1, 1),
+    (3, 3, 2, 1),
+    (3, 1, 1, 0),
+    (1, 3, 2, 1),
+    (5, 3, 1, 0),
+    (1, 1, 2, 0),
+];
+
+#[test]
+fn scalar_paths_match_reference() {
+    // Channel counts that are not multiples of 4 take the scalar kernels (with vec4 stores when
+    // only the input channels are odd, as in a first layer).
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut seed = 0;
+    for &(n, h, w, cin, cout) in &[
+        (1, 7, 5, 1, 17),
+        (2, 6, 5, 3, 5),
+        (1, 5, 7, 5, 1),
+        (2, 5, 6, 17, 3),
+        (1, 6, 6, 4, 5),
+        (2, 7, 5, 3, 8),
+        (1, 6, 5, 1, 20),
+    ] {
+        for &(kh, kw, st, pd) in &GEOMS {
+            seed += 1;
+            check(
+                &gpu,
+                &mut arena,
+                RefShape { n, h, w, cin, cout },
+                geom(kh, kw, st, pd),
+                seed,
+            );
+            arena.reset();
+        }
+    }
+}
+
+#[test]
+fn vec4_paths_match_reference() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut seed = 100;
+    // Rows and channels that are not multiples of the 16×16 tile, one batch of 1.
+    for &(n, h, w, cin, cout) in &[(1, 7, 5, 4, 20), (2, 6, 7, 8, 4), (3, 5, 5, 20, 36)] {
+        for &(kh, kw, st, pd) in &GEOMS {
+            seed += 1;
+            check(
+                &gpu,
+                &mut arena,
+                RefShape { n, h, w, cin, cout },
+                geom(kh, kw, st, pd),
+                seed,
+            );
+            arena.reset();
+        }
+    }
+}
+
+#[test]
+fn stride_larger_than_kernel_leaves_unreached_pixels_zero() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    check(
+        &gpu,
+        &mut arena,
+        RefShape {
+            n: 2,
+            h: 7,
+            w: 6,
+            cin: 4,
+            cout: 8,
+        },
+        Conv2d {
+            kh: 1,
+            kw: 2,
+            stride: (3, 2),
+            pad: (0, 1),
+        },
+        8,
+    );
+    check(
+        &gpu,
+        &mut arena,
+        RefShape {
+            n: 1,
+            h: 7,
+            w: 6,
+            cin: 3,
+            cout: 2,
+        },
+        Conv2d {
+            kh: 2,
+            kw: 1,
+            stride: (3, 3),
+            pad: (1, 0),
+        },
+        9,
+    );
+}
+
+#[test]
+fn weight_grad_reduction_splits_match_reference() {
+    // Enough pixels for several chunks: every scratch mode of `check` runs a different split count.
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    for (seed, cin, cout) in [
+        (30, 8, 12),
+        (31, 8, 12),
+        (32, 8, 12),
+        (33, 3, 5),
+        (34, 3, 5),
+        (35, 3, 5),
+    ] {
+        let s = RefShape {
+            n: 3,
+            h: 17,
+            w: 13,
+            cin,
+            cout,
+        };
+        check(&gpu, &mut arena, s, geom(3, 3, 1, 1), seed);
+        arena.reset();
+    }
+}
+
+#[test]
+fn shape_errors_name_the_shapes() {
+    let g = geom(3, 3, 1, 0);
+    assert_eq!(g.out_hw(3, 5).unwrap(), (1, 3));
+    let err = g.out_hw(2, 5).unwrap_err().to_string();
+    assert!(err.contains("larger than the padded input 2x5"), "{err}");
+    assert!(geom(3, 3, 1, 1).out_hw(1, 1).is_ok());
+    assert!(geom(3, 3, 0, 1).out_hw(5, 5).is_err());
+
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let x = arena.tensor(&gpu, [2, 5, 5, 3]).unwrap();
+    let w = arena.tensor(&gpu, [4, 3, 3, 3]).unwrap();
+    let y = arena.tensor(&gpu, [2, 3, 3, 4]).unwrap();
+    let b = arena.tensor(&gpu, [4]).unwrap();
+    conv::forward(&gpu, &x, &w, Some(&b), &y, &g, false).unwrap();
+
+    let tiny = arena.tensor(&gpu, [2, 2, 5, 3]).unwrap();
+    let err = conv::forward(&gpu, &tiny, &w, None, &y, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("larger than the padded input"), "{err}");
+    let w_bad = arena.tensor(&gpu, [4, 3, 3, 2]).unwrap();
+    let err = conv::forward(&gpu, &x, &w_bad, None, &y, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("[4, 3, 3, 2]") && err.contains("[2, 5, 5, 3]"),
+        "{err}"
+    );
+    let y_bad = arena.tensor(&gpu, [2, 3, 3, 5]).unwrap();
+    let err = conv::forward(&gpu, &x, &w, None, &y_bad, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[2, 3, 3, 5]"), "{err}");
+    let b_bad = arena.tensor(&gpu, [5]).unwrap();
+    let err = conv::forward(&gpu, &x, &w, Some(&b_bad), &y, &g, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("[5]"), "{err}");
+    let flat = arena.tensor(&gpu, [50, 3]).unwrap();
+    assert!(conv::forward(&gpu, &flat, &w, None, &y, &g, false).is_err());
+    assert!(conv::backward_input(&gpu, &y_bad, &w, &x, &g, false).is_err());
+    assert!(conv::backward_input(&gpu, &y, &w_bad, &x, &g, false).is_err());
+    assert!(conv::backward_weight(&gpu, &x, &y_bad, &w, None, &g, false).is_err());
+    assert!(conv::backward_weight(&gpu, &tiny, &y, &w, None, &g, false).is_err());
+}
