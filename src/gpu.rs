@@ -554,13 +554,41 @@ impl Gpu {
         Ok(())
     }
 
-    /// Records a copy between two regions of equal length.
-    pub fn copy(&self, src: Region, dst: Region) {
-        assert_eq!(
-            src.len, dst.len,
-            "copy between regions of different lengths"
+    /// Records a copy between two regions of equal length. Within one buffer (which
+    /// `copy_buffer_to_buffer` forbids) it is a small kernel over the whole buffer.
+    pub fn copy(&self, src: Region, dst: Region) -> Result<()> {
+        assert_eq!(src.len, dst.len, "copy between regions of different lengths");
+        if src.buffer != dst.buffer {
+            self.commands.borrow_mut().push(Command::Copy { src, dst });
+            return Ok(());
+        }
+        assert!(
+            src.offset + src.bytes() <= dst.offset || dst.offset + dst.bytes() <= src.offset,
+            "overlapping copy"
         );
-        self.commands.borrow_mut().push(Command::Copy { src, dst });
+        const COPY_WITHIN: Kernel = crate::kernel!("copy.wgsl", "copy_within", 1);
+        #[repr(C)]
+        #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+        struct Params {
+            n: u32,
+            src: u32,
+            dst: u32,
+            _pad: u32,
+        }
+        let whole = Region {
+            buffer: src.buffer,
+            offset: 0,
+            len: (self.buffer(src.buffer).size() / 4) as usize,
+        };
+        let params = Params {
+            n: src.len as u32,
+            src: (src.offset / 4) as u32,
+            dst: (dst.offset / 4) as u32,
+            _pad: 0,
+        };
+        let groups = (src.len as u32).div_ceil(256);
+        let grid = [groups.min(65535), groups.div_ceil(65535), 1];
+        self.dispatch(&COPY_WITHIN, &params, &[whole], grid)
     }
 
     /// Records zero-filling a region.

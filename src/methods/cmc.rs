@@ -180,17 +180,20 @@ impl Cmc {
         Ok((g.reshape(luma, [n, h, w, 1])?, g.reshape(chroma, [n, h, w, 2])?))
     }
 
-    fn enqueue(&mut self, gpu: &Gpu, z: Tensor) {
-        let Some(bank) = self.bank else { return };
+    fn enqueue(&mut self, gpu: &Gpu, z: Tensor) -> Result<()> {
+        let Some(bank) = self.bank else {
+            return Ok(());
+        };
         let (k, d) = (self.config.bank, self.config.dim);
         let rows = z.shape.dim(0);
         let mut row = rows.saturating_sub(k);
         while row < rows {
             let n = (rows - row).min(k - self.ptr);
-            gpu.copy(z.region.slice(row * d, n * d), bank.region.slice(self.ptr * d, n * d));
+            gpu.copy(z.region.slice(row * d, n * d), bank.region.slice(self.ptr * d, n * d))?;
             self.ptr = (self.ptr + n) % k;
             row += n;
         }
+        Ok(())
     }
 }
 
@@ -233,13 +236,13 @@ impl Method for Cmc {
         };
         g.backward(loss)?;
         let stats = g.arena.tensor(gpu, [2])?;
-        gpu.copy(g.value(loss).region, stats.region.slice(0, 1));
-        gpu.copy(acc.region, stats.region.slice(1, 1));
+        gpu.copy(g.value(loss).region, stats.region.slice(0, 1))?;
+        gpu.copy(acc.region, stats.region.slice(1, 1))?;
         let mut lr = 0.0;
         for (opt, net) in self.optim.iter_mut().zip(std::iter::once(&self.net).chain(&self.net2)) {
             lr = opt.step(gpu, &net.params)?;
         }
-        self.enqueue(gpu, z);
+        self.enqueue(gpu, z)?;
         Ok(StepOutput { stats, lr })
     }
 

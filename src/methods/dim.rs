@@ -106,11 +106,11 @@ impl Method for Dim {
         let loss = g.mi_estimate(scores, self.locs, self.config.estimator)?;
         g.backward(loss)?;
         let stats = g.arena.tensor(gpu, [2])?;
-        gpu.copy(g.value(loss).region, stats.region.slice(0, 1));
+        gpu.copy(g.value(loss).region, stats.region.slice(0, 1))?;
         // DIM has no contrastive accuracy to report: NaN marks it as not applicable.
         let na = g.arena.tensor(gpu, [1])?;
         elementwise::map(gpu, Map::Fill { alpha: f32::NAN }, &na, &na, Broadcast::Full, &na, false)?;
-        gpu.copy(na.region, stats.region.slice(1, 1));
+        gpu.copy(na.region, stats.region.slice(1, 1))?;
         let lr = self.optim.step(gpu, &self.params)?;
         Ok(StepOutput { stats, lr })
     }

@@ -169,7 +169,7 @@ impl Moco {
     }
 
     /// Writes `keys` [B, dim] into the queue at the pointer, wrapping around.
-    fn enqueue(&mut self, gpu: &Gpu, keys: Tensor) {
+    fn enqueue(&mut self, gpu: &Gpu, keys: Tensor) -> Result<()> {
         let (kq, d) = (self.config.queue, self.config.dim);
         let b = keys.shape.dim(0);
         // A batch larger than the queue leaves only its last K keys.
@@ -180,10 +180,11 @@ impl Moco {
             gpu.copy(
                 keys.region.slice(row * d, n * d),
                 self.queue.region.slice(self.ptr * d, n * d),
-            );
+            )?;
             self.ptr = (self.ptr + n) % kq;
             row += n;
         }
+        Ok(())
     }
 }
 
@@ -222,11 +223,11 @@ impl Method for Moco {
         g.backward(loss)?;
         let stats = g.arena.tensor(gpu, [2])?;
         let loss_t = g.value(loss);
-        gpu.copy(loss_t.region, stats.region.slice(0, 1));
-        gpu.copy(acc.region, stats.region.slice(1, 1));
+        gpu.copy(loss_t.region, stats.region.slice(0, 1))?;
+        gpu.copy(acc.region, stats.region.slice(1, 1))?;
         let lr = self.optim.step(gpu, &self.query.params)?;
         for k in &keys {
-            self.enqueue(gpu, *k);
+            self.enqueue(gpu, *k)?;
         }
         self.last_keys = keys;
         Ok(StepOutput { stats, lr })

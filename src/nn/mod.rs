@@ -174,7 +174,7 @@ impl Store {
             })
         };
         let values = alloc()?;
-        gpu.copy(self.values, values);
+        gpu.copy(self.values, values)?;
         let grads = if grads { Some(alloc()?) } else { None };
         Ok(Store {
             values,
