@@ -124,28 +124,75 @@ fn cdiv(a: u32, b: u32) -> u32 {
     return (a + b - 1u) / b;
 }
 
+// A position (n, r, c) in an [n, rows, cols] grid, stepped one element at a time: integer division
+// has no SIMD instruction and runs lane by lane, so it is done once, at the start.
+struct Walk { n: u32, r: u32, c: u32 }
+
+fn walk_start(i: u32, rows: u32, cols: u32) -> Walk {
+    let plane = rows * cols;
+    let n = i / plane;
+    let rem = i - n * plane;
+    let r = rem / cols;
+    return Walk(n, r, rem - r * cols);
+}
+
+// The next position, or `v` itself when `go` is false (rows past the end repeat the last one).
+fn walk_next(v: Walk, rows: u32, cols: u32, go: bool) -> Walk {
+    let wrap_c = v.c + 1u == cols;
+    let r = select(v.r, v.r + 1u, wrap_c);
+    let wrap_r = r == rows;
+    let n = select(v.n, v.n + 1u, wrap_r);
+    return Walk(select(v.n, n, go), select(v.r, select(r, 0u, wrap_r), go),
+                select(v.c, select(v.c + 1u, 0u, wrap_c), go));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Row decoding.
 
 // Forward: row m is output pixel (n, oh, ow); its window starts at (oh*sh - ph, ow*sw - pw).
-fn px_forward(m: u32) -> Px {
-    let mm = min(m, p.m - 1u);
-    let hw = p.ho * p.wo;
-    let n = mm / hw;
-    let rem = mm - n * hw;
-    let oh = rem / p.wo;
-    let ow = rem - oh * p.wo;
-    return Px(i32(oh * p.sh) - i32(p.ph), i32(ow * p.sw) - i32(p.pw), n * p.h, mm);
+// Rows past the last pixel repeat it.
+fn px_forward(v: Walk, m: u32) -> Px {
+    return Px(i32(v.r * p.sh) - i32(p.ph), i32(v.c * p.sw) - i32(p.pw), v.n * p.h, min(m, p.m - 1u));
+}
+
+fn next_forward(v: Walk, m: u32) -> Walk {
+    return walk_next(v, p.ho, p.wo, m < p.m);
 }
 
 fn rows_forward(tile: u32, px: ptr<function, Pxs>) -> Taps {
     let m = tile * TM;
-    *px = Pxs(
-        px_forward(m), px_forward(m + 1u), px_forward(m + 2u), px_forward(m + 3u),
-        px_forward(m + 4u), px_forward(m + 5u), px_forward(m + 6u), px_forward(m + 7u),
-        px_forward(m + 8u), px_forward(m + 9u), px_forward(m + 10u), px_forward(m + 11u),
-        px_forward(m + 12u), px_forward(m + 13u), px_forward(m + 14u), px_forward(m + 15u),
-    );
+    var v = walk_start(min(m, p.m - 1u), p.ho, p.wo);
+    (*px)[0] = px_forward(v, m);
+    v = next_forward(v, m + 1u);
+    (*px)[1] = px_forward(v, m + 1u);
+    v = next_forward(v, m + 2u);
+    (*px)[2] = px_forward(v, m + 2u);
+    v = next_forward(v, m + 3u);
+    (*px)[3] = px_forward(v, m + 3u);
+    v = next_forward(v, m + 4u);
+    (*px)[4] = px_forward(v, m + 4u);
+    v = next_forward(v, m + 5u);
+    (*px)[5] = px_forward(v, m + 5u);
+    v = next_forward(v, m + 6u);
+    (*px)[6] = px_forward(v, m + 6u);
+    v = next_forward(v, m + 7u);
+    (*px)[7] = px_forward(v, m + 7u);
+    v = next_forward(v, m + 8u);
+    (*px)[8] = px_forward(v, m + 8u);
+    v = next_forward(v, m + 9u);
+    (*px)[9] = px_forward(v, m + 9u);
+    v = next_forward(v, m + 10u);
+    (*px)[10] = px_forward(v, m + 10u);
+    v = next_forward(v, m + 11u);
+    (*px)[11] = px_forward(v, m + 11u);
+    v = next_forward(v, m + 12u);
+    (*px)[12] = px_forward(v, m + 12u);
+    v = next_forward(v, m + 13u);
+    (*px)[13] = px_forward(v, m + 13u);
+    v = next_forward(v, m + 14u);
+    (*px)[14] = px_forward(v, m + 14u);
+    v = next_forward(v, m + 15u);
+    (*px)[15] = px_forward(v, m + 15u);
     let rows = select(0u, min(TM, p.m - m), m < p.m);
     return Taps(0u, 0u, 1u, 1u, p.kh, p.kw, 1, p.h, p.w, rows);
 }
@@ -154,29 +201,27 @@ fn rows_forward(tile: u32, px: ptr<function, Pxs>) -> Taps {
 // For group (rh, rw) the taps that reach a pixel are kh = kh0 + sh*i with kh0 = (rh + ph) mod sh,
 // and the output pixel they read is oh = hq + (rh + ph) / sh - i where hi = rh + sh*hq (likewise
 // for w).
-struct Group { rh: u32, rw: u32, hr: u32, wr: u32, ok: bool }
+// Pixel (n, hq, wq) of group g is input pixel (n, rh + sh*hq, rw + sw*wq).
+struct Group { rh: u32, rw: u32, hr: u32, wr: u32, cnt: u32, ok: bool }
 
-fn px_input(g: Group, l: u32) -> Px {
-    let cnt = p.n * g.hr * g.wr;
-    let ll = min(l, max(cnt, 1u) - 1u);
-    let hw = max(g.hr * g.wr, 1u);
-    let n = ll / hw;
-    let rem = ll - n * hw;
-    let hq = rem / max(g.wr, 1u);
-    let wq = rem - hq * g.wr;
-    let out = (n * p.h + g.rh + p.sh * hq) * p.w + g.rw + p.sw * wq;
+fn px_input(g: Group, v: Walk) -> Px {
+    let out = (v.n * p.h + g.rh + p.sh * v.r) * p.w + g.rw + p.sw * v.c;
     return Px(
-        i32(hq + (g.rh + p.ph) / p.sh),
-        i32(wq + (g.rw + p.pw) / p.sw),
-        n * p.ho,
+        i32(v.r + (g.rh + p.ph) / p.sh),
+        i32(v.c + (g.rw + p.pw) / p.sw),
+        v.n * p.ho,
         min(out, p.n * p.h * p.w - 1u),
     );
+}
+
+fn next_input(g: Group, v: Walk, l: u32) -> Walk {
+    return walk_next(v, g.hr, g.wr, l < g.cnt);
 }
 
 fn rows_input_grad(tile: u32, px: ptr<function, Pxs>) -> Taps {
     // Find the group of this tile; tiles past the last group get an empty group.
     var rest = tile;
-    var g = Group(0u, 0u, 0u, 0u, false);
+    var g = Group(0u, 0u, 1u, 1u, 1u, false);
     for (var k = 0u; k < p.sh * p.sw; k++) {
         let rh = k / p.sw;
         let rw = k - rh * p.sw;
@@ -184,24 +229,49 @@ fn rows_input_grad(tile: u32, px: ptr<function, Pxs>) -> Taps {
         let wr = cdiv(p.w - min(rw, p.w), p.sw);
         let tiles = cdiv(p.n * hr * wr, TM);
         if !g.ok && rest < tiles {
-            g = Group(rh, rw, hr, wr, true);
+            g = Group(rh, rw, hr, wr, p.n * hr * wr, true);
         } else if !g.ok {
             rest -= tiles;
         }
     }
     let l = rest * TM;
-    *px = Pxs(
-        px_input(g, l), px_input(g, l + 1u), px_input(g, l + 2u), px_input(g, l + 3u),
-        px_input(g, l + 4u), px_input(g, l + 5u), px_input(g, l + 6u), px_input(g, l + 7u),
-        px_input(g, l + 8u), px_input(g, l + 9u), px_input(g, l + 10u), px_input(g, l + 11u),
-        px_input(g, l + 12u), px_input(g, l + 13u), px_input(g, l + 14u), px_input(g, l + 15u),
-    );
+    var v = walk_start(min(l, g.cnt - 1u), g.hr, g.wr);
+    (*px)[0] = px_input(g, v);
+    v = next_input(g, v, l + 1u);
+    (*px)[1] = px_input(g, v);
+    v = next_input(g, v, l + 2u);
+    (*px)[2] = px_input(g, v);
+    v = next_input(g, v, l + 3u);
+    (*px)[3] = px_input(g, v);
+    v = next_input(g, v, l + 4u);
+    (*px)[4] = px_input(g, v);
+    v = next_input(g, v, l + 5u);
+    (*px)[5] = px_input(g, v);
+    v = next_input(g, v, l + 6u);
+    (*px)[6] = px_input(g, v);
+    v = next_input(g, v, l + 7u);
+    (*px)[7] = px_input(g, v);
+    v = next_input(g, v, l + 8u);
+    (*px)[8] = px_input(g, v);
+    v = next_input(g, v, l + 9u);
+    (*px)[9] = px_input(g, v);
+    v = next_input(g, v, l + 10u);
+    (*px)[10] = px_input(g, v);
+    v = next_input(g, v, l + 11u);
+    (*px)[11] = px_input(g, v);
+    v = next_input(g, v, l + 12u);
+    (*px)[12] = px_input(g, v);
+    v = next_input(g, v, l + 13u);
+    (*px)[13] = px_input(g, v);
+    v = next_input(g, v, l + 14u);
+    (*px)[14] = px_input(g, v);
+    v = next_input(g, v, l + 15u);
+    (*px)[15] = px_input(g, v);
     let kh0 = (g.rh + p.ph) % p.sh;
     let kw0 = (g.rw + p.pw) % p.sw;
     let nth = select(0u, cdiv(p.kh - min(kh0, p.kh), p.sh), g.ok);
     let ntw = cdiv(p.kw - min(kw0, p.kw), p.sw);
-    let cnt = p.n * g.hr * g.wr;
-    let rows = select(0u, min(TM, cnt - l), g.ok && l < cnt);
+    let rows = select(0u, min(TM, g.cnt - l), g.ok && l < g.cnt);
     return Taps(kh0, kw0, p.sh, p.sw, nth, ntw, -1, p.ho, p.wo, rows);
 }
 
@@ -469,24 +539,6 @@ fn input_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
 // Invocations along x are (split, column tile) with the column tile fastest, so neighbouring lanes
 // share the split and read the same dy values. The tile is held as acc[row][column block].
 
-// Per pixel the invocation walks (n, oh, ow) incrementally instead of dividing.
-struct Walk { n: u32, oh: u32, ow: u32 }
-
-fn walk_start(m: u32) -> Walk {
-    let hw = p.ho * p.wo;
-    let n = m / hw;
-    let rem = m - n * hw;
-    let oh = rem / p.wo;
-    return Walk(n, oh, rem - oh * p.wo);
-}
-
-fn walk_next(v: Walk) -> Walk {
-    let wrap_w = v.ow + 1u == p.wo;
-    let oh = select(v.oh, v.oh + 1u, wrap_w);
-    let wrap_h = oh == p.ho;
-    return Walk(select(v.n, v.n + 1u, wrap_h), select(oh, 0u, wrap_h), select(v.ow + 1u, 0u, wrap_w));
-}
-
 // acc[t] += b * a[t / 4][t % 4] for the 16 rows t: a holds dy for the tile's 16 output channels,
 // b the gathered x values of its 16 columns.
 fn outer16(acc: ptr<function, Tile>, a: Acc, b: ptr<function, Acc>) {
@@ -541,17 +593,17 @@ fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let m0 = pt.split * p.chunk;
     let m1 = min(m0 + p.chunk, p.m);
     var acc: Tile;
-    var v = walk_start(m0);
+    var v = walk_start(min(m0, p.m - 1u), p.ho, p.wo);
     for (var m = m0; m < m1; m++) {
-        let hi = i32(v.oh * p.sh + kh) - i32(p.ph);
-        let wi = i32(v.ow * p.sw + kw) - i32(p.pw);
+        let hi = i32(v.r * p.sh + kh) - i32(p.ph);
+        let wi = i32(v.c * p.sw + kw) - i32(p.pw);
         let ok = u32(hi) < p.h && u32(wi) < p.w;
         let s = Src(select(0u, ((v.n * p.h + u32(hi)) * p.w + u32(wi)) * c4, ok), ok);
         var b = Acc(ld4(s, xi.x), ld4(s, xi.y), ld4(s, xi.z), ld4(s, xi.w));
         let yb = m * o4;
         let a = Acc(opd4[yb + yi.x], opd4[yb + yi.y], opd4[yb + yi.z], opd4[yb + yi.w]);
         outer16(&acc, a, &b);
-        v = walk_next(v);
+        v = walk_next(v, p.ho, p.wo, true);
     }
     // Rows are output channels; row t is written to dst[base + co * k + tap * cin + ci0 ..].
     let rows = min(TM, p.cout - co0);
@@ -595,16 +647,16 @@ fn weight_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
     let m0 = pt.split * p.chunk;
     let m1 = min(m0 + p.chunk, p.m);
     var acc: Tile;
-    var v = walk_start(m0);
+    var v = walk_start(min(m0, p.m - 1u), p.ho, p.wo);
     for (var m = m0; m < m1; m++) {
-        let h0 = vec4(i32(v.oh * p.sh));
-        let w0 = vec4(i32(v.ow * p.sw));
+        let h0 = vec4(i32(v.r * p.sh));
+        let w0 = vec4(i32(v.c * p.sw));
         var b = Acc(gather4(v.n, h0 + qh[0], w0 + qw[0], qc[0]), gather4(v.n, h0 + qh[1], w0 + qw[1], qc[1]),
                     gather4(v.n, h0 + qh[2], w0 + qw[2], qc[2]), gather4(v.n, h0 + qh[3], w0 + qw[3], qc[3]));
         let yb = m * p.cout;
         let a = Acc(dy4(yb, co0), dy4(yb, co0 + 4u), dy4(yb, co0 + 8u), dy4(yb, co0 + 12u));
         outer16(&acc, a, &b);
-        v = walk_next(v);
+        v = walk_next(v, p.ho, p.wo, true);
     }
     let rows = min(TM, p.cout - co0);
     for (var t = 0u; t < rows; t++) {

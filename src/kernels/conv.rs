@@ -8,9 +8,16 @@
 //! checkpoint export permutes them to PyTorch's `[Cout, Cin, KH, KW]`.
 //!
 //! **Kernels.** No im2col matrix is ever materialised: the gather is folded into the GEMM's loads.
-//! Each invocation computes an 8-pixel × 16-channel register tile without workgroup memory or
-//! barriers (the fast shape on llvmpipe, see the shader's header). Channel counts that are multiples
-//! of 4 take vec4 paths; others (the first layer's 1 or 3 input channels) take scalar paths.
+//! Each invocation computes a 16-pixel × 16-channel register tile without workgroup memory or
+//! barriers (the fast shape on llvmpipe, see the shader's header). When both channel counts are
+//! multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores when only the input
+//! channels are odd, as in a first layer).
+//!
+//! **Known limits.** With 1–3 input channels the reduction per output is tiny (9 or 27 for 3×3), so
+//! the scalar forward and weight-gradient kernels run at a fraction of the vec4 ones' rate. The
+//! input gradient of such a layer wastes most of its 16-channel tile (it is never needed in
+//! training: images take no gradient). The large register tile suits CPUs and spills on GPUs;
+//! a workgroup-memory variant for real GPUs is future work.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
