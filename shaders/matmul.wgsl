@@ -7,8 +7,8 @@
 // - Register tiles for CPU adapters (llvmpipe). llvmpipe runs 8 invocations as the 8 lanes of one
 //   SIMD vector, so a workgroup of 8 is one vector and there are no barriers (each one costs a
 //   coroutine switch there). Every storage load is a per-lane loop, about as costly per vec4 as a
-//   scalar one, while arithmetic is cheap: each lane therefore owns a 16×32 tile of c and pays 48
-//   vec4 loads for 2048 multiply-adds per step of 4 along K. Everything in the hot loop is
+//   scalar one, while arithmetic is cheap: each lane therefore owns a 32×32 tile of c and pays 64
+//   vec4 loads for 4096 multiply-adds per step of 4 along K. Everything in the hot loop is
 //   unrolled by hand and indexed by constants (llvmpipe keeps such arrays in registers; any
 //   dynamic index would move them to memory). Loads are clamped to the matrix instead of being
 //   bounds-checked, so edge tiles run the same code and only their stores are guarded.
@@ -43,7 +43,7 @@ const NT: u32 = 1u;
 const TN: u32 = 2u;
 
 // Rows and columns of c per lane in the register-tile kernels.
-const LANE_ROWS: u32 = 16u;
+const LANE_ROWS: u32 = 32u;
 const LANE_COLS: u32 = 32u;
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -114,12 +114,14 @@ fn store1(row: u32, col: u32, v: vec4<f32>) {
 // "columns" in WGSL terms); transpose() only renames registers.
 
 // acc[t] += Σ_q a[t][q] · b[q]: a holds 4 rows × 4 k of op(a), b 4 k × 4 columns of op(b).
+// (Summing the four products before adding them to acc runs faster on llvmpipe than a chain of
+// fma through acc.)
 fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
     return mat4x4(
-        fma(vec4(a[0].w), b[3], fma(vec4(a[0].z), b[2], fma(vec4(a[0].y), b[1], fma(vec4(a[0].x), b[0], acc[0])))),
-        fma(vec4(a[1].w), b[3], fma(vec4(a[1].z), b[2], fma(vec4(a[1].y), b[1], fma(vec4(a[1].x), b[0], acc[1])))),
-        fma(vec4(a[2].w), b[3], fma(vec4(a[2].z), b[2], fma(vec4(a[2].y), b[1], fma(vec4(a[2].x), b[0], acc[2])))),
-        fma(vec4(a[3].w), b[3], fma(vec4(a[3].z), b[2], fma(vec4(a[3].y), b[1], fma(vec4(a[3].x), b[0], acc[3])))),
+        acc[0] + (a[0].x * b[0] + a[0].y * b[1] + a[0].z * b[2] + a[0].w * b[3]),
+        acc[1] + (a[1].x * b[0] + a[1].y * b[1] + a[1].z * b[2] + a[1].w * b[3]),
+        acc[2] + (a[2].x * b[0] + a[2].y * b[1] + a[2].z * b[2] + a[2].w * b[3]),
+        acc[3] + (a[3].x * b[0] + a[3].y * b[1] + a[3].z * b[2] + a[3].w * b[3]),
     );
 }
 
@@ -171,100 +173,81 @@ fn lane_origin(wg: vec3<u32>, lane: u32) -> vec2<u32> {
     return vec2(row, col);
 }
 
+// A lane's 4 rows × 32 columns: 8 blocks of 4×4.
+alias Strip = array<mat4x4<f32>, 8>;
+
+// op(b)[4·k4 .. 4·k4+4, c .. c+32] as 8 blocks.
+fn load_b_strip(mode: u32, c: u32, k4: u32) -> Strip {
+    return Strip(
+        load_b4(mode, c, k4), load_b4(mode, c + 4u, k4), load_b4(mode, c + 8u, k4), load_b4(mode, c + 12u, k4),
+        load_b4(mode, c + 16u, k4), load_b4(mode, c + 20u, k4), load_b4(mode, c + 24u, k4), load_b4(mode, c + 28u, k4),
+    );
+}
+
+fn strip_mac(acc: Strip, a: mat4x4<f32>, b: Strip) -> Strip {
+    return Strip(
+        mac(acc[0], a, b[0]), mac(acc[1], a, b[1]), mac(acc[2], a, b[2]), mac(acc[3], a, b[3]),
+        mac(acc[4], a, b[4]), mac(acc[5], a, b[5]), mac(acc[6], a, b[6]), mac(acc[7], a, b[7]),
+    );
+}
+
+// Row t of the strip at (r, c) through the epilogue; bias holds the strip's 8 column blocks.
+fn store_strip_row(r: u32, c: u32, t: u32, acc: Strip, bias: array<vec4<f32>, 8>) {
+    let c4i = c / 4u;
+    store4(r + t, c4i, row_of(acc[0], t), bias[0]);
+    store4(r + t, c4i + 1u, row_of(acc[1], t), bias[1]);
+    store4(r + t, c4i + 2u, row_of(acc[2], t), bias[2]);
+    store4(r + t, c4i + 3u, row_of(acc[3], t), bias[3]);
+    store4(r + t, c4i + 4u, row_of(acc[4], t), bias[4]);
+    store4(r + t, c4i + 5u, row_of(acc[5], t), bias[5]);
+    store4(r + t, c4i + 6u, row_of(acc[6], t), bias[6]);
+    store4(r + t, c4i + 7u, row_of(acc[7], t), bias[7]);
+}
+
 fn tile4(mode: u32, wg: vec3<u32>, lane: u32) {
     let o = lane_origin(wg, lane);
     let r = o.x;
     let c = o.y;
-    // acc[4·i + j] is the block at rows r + 4i, columns c + 4j.
-    var acc: array<mat4x4<f32>, 32>;
+    // s[i] holds rows r + 4i .. r + 4i + 4.
+    var s0: Strip;
+    var s1: Strip;
+    var s2: Strip;
+    var s3: Strip;
+    var s4: Strip;
+    var s5: Strip;
+    var s6: Strip;
+    var s7: Strip;
     for (var k4 = 0u; k4 < p.k / 4u; k4++) {
-        let a0 = load_a4(mode, r, k4);
-        let a1 = load_a4(mode, r + 4u, k4);
-        let a2 = load_a4(mode, r + 8u, k4);
-        let a3 = load_a4(mode, r + 12u, k4);
-        let b0 = load_b4(mode, c, k4);
-        let b1 = load_b4(mode, c + 4u, k4);
-        let b2 = load_b4(mode, c + 8u, k4);
-        let b3 = load_b4(mode, c + 12u, k4);
-        let b4 = load_b4(mode, c + 16u, k4);
-        let b5 = load_b4(mode, c + 20u, k4);
-        let b6 = load_b4(mode, c + 24u, k4);
-        let b7 = load_b4(mode, c + 28u, k4);
-        acc[0] = mac(acc[0], a0, b0);
-        acc[1] = mac(acc[1], a0, b1);
-        acc[2] = mac(acc[2], a0, b2);
-        acc[3] = mac(acc[3], a0, b3);
-        acc[4] = mac(acc[4], a0, b4);
-        acc[5] = mac(acc[5], a0, b5);
-        acc[6] = mac(acc[6], a0, b6);
-        acc[7] = mac(acc[7], a0, b7);
-        acc[8] = mac(acc[8], a1, b0);
-        acc[9] = mac(acc[9], a1, b1);
-        acc[10] = mac(acc[10], a1, b2);
-        acc[11] = mac(acc[11], a1, b3);
-        acc[12] = mac(acc[12], a1, b4);
-        acc[13] = mac(acc[13], a1, b5);
-        acc[14] = mac(acc[14], a1, b6);
-        acc[15] = mac(acc[15], a1, b7);
-        acc[16] = mac(acc[16], a2, b0);
-        acc[17] = mac(acc[17], a2, b1);
-        acc[18] = mac(acc[18], a2, b2);
-        acc[19] = mac(acc[19], a2, b3);
-        acc[20] = mac(acc[20], a2, b4);
-        acc[21] = mac(acc[21], a2, b5);
-        acc[22] = mac(acc[22], a2, b6);
-        acc[23] = mac(acc[23], a2, b7);
-        acc[24] = mac(acc[24], a3, b0);
-        acc[25] = mac(acc[25], a3, b1);
-        acc[26] = mac(acc[26], a3, b2);
-        acc[27] = mac(acc[27], a3, b3);
-        acc[28] = mac(acc[28], a3, b4);
-        acc[29] = mac(acc[29], a3, b5);
-        acc[30] = mac(acc[30], a3, b6);
-        acc[31] = mac(acc[31], a3, b7);
+        // All of b first, then a block by block: the order llvmpipe runs fastest.
+        let b = load_b_strip(mode, c, k4);
+        s0 = strip_mac(s0, load_a4(mode, r, k4), b);
+        s1 = strip_mac(s1, load_a4(mode, r + 4u, k4), b);
+        s2 = strip_mac(s2, load_a4(mode, r + 8u, k4), b);
+        s3 = strip_mac(s3, load_a4(mode, r + 12u, k4), b);
+        s4 = strip_mac(s4, load_a4(mode, r + 16u, k4), b);
+        s5 = strip_mac(s5, load_a4(mode, r + 20u, k4), b);
+        s6 = strip_mac(s6, load_a4(mode, r + 24u, k4), b);
+        s7 = strip_mac(s7, load_a4(mode, r + 28u, k4), b);
     }
-    // The epilogue walks the 4 rows of each block in a loop (unrolled, its 128 guarded stores would
-    // take llvmpipe tens of seconds to compile) and picks the row with selects: a dynamic index
-    // into `acc` would move the whole tile to memory.
+    // The epilogue walks the 4 rows of each block in a loop (unrolled, its guarded stores would
+    // take llvmpipe far longer to compile) and picks the row with selects: a dynamic index into
+    // the tile would move it all to memory.
     var bias_c: array<vec4<f32>, 8>;
     if (p.flags & FLAG_BIAS) != 0u {
-        bias_c = array(load_bias4(c), load_bias4(c + 4u), load_bias4(c + 8u), load_bias4(c + 12u),
-                       load_bias4(c + 16u), load_bias4(c + 20u), load_bias4(c + 24u), load_bias4(c + 28u));
+        bias_c = array(
+            load_bias4(c), load_bias4(c + 4u), load_bias4(c + 8u), load_bias4(c + 12u),
+            load_bias4(c + 16u), load_bias4(c + 20u), load_bias4(c + 24u), load_bias4(c + 28u),
+        );
     }
-    let c4i = c / 4u;
     for (var t = 0u; t < 4u; t++) {
-        store4(r + t, c4i, row_of(acc[0], t), bias_c[0]);
-        store4(r + t, c4i + 1u, row_of(acc[1], t), bias_c[1]);
-        store4(r + t, c4i + 2u, row_of(acc[2], t), bias_c[2]);
-        store4(r + t, c4i + 3u, row_of(acc[3], t), bias_c[3]);
-        store4(r + t, c4i + 4u, row_of(acc[4], t), bias_c[4]);
-        store4(r + t, c4i + 5u, row_of(acc[5], t), bias_c[5]);
-        store4(r + t, c4i + 6u, row_of(acc[6], t), bias_c[6]);
-        store4(r + t, c4i + 7u, row_of(acc[7], t), bias_c[7]);
-        store4(r + 4u + t, c4i, row_of(acc[8], t), bias_c[0]);
-        store4(r + 4u + t, c4i + 1u, row_of(acc[9], t), bias_c[1]);
-        store4(r + 4u + t, c4i + 2u, row_of(acc[10], t), bias_c[2]);
-        store4(r + 4u + t, c4i + 3u, row_of(acc[11], t), bias_c[3]);
-        store4(r + 4u + t, c4i + 4u, row_of(acc[12], t), bias_c[4]);
-        store4(r + 4u + t, c4i + 5u, row_of(acc[13], t), bias_c[5]);
-        store4(r + 4u + t, c4i + 6u, row_of(acc[14], t), bias_c[6]);
-        store4(r + 4u + t, c4i + 7u, row_of(acc[15], t), bias_c[7]);
-        store4(r + 8u + t, c4i, row_of(acc[16], t), bias_c[0]);
-        store4(r + 8u + t, c4i + 1u, row_of(acc[17], t), bias_c[1]);
-        store4(r + 8u + t, c4i + 2u, row_of(acc[18], t), bias_c[2]);
-        store4(r + 8u + t, c4i + 3u, row_of(acc[19], t), bias_c[3]);
-        store4(r + 8u + t, c4i + 4u, row_of(acc[20], t), bias_c[4]);
-        store4(r + 8u + t, c4i + 5u, row_of(acc[21], t), bias_c[5]);
-        store4(r + 8u + t, c4i + 6u, row_of(acc[22], t), bias_c[6]);
-        store4(r + 8u + t, c4i + 7u, row_of(acc[23], t), bias_c[7]);
-        store4(r + 12u + t, c4i, row_of(acc[24], t), bias_c[0]);
-        store4(r + 12u + t, c4i + 1u, row_of(acc[25], t), bias_c[1]);
-        store4(r + 12u + t, c4i + 2u, row_of(acc[26], t), bias_c[2]);
-        store4(r + 12u + t, c4i + 3u, row_of(acc[27], t), bias_c[3]);
-        store4(r + 12u + t, c4i + 4u, row_of(acc[28], t), bias_c[4]);
-        store4(r + 12u + t, c4i + 5u, row_of(acc[29], t), bias_c[5]);
-        store4(r + 12u + t, c4i + 6u, row_of(acc[30], t), bias_c[6]);
-        store4(r + 12u + t, c4i + 7u, row_of(acc[31], t), bias_c[7]);
+        store_strip_row(r, c, t, s0, bias_c);
+        store_strip_row(r + 4u, c, t, s1, bias_c);
+        store_strip_row(r + 8u, c, t, s2, bias_c);
+        store_strip_row(r + 12u, c, t, s3, bias_c);
+        store_strip_row(r + 16u, c, t, s4, bias_c);
+        store_strip_row(r + 20u, c, t, s5, bias_c);
+        store_strip_row(r + 24u, c, t, s6, bias_c);
+        store_strip_row(r + 28u, c, t, s7, bias_c);
     }
 }
 

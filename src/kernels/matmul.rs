@@ -3,7 +3,7 @@
 //!
 //! Two kernel families, chosen per adapter ([`Variant::for_adapter`]):
 //! - register tiles for CPU adapters (llvmpipe), where workgroup barriers are very expensive and
-//!   every storage load costs a per-lane loop: each invocation owns a 16×32 tile of `c` and streams
+//!   every storage load costs a per-lane loop: each invocation owns a 32×32 tile of `c` and streams
 //!   vec4s of `a` and `b` straight from storage ([`Variant::Vec4`]); shapes that cannot be read as
 //!   vec4s use a scalar-load version ([`Variant::Scalar`]);
 //! - shared-memory tiles for GPUs ([`Variant::Shared`]): 64×64 per workgroup, 4×4 per invocation,
@@ -22,7 +22,7 @@ const SHARED: Kernel = kernel!("matmul.wgsl", "smem", 4);
 
 /// Rows and columns of `c` per invocation in the register-tile kernels, and the side of the
 /// shared-memory kernel's workgroup tile (they must match the WGSL constants).
-const TILE4_ROWS: usize = 16;
+const TILE4_ROWS: usize = 32;
 const TILE4_COLS: usize = 32;
 const TILE1_SIDE: usize = 16;
 const SHARED_TILE: usize = 64;
@@ -254,9 +254,13 @@ fn overlaps(x: Region, y: Region) -> bool {
 }
 
 /// How the 8 lanes of a register-tile workgroup are laid out (`lanes_x` of them side by side
-/// along N) and the workgroup grid: the layout that covers `m × n` with the least padding.
+/// along N) and the workgroup grid: the layout that covers `m × n` with the least padding,
+/// preferring tall workgroups. Workgroups run in x-major order, so neighbours share their rows
+/// of `a`: with the lanes stacked along M that shared panel is the large one and stays in
+/// cache, while each workgroup streams only a narrow panel of `b` (2048³ runs ~30% faster on
+/// llvmpipe than with the lanes side by side).
 fn lane_grid(m: usize, n: usize, rows: usize, cols: usize) -> (usize, [u32; 3]) {
-    [8, 4, 2, 1]
+    [1, 2, 4, 8]
         .into_iter()
         .map(|lanes_x| {
             let (wg_rows, wg_cols) = (LANES / lanes_x * rows, lanes_x * cols);
