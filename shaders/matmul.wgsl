@@ -12,7 +12,7 @@
 //   unrolled by hand and indexed by constants (llvmpipe keeps such arrays in registers; any
 //   dynamic index would move them to memory). Loads are clamped to the matrix instead of being
 //   bounds-checked, so edge tiles run the same code and only their stores are guarded.
-//   `tile4_*` need K and N (and M in TN) to be multiples of 4; `tile1` takes any shape.
+//   `tile4` needs K and N (and M in TN) to be multiples of 4; `tile1` takes any shape.
 // - `smem`: the classic GPU kernel. A 64×64 tile of c per workgroup of 16×16, 4×4 per
 //   invocation, K in slices of 16 staged in workgroup memory.
 
@@ -24,27 +24,26 @@ struct Params {
     alpha: f32,
     // Register tiles: how many of a workgroup's 8 lanes sit side by side along N (1, 2, 4 or 8).
     lanes_x: u32,
-    // Element strides of op(a)[row, k] and op(b)[k, col]: they encode the mode for the kernels
-    // that take it at run time (`tile1`, `shared`).
+    // Element strides of op(a)[row, k] and op(b)[k, col] (`tile1`, `smem`).
     a_row: u32,
     a_k: u32,
     b_k: u32,
     b_col: u32,
-    _pad0: u32,
-    _pad1: u32,
+    mode: u32, // 0 NN, NT or TN (`tile4`)
+    _pad: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
 const FLAG_RELU: u32 = 4u;
 
-const NN: u32 = 0u;
+// Params::mode (0 is NN).
 const NT: u32 = 1u;
 const TN: u32 = 2u;
 
-// Rows and columns of c per lane in the register-tile kernels.
-const LANE_ROWS: u32 = 32u;
-const LANE_COLS: u32 = 32u;
+// Side of the square tile of c each lane owns in `tile4` and in `tile1`.
+const TILE4_SIDE: u32 = 32u;
+const TILE1_SIDE: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The same bindings seen as vec4s (aligned kernels) and as scalars (the others).
@@ -125,51 +124,41 @@ fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
     );
 }
 
-// op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows. Rows past M are clamped to the last one (their
-// results are never stored). `mode` is a constant in every caller, so the branch folds away.
-fn load_a4(mode: u32, r: u32, k4: u32) -> mat4x4<f32> {
-    if mode == TN {
-        // a is [K, M]: one vec4 holds 4 rows at one k.
-        let m4 = p.m / 4u;
-        let i = 4u * k4 * m4 + min(r / 4u, m4 - 1u);
-        return transpose(mat4x4(a4[i], a4[i + m4], a4[i + 2u * m4], a4[i + 3u * m4]));
-    }
-    // a is [M, K]: one vec4 holds 4 k of one row.
-    let k4n = p.k / 4u;
-    let last = p.m - 1u;
-    return mat4x4(
-        a4[min(r, last) * k4n + k4],
-        a4[min(r + 1u, last) * k4n + k4],
-        a4[min(r + 2u, last) * k4n + k4],
-        a4[min(r + 3u, last) * k4n + k4],
-    );
+// op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows; rows past M are clamped to the last one (their
+// results are never stored). In NN and NT a vec4 holds 4 k of one row; in TN (a is [K, M]) it
+// holds 4 rows at one k and the block is transposed. The mode is uniform, but llvmpipe would run
+// the loads of both sides of a branch, so it only selects addresses and orientation.
+fn load_a4(r: u32, k4: u32) -> mat4x4<f32> {
+    let tn = p.mode == TN;
+    let m4 = p.m / 4u;
+    let rows = min(vec4(r) + vec4(0u, 1u, 2u, 3u), vec4(p.m - 1u)) * (p.k / 4u) + k4;
+    let ks = (4u * k4 + vec4(0u, 1u, 2u, 3u)) * m4 + min(r / 4u, m4 - 1u);
+    let i = select(rows, ks, tn);
+    return transpose_if(mat4x4(a4[i.x], a4[i.y], a4[i.z], a4[i.w]), tn);
 }
 
-// op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped.
-fn load_b4(mode: u32, c: u32, k4: u32) -> mat4x4<f32> {
-    if mode == NT {
-        // b is [N, K]: one vec4 holds 4 k of one column.
-        let k4n = p.k / 4u;
-        let last = p.n - 1u;
-        return transpose(mat4x4(
-            b4[min(c, last) * k4n + k4],
-            b4[min(c + 1u, last) * k4n + k4],
-            b4[min(c + 2u, last) * k4n + k4],
-            b4[min(c + 3u, last) * k4n + k4],
-        ));
-    }
-    // b is [K, N]: one vec4 holds 4 columns at one k.
+// op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped. In NN and TN a vec4 holds
+// 4 columns at one k; in NT (b is [N, K]) it holds 4 k of one column and the block is transposed.
+fn load_b4(c: u32, k4: u32) -> mat4x4<f32> {
+    let nt = p.mode == NT;
     let n4 = p.n / 4u;
-    let i = 4u * k4 * n4 + min(c / 4u, n4 - 1u);
-    return mat4x4(b4[i], b4[i + n4], b4[i + 2u * n4], b4[i + 3u * n4]);
+    let ks = (4u * k4 + vec4(0u, 1u, 2u, 3u)) * n4 + min(c / 4u, n4 - 1u);
+    let cols = min(vec4(c) + vec4(0u, 1u, 2u, 3u), vec4(p.n - 1u)) * (p.k / 4u) + k4;
+    let i = select(ks, cols, nt);
+    return transpose_if(mat4x4(b4[i.x], b4[i.y], b4[i.z], b4[i.w]), nt);
 }
 
-// First row and column of this lane's tile: the 8 lanes of a workgroup form a
+fn transpose_if(m: mat4x4<f32>, t: bool) -> mat4x4<f32> {
+    let mt = transpose(m);
+    return mat4x4(select(m[0], mt[0], t), select(m[1], mt[1], t), select(m[2], mt[2], t), select(m[3], mt[3], t));
+}
+
+// First row and column of this lane's side × side tile: the 8 lanes of a workgroup form a
 // (8 / lanes_x) × lanes_x grid of tiles.
-fn lane_origin(wg: vec3<u32>, lane: u32) -> vec2<u32> {
+fn lane_origin(wg: vec3<u32>, lane: u32, side: u32) -> vec2<u32> {
     let lanes_y = 8u / p.lanes_x;
-    let row = (wg.y * lanes_y + lane / p.lanes_x) * LANE_ROWS;
-    let col = (wg.x * p.lanes_x + lane % p.lanes_x) * LANE_COLS;
+    let row = (wg.y * lanes_y + lane / p.lanes_x) * side;
+    let col = (wg.x * p.lanes_x + lane % p.lanes_x) * side;
     return vec2(row, col);
 }
 
@@ -177,10 +166,10 @@ fn lane_origin(wg: vec3<u32>, lane: u32) -> vec2<u32> {
 alias Strip = array<mat4x4<f32>, 8>;
 
 // op(b)[4·k4 .. 4·k4+4, c .. c+32] as 8 blocks.
-fn load_b_strip(mode: u32, c: u32, k4: u32) -> Strip {
+fn load_b_strip(c: u32, k4: u32) -> Strip {
     return Strip(
-        load_b4(mode, c, k4), load_b4(mode, c + 4u, k4), load_b4(mode, c + 8u, k4), load_b4(mode, c + 12u, k4),
-        load_b4(mode, c + 16u, k4), load_b4(mode, c + 20u, k4), load_b4(mode, c + 24u, k4), load_b4(mode, c + 28u, k4),
+        load_b4(c, k4), load_b4(c + 4u, k4), load_b4(c + 8u, k4), load_b4(c + 12u, k4),
+        load_b4(c + 16u, k4), load_b4(c + 20u, k4), load_b4(c + 24u, k4), load_b4(c + 28u, k4),
     );
 }
 
@@ -204,8 +193,9 @@ fn store_strip_row(r: u32, c: u32, t: u32, acc: Strip, bias: array<vec4<f32>, 8>
     store4(r + t, c4i + 7u, row_of(acc[7], t), bias[7]);
 }
 
-fn tile4(mode: u32, wg: vec3<u32>, lane: u32) {
-    let o = lane_origin(wg, lane);
+@compute @workgroup_size(8, 1, 1)
+fn tile4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let o = lane_origin(wg, lane, TILE4_SIDE);
     let r = o.x;
     let c = o.y;
     // s[i] holds rows r + 4i .. r + 4i + 4.
@@ -219,15 +209,15 @@ fn tile4(mode: u32, wg: vec3<u32>, lane: u32) {
     var s7: Strip;
     for (var k4 = 0u; k4 < p.k / 4u; k4++) {
         // All of b first, then a block by block: the order llvmpipe runs fastest.
-        let b = load_b_strip(mode, c, k4);
-        s0 = strip_mac(s0, load_a4(mode, r, k4), b);
-        s1 = strip_mac(s1, load_a4(mode, r + 4u, k4), b);
-        s2 = strip_mac(s2, load_a4(mode, r + 8u, k4), b);
-        s3 = strip_mac(s3, load_a4(mode, r + 12u, k4), b);
-        s4 = strip_mac(s4, load_a4(mode, r + 16u, k4), b);
-        s5 = strip_mac(s5, load_a4(mode, r + 20u, k4), b);
-        s6 = strip_mac(s6, load_a4(mode, r + 24u, k4), b);
-        s7 = strip_mac(s7, load_a4(mode, r + 28u, k4), b);
+        let b = load_b_strip(c, k4);
+        s0 = strip_mac(s0, load_a4(r, k4), b);
+        s1 = strip_mac(s1, load_a4(r + 4u, k4), b);
+        s2 = strip_mac(s2, load_a4(r + 8u, k4), b);
+        s3 = strip_mac(s3, load_a4(r + 12u, k4), b);
+        s4 = strip_mac(s4, load_a4(r + 16u, k4), b);
+        s5 = strip_mac(s5, load_a4(r + 20u, k4), b);
+        s6 = strip_mac(s6, load_a4(r + 24u, k4), b);
+        s7 = strip_mac(s7, load_a4(r + 28u, k4), b);
     }
     // The epilogue walks the 4 rows of each block in a loop (unrolled, its guarded stores would
     // take llvmpipe far longer to compile) and picks the row with selects: a dynamic index into
@@ -261,46 +251,21 @@ fn load_bias4(c: u32) -> vec4<f32> {
     return vec4(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
 }
 
-@compute @workgroup_size(8, 1, 1)
-fn tile4_nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    tile4(NN, wg, lane);
-}
-
-@compute @workgroup_size(8, 1, 1)
-fn tile4_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    tile4(NT, wg, lane);
-}
-
-@compute @workgroup_size(8, 1, 1)
-fn tile4_tn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    tile4(TN, wg, lane);
-}
-
 // Any shape, any mode (from the strides): scalar loads, a 16×16 tile per lane, K one at a time.
 @compute @workgroup_size(8, 1, 1)
 fn tile1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    // Same lane grid as tile4, with 16 columns per lane.
-    let lanes_y = 8u / p.lanes_x;
-    let r = (wg.y * lanes_y + lane / p.lanes_x) * 16u;
-    let c = (wg.x * p.lanes_x + lane % p.lanes_x) * 16u;
-    // Clamped row and column offsets, fixed for the whole K loop.
-    let lr = p.m - 1u;
-    let lc = p.n - 1u;
-    var ra: array<vec4<u32>, 4>;
-    var cb: array<vec4<u32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        let t = vec4(4u * i) + vec4(0u, 1u, 2u, 3u);
-        ra[i] = min(vec4(r) + t, vec4(lr)) * p.a_row;
-        cb[i] = min(vec4(c) + t, vec4(lc)) * p.b_col;
-    }
-    let ra0 = ra[0];
-    let ra1 = ra[1];
-    let ra2 = ra[2];
-    let ra3 = ra[3];
-    let cb0 = cb[0];
-    let cb1 = cb[1];
-    let cb2 = cb[2];
-    let cb3 = cb[3];
+    let o = lane_origin(wg, lane, TILE1_SIDE);
+    let r = o.x;
+    let c = o.y;
+    // Offsets of the tile's (clamped) rows in a and columns in b, fixed for the whole K loop.
+    let ra0 = clamped_offsets(r, p.m, p.a_row);
+    let ra1 = clamped_offsets(r + 4u, p.m, p.a_row);
+    let ra2 = clamped_offsets(r + 8u, p.m, p.a_row);
+    let ra3 = clamped_offsets(r + 12u, p.m, p.a_row);
+    let cb0 = clamped_offsets(c, p.n, p.b_col);
+    let cb1 = clamped_offsets(c + 4u, p.n, p.b_col);
+    let cb2 = clamped_offsets(c + 8u, p.n, p.b_col);
+    let cb3 = clamped_offsets(c + 12u, p.n, p.b_col);
     // acc[4·i + j]: rows r + 4i .. +4, columns c + 4j .. +4.
     var acc: array<mat4x4<f32>, 16>;
     for (var k = 0u; k < p.k; k++) {
@@ -349,6 +314,11 @@ fn tile1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         store1(r + 12u + t, c + 8u, row_of(acc[14], t));
         store1(r + 12u + t, c + 12u, row_of(acc[15], t));
     }
+}
+
+// (i .. i+4, each clamped below n) · stride.
+fn clamped_offsets(i: u32, n: u32, stride: u32) -> vec4<u32> {
+    return min(vec4(i) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u)) * stride;
 }
 
 fn load_a1(i: vec4<u32>) -> vec4<f32> {
