@@ -339,10 +339,14 @@ fn outer(acc: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
 
 const TILE: u32 = 64u;
 const SLICE: u32 = 16u;
+// vec4s per k in the staged slices: 16 hold the tile, one more spreads the column-wise writes
+// of the staging loop over the memory banks.
+const PITCH: u32 = 17u;
 
-// One K-slice of op(a) and op(b), stored k-major as vec4s: sa[k·16 + i] holds rows 4i .. 4i+4.
-var<workgroup> sa: array<vec4<f32>, 256>;
-var<workgroup> sb: array<vec4<f32>, 256>;
+// One K-slice of op(a) and op(b), stored k-major as vec4s: sa[k·PITCH + i] holds rows 4i .. 4i+4
+// (columns in sb).
+var<workgroup> sa: array<vec4<f32>, 272>;
+var<workgroup> sb: array<vec4<f32>, 272>;
 
 @compute @workgroup_size(16, 16, 1)
 fn smem(
@@ -371,7 +375,7 @@ fn smem(
             if row0 + row < p.m && k0 + ka < p.k {
                 va = a1[(row0 + row) * p.a_row + (k0 + ka) * p.a_k];
             }
-            sa[ka * 16u + row / 4u][row % 4u] = va;
+            sa[ka * PITCH + row / 4u][row % 4u] = va;
             var col = e % TILE;
             var kb = e / TILE;
             if p.b_col != 1u {
@@ -382,12 +386,12 @@ fn smem(
             if col0 + col < p.n && k0 + kb < p.k {
                 vb = b1[(k0 + kb) * p.b_k + (col0 + col) * p.b_col];
             }
-            sb[kb * 16u + col / 4u][col % 4u] = vb;
+            sb[kb * PITCH + col / 4u][col % 4u] = vb;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < SLICE; kk++) {
-            let av = sa[kk * 16u + lid.y];
-            let bv = sb[kk * 16u + lid.x];
+            let av = sa[kk * PITCH + lid.y];
+            let bv = sb[kk * PITCH + lid.x];
             acc0 = fma(vec4(av.x), bv, acc0);
             acc1 = fma(vec4(av.y), bv, acc1);
             acc2 = fma(vec4(av.z), bv, acc2);
