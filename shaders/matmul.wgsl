@@ -7,12 +7,12 @@
 // - Register tiles for CPU adapters (llvmpipe). llvmpipe runs 8 invocations as the 8 lanes of one
 //   SIMD vector, so a workgroup of 8 is one vector and there are no barriers (each one costs a
 //   coroutine switch there). Every storage load is a per-lane loop, about as costly per vec4 as a
-//   scalar one, while arithmetic is cheap: each lane therefore owns a 16×32 tile of c and pays 48
-//   vec4 loads for 2048 multiply-adds per step of 4 along K. Everything in the hot loop is
+//   scalar one, while arithmetic is cheap: each lane therefore owns a 32×32 tile of c and pays 64
+//   vec4 loads for 4096 multiply-adds per step of 4 along K. Everything in the hot loop is
 //   unrolled by hand and indexed by constants (llvmpipe keeps such arrays in registers; any
 //   dynamic index would move them to memory). Loads are clamped to the matrix instead of being
 //   bounds-checked, so edge tiles run the same code and only their stores are guarded.
-//   `tile4_*` need K and N (and M in TN) to be multiples of 4; `tile1` takes any shape.
+//   `tile4` needs K and N (and M in TN) to be multiples of 4; `tile1` takes any shape.
 // - `smem`: the classic GPU kernel. A 64×64 tile of c per workgroup of 16×16, 4×4 per
 //   invocation, K in slices of 16 staged in workgroup memory.
 
@@ -24,27 +24,26 @@ struct Params {
     alpha: f32,
     // Register tiles: how many of a workgroup's 8 lanes sit side by side along N (1, 2, 4 or 8).
     lanes_x: u32,
-    // Element strides of op(a)[row, k] and op(b)[k, col]: they encode the mode for the kernels
-    // that take it at run time (`tile1`, `shared`).
+    // Element strides of op(a)[row, k] and op(b)[k, col] (`tile1`, `smem`).
     a_row: u32,
     a_k: u32,
     b_k: u32,
     b_col: u32,
-    _pad0: u32,
-    _pad1: u32,
+    mode: u32, // 0 NN, NT or TN (`tile4`)
+    _pad: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
 const FLAG_RELU: u32 = 4u;
 
-const NN: u32 = 0u;
+// Params::mode (0 is NN).
 const NT: u32 = 1u;
 const TN: u32 = 2u;
 
-// Rows and columns of c per lane in the register-tile kernels.
-const LANE_ROWS: u32 = 16u;
-const LANE_COLS: u32 = 32u;
+// Side of the square tile of c each lane owns in `tile4` and in `tile1`.
+const TILE4_SIDE: u32 = 32u;
+const TILE1_SIDE: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
 // The same bindings seen as vec4s (aligned kernels) and as scalars (the others).
@@ -114,157 +113,131 @@ fn store1(row: u32, col: u32, v: vec4<f32>) {
 // "columns" in WGSL terms); transpose() only renames registers.
 
 // acc[t] += Σ_q a[t][q] · b[q]: a holds 4 rows × 4 k of op(a), b 4 k × 4 columns of op(b).
+// (Summing the four products before adding them to acc runs faster on llvmpipe than a chain of
+// fma through acc.)
 fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
     return mat4x4(
-        fma(vec4(a[0].w), b[3], fma(vec4(a[0].z), b[2], fma(vec4(a[0].y), b[1], fma(vec4(a[0].x), b[0], acc[0])))),
-        fma(vec4(a[1].w), b[3], fma(vec4(a[1].z), b[2], fma(vec4(a[1].y), b[1], fma(vec4(a[1].x), b[0], acc[1])))),
-        fma(vec4(a[2].w), b[3], fma(vec4(a[2].z), b[2], fma(vec4(a[2].y), b[1], fma(vec4(a[2].x), b[0], acc[2])))),
-        fma(vec4(a[3].w), b[3], fma(vec4(a[3].z), b[2], fma(vec4(a[3].y), b[1], fma(vec4(a[3].x), b[0], acc[3])))),
+        acc[0] + (a[0].x * b[0] + a[0].y * b[1] + a[0].z * b[2] + a[0].w * b[3]),
+        acc[1] + (a[1].x * b[0] + a[1].y * b[1] + a[1].z * b[2] + a[1].w * b[3]),
+        acc[2] + (a[2].x * b[0] + a[2].y * b[1] + a[2].z * b[2] + a[2].w * b[3]),
+        acc[3] + (a[3].x * b[0] + a[3].y * b[1] + a[3].z * b[2] + a[3].w * b[3]),
     );
 }
 
-// op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows. Rows past M are clamped to the last one (their
-// results are never stored). `mode` is a constant in every caller, so the branch folds away.
-fn load_a4(mode: u32, r: u32, k4: u32) -> mat4x4<f32> {
-    if mode == TN {
-        // a is [K, M]: one vec4 holds 4 rows at one k.
-        let m4 = p.m / 4u;
-        let i = 4u * k4 * m4 + min(r / 4u, m4 - 1u);
-        return transpose(mat4x4(a4[i], a4[i + m4], a4[i + 2u * m4], a4[i + 3u * m4]));
-    }
-    // a is [M, K]: one vec4 holds 4 k of one row.
-    let k4n = p.k / 4u;
-    let last = p.m - 1u;
-    return mat4x4(
-        a4[min(r, last) * k4n + k4],
-        a4[min(r + 1u, last) * k4n + k4],
-        a4[min(r + 2u, last) * k4n + k4],
-        a4[min(r + 3u, last) * k4n + k4],
-    );
+// op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows; rows past M are clamped to the last one (their
+// results are never stored). In NN and NT a vec4 holds 4 k of one row; in TN (a is [K, M]) it
+// holds 4 rows at one k and the block is transposed. The mode is uniform, but llvmpipe would run
+// the loads of both sides of a branch, so it only selects addresses and orientation.
+fn load_a4(r: u32, k4: u32) -> mat4x4<f32> {
+    let tn = p.mode == TN;
+    let m4 = p.m / 4u;
+    let rows = min(vec4(r) + vec4(0u, 1u, 2u, 3u), vec4(p.m - 1u)) * (p.k / 4u) + k4;
+    let ks = (4u * k4 + vec4(0u, 1u, 2u, 3u)) * m4 + min(r / 4u, m4 - 1u);
+    let i = select(rows, ks, tn);
+    return transpose_if(mat4x4(a4[i.x], a4[i.y], a4[i.z], a4[i.w]), tn);
 }
 
-// op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped.
-fn load_b4(mode: u32, c: u32, k4: u32) -> mat4x4<f32> {
-    if mode == NT {
-        // b is [N, K]: one vec4 holds 4 k of one column.
-        let k4n = p.k / 4u;
-        let last = p.n - 1u;
-        return transpose(mat4x4(
-            b4[min(c, last) * k4n + k4],
-            b4[min(c + 1u, last) * k4n + k4],
-            b4[min(c + 2u, last) * k4n + k4],
-            b4[min(c + 3u, last) * k4n + k4],
-        ));
-    }
-    // b is [K, N]: one vec4 holds 4 columns at one k.
+// op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped. In NN and TN a vec4 holds
+// 4 columns at one k; in NT (b is [N, K]) it holds 4 k of one column and the block is transposed.
+fn load_b4(c: u32, k4: u32) -> mat4x4<f32> {
+    let nt = p.mode == NT;
     let n4 = p.n / 4u;
-    let i = 4u * k4 * n4 + min(c / 4u, n4 - 1u);
-    return mat4x4(b4[i], b4[i + n4], b4[i + 2u * n4], b4[i + 3u * n4]);
+    let ks = (4u * k4 + vec4(0u, 1u, 2u, 3u)) * n4 + min(c / 4u, n4 - 1u);
+    let cols = min(vec4(c) + vec4(0u, 1u, 2u, 3u), vec4(p.n - 1u)) * (p.k / 4u) + k4;
+    let i = select(ks, cols, nt);
+    return transpose_if(mat4x4(b4[i.x], b4[i.y], b4[i.z], b4[i.w]), nt);
 }
 
-// First row and column of this lane's tile: the 8 lanes of a workgroup form a
+fn transpose_if(m: mat4x4<f32>, t: bool) -> mat4x4<f32> {
+    let mt = transpose(m);
+    return mat4x4(select(m[0], mt[0], t), select(m[1], mt[1], t), select(m[2], mt[2], t), select(m[3], mt[3], t));
+}
+
+// First row and column of this lane's side × side tile: the 8 lanes of a workgroup form a
 // (8 / lanes_x) × lanes_x grid of tiles.
-fn lane_origin(wg: vec3<u32>, lane: u32) -> vec2<u32> {
+fn lane_origin(wg: vec3<u32>, lane: u32, side: u32) -> vec2<u32> {
     let lanes_y = 8u / p.lanes_x;
-    let row = (wg.y * lanes_y + lane / p.lanes_x) * LANE_ROWS;
-    let col = (wg.x * p.lanes_x + lane % p.lanes_x) * LANE_COLS;
+    let row = (wg.y * lanes_y + lane / p.lanes_x) * side;
+    let col = (wg.x * p.lanes_x + lane % p.lanes_x) * side;
     return vec2(row, col);
 }
 
-fn tile4(mode: u32, wg: vec3<u32>, lane: u32) {
-    let o = lane_origin(wg, lane);
+// A lane's 4 rows × 32 columns: 8 blocks of 4×4.
+alias Strip = array<mat4x4<f32>, 8>;
+
+// op(b)[4·k4 .. 4·k4+4, c .. c+32] as 8 blocks.
+fn load_b_strip(c: u32, k4: u32) -> Strip {
+    return Strip(
+        load_b4(c, k4), load_b4(c + 4u, k4), load_b4(c + 8u, k4), load_b4(c + 12u, k4),
+        load_b4(c + 16u, k4), load_b4(c + 20u, k4), load_b4(c + 24u, k4), load_b4(c + 28u, k4),
+    );
+}
+
+fn strip_mac(acc: Strip, a: mat4x4<f32>, b: Strip) -> Strip {
+    return Strip(
+        mac(acc[0], a, b[0]), mac(acc[1], a, b[1]), mac(acc[2], a, b[2]), mac(acc[3], a, b[3]),
+        mac(acc[4], a, b[4]), mac(acc[5], a, b[5]), mac(acc[6], a, b[6]), mac(acc[7], a, b[7]),
+    );
+}
+
+// Row t of the strip at (r, c) through the epilogue; bias holds the strip's 8 column blocks.
+fn store_strip_row(r: u32, c: u32, t: u32, acc: Strip, bias: array<vec4<f32>, 8>) {
+    let c4i = c / 4u;
+    store4(r + t, c4i, row_of(acc[0], t), bias[0]);
+    store4(r + t, c4i + 1u, row_of(acc[1], t), bias[1]);
+    store4(r + t, c4i + 2u, row_of(acc[2], t), bias[2]);
+    store4(r + t, c4i + 3u, row_of(acc[3], t), bias[3]);
+    store4(r + t, c4i + 4u, row_of(acc[4], t), bias[4]);
+    store4(r + t, c4i + 5u, row_of(acc[5], t), bias[5]);
+    store4(r + t, c4i + 6u, row_of(acc[6], t), bias[6]);
+    store4(r + t, c4i + 7u, row_of(acc[7], t), bias[7]);
+}
+
+@compute @workgroup_size(8, 1, 1)
+fn tile4(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
+    let o = lane_origin(wg, lane, TILE4_SIDE);
     let r = o.x;
     let c = o.y;
-    // acc[4·i + j] is the block at rows r + 4i, columns c + 4j.
-    var acc: array<mat4x4<f32>, 32>;
+    // s[i] holds rows r + 4i .. r + 4i + 4.
+    var s0: Strip;
+    var s1: Strip;
+    var s2: Strip;
+    var s3: Strip;
+    var s4: Strip;
+    var s5: Strip;
+    var s6: Strip;
+    var s7: Strip;
     for (var k4 = 0u; k4 < p.k / 4u; k4++) {
-        let a0 = load_a4(mode, r, k4);
-        let a1 = load_a4(mode, r + 4u, k4);
-        let a2 = load_a4(mode, r + 8u, k4);
-        let a3 = load_a4(mode, r + 12u, k4);
-        let b0 = load_b4(mode, c, k4);
-        let b1 = load_b4(mode, c + 4u, k4);
-        let b2 = load_b4(mode, c + 8u, k4);
-        let b3 = load_b4(mode, c + 12u, k4);
-        let b4 = load_b4(mode, c + 16u, k4);
-        let b5 = load_b4(mode, c + 20u, k4);
-        let b6 = load_b4(mode, c + 24u, k4);
-        let b7 = load_b4(mode, c + 28u, k4);
-        acc[0] = mac(acc[0], a0, b0);
-        acc[1] = mac(acc[1], a0, b1);
-        acc[2] = mac(acc[2], a0, b2);
-        acc[3] = mac(acc[3], a0, b3);
-        acc[4] = mac(acc[4], a0, b4);
-        acc[5] = mac(acc[5], a0, b5);
-        acc[6] = mac(acc[6], a0, b6);
-        acc[7] = mac(acc[7], a0, b7);
-        acc[8] = mac(acc[8], a1, b0);
-        acc[9] = mac(acc[9], a1, b1);
-        acc[10] = mac(acc[10], a1, b2);
-        acc[11] = mac(acc[11], a1, b3);
-        acc[12] = mac(acc[12], a1, b4);
-        acc[13] = mac(acc[13], a1, b5);
-        acc[14] = mac(acc[14], a1, b6);
-        acc[15] = mac(acc[15], a1, b7);
-        acc[16] = mac(acc[16], a2, b0);
-        acc[17] = mac(acc[17], a2, b1);
-        acc[18] = mac(acc[18], a2, b2);
-        acc[19] = mac(acc[19], a2, b3);
-        acc[20] = mac(acc[20], a2, b4);
-        acc[21] = mac(acc[21], a2, b5);
-        acc[22] = mac(acc[22], a2, b6);
-        acc[23] = mac(acc[23], a2, b7);
-        acc[24] = mac(acc[24], a3, b0);
-        acc[25] = mac(acc[25], a3, b1);
-        acc[26] = mac(acc[26], a3, b2);
-        acc[27] = mac(acc[27], a3, b3);
-        acc[28] = mac(acc[28], a3, b4);
-        acc[29] = mac(acc[29], a3, b5);
-        acc[30] = mac(acc[30], a3, b6);
-        acc[31] = mac(acc[31], a3, b7);
+        // All of b first, then a block by block: the order llvmpipe runs fastest.
+        let b = load_b_strip(c, k4);
+        s0 = strip_mac(s0, load_a4(r, k4), b);
+        s1 = strip_mac(s1, load_a4(r + 4u, k4), b);
+        s2 = strip_mac(s2, load_a4(r + 8u, k4), b);
+        s3 = strip_mac(s3, load_a4(r + 12u, k4), b);
+        s4 = strip_mac(s4, load_a4(r + 16u, k4), b);
+        s5 = strip_mac(s5, load_a4(r + 20u, k4), b);
+        s6 = strip_mac(s6, load_a4(r + 24u, k4), b);
+        s7 = strip_mac(s7, load_a4(r + 28u, k4), b);
     }
-    // The epilogue walks the 4 rows of each block in a loop (unrolled, its 128 guarded stores would
-    // take llvmpipe tens of seconds to compile) and picks the row with selects: a dynamic index
-    // into `acc` would move the whole tile to memory.
+    // The epilogue walks the 4 rows of each block in a loop (unrolled, its guarded stores would
+    // take llvmpipe far longer to compile) and picks the row with selects: a dynamic index into
+    // the tile would move it all to memory.
     var bias_c: array<vec4<f32>, 8>;
     if (p.flags & FLAG_BIAS) != 0u {
-        bias_c = array(load_bias4(c), load_bias4(c + 4u), load_bias4(c + 8u), load_bias4(c + 12u),
-                       load_bias4(c + 16u), load_bias4(c + 20u), load_bias4(c + 24u), load_bias4(c + 28u));
+        bias_c = array(
+            load_bias4(c), load_bias4(c + 4u), load_bias4(c + 8u), load_bias4(c + 12u),
+            load_bias4(c + 16u), load_bias4(c + 20u), load_bias4(c + 24u), load_bias4(c + 28u),
+        );
     }
-    let c4i = c / 4u;
     for (var t = 0u; t < 4u; t++) {
-        store4(r + t, c4i, row_of(acc[0], t), bias_c[0]);
-        store4(r + t, c4i + 1u, row_of(acc[1], t), bias_c[1]);
-        store4(r + t, c4i + 2u, row_of(acc[2], t), bias_c[2]);
-        store4(r + t, c4i + 3u, row_of(acc[3], t), bias_c[3]);
-        store4(r + t, c4i + 4u, row_of(acc[4], t), bias_c[4]);
-        store4(r + t, c4i + 5u, row_of(acc[5], t), bias_c[5]);
-        store4(r + t, c4i + 6u, row_of(acc[6], t), bias_c[6]);
-        store4(r + t, c4i + 7u, row_of(acc[7], t), bias_c[7]);
-        store4(r + 4u + t, c4i, row_of(acc[8], t), bias_c[0]);
-        store4(r + 4u + t, c4i + 1u, row_of(acc[9], t), bias_c[1]);
-        store4(r + 4u + t, c4i + 2u, row_of(acc[10], t), bias_c[2]);
-        store4(r + 4u + t, c4i + 3u, row_of(acc[11], t), bias_c[3]);
-        store4(r + 4u + t, c4i + 4u, row_of(acc[12], t), bias_c[4]);
-        store4(r + 4u + t, c4i + 5u, row_of(acc[13], t), bias_c[5]);
-        store4(r + 4u + t, c4i + 6u, row_of(acc[14], t), bias_c[6]);
-        store4(r + 4u + t, c4i + 7u, row_of(acc[15], t), bias_c[7]);
-        store4(r + 8u + t, c4i, row_of(acc[16], t), bias_c[0]);
-        store4(r + 8u + t, c4i + 1u, row_of(acc[17], t), bias_c[1]);
-        store4(r + 8u + t, c4i + 2u, row_of(acc[18], t), bias_c[2]);
-        store4(r + 8u + t, c4i + 3u, row_of(acc[19], t), bias_c[3]);
-        store4(r + 8u + t, c4i + 4u, row_of(acc[20], t), bias_c[4]);
-        store4(r + 8u + t, c4i + 5u, row_of(acc[21], t), bias_c[5]);
-        store4(r + 8u + t, c4i + 6u, row_of(acc[22], t), bias_c[6]);
-        store4(r + 8u + t, c4i + 7u, row_of(acc[23], t), bias_c[7]);
-        store4(r + 12u + t, c4i, row_of(acc[24], t), bias_c[0]);
-        store4(r + 12u + t, c4i + 1u, row_of(acc[25], t), bias_c[1]);
-        store4(r + 12u + t, c4i + 2u, row_of(acc[26], t), bias_c[2]);
-        store4(r + 12u + t, c4i + 3u, row_of(acc[27], t), bias_c[3]);
-        store4(r + 12u + t, c4i + 4u, row_of(acc[28], t), bias_c[4]);
-        store4(r + 12u + t, c4i + 5u, row_of(acc[29], t), bias_c[5]);
-        store4(r + 12u + t, c4i + 6u, row_of(acc[30], t), bias_c[6]);
-        store4(r + 12u + t, c4i + 7u, row_of(acc[31], t), bias_c[7]);
+        store_strip_row(r, c, t, s0, bias_c);
+        store_strip_row(r + 4u, c, t, s1, bias_c);
+        store_strip_row(r + 8u, c, t, s2, bias_c);
+        store_strip_row(r + 12u, c, t, s3, bias_c);
+        store_strip_row(r + 16u, c, t, s4, bias_c);
+        store_strip_row(r + 20u, c, t, s5, bias_c);
+        store_strip_row(r + 24u, c, t, s6, bias_c);
+        store_strip_row(r + 28u, c, t, s7, bias_c);
     }
 }
 
@@ -278,46 +251,21 @@ fn load_bias4(c: u32) -> vec4<f32> {
     return vec4(bias[j], bias[j + 1u], bias[j + 2u], bias[j + 3u]);
 }
 
-@compute @workgroup_size(8, 1, 1)
-fn tile4_nn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    tile4(NN, wg, lane);
-}
-
-@compute @workgroup_size(8, 1, 1)
-fn tile4_nt(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    tile4(NT, wg, lane);
-}
-
-@compute @workgroup_size(8, 1, 1)
-fn tile4_tn(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    tile4(TN, wg, lane);
-}
-
 // Any shape, any mode (from the strides): scalar loads, a 16×16 tile per lane, K one at a time.
 @compute @workgroup_size(8, 1, 1)
 fn tile1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lane: u32) {
-    // Same lane grid as tile4, with 16 columns per lane.
-    let lanes_y = 8u / p.lanes_x;
-    let r = (wg.y * lanes_y + lane / p.lanes_x) * 16u;
-    let c = (wg.x * p.lanes_x + lane % p.lanes_x) * 16u;
-    // Clamped row and column offsets, fixed for the whole K loop.
-    let lr = p.m - 1u;
-    let lc = p.n - 1u;
-    var ra: array<vec4<u32>, 4>;
-    var cb: array<vec4<u32>, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        let t = vec4(4u * i) + vec4(0u, 1u, 2u, 3u);
-        ra[i] = min(vec4(r) + t, vec4(lr)) * p.a_row;
-        cb[i] = min(vec4(c) + t, vec4(lc)) * p.b_col;
-    }
-    let ra0 = ra[0];
-    let ra1 = ra[1];
-    let ra2 = ra[2];
-    let ra3 = ra[3];
-    let cb0 = cb[0];
-    let cb1 = cb[1];
-    let cb2 = cb[2];
-    let cb3 = cb[3];
+    let o = lane_origin(wg, lane, TILE1_SIDE);
+    let r = o.x;
+    let c = o.y;
+    // Offsets of the tile's (clamped) rows in a and columns in b, fixed for the whole K loop.
+    let ra0 = clamped_offsets(r, p.m, p.a_row);
+    let ra1 = clamped_offsets(r + 4u, p.m, p.a_row);
+    let ra2 = clamped_offsets(r + 8u, p.m, p.a_row);
+    let ra3 = clamped_offsets(r + 12u, p.m, p.a_row);
+    let cb0 = clamped_offsets(c, p.n, p.b_col);
+    let cb1 = clamped_offsets(c + 4u, p.n, p.b_col);
+    let cb2 = clamped_offsets(c + 8u, p.n, p.b_col);
+    let cb3 = clamped_offsets(c + 12u, p.n, p.b_col);
     // acc[4·i + j]: rows r + 4i .. +4, columns c + 4j .. +4.
     var acc: array<mat4x4<f32>, 16>;
     for (var k = 0u; k < p.k; k++) {
@@ -368,6 +316,11 @@ fn tile1(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
     }
 }
 
+// (i .. i+4, each clamped below n) · stride.
+fn clamped_offsets(i: u32, n: u32, stride: u32) -> vec4<u32> {
+    return min(vec4(i) + vec4(0u, 1u, 2u, 3u), vec4(n - 1u)) * stride;
+}
+
 fn load_a1(i: vec4<u32>) -> vec4<f32> {
     return vec4(a1[i.x], a1[i.y], a1[i.z], a1[i.w]);
 }
@@ -386,10 +339,14 @@ fn outer(acc: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
 
 const TILE: u32 = 64u;
 const SLICE: u32 = 16u;
+// vec4s per k in the staged slices: 16 hold the tile, one more spreads the column-wise writes
+// of the staging loop over the memory banks.
+const PITCH: u32 = 17u;
 
-// One K-slice of op(a) and op(b), stored k-major as vec4s: sa[k·16 + i] holds rows 4i .. 4i+4.
-var<workgroup> sa: array<vec4<f32>, 256>;
-var<workgroup> sb: array<vec4<f32>, 256>;
+// One K-slice of op(a) and op(b), stored k-major as vec4s: sa[k·PITCH + i] holds rows 4i .. 4i+4
+// (columns in sb).
+var<workgroup> sa: array<vec4<f32>, 272>;
+var<workgroup> sb: array<vec4<f32>, 272>;
 
 @compute @workgroup_size(16, 16, 1)
 fn smem(
@@ -418,7 +375,7 @@ fn smem(
             if row0 + row < p.m && k0 + ka < p.k {
                 va = a1[(row0 + row) * p.a_row + (k0 + ka) * p.a_k];
             }
-            sa[ka * 16u + row / 4u][row % 4u] = va;
+            sa[ka * PITCH + row / 4u][row % 4u] = va;
             var col = e % TILE;
             var kb = e / TILE;
             if p.b_col != 1u {
@@ -429,12 +386,12 @@ fn smem(
             if col0 + col < p.n && k0 + kb < p.k {
                 vb = b1[(k0 + kb) * p.b_k + (col0 + col) * p.b_col];
             }
-            sb[kb * 16u + col / 4u][col % 4u] = vb;
+            sb[kb * PITCH + col / 4u][col % 4u] = vb;
         }
         workgroupBarrier();
         for (var kk = 0u; kk < SLICE; kk++) {
-            let av = sa[kk * 16u + lid.y];
-            let bv = sb[kk * 16u + lid.x];
+            let av = sa[kk * PITCH + lid.y];
+            let bv = sb[kk * PITCH + lid.x];
             acc0 = fma(vec4(av.x), bv, acc0);
             acc1 = fma(vec4(av.y), bv, acc1);
             acc2 = fma(vec4(av.z), bv, acc2);

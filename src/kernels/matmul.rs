@@ -3,7 +3,7 @@
 //!
 //! Two kernel families, chosen per adapter ([`Variant::for_adapter`]):
 //! - register tiles for CPU adapters (llvmpipe), where workgroup barriers are very expensive and
-//!   every storage load costs a per-lane loop: each invocation owns a 16×32 tile of `c` and streams
+//!   every storage load costs a per-lane loop: each invocation owns a 32×32 tile of `c` and streams
 //!   vec4s of `a` and `b` straight from storage ([`Variant::Vec4`]); shapes that cannot be read as
 //!   vec4s use a scalar-load version ([`Variant::Scalar`]);
 //! - shared-memory tiles for GPUs ([`Variant::Shared`]): 64×64 per workgroup, 4×4 per invocation,
@@ -14,26 +14,23 @@ use crate::gpu::{Gpu, Kernel, Region};
 use crate::kernel;
 use crate::memory::Tensor;
 
-const TILE4_NN: Kernel = kernel!("matmul.wgsl", "tile4_nn", 4);
-const TILE4_NT: Kernel = kernel!("matmul.wgsl", "tile4_nt", 4);
-const TILE4_TN: Kernel = kernel!("matmul.wgsl", "tile4_tn", 4);
+const TILE4: Kernel = kernel!("matmul.wgsl", "tile4", 4);
 const TILE1: Kernel = kernel!("matmul.wgsl", "tile1", 4);
 const SHARED: Kernel = kernel!("matmul.wgsl", "smem", 4);
 
-/// Rows and columns of `c` per invocation in the register-tile kernels, and the side of the
-/// shared-memory kernel's workgroup tile (they must match the WGSL constants).
-const TILE4_ROWS: usize = 16;
-const TILE4_COLS: usize = 32;
+/// Side of the square tile of `c` per invocation in the register-tile kernels and per workgroup
+/// in the shared-memory kernel (they must match the WGSL constants).
+const TILE4_SIDE: usize = 32;
 const TILE1_SIDE: usize = 16;
 const SHARED_TILE: usize = 64;
 /// Invocations per workgroup in the register-tile kernels: one SIMD vector on llvmpipe.
 const LANES: usize = 8;
 
-/// Which operand is transposed.
+/// Which operand is transposed. (The discriminants are the kernels' mode codes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Trans {
     /// `a [M,K] · b [K,N]`
-    NN,
+    NN = 0,
     /// `a [M,K] · b [N,K]ᵀ`
     NT,
     /// `a [K,M]ᵀ · b [K,N]`
@@ -102,7 +99,8 @@ struct Params {
     a_k: u32,
     b_k: u32,
     b_col: u32,
-    _pad: [u32; 2],
+    mode: u32,
+    _pad: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1;
@@ -168,16 +166,11 @@ pub fn matmul_with(
     };
     let (kernel, lanes_x, groups) = match variant {
         Variant::Vec4 => {
-            let kernel = match spec.trans {
-                Trans::NN => &TILE4_NN,
-                Trans::NT => &TILE4_NT,
-                Trans::TN => &TILE4_TN,
-            };
-            let (lanes_x, groups) = lane_grid(m, n, TILE4_ROWS, TILE4_COLS);
-            (kernel, lanes_x, groups)
+            let (lanes_x, groups) = lane_grid(m, n, TILE4_SIDE);
+            (&TILE4, lanes_x, groups)
         }
         Variant::Scalar => {
-            let (lanes_x, groups) = lane_grid(m, n, TILE1_SIDE, TILE1_SIDE);
+            let (lanes_x, groups) = lane_grid(m, n, TILE1_SIDE);
             (&TILE1, lanes_x, groups)
         }
         Variant::Shared => (
@@ -201,7 +194,8 @@ pub fn matmul_with(
         a_k: a_k as u32,
         b_k: b_k as u32,
         b_col: b_col as u32,
-        _pad: [0; 2],
+        mode: spec.trans as u32,
+        _pad: 0,
     };
     // Without a bias, `c` fills the slot; the kernel does not read it.
     let bias = spec.bias.map_or(c.region, |t| t.region);
@@ -254,12 +248,16 @@ fn overlaps(x: Region, y: Region) -> bool {
 }
 
 /// How the 8 lanes of a register-tile workgroup are laid out (`lanes_x` of them side by side
-/// along N) and the workgroup grid: the layout that covers `m × n` with the least padding.
-fn lane_grid(m: usize, n: usize, rows: usize, cols: usize) -> (usize, [u32; 3]) {
-    [8, 4, 2, 1]
+/// along N) and the workgroup grid: the layout that covers `m × n` with the least padding,
+/// preferring tall workgroups. Workgroups run in x-major order, so neighbours share their rows
+/// of `a`: with the lanes stacked along M that shared panel is the large one and stays in
+/// cache, while each workgroup streams only a narrow panel of `b` (2048³ runs ~30% faster on
+/// llvmpipe than with the lanes side by side).
+fn lane_grid(m: usize, n: usize, side: usize) -> (usize, [u32; 3]) {
+    [1, 2, 4, 8]
         .into_iter()
         .map(|lanes_x| {
-            let (wg_rows, wg_cols) = (LANES / lanes_x * rows, lanes_x * cols);
+            let (wg_rows, wg_cols) = (LANES / lanes_x * side, lanes_x * side);
             let (gy, gx) = (m.div_ceil(wg_rows), n.div_ceil(wg_cols));
             (
                 gy * wg_rows * gx * wg_cols,
