@@ -74,11 +74,13 @@ impl Checkpoint {
     }
 
     pub fn put_f32(&mut self, name: impl Into<String>, shape: &[usize], data: Vec<f32>) {
-        self.tensors.insert(name.into(), (shape.to_vec(), Data::F32(data)));
+        self.tensors
+            .insert(name.into(), (shape.to_vec(), Data::F32(data)));
     }
 
     pub fn put_u32(&mut self, name: impl Into<String>, shape: &[usize], data: Vec<u32>) {
-        self.tensors.insert(name.into(), (shape.to_vec(), Data::U32(data)));
+        self.tensors
+            .insert(name.into(), (shape.to_vec(), Data::U32(data)));
     }
 
     pub fn names(&self) -> impl Iterator<Item = &str> {
@@ -98,7 +100,9 @@ impl Checkpoint {
                  (a checkpoint from another configuration?)"
             ))),
             Some((_, Data::F32(d))) => Ok(d.clone()),
-            Some((_, Data::U32(_))) => Err(self.bad(format!("tensor `{name}` is u32, expected f32"))),
+            Some((_, Data::U32(_))) => {
+                Err(self.bad(format!("tensor `{name}` is u32, expected f32")))
+            }
         }
     }
 
@@ -106,7 +110,9 @@ impl Checkpoint {
         match self.tensors.get(name) {
             None => Err(self.bad(format!("tensor `{name}` is missing"))),
             Some((_, Data::U32(d))) => Ok(d.clone()),
-            Some((_, Data::F32(_))) => Err(self.bad(format!("tensor `{name}` is f32, expected u32"))),
+            Some((_, Data::F32(_))) => {
+                Err(self.bad(format!("tensor `{name}` is f32, expected u32")))
+            }
         }
     }
 
@@ -143,7 +149,9 @@ impl Checkpoint {
             let d = e.shape.dims();
             let name = format!("{prefix}.{}", e.name);
             let data = match *d {
-                [o, h, w, i] => permute_conv(&self.get_f32(&name, &[o, i, h, w])?, [o, h, w, i], false),
+                [o, h, w, i] => {
+                    permute_conv(&self.get_f32(&name, &[o, i, h, w])?, [o, h, w, i], false)
+                }
                 _ => self.get_f32(&name, d)?,
             };
             tensors.push((e.name.clone(), e.shape, data));
@@ -152,7 +160,13 @@ impl Checkpoint {
     }
 
     /// Reads a raw region (optimiser state, queues) from the GPU.
-    pub fn put_region(&mut self, gpu: &Gpu, name: &str, region: Region, shape: &[usize]) -> Result<()> {
+    pub fn put_region(
+        &mut self,
+        gpu: &Gpu,
+        name: &str,
+        region: Region,
+        shape: &[usize],
+    ) -> Result<()> {
         let data: Vec<f32> = gpu.read(region)?;
         self.put_f32(name, shape, data);
         Ok(())
@@ -177,8 +191,11 @@ impl Checkpoint {
                 Ok((name.clone(), view))
             })
             .collect::<Result<_>>()?;
-        let mut meta: std::collections::HashMap<String, String> =
-            self.meta.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut meta: std::collections::HashMap<String, String> = self
+            .meta
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         meta.insert("format".into(), FORMAT.into());
         safetensors::serialize(views, Some(meta)).map_err(|e| self.bad(e.to_string()))
     }
@@ -189,7 +206,9 @@ impl Checkpoint {
         let dir = path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(
             ".{}.tmp-{}",
-            path.file_name().and_then(|n| n.to_str()).unwrap_or("checkpoint"),
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("checkpoint"),
             std::process::id()
         ));
         let io = |e| Error::io(&tmp, e);
@@ -211,8 +230,11 @@ impl Checkpoint {
             path: path.into(),
             what,
         };
-        let st = SafeTensors::deserialize(&bytes)
-            .map_err(|e| bad(format!("not a readable safetensors file ({e}); truncated or corrupt?")))?;
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            bad(format!(
+                "not a readable safetensors file ({e}); truncated or corrupt?"
+            ))
+        })?;
         let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
         let meta: BTreeMap<String, String> = header
             .metadata()
@@ -243,7 +265,11 @@ impl Checkpoint {
                         .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
                         .collect(),
                 ),
-                other => return Err(bad(format!("tensor `{name}` has dtype {other:?}; only F32 and U32 are written"))),
+                other => {
+                    return Err(bad(format!(
+                        "tensor `{name}` has dtype {other:?}; only F32 and U32 are written"
+                    )))
+                }
             };
             tensors.insert(name, (view.shape().to_vec(), data));
         }

@@ -56,7 +56,10 @@ fn for_batches(
         let samples = Augment::none().sample(&mut rng, &idx, images.height, images.width);
         let st = arena.tensor(gpu, [idx.len() * SAMPLE_WORDS])?;
         gpu.upload(st.region, &samples)?;
-        let x = arena.tensor(gpu, [idx.len(), images.height, images.width, images.channels])?;
+        let x = arena.tensor(
+            gpu,
+            [idx.len(), images.height, images.width, images.channels],
+        )?;
         augment::augment(gpu, images, &st, &x, 0.0, 0)?;
         f(arena, x, start)?;
     }
@@ -96,7 +99,11 @@ pub fn encoder_features<'a>(
     params: &'a Store,
     buffers: &'a Store,
 ) -> impl Fn(&mut Graph, Var) -> Result<Var> + 'a {
-    move |g, x| Ok(encoder.forward(g, params, buffers, x, &BatchNorm::default(), false)?.global)
+    move |g, x| {
+        Ok(encoder
+            .forward(g, params, buffers, x, &BatchNorm::default(), false)?
+            .global)
+    }
 }
 
 /// Raw pixels, normalised with the dataset mean and std, as features.
@@ -128,7 +135,12 @@ fn l2_normalised(f: &FeatureSet) -> Vec<f32> {
 /// Weighted kNN accuracy of `query` against `bank` (cosine similarity, k nearest, weights
 /// exp(sim/τ)). Similarities are computed on the GPU, the top-k selection on the host.
 pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32) -> Result<f64> {
-    let classes = bank.labels.iter().chain(&query.labels).max().map_or(1, |&m| m as usize + 1);
+    let classes = bank
+        .labels
+        .iter()
+        .chain(&query.labels)
+        .max()
+        .map_or(1, |&m| m as usize + 1);
     let k = k.min(bank.len()).max(1);
     let mut bank_arena = Arena::for_gpu("knn bank", gpu);
     let bank_t = bank_arena.upload(gpu, [bank.len(), bank.dim], &l2_normalised(bank))?;
@@ -139,7 +151,11 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
     let mut scores = vec![0f64; classes];
     for start in (0..query.len()).step_by(chunk) {
         let end = (start + chunk).min(query.len());
-        let q = arena.upload(gpu, [end - start, query.dim], &qn[start * query.dim..end * query.dim])?;
+        let q = arena.upload(
+            gpu,
+            [end - start, query.dim],
+            &qn[start * query.dim..end * query.dim],
+        )?;
         let sims = arena.tensor(gpu, [end - start, bank.len()])?;
         let spec = Matmul {
             trans: Trans::NT,
@@ -154,7 +170,9 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
             for &j in &order[..k] {
                 scores[bank.labels[j] as usize] += ((row[j] / tau) as f64).exp();
             }
-            let best = (0..classes).max_by(|&a, &b| scores[a].total_cmp(&scores[b])).unwrap();
+            let best = (0..classes)
+                .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+                .unwrap();
             correct += (best == query.labels[start + r] as usize) as usize;
         }
         arena.reset();
@@ -189,7 +207,12 @@ impl Default for Probe {
 /// Trains a softmax classifier on `train` and returns its accuracy on `test`.
 pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
     let d = train.dim;
-    let classes = train.labels.iter().chain(&test.labels).max().map_or(1, |&m| m as usize + 1);
+    let classes = train
+        .labels
+        .iter()
+        .chain(&test.labels)
+        .max()
+        .map_or(1, |&m| m as usize + 1);
     // Standardise with the training statistics so one learning rate fits every feature scale.
     let n = train.len().max(1) as f64;
     let mut mean = vec![0f64; d];
@@ -207,7 +230,12 @@ pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
     let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v.sqrt() as f32 + 1e-6)).collect();
     let norm = |f: &FeatureSet, i: usize, out: &mut Vec<f32>| {
         out.clear();
-        out.extend(f.row(i).iter().enumerate().map(|(j, &x)| (x - mean[j] as f32) * inv[j]));
+        out.extend(
+            f.row(i)
+                .iter()
+                .enumerate()
+                .map(|(j, &x)| (x - mean[j] as f32) * inv[j]),
+        );
     };
 
     let mut w = vec![0f32; classes * d];
@@ -232,12 +260,18 @@ pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
             for &i in chunk {
                 norm(train, i, &mut x);
                 for c in 0..classes {
-                    logits[c] = b[c] + w[c * d..(c + 1) * d].iter().zip(&x).map(|(a, b)| a * b).sum::<f32>();
+                    logits[c] = b[c]
+                        + w[c * d..(c + 1) * d]
+                            .iter()
+                            .zip(&x)
+                            .map(|(a, b)| a * b)
+                            .sum::<f32>();
                 }
                 let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
                 for c in 0..classes {
-                    let g = (logits[c] - m).exp() / z - (c == train.labels[i] as usize) as u8 as f32;
+                    let g =
+                        (logits[c] - m).exp() / z - (c == train.labels[i] as usize) as u8 as f32;
                     gb[c] += g;
                     for (gwj, xj) in gw[c * d..(c + 1) * d].iter_mut().zip(&x) {
                         *gwj += g * xj;
@@ -259,7 +293,13 @@ pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
     for i in 0..test.len() {
         norm(test, i, &mut x);
         let best = (0..classes)
-            .map(|c| b[c] + w[c * d..(c + 1) * d].iter().zip(&x).map(|(a, b)| a * b).sum::<f32>())
+            .map(|c| {
+                b[c] + w[c * d..(c + 1) * d]
+                    .iter()
+                    .zip(&x)
+                    .map(|(a, b)| a * b)
+                    .sum::<f32>()
+            })
             .enumerate()
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .unwrap()

@@ -557,7 +557,10 @@ impl Gpu {
     /// Records a copy between two regions of equal length. Within one buffer (which
     /// `copy_buffer_to_buffer` forbids) it is a small kernel over the whole buffer.
     pub fn copy(&self, src: Region, dst: Region) -> Result<()> {
-        assert_eq!(src.len, dst.len, "copy between regions of different lengths");
+        assert_eq!(
+            src.len, dst.len,
+            "copy between regions of different lengths"
+        );
         if src.buffer != dst.buffer {
             self.commands.borrow_mut().push(Command::Copy { src, dst });
             return Ok(());
@@ -848,13 +851,7 @@ impl Gpu {
         let staging = self.staging.borrow();
         let staging = staging.as_ref().unwrap();
         if r.len > 0 {
-            enc.copy_buffer_to_buffer(
-                &self.buffer(r.buffer),
-                r.offset,
-                staging,
-                0,
-                r.bytes(),
-            );
+            enc.copy_buffer_to_buffer(&self.buffer(r.buffer), r.offset, staging, 0, r.bytes());
         }
         let index = self.submit(enc)?;
         self.wait(index)?;

@@ -22,7 +22,11 @@ use contrastive::train::{self, Checkpointing, TrainConfig};
 use contrastive::{Arena, Error, Gpu, Result};
 
 #[derive(Parser)]
-#[command(name = "contrastive", version, about = "Contrastive self-supervised learning on any GPU (wgpu + WGSL)")]
+#[command(
+    name = "contrastive",
+    version,
+    about = "Contrastive self-supervised learning on any GPU (wgpu + WGSL)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,7 +37,7 @@ enum Command {
     /// Train a method, then evaluate it beside a random encoder and raw pixels.
     Train {
         #[command(subcommand)]
-        method: MethodCmd,
+        method: Box<MethodCmd>,
     },
     /// Evaluate a checkpoint: kNN and linear probe beside a random encoder and raw pixels.
     Eval {
@@ -123,13 +127,17 @@ impl MethodCmd {
 
     fn common(&self) -> &CommonArgs {
         match self {
-            MethodCmd::Moco { common, .. } | MethodCmd::Dim { common, .. } | MethodCmd::Cmc { common, .. } => common,
+            MethodCmd::Moco { common, .. }
+            | MethodCmd::Dim { common, .. }
+            | MethodCmd::Cmc { common, .. } => common,
         }
     }
 
     fn common_mut(&mut self) -> &mut CommonArgs {
         match self {
-            MethodCmd::Moco { common, .. } | MethodCmd::Dim { common, .. } | MethodCmd::Cmc { common, .. } => common,
+            MethodCmd::Moco { common, .. }
+            | MethodCmd::Dim { common, .. }
+            | MethodCmd::Cmc { common, .. } => common,
         }
     }
 }
@@ -262,7 +270,11 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
         batch_size: c.batch_size,
         steps,
         seed: c.seed,
-        augment: if c.no_augment { Augment::none() } else { Augment::contrastive() },
+        augment: if c.no_augment {
+            Augment::none()
+        } else {
+            Augment::contrastive()
+        },
         knn_every: c.knn_every,
         monitor_images: split.test.len(),
         progress: !quiet,
@@ -273,10 +285,20 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
         residual_blocks: c.residual_blocks,
         ..EncoderConfig::small(split.train.height, split.train.width, split.train.channels)
     };
-    let default = if matches!(cmd, MethodCmd::Dim { .. }) { OptimizerArg::Adam } else { OptimizerArg::Sgd };
+    let default = if matches!(cmd, MethodCmd::Dim { .. }) {
+        OptimizerArg::Adam
+    } else {
+        OptimizerArg::Sgd
+    };
     let optimizer = c.optimizer.unwrap_or(default);
     let (kind, default_lr) = match optimizer {
-        OptimizerArg::Sgd => (Optimizer::Sgd { momentum: 0.9, nesterov: false }, 0.06),
+        OptimizerArg::Sgd => (
+            Optimizer::Sgd {
+                momentum: 0.9,
+                nesterov: false,
+            },
+            0.06,
+        ),
         OptimizerArg::Adam | OptimizerArg::Adamw => (
             Optimizer::Adam {
                 beta1: 0.9,
@@ -298,18 +320,69 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
         },
     };
     let method: Box<dyn Method> = match cmd.clone() {
-        MethodCmd::Moco { common, queue, momentum, temperature, dim, linear_head, split_bn, symmetric } => {
-            let config = MocoConfig { queue, momentum, temperature, dim, mlp: !linear_head, split_bn, symmetric };
+        MethodCmd::Moco {
+            common,
+            queue,
+            momentum,
+            temperature,
+            dim,
+            linear_head,
+            split_bn,
+            symmetric,
+        } => {
+            let config = MocoConfig {
+                queue,
+                momentum,
+                temperature,
+                dim,
+                mlp: !linear_head,
+                split_bn,
+                symmetric,
+            };
             config.validate(common.batch_size)?;
-            Box::new(Moco::new(&gpu, config, &encoder, common.batch_size, &optim, common.seed)?)
+            Box::new(Moco::new(
+                &gpu,
+                config,
+                &encoder,
+                common.batch_size,
+                &optim,
+                common.seed,
+            )?)
         }
-        MethodCmd::Dim { common, estimator, dim, local_stage } => {
-            let config = DimConfig { estimator, dim, local_stage };
+        MethodCmd::Dim {
+            common,
+            estimator,
+            dim,
+            local_stage,
+        } => {
+            let config = DimConfig {
+                estimator,
+                dim,
+                local_stage,
+            };
             Box::new(Dim::new(&gpu, config, &encoder, &optim, common.seed)?)
         }
-        MethodCmd::Cmc { common, views, temperature, dim, bank } => {
-            let config = CmcConfig { views, temperature, dim, bank };
-            Box::new(Cmc::new(&gpu, config, &encoder, common.batch_size, &optim, common.seed)?)
+        MethodCmd::Cmc {
+            common,
+            views,
+            temperature,
+            dim,
+            bank,
+        } => {
+            let config = CmcConfig {
+                views,
+                temperature,
+                dim,
+                bank,
+            };
+            Box::new(Cmc::new(
+                &gpu,
+                config,
+                &encoder,
+                common.batch_size,
+                &optim,
+                common.seed,
+            )?)
         }
     };
     let mut data_arena = Arena::for_gpu("datasets", &gpu);
@@ -330,10 +403,12 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
 /// The newest checkpoint of a run directory, or the file itself.
 fn find_checkpoint(path: &Path) -> Result<Checkpoint> {
     let file = if path.is_dir() {
-        checkpoint::list(path).pop().ok_or_else(|| Error::Checkpoint {
-            path: path.into(),
-            what: "no checkpoint-*.safetensors in this directory".into(),
-        })?
+        checkpoint::list(path)
+            .pop()
+            .ok_or_else(|| Error::Checkpoint {
+                path: path.into(),
+                what: "no checkpoint-*.safetensors in this directory".into(),
+            })?
     } else {
         path.to_path_buf()
     };
@@ -366,13 +441,17 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
             cmd = stored;
             let c = cmd.common_mut();
             c.out = Some(dir.clone());
-            (c.resume, c.stop_after, c.quiet) = (given.resume.clone(), given.stop_after, given.quiet);
+            (c.resume, c.stop_after, c.quiet) =
+                (given.resume.clone(), given.stop_after, given.quiet);
             Some(ck)
         }
         None => None,
     };
     let c = cmd.common().clone();
-    let out = c.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(cmd.name()));
+    let out = c
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(cmd.name()));
     if resume.is_none() && out.join("metrics.jsonl").exists() && !c.force {
         return Err(Error::Config(format!(
             "{} already holds a run; continue it with --resume {}, overwrite it with --force, or choose another --out",
@@ -404,11 +483,21 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         c.batch_size
     );
     if let Some(ck) = &resume {
-        eprintln!("resuming {} at step {}", ck.origin.display(), ck.meta("step")?);
+        eprintln!(
+            "resuming {} at step {}",
+            ck.origin.display(),
+            ck.meta("step")?
+        );
     }
     let mut meta = std::collections::BTreeMap::new();
-    meta.insert("command".into(), serde_json::to_string(&cmd).expect("command serialises"));
-    meta.insert("encoder".into(), serde_json::to_string(&s.encoder).expect("config serialises"));
+    meta.insert(
+        "command".into(),
+        serde_json::to_string(&cmd).expect("command serialises"),
+    );
+    meta.insert(
+        "encoder".into(),
+        serde_json::to_string(&s.encoder).expect("config serialises"),
+    );
     let ckpt = Checkpointing {
         dir: out.clone(),
         every: c.checkpoint_every,
@@ -424,7 +513,9 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         .open(&metrics_path)
         .map_err(|e| Error::io(&metrics_path, e))?;
     let start = std::time::Instant::now();
-    let first = resume.as_ref().map_or(Ok(0), |ck| ck.meta_parse::<u64>("step"))?;
+    let first = resume
+        .as_ref()
+        .map_or(Ok(0), |ck| ck.meta_parse::<u64>("step"))?;
     let stop_after = c.stop_after;
     let stop_flag = stop.clone();
     let outcome = train::train(
@@ -493,8 +584,11 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         "encoder": s.encoder,
     });
     let path = out.join("summary.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&summary).expect("summary serialises"))
-        .map_err(|e| Error::io(&path, e))?;
+    std::fs::write(
+        &path,
+        serde_json::to_string_pretty(&summary).expect("summary serialises"),
+    )
+    .map_err(|e| Error::io(&path, e))?;
     Ok(())
 }
 
@@ -536,9 +630,11 @@ fn main() -> ExitCode {
     });
     let result = match cli.command {
         Command::Devices => devices(),
-        Command::Train { method } => train_command(method, stop),
+        Command::Train { method } => train_command(*method, stop),
         Command::Eval { checkpoint } => eval_command(&checkpoint),
-        Command::Runs { dir } => contrastive::report::summarize(&dir).map_err(|e| Error::io(&dir, e)),
+        Command::Runs { dir } => {
+            contrastive::report::summarize(&dir).map_err(|e| Error::io(&dir, e))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -40,10 +40,14 @@ impl Optim {
             schedule,
         } = *c;
         if !(base_lr > 0.0 && base_lr.is_finite()) {
-            return Err(Error::Config(format!("learning rate {base_lr} must be positive")));
+            return Err(Error::Config(format!(
+                "learning rate {base_lr} must be positive"
+            )));
         }
-        if !(weight_decay >= 0.0) {
-            return Err(Error::Config(format!("weight decay {weight_decay} must be ≥ 0")));
+        if weight_decay.is_nan() || weight_decay < 0.0 {
+            return Err(Error::Config(format!(
+                "weight decay {weight_decay} must be ≥ 0"
+            )));
         }
         let len = store.values.len;
         let region = |what: &str| -> Result<Region> {
@@ -53,7 +57,11 @@ impl Optim {
                 len,
             })
         };
-        let (state1, state2, mask) = (region("optimiser state")?, region("optimiser state")?, region("decay mask")?);
+        let (state1, state2, mask) = (
+            region("optimiser state")?,
+            region("optimiser state")?,
+            region("decay mask")?,
+        );
         gpu.upload(mask, &store.decay_mask())?;
         Ok(Optim {
             kind,

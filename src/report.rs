@@ -162,7 +162,10 @@ fn panel(c: &mut Canvas, top: usize, title: &str, points: &[(f64, f64)], color: 
         xmax = xmin + 1.0;
     }
     if ymax <= ymin {
-        (ymin, ymax) = (ymin - 0.5 * ymin.abs().max(1e-3), ymax + 0.5 * ymax.abs().max(1e-3));
+        (ymin, ymax) = (
+            ymin - 0.5 * ymin.abs().max(1e-3),
+            ymax + 0.5 * ymax.abs().max(1e-3),
+        );
     }
     let px = |x: f64| x0 + ((x - xmin) / (xmax - xmin) * (x1 - x0) as f64) as i64;
     let py = |y: f64| y1 - ((y - ymin) / (ymax - ymin) * (y1 - y0) as f64) as i64;
@@ -206,8 +209,20 @@ pub fn draw(dir: &Path) -> io::Result<()> {
             .filter_map(|l| f(l).filter(|v| v.is_finite()).map(|v| (l.step as f64, v)))
             .collect()
     };
-    panel(&mut c, 0, "training loss per step", &pts(&|l| Some(l.loss as f64)), [31, 119, 180]);
-    panel(&mut c, PANEL_H, "learning rate per step", &pts(&|l| Some(l.lr as f64)), [214, 39, 40]);
+    panel(
+        &mut c,
+        0,
+        "training loss per step",
+        &pts(&|l| Some(l.loss as f64)),
+        [31, 119, 180],
+    );
+    panel(
+        &mut c,
+        PANEL_H,
+        "learning rate per step",
+        &pts(&|l| Some(l.lr as f64)),
+        [214, 39, 40],
+    );
     panel(
         &mut c,
         2 * PANEL_H,
@@ -220,7 +235,7 @@ pub fn draw(dir: &Path) -> io::Result<()> {
 
 /// Redraws the plots every 25 steps (cheap enough not to matter beside a training step).
 pub fn refresh(dir: &Path, step: u64) -> io::Result<()> {
-    if step % 25 == 0 {
+    if step.is_multiple_of(25) {
         draw(dir)?;
     }
     Ok(())
@@ -253,7 +268,9 @@ pub fn summarize(dir: &Path) -> io::Result<()> {
                 .and_then(|s| s["method"].as_str().map(String::from))
                 .unwrap_or_else(|| "-".into()),
             lines.last().map_or(0, |l| l.step),
-            lines.last().map_or("-".into(), |l| format!("{:.4}", l.loss)),
+            lines
+                .last()
+                .map_or("-".into(), |l| format!("{:.4}", l.loss)),
             get("/evaluation/trained/knn"),
             get("/evaluation/trained/linear"),
             if summary.is_some() { "done" } else { "partial" },

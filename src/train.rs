@@ -61,13 +61,22 @@ pub struct Evaluation {
 
 impl std::fmt::Display for Evaluation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{:<22} {:>10} {:>14}", "representation", "kNN (%)", "linear (%)")?;
+        writeln!(
+            f,
+            "{:<22} {:>10} {:>14}",
+            "representation", "kNN (%)", "linear (%)"
+        )?;
         for (name, r) in [
             ("trained encoder", self.trained),
             ("random encoder", self.random),
             ("raw pixels", self.pixels),
         ] {
-            writeln!(f, "{name:<22} {:>10.2} {:>14.2}", r.knn * 100.0, r.linear * 100.0)?;
+            writeln!(
+                f,
+                "{name:<22} {:>10.2} {:>14.2}",
+                r.knn * 100.0,
+                r.linear * 100.0
+            )?;
         }
         Ok(())
     }
@@ -295,7 +304,11 @@ pub fn train(
         if ck.meta("method")? != method.name() {
             return Err(Error::Checkpoint {
                 path: ck.origin.clone(),
-                what: format!("it is a {} checkpoint, not {}", ck.meta("method")?, method.name()),
+                what: format!(
+                    "it is a {} checkpoint, not {}",
+                    ck.meta("method")?,
+                    method.name()
+                ),
             });
         }
         method.load(gpu, ck)?;
@@ -317,13 +330,14 @@ pub fn train(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    let save = |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
-        ckpt.map(|c| -> Result<std::path::PathBuf> {
-            let ck = save_state(gpu, method, step, batches, rng, &c.meta)?;
-            checkpoint::save_rotating(&ck, &c.dir, step, c.keep)
-        })
-        .transpose()
-    };
+    let save =
+        |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
+            ckpt.map(|c| -> Result<std::path::PathBuf> {
+                let ck = save_state(gpu, method, step, batches, rng, &c.meta)?;
+                checkpoint::save_rotating(&ck, &c.dir, step, c.keep)
+            })
+            .transpose()
+        };
     let mut lines = vec![];
     let mut images_per_s = 0.0;
     let mut last_saved = None;

@@ -22,8 +22,7 @@ fn run(
     arena: &mut Arena,
     g: &GpuImages,
     samples: &[u32],
-    oh: usize,
-    ow: usize,
+    (oh, ow): (usize, usize),
     noise: f32,
     seed: u32,
 ) -> Vec<f32> {
@@ -44,7 +43,7 @@ fn no_augmentation_returns_the_normalised_images() {
         let g = GpuImages::upload(&gpu, &mut arena, &set).unwrap();
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
         let samples = Augment::none().sample(&mut rng, &[3, 0, 2], h, w);
-        let got = run(&gpu, &mut arena, &g, &samples, h, w, 0.0, 0);
+        let got = run(&gpu, &mut arena, &g, &samples, (h, w), 0.0, 0);
         let d = h * w * c;
         let want: Vec<f64> = [3, 0, 2]
             .iter()
@@ -68,7 +67,7 @@ fn random_crops_flips_and_jitter_match_the_reference() {
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let samples = aug.sample(&mut rng, &[5, 1, 1, 0, 4], h, w);
-        let got = run(&gpu, &mut arena, &g, &samples, oh, ow, 0.0, 0);
+        let got = run(&gpu, &mut arena, &g, &samples, (oh, ow), 0.0, 0);
         let want = augment::reference(&set, &samples, oh, ow, g.mean, g.std);
         assert_close(
             &format!("{h}x{w}x{c} -> {oh}x{ow}"),
@@ -100,9 +99,9 @@ fn augmentation_is_reproducible_and_noise_has_the_asked_std() {
     assert_eq!(draw(1), draw(1));
     assert_ne!(draw(1), draw(2));
     let none = Augment::none().sample(&mut rand_chacha::ChaCha8Rng::seed_from_u64(0), &idx, 28, 28);
-    let a = run(&gpu, &mut arena, &g, &none, 28, 28, 0.1, 11);
-    let b = run(&gpu, &mut arena, &g, &none, 28, 28, 0.1, 11);
-    let c = run(&gpu, &mut arena, &g, &none, 28, 28, 0.1, 12);
+    let a = run(&gpu, &mut arena, &g, &none, (28, 28), 0.1, 11);
+    let b = run(&gpu, &mut arena, &g, &none, (28, 28), 0.1, 11);
+    let c = run(&gpu, &mut arena, &g, &none, (28, 28), 0.1, 12);
     assert_eq!(a, b, "same seed, same batch");
     assert_ne!(a, c, "another seed, other noise");
     // The constant image has std 0, so normalisation divides by the 1e-6 floor: undo it.

@@ -20,7 +20,11 @@ fn input(shape: &[usize], seed: u64) -> Input {
 /// Gradient-checks `f` at random inputs of the given shapes.
 fn check(shapes: &[&[usize]], f: impl Fn(&mut Graph, &[Var]) -> Result<Var>) {
     let gpu = gpu();
-    let inputs: Vec<Input> = shapes.iter().enumerate().map(|(i, s)| input(s, 10 + i as u64)).collect();
+    let inputs: Vec<Input> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, s)| input(s, 10 + i as u64))
+        .collect();
     match gradcheck::check(&gpu, &inputs, f, &Tolerance::default()) {
         Ok(r) => assert!(r.checked > 0),
         Err(e) => panic!("inputs {shapes:?}: {e}"),
@@ -54,14 +58,26 @@ fn reductions_and_reshape() {
 
 #[test]
 fn matmul_every_transposition_and_linear() {
-    check(&[&[3, 5], &[5, 4]], |g, v| g.matmul(v[0], v[1], Trans::NN, 1.0));
-    check(&[&[3, 5], &[4, 5]], |g, v| g.matmul(v[0], v[1], Trans::NT, 0.5));
-    check(&[&[5, 3], &[5, 4]], |g, v| g.matmul(v[0], v[1], Trans::TN, 1.0));
-    check(&[&[1, 17], &[17, 1]], |g, v| g.matmul(v[0], v[1], Trans::NN, 1.0));
+    check(&[&[3, 5], &[5, 4]], |g, v| {
+        g.matmul(v[0], v[1], Trans::NN, 1.0)
+    });
+    check(&[&[3, 5], &[4, 5]], |g, v| {
+        g.matmul(v[0], v[1], Trans::NT, 0.5)
+    });
+    check(&[&[5, 3], &[5, 4]], |g, v| {
+        g.matmul(v[0], v[1], Trans::TN, 1.0)
+    });
+    check(&[&[1, 17], &[17, 1]], |g, v| {
+        g.matmul(v[0], v[1], Trans::NN, 1.0)
+    });
     for relu in [false, true] {
-        check(&[&[6, 5], &[7, 5], &[7]], |g, v| g.linear(v[0], v[1], Some(v[2]), relu));
+        check(&[&[6, 5], &[7, 5], &[7]], |g, v| {
+            g.linear(v[0], v[1], Some(v[2]), relu)
+        });
     }
-    check(&[&[1, 3], &[2, 3]], |g, v| g.linear(v[0], v[1], None, false));
+    check(&[&[1, 3], &[2, 3]], |g, v| {
+        g.linear(v[0], v[1], None, false)
+    });
 }
 
 #[test]
@@ -100,7 +116,9 @@ fn conv2d_strides_padding_bias_and_relu() {
         stride: (1, 1),
         pad: (1, 1),
     };
-    check(&[&[1, 4, 3, 1], &[2, 3, 3, 1]], move |g, v| g.conv2d(v[0], v[1], None, k3, false));
+    check(&[&[1, 4, 3, 1], &[2, 3, 3, 1]], move |g, v| {
+        g.conv2d(v[0], v[1], None, k3, false)
+    });
 }
 
 /// Fused-ReLU epilogues (linear, conv) have kinks that finite differences straddle; check them
@@ -141,12 +159,15 @@ fn fused_relu_equals_separate_relu() {
         results.push((g.read(loss).unwrap(), read(xv), read(wv), read(bv)));
     }
     assert_eq!(results[0].0, results[1].0);
-    for (a, b) in [(&results[0].1, &results[1].1), (&results[0].2, &results[1].2), (&results[0].3, &results[1].3)] {
+    for (a, b) in [
+        (&results[0].1, &results[1].1),
+        (&results[0].2, &results[1].2),
+        (&results[0].3, &results[1].3),
+    ] {
         let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
         assert_close("fused vs separate ReLU", a, &want, 1e-6, 1e-5);
     }
 }
-
 
 #[test]
 fn pooling() {
@@ -176,7 +197,14 @@ fn mlp_normalise_infonce_against_a_queue() {
     let (n, d_in, hidden, d, k) = (4, 6, 8, 5, 7);
     let queue = rand_vec(k * d, 99);
     check(
-        &[&[n, d_in], &[n, d], &[hidden, d_in], &[hidden], &[d, hidden], &[d]],
+        &[
+            &[n, d_in],
+            &[n, d],
+            &[hidden, d_in],
+            &[hidden],
+            &[d, hidden],
+            &[d],
+        ],
         move |g, v| {
             let h = g.linear(v[0], v[2], Some(v[3]), true)?;
             let z = g.linear(h, v[4], Some(v[5]), false)?;
@@ -250,7 +278,11 @@ fn detached_inputs_get_no_gradient_and_cost_no_backward_work() {
     };
     let both = dispatches_for(&mut arena, false);
     let one = dispatches_for(&mut arena, true);
-    assert_eq!(both, one + 1, "the detached operand's matmul must not be launched");
+    assert_eq!(
+        both,
+        one + 1,
+        "the detached operand's matmul must not be launched"
+    );
 }
 
 #[test]
@@ -275,7 +307,10 @@ fn shape_mismatch_names_the_op_and_both_shapes() {
     let a = g.constant([3, 4], &[0.0; 12]).unwrap();
     let b = g.constant([4, 3], &[0.0; 12]).unwrap();
     let e = g.add(a, b).unwrap_err().to_string();
-    assert!(e.contains("add") && e.contains("[3, 4]") && e.contains("[4, 3]"), "{e}");
+    assert!(
+        e.contains("add") && e.contains("[3, 4]") && e.contains("[4, 3]"),
+        "{e}"
+    );
     let e = g.matmul(a, a, Trans::NN, 1.0).unwrap_err().to_string();
     assert!(e.contains("matmul") && e.contains("[3, 4]"), "{e}");
 }
@@ -306,7 +341,9 @@ fn deep_infomax_estimators() {
 fn two_view_loss(g: &mut Graph, z: Var, n: usize) -> Result<Var> {
     let z = g.l2_normalize(z)?;
     let s = g.matmul(z, z, Trans::NT, 1.0)?;
-    let targets: Vec<u32> = (0..2 * n as u32).map(|i| (i + n as u32) % (2 * n as u32)).collect();
+    let targets: Vec<u32> = (0..2 * n as u32)
+        .map(|i| (i + n as u32) % (2 * n as u32))
+        .collect();
     let t = g.constant_u32([2 * n], &targets)?;
     let spec = Xent {
         temperature: 0.5,
@@ -328,7 +365,9 @@ fn collapsed_two_view_embeddings_give_ln_2n_minus_1() {
     let mut arena = Arena::for_gpu("test", &gpu);
     let n = 5;
     let mut g = Graph::new(&gpu, &mut arena);
-    let z = g.constant([2 * n, 3], &[0.3f32, -0.2, 0.9].repeat(2 * n)).unwrap();
+    let z = g
+        .constant([2 * n, 3], &[0.3f32, -0.2, 0.9].repeat(2 * n))
+        .unwrap();
     let loss = two_view_loss(&mut g, z, n).unwrap();
     let got = g.read(loss).unwrap()[0] as f64;
     let want = ((2 * n - 1) as f64).ln();

@@ -60,9 +60,18 @@ fn ok(o: &Output) -> String {
 
 fn fails(o: &Output, needle: &str) {
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "expected a failure mentioning {needle:?}");
-    assert!(err.contains(needle), "error should mention {needle:?}: {err}");
-    assert!(!err.contains("panicked"), "a panic is not an error message: {err}");
+    assert!(
+        !o.status.success(),
+        "expected a failure mentioning {needle:?}"
+    );
+    assert!(
+        err.contains(needle),
+        "error should mention {needle:?}: {err}"
+    );
+    assert!(
+        !err.contains("panicked"),
+        "a panic is not an error message: {err}"
+    );
 }
 
 fn losses(out: &Path) -> Vec<String> {
@@ -86,9 +95,28 @@ fn final_tensors(out: &Path) -> Checkpoint {
 fn resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     let (a, b) = (dir("straight"), dir("resumed"));
     ok(&train(&a, &["--steps", "6", "--checkpoint-every", "2"]));
-    let first = ok(&train(&b, &["--steps", "6", "--checkpoint-every", "2", "--stop-after", "3"]));
-    assert!(first.contains("--resume"), "the stop message says how to resume: {first}");
-    ok(&contrastive(&["train", "moco", "--resume", b.to_str().unwrap(), "--quiet"]));
+    let first = ok(&train(
+        &b,
+        &[
+            "--steps",
+            "6",
+            "--checkpoint-every",
+            "2",
+            "--stop-after",
+            "3",
+        ],
+    ));
+    assert!(
+        first.contains("--resume"),
+        "the stop message says how to resume: {first}"
+    );
+    ok(&contrastive(&[
+        "train",
+        "moco",
+        "--resume",
+        b.to_str().unwrap(),
+        "--quiet",
+    ]));
     assert_eq!(losses(&a), losses(&b));
     let (ca, cb) = (final_tensors(&a), final_tensors(&b));
     assert_eq!(ca.meta("step").unwrap(), "6");
@@ -101,8 +129,14 @@ fn resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
             assert_eq!(ca.get_u32(name).unwrap(), cb.get_u32(name).unwrap());
             continue;
         }
-        let (x, y) = (ca.get_f32(name, &shape).unwrap(), cb.get_f32(name, &shape).unwrap());
-        assert!(x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()), "{name} differs");
+        let (x, y) = (
+            ca.get_f32(name, &shape).unwrap(),
+            cb.get_f32(name, &shape).unwrap(),
+        );
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{name} differs"
+        );
     }
     // Only the newest checkpoints are kept.
     assert!(checkpoint::list(&a).len() <= 3);
@@ -113,13 +147,19 @@ fn resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
 fn impossible_settings_are_clear_errors() {
     let out = dir("settings");
     fails(&train(&out, &["--batch-size", "0"]), "--batch-size");
-    fails(&train(&out, &["--batch-size", "512"]), "larger than the 256 training images");
+    fails(
+        &train(&out, &["--batch-size", "512"]),
+        "larger than the 256 training images",
+    );
     fails(&train(&out, &["--queue", "0"]), "--queue");
     fails(&train(&out, &["--temperature", "0"]), "--temperature");
     fails(&train(&out, &["--momentum", "1.5"]), "--momentum");
     fails(&train(&out, &["--split-bn", "3"]), "--split-bn");
     fails(&train(&out, &["--data", "mnist"]), "--data-dir");
-    assert!(!out.join("metrics.jsonl").exists(), "nothing written for refused settings");
+    assert!(
+        !out.join("metrics.jsonl").exists(),
+        "nothing written for refused settings"
+    );
 }
 
 #[test]
@@ -141,11 +181,17 @@ fn bad_checkpoints_are_named_errors() {
 
     let truncated = out.join("truncated.safetensors");
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
-    fails(&contrastive(&["eval", "--checkpoint", truncated.to_str().unwrap()]), "truncated.safetensors");
+    fails(
+        &contrastive(&["eval", "--checkpoint", truncated.to_str().unwrap()]),
+        "truncated.safetensors",
+    );
 
     let junk = out.join("junk.safetensors");
     std::fs::write(&junk, b"not a checkpoint at all").unwrap();
-    fails(&contrastive(&["eval", "--checkpoint", junk.to_str().unwrap()]), "not a readable safetensors");
+    fails(
+        &contrastive(&["eval", "--checkpoint", junk.to_str().unwrap()]),
+        "not a readable safetensors",
+    );
 
     // A checkpoint of another encoder configuration.
     let mut other = Checkpoint::read(&ck).unwrap();
@@ -153,7 +199,10 @@ fn bad_checkpoints_are_named_errors() {
     other.meta.insert("command".into(), cmd);
     let wrong = out.join("wrong.safetensors");
     other.write(&wrong).unwrap();
-    fails(&contrastive(&["eval", "--checkpoint", wrong.to_str().unwrap()]), "another configuration");
+    fails(
+        &contrastive(&["eval", "--checkpoint", wrong.to_str().unwrap()]),
+        "another configuration",
+    );
 
     // Resuming with the wrong method.
     fails(

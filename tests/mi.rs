@@ -26,9 +26,21 @@ fn both_estimators_match_the_reference() {
             let (want_loss, want_grad) = mi::reference(est, &scores, n, locs);
             for acc in [false, true] {
                 let (loss, grad) = run(est, &scores, n, locs, acc);
-                assert!((loss - want_loss).abs() < 1e-5 + 1e-5 * want_loss.abs(), "{est:?} {n}x{locs}: loss {loss} vs {want_loss}");
-                let want: Vec<f64> = want_grad.iter().map(|g| g + if acc { 0.5 } else { 0.0 }).collect();
-                assert_close(&format!("{est:?} {n}x{locs} acc={acc}"), &grad, &want, 1e-6, 1e-4);
+                assert!(
+                    (loss - want_loss).abs() < 1e-5 + 1e-5 * want_loss.abs(),
+                    "{est:?} {n}x{locs}: loss {loss} vs {want_loss}"
+                );
+                let want: Vec<f64> = want_grad
+                    .iter()
+                    .map(|g| g + if acc { 0.5 } else { 0.0 })
+                    .collect();
+                assert_close(
+                    &format!("{est:?} {n}x{locs} acc={acc}"),
+                    &grad,
+                    &want,
+                    1e-6,
+                    1e-4,
+                );
             }
         }
     }
@@ -40,10 +52,16 @@ fn constant_scores_give_the_analytic_losses() {
     let scores = vec![c as f32; n * n * locs];
     let softplus = |x: f64| (1.0 + x.exp()).ln();
     let (jsd, _) = run(Estimator::Jsd, &scores, n, locs, false);
-    assert!((jsd - (softplus(c) + softplus(-c))).abs() < 1e-5, "JSD {jsd}");
+    assert!(
+        (jsd - (softplus(c) + softplus(-c))).abs() < 1e-5,
+        "JSD {jsd}"
+    );
     let (nce, _) = run(Estimator::Nce, &scores, n, locs, false);
     let want = (1.0 + ((n - 1) * locs) as f64).ln();
-    assert!((nce - want).abs() < 1e-5, "NCE {nce} vs ln(1 + (N-1)L) = {want}");
+    assert!(
+        (nce - want).abs() < 1e-5,
+        "NCE {nce} vs ln(1 + (N-1)L) = {want}"
+    );
 }
 
 #[test]
@@ -52,6 +70,9 @@ fn extreme_scores_stay_finite() {
     let scores: Vec<f32> = rand_vec(n * n * locs, 5).iter().map(|x| 1e4 * x).collect();
     for est in [Estimator::Jsd, Estimator::Nce] {
         let (loss, grad) = run(est, &scores, n, locs, false);
-        assert!(loss.is_finite() && grad.iter().all(|g| g.is_finite()), "{est:?}");
+        assert!(
+            loss.is_finite() && grad.iter().all(|g| g.is_finite()),
+            "{est:?}"
+        );
     }
 }

@@ -78,14 +78,21 @@ fn key_network_moves_only_by_the_ema_rule() {
     step(&gpu, &mut moco, &images, &mut arena, 0);
     let q0: Vec<f32> = gpu.read(moco.query.params.values).unwrap();
     let k0: Vec<f32> = gpu.read(moco.key.params.values).unwrap();
-    assert!(moco.key.params.grads.is_none(), "the key network has no gradient buffer");
+    assert!(
+        moco.key.params.grads.is_none(),
+        "the key network has no gradient buffer"
+    );
     step(&gpu, &mut moco, &images, &mut arena, 1);
     let q1: Vec<f32> = gpu.read(moco.query.params.values).unwrap();
     let k1: Vec<f32> = gpu.read(moco.key.params.values).unwrap();
     assert_ne!(q0, q1, "the query network trains");
     for i in 0..k0.len() {
         let want = m as f64 * k0[i] as f64 + (1.0 - m as f64) * q0[i] as f64;
-        assert!((k1[i] as f64 - want).abs() <= 1e-6 + 1e-6 * want.abs(), "param {i}: {} vs {want}", k1[i]);
+        assert!(
+            (k1[i] as f64 - want).abs() <= 1e-6 + 1e-6 * want.abs(),
+            "param {i}: {} vs {want}",
+            k1[i]
+        );
     }
 }
 
@@ -144,10 +151,16 @@ fn loss_is_close_to_ln_k_plus_one_once_the_queue_holds_real_keys_and_a_step_is_o
         let d = gpu.counters() - before;
         assert_eq!(d.submissions, 1, "one submission per training step");
         if n >= 2 {
-            assert_eq!(d.buffers_created, 0, "no GPU buffer created after the first steps");
+            assert_eq!(
+                d.buffers_created, 0,
+                "no GPU buffer created after the first steps"
+            );
         }
     }
-    assert!((loss - want).abs() < 0.1 * want, "loss {loss} with a full queue, ln(K+1) = {want}");
+    assert!(
+        (loss - want).abs() < 0.1 * want,
+        "loss {loss} with a full queue, ln(K+1) = {want}"
+    );
 }
 
 #[test]
@@ -155,8 +168,20 @@ fn impossible_settings_are_refused() {
     for (cfg, needle) in [
         (small(0, 0.9), "--queue"),
         (small(20, 1.5), "--momentum"),
-        (MocoConfig { temperature: 0.0, ..small(20, 0.9) }, "--temperature"),
-        (MocoConfig { split_bn: 3, ..small(20, 0.9) }, "--split-bn"),
+        (
+            MocoConfig {
+                temperature: 0.0,
+                ..small(20, 0.9)
+            },
+            "--temperature",
+        ),
+        (
+            MocoConfig {
+                split_bn: 3,
+                ..small(20, 0.9)
+            },
+            "--split-bn",
+        ),
     ] {
         let e = cfg.validate(BATCH).unwrap_err().to_string();
         assert!(e.contains(needle), "{e}");

@@ -82,8 +82,19 @@ fn run(gpu: &Gpu, d: &Data, method: &mut dyn Method, steps: u64) -> (f64, f64, V
         progress: false,
     };
     let stop = AtomicBool::new(false);
-    let out = train::train(gpu, method, &d.split, &d.train, &d.test, &cfg, None, None, &stop, |_| Ok(()))
-        .unwrap();
+    let out = train::train(
+        gpu,
+        method,
+        &d.split,
+        &d.train,
+        &d.test,
+        &cfg,
+        None,
+        None,
+        &stop,
+        |_| Ok(()),
+    )
+    .unwrap();
     let after = train::knn_monitor(gpu, method, &d.split, &d.train, &d.test).unwrap();
     let losses = out.lines.iter().map(|l| l.loss).collect();
     (before, after, losses)
@@ -135,7 +146,10 @@ fn deep_infomax_and_two_view_learn() {
     let mut dim = Dim::new(&gpu, dim_cfg, &encoder(), &adam, 7).unwrap();
     let (before, after, losses) = run(&gpu, &d, &mut dim, steps);
     eprintln!("dim kNN {before:.4} -> {after:.4}; losses {losses:?}");
-    assert!(mean(&losses[losses.len() - 10..]) < mean(&losses[..10]), "DIM loss should fall");
+    assert!(
+        mean(&losses[losses.len() - 10..]) < mean(&losses[..10]),
+        "DIM loss should fall"
+    );
     // Measured: a short DIM run lowers kNN below the random initialisation's (49 -> 39 %); its
     // features stay far from collapse, which is what this short test can promise.
     assert!(after > 0.25, "DIM kNN {before} -> {after}");
@@ -147,6 +161,9 @@ fn deep_infomax_and_two_view_learn() {
     let mut cmc = Cmc::new(&gpu, cmc_cfg, &encoder(), BATCH, &sgd(0.06, steps), 7).unwrap();
     let (before, after, losses) = run(&gpu, &d, &mut cmc, steps);
     eprintln!("cmc kNN {before:.4} -> {after:.4}; losses {losses:?}");
-    assert!(mean(&losses[losses.len() - 10..]) < mean(&losses[..10]) - 0.1, "two-view loss should fall");
+    assert!(
+        mean(&losses[losses.len() - 10..]) < mean(&losses[..10]) - 0.1,
+        "two-view loss should fall"
+    );
     assert!(after > before, "two-view kNN {before} -> {after}");
 }

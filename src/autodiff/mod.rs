@@ -881,13 +881,34 @@ impl<'a> Graph<'a> {
                 self.contribute(x, |gpu, g, acc| {
                     if !acc {
                         // Only the block receives gradient: the rest of the first write is zero.
-                        elementwise::map(gpu, Map::Fill { alpha: 0.0 }, g, g, Broadcast::Full, g, false)?;
+                        elementwise::map(
+                            gpu,
+                            Map::Fill { alpha: 0.0 },
+                            g,
+                            g,
+                            Broadcast::Full,
+                            g,
+                            false,
+                        )?;
                     }
-                    elementwise::copy_cols(gpu, &dout, &g.reshape(xv.shape), col0, Direction::IntoWide, true)
+                    elementwise::copy_cols(
+                        gpu,
+                        &dout,
+                        &g.reshape(xv.shape),
+                        col0,
+                        Direction::IntoWide,
+                        true,
+                    )
                 })?;
             }
             Op::MiEstimate { scores, dscores } => {
-                self.contribute_map(scores, Map::Mul { alpha: 1.0 }, dscores, dout, Broadcast::Scalar)?;
+                self.contribute_map(
+                    scores,
+                    Map::Mul { alpha: 1.0 },
+                    dscores,
+                    dout,
+                    Broadcast::Scalar,
+                )?;
             }
             Op::Conv2d {
                 x,
@@ -902,7 +923,13 @@ impl<'a> Graph<'a> {
                     conv::backward_input(gpu, &dpre, &wv, g, &geom, acc)
                 })?;
                 let d = xv.shape.dims();
-                let scratch = self.alloc([geom.weight_grad_scratch(d[0], d[1], d[2], d[3], wv.shape.dim(0))])?;
+                let scratch = self.alloc([geom.weight_grad_scratch(
+                    d[0],
+                    d[1],
+                    d[2],
+                    d[3],
+                    wv.shape.dim(0),
+                )])?;
                 self.contribute(w, |gpu, g, acc| {
                     conv::backward_weight(gpu, &xv, &dpre, g, Some(&scratch), &geom, acc)
                 })?;

@@ -12,7 +12,7 @@ const RECORD: usize = 1 + 3 * PLANE;
 
 /// Parses one batch file's bytes, appending to `set`.
 pub fn parse_into(raw: &[u8], path: &Path, set: &mut ImageSet) -> Result<()> {
-    if raw.is_empty() || raw.len() % RECORD != 0 {
+    if raw.is_empty() || !raw.len().is_multiple_of(RECORD) {
         return Err(Error::Data {
             path: path.into(),
             what: format!(

@@ -12,7 +12,9 @@ const JSD: crate::gpu::Kernel = kernel!("mi.wgsl", "jsd", 3);
 const NCE_ROWS: crate::gpu::Kernel = kernel!("mi.wgsl", "nce_rows", 3);
 const NCE_GRAD: crate::gpu::Kernel = kernel!("mi.wgsl", "nce_grad", 3);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Estimator {
     /// Jensen–Shannon: softplus(−u) on positives, softplus(u) on negatives.
@@ -50,7 +52,11 @@ pub fn estimate(
     accumulate: bool,
 ) -> Result<()> {
     let (n, cols) = scores.shape.rows_cols();
-    if locs == 0 || cols != n * locs || dscores.numel() != scores.numel() || loss.numel() != loss_len(est, n, locs) {
+    if locs == 0
+        || cols != n * locs
+        || dscores.numel() != scores.numel()
+        || loss.numel() != loss_len(est, n, locs)
+    {
         return Err(Error::shape(
             "mutual information",
             format!(
@@ -69,7 +75,12 @@ pub fn estimate(
     match est {
         Estimator::Jsd => gpu.dispatch(&JSD, &params, &bufs, [n.div_ceil(64) as u32, 1, 1]),
         Estimator::Nce => {
-            gpu.dispatch(&NCE_ROWS, &params, &bufs, [(n * locs).div_ceil(64) as u32, 1, 1])?;
+            gpu.dispatch(
+                &NCE_ROWS,
+                &params,
+                &bufs,
+                [(n * locs).div_ceil(64) as u32, 1, 1],
+            )?;
             gpu.dispatch(&NCE_GRAD, &params, &bufs, grid_1d(scores.numel(), 64))
         }
     }
@@ -106,12 +117,18 @@ pub fn reference(est: Estimator, scores: &[f32], n: usize, locs: usize) -> (f64,
             for r in 0..n {
                 for i in 0..locs {
                     let pos = r * locs + i;
-                    let members: Vec<usize> = (0..cols).filter(|&j| j == pos || j / locs != r).collect();
+                    let members: Vec<usize> =
+                        (0..cols).filter(|&j| j == pos || j / locs != r).collect();
                     let m = members.iter().map(|&j| u(r, j)).fold(f64::MIN, f64::max);
-                    let lse = m + members.iter().map(|&j| (u(r, j) - m).exp()).sum::<f64>().ln();
+                    let lse = m + members
+                        .iter()
+                        .map(|&j| (u(r, j) - m).exp())
+                        .sum::<f64>()
+                        .ln();
                     loss += (lse - u(r, pos)) / rows;
                     for &j in &members {
-                        grad[r * cols + j] += ((u(r, j) - lse).exp() - (j == pos) as u8 as f64) / rows;
+                        grad[r * cols + j] +=
+                            ((u(r, j) - lse).exp() - (j == pos) as u8 as f64) / rows;
                     }
                 }
             }

@@ -27,7 +27,10 @@ struct Params {
 fn nhwc(op: &'static str, x: &Tensor) -> Result<[usize; 4]> {
     match *x.shape.dims() {
         [n, h, w, c] => Ok([n, h, w, c]),
-        _ => Err(Error::shape(op, format!("input {:?} must be [N, H, W, C]", x.shape))),
+        _ => Err(Error::shape(
+            op,
+            format!("input {:?} must be [N, H, W, C]", x.shape),
+        )),
     }
 }
 
@@ -44,7 +47,10 @@ fn params(n: usize, [_, h, w, c]: [usize; 4], accumulate: bool) -> Params {
 
 fn expect(op: &'static str, t: &Tensor, what: &str, dims: &[usize]) -> Result<()> {
     if t.numel() != dims.iter().product::<usize>() {
-        return Err(Error::shape(op, format!("{what} {:?} should be {dims:?}", t.shape)));
+        return Err(Error::shape(
+            op,
+            format!("{what} {:?} should be {dims:?}", t.shape),
+        ));
     }
     Ok(())
 }
@@ -53,14 +59,29 @@ fn expect(op: &'static str, t: &Tensor, what: &str, dims: &[usize]) -> Result<()
 pub fn avgpool_global(gpu: &Gpu, x: &Tensor, y: &Tensor) -> Result<()> {
     let d = nhwc("avg_pool_global", x)?;
     expect("avg_pool_global", y, "output", &[d[0], d[3]])?;
-    gpu.dispatch(&AVG_FORWARD, &params(y.numel(), d, false), &[x.region, y.region], grid_1d(y.numel(), 256))
+    gpu.dispatch(
+        &AVG_FORWARD,
+        &params(y.numel(), d, false),
+        &[x.region, y.region],
+        grid_1d(y.numel(), 256),
+    )
 }
 
 /// `dx [N, H, W, C]` (+)= `dy [N, C]` / (H·W).
-pub fn avgpool_global_backward(gpu: &Gpu, dy: &Tensor, dx: &Tensor, accumulate: bool) -> Result<()> {
+pub fn avgpool_global_backward(
+    gpu: &Gpu,
+    dy: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
     let d = nhwc("avg_pool_global backward", dx)?;
     expect("avg_pool_global backward", dy, "gradient", &[d[0], d[3]])?;
-    gpu.dispatch(&AVG_BACKWARD, &params(dx.numel(), d, accumulate), &[dx.region, dy.region], grid_1d(dx.numel(), 256))
+    gpu.dispatch(
+        &AVG_BACKWARD,
+        &params(dx.numel(), d, accumulate),
+        &[dx.region, dy.region],
+        grid_1d(dx.numel(), 256),
+    )
 }
 
 /// `y [N, H/2, W/2, C]`: 2×2 maxima; `argmax` (u32, one per output) records the winners.
@@ -78,7 +99,13 @@ pub fn maxpool2x2(gpu: &Gpu, x: &Tensor, y: &Tensor, argmax: &Tensor) -> Result<
 }
 
 /// `dx` (+)= `dy` routed to each window's maximum.
-pub fn maxpool2x2_backward(gpu: &Gpu, dy: &Tensor, argmax: &Tensor, dx: &Tensor, accumulate: bool) -> Result<()> {
+pub fn maxpool2x2_backward(
+    gpu: &Gpu,
+    dy: &Tensor,
+    argmax: &Tensor,
+    dx: &Tensor,
+    accumulate: bool,
+) -> Result<()> {
     let d = nhwc("max_pool_2x2 backward", dx)?;
     let out = [d[0], d[1] / 2, d[2] / 2, d[3]];
     expect("max_pool_2x2 backward", dy, "gradient", &out)?;

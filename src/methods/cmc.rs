@@ -26,7 +26,9 @@ use crate::memory::{Arena, Tensor};
 use crate::nn::EncoderConfig;
 use crate::optim::{Optim, OptimConfig};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Views {
     /// Two augmentations of the same image, one shared network.
@@ -79,8 +81,11 @@ impl Cmc {
         optimizer: &OptimConfig,
         seed: u64,
     ) -> Result<Cmc> {
-        if !(config.temperature > 0.0) {
-            return Err(Error::Config(format!("--temperature {} must be > 0", config.temperature)));
+        if config.temperature.is_nan() || config.temperature <= 0.0 {
+            return Err(Error::Config(format!(
+                "--temperature {} must be > 0",
+                config.temperature
+            )));
         }
         let head = [*enc.widths.last().unwrap_or(&1), config.dim];
         let mut state = Arena::for_gpu("cmc state", gpu);
@@ -93,8 +98,14 @@ impl Cmc {
                         enc.in_channels
                     )));
                 }
-                let luma = EncoderConfig { in_channels: 1, ..enc.clone() };
-                let chroma = EncoderConfig { in_channels: 2, ..enc.clone() };
+                let luma = EncoderConfig {
+                    in_channels: 1,
+                    ..enc.clone()
+                };
+                let chroma = EncoderConfig {
+                    in_channels: 2,
+                    ..enc.clone()
+                };
                 let m = [
                     0.299, 0.587, 0.114, //
                     -0.168_736, -0.331_264, 0.5, //
@@ -114,7 +125,9 @@ impl Cmc {
         }
         let targets = state.tensor(gpu, [rows])?;
         let t: Vec<u32> = match config.views {
-            Views::Augment => (0..rows as u32).map(|i| (i + batch as u32) % rows as u32).collect(),
+            Views::Augment => (0..rows as u32)
+                .map(|i| (i + batch as u32) % rows as u32)
+                .collect(),
             Views::ChannelSplit => (0..rows as u32).collect(),
         };
         gpu.upload(targets.region, &t)?;
@@ -145,7 +158,13 @@ impl Cmc {
     }
 
     /// InfoNCE of `anchors` against `others` (+ the bank); returns (loss, accuracy tensor).
-    fn infonce(&self, g: &mut Graph, anchors: Var, others: Var, mask: bool) -> Result<(Var, Tensor)> {
+    fn infonce(
+        &self,
+        g: &mut Graph,
+        anchors: Var,
+        others: Var,
+        mask: bool,
+    ) -> Result<(Var, Tensor)> {
         let rows = g.shape(anchors).dim(0);
         let mut logits = g.matmul(anchors, others, Trans::NT, 1.0)?;
         if let Some(bank) = self.bank {
@@ -164,7 +183,14 @@ impl Cmc {
         let (per_row, hits) = g.softmax_xent(logits, t, &spec)?;
         let loss = g.mean(per_row)?;
         let acc = g.arena.tensor(g.gpu, [1])?;
-        reduce::reduce(g.gpu, &g.value(hits).reshape([rows, 1]), &acc, Reduce::Mean, Axis::Cols, false)?;
+        reduce::reduce(
+            g.gpu,
+            &g.value(hits).reshape([rows, 1]),
+            &acc,
+            Reduce::Mean,
+            Axis::Cols,
+            false,
+        )?;
         Ok((loss, acc))
     }
 
@@ -177,7 +203,10 @@ impl Cmc {
         let yuv = g.matmul(flat, m, Trans::NT, 1.0)?;
         let luma = g.slice_cols(yuv, 0, 1)?;
         let chroma = g.slice_cols(yuv, 1, 2)?;
-        Ok((g.reshape(luma, [n, h, w, 1])?, g.reshape(chroma, [n, h, w, 2])?))
+        Ok((
+            g.reshape(luma, [n, h, w, 1])?,
+            g.reshape(chroma, [n, h, w, 2])?,
+        ))
     }
 
     fn enqueue(&mut self, gpu: &Gpu, z: Tensor) -> Result<()> {
@@ -189,7 +218,10 @@ impl Cmc {
         let mut row = rows.saturating_sub(k);
         while row < rows {
             let n = (rows - row).min(k - self.ptr);
-            gpu.copy(z.region.slice(row * d, n * d), bank.region.slice(self.ptr * d, n * d))?;
+            gpu.copy(
+                z.region.slice(row * d, n * d),
+                bank.region.slice(self.ptr * d, n * d),
+            )?;
             self.ptr = (self.ptr + n) % k;
             row += n;
         }
@@ -225,7 +257,18 @@ impl Method for Cmc {
                 let (l2, a2) = self.infonce(&mut g, zb, za, false)?;
                 let sum = g.add(l1, l2)?;
                 let loss = g.scale(sum, 0.5)?;
-                elementwise::map(gpu, Map::Axpby { alpha: 0.5, beta: 0.5 }, &a1, &a2, Broadcast::Full, &a1, false)?;
+                elementwise::map(
+                    gpu,
+                    Map::Axpby {
+                        alpha: 0.5,
+                        beta: 0.5,
+                    },
+                    &a1,
+                    &a2,
+                    Broadcast::Full,
+                    &a1,
+                    false,
+                )?;
                 (loss, a1, g.value(za))
             }
             _ => {
@@ -239,7 +282,11 @@ impl Method for Cmc {
         gpu.copy(g.value(loss).region, stats.region.slice(0, 1))?;
         gpu.copy(acc.region, stats.region.slice(1, 1))?;
         let mut lr = 0.0;
-        for (opt, net) in self.optim.iter_mut().zip(std::iter::once(&self.net).chain(&self.net2)) {
+        for (opt, net) in self
+            .optim
+            .iter_mut()
+            .zip(std::iter::once(&self.net).chain(&self.net2))
+        {
             lr = opt.step(gpu, &net.params)?;
         }
         self.enqueue(gpu, z)?;

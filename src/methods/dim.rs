@@ -49,7 +49,13 @@ pub struct Dim {
 }
 
 impl Dim {
-    pub fn new(gpu: &Gpu, config: DimConfig, enc: &EncoderConfig, optimizer: &OptimConfig, seed: u64) -> Result<Dim> {
+    pub fn new(
+        gpu: &Gpu,
+        config: DimConfig,
+        enc: &EncoderConfig,
+        optimizer: &OptimConfig,
+        seed: u64,
+    ) -> Result<Dim> {
         if config.dim == 0 {
             return Err(Error::Config("--dim must be at least 1".into()));
         }
@@ -59,7 +65,10 @@ impl Dim {
         let shapes = encoder.map_shapes();
         let stage = config.local_stage.unwrap_or(shapes.len().saturating_sub(2));
         let &(h, w, c) = shapes.get(stage).ok_or_else(|| {
-            Error::Config(format!("--local-stage {stage}: the encoder has {} stages", shapes.len()))
+            Error::Config(format!(
+                "--local-stage {stage}: the encoder has {} stages",
+                shapes.len()
+            ))
         })?;
         let g = encoder.feature_dim();
         let global_net = Mlp::new(&mut p, "mi_global", &[g, g, config.dim]);
@@ -95,7 +104,14 @@ impl Method for Dim {
         }
         let mut g = Graph::new(gpu, input.arena);
         let x = g.input(x);
-        let f = self.encoder.forward(&mut g, &self.params, &self.buffers, x, &BatchNorm::default(), true)?;
+        let f = self.encoder.forward(
+            &mut g,
+            &self.params,
+            &self.buffers,
+            x,
+            &BatchNorm::default(),
+            true,
+        )?;
         let global = self.global_net.forward(&mut g, &self.params, f.global)?;
         let local = f.maps[self.stage];
         let c = g.shape(local).dim(-1);
@@ -109,7 +125,15 @@ impl Method for Dim {
         gpu.copy(g.value(loss).region, stats.region.slice(0, 1))?;
         // DIM has no contrastive accuracy to report: NaN marks it as not applicable.
         let na = g.arena.tensor(gpu, [1])?;
-        elementwise::map(gpu, Map::Fill { alpha: f32::NAN }, &na, &na, Broadcast::Full, &na, false)?;
+        elementwise::map(
+            gpu,
+            Map::Fill { alpha: f32::NAN },
+            &na,
+            &na,
+            Broadcast::Full,
+            &na,
+            false,
+        )?;
         gpu.copy(na.region, stats.region.slice(1, 1))?;
         let lr = self.optim.step(gpu, &self.params)?;
         Ok(StepOutput { stats, lr })

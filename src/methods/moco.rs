@@ -61,15 +61,21 @@ impl MocoConfig {
             return Err(Error::Config("--queue must be at least 1".into()));
         }
         if !(0.0..=1.0).contains(&self.momentum) {
-            return Err(Error::Config(format!("--momentum {} must be in [0, 1]", self.momentum)));
+            return Err(Error::Config(format!(
+                "--momentum {} must be in [0, 1]",
+                self.momentum
+            )));
         }
-        if !(self.temperature > 0.0) {
-            return Err(Error::Config(format!("--temperature {} must be > 0", self.temperature)));
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
+            return Err(Error::Config(format!(
+                "--temperature {} must be > 0",
+                self.temperature
+            )));
         }
         if self.dim == 0 {
             return Err(Error::Config("--dim must be at least 1".into()));
         }
-        if self.split_bn == 0 || batch % self.split_bn != 0 {
+        if self.split_bn == 0 || !batch.is_multiple_of(self.split_bn) {
             return Err(Error::Config(format!(
                 "--split-bn {} must divide the batch size {batch}",
                 self.split_bn
@@ -200,7 +206,12 @@ impl Method for Moco {
         if let Some(grads) = self.query.params.grads {
             gpu.clear(grads);
         }
-        ema(gpu, self.key.params.values, self.query.params.values, self.config.momentum)?;
+        ema(
+            gpu,
+            self.key.params.values,
+            self.query.params.values,
+            self.config.momentum,
+        )?;
 
         let mut g = Graph::new(gpu, input.arena);
         let groups = self.config.split_bn;
@@ -216,7 +227,10 @@ impl Method for Moco {
             let (loss2, acc2) = self.infonce(&mut g, q2, k1)?;
             let sum = g.add(loss, loss2)?;
             loss = g.scale(sum, 0.5)?;
-            let mean = Map::Axpby { alpha: 0.5, beta: 0.5 };
+            let mean = Map::Axpby {
+                alpha: 0.5,
+                beta: 0.5,
+            };
             elementwise::map(gpu, mean, &acc, &acc2, Broadcast::Full, &acc, false)?;
             keys.push(g.value(k1));
         }
@@ -241,7 +255,12 @@ impl Method for Moco {
         self.query.save(gpu, ck, "query")?;
         self.key.save(gpu, ck, "key")?;
         self.optim.save(gpu, ck, "optim")?;
-        ck.put_region(gpu, "moco.queue", self.queue.region, self.queue.shape.dims())?;
+        ck.put_region(
+            gpu,
+            "moco.queue",
+            self.queue.region,
+            self.queue.shape.dims(),
+        )?;
         ck.meta.insert("moco.ptr".into(), self.ptr.to_string());
         Ok(())
     }
@@ -250,12 +269,20 @@ impl Method for Moco {
         self.query.load(gpu, ck, "query")?;
         self.key.load(gpu, ck, "key")?;
         self.optim.load(gpu, ck, "optim")?;
-        ck.get_region(gpu, "moco.queue", self.queue.region, self.queue.shape.dims())?;
+        ck.get_region(
+            gpu,
+            "moco.queue",
+            self.queue.region,
+            self.queue.shape.dims(),
+        )?;
         self.ptr = ck.meta_parse("moco.ptr")?;
         if self.ptr >= self.config.queue {
             return Err(Error::Checkpoint {
                 path: ck.origin.clone(),
-                what: format!("queue pointer {} outside a queue of {}", self.ptr, self.config.queue),
+                what: format!(
+                    "queue pointer {} outside a queue of {}",
+                    self.ptr, self.config.queue
+                ),
             });
         }
         Ok(())

@@ -64,7 +64,12 @@ pub struct Network {
 
 impl Network {
     /// `head_dims` are the head's sizes after the encoder's feature dimension.
-    pub fn new(gpu: &Gpu, config: &EncoderConfig, head_dims: &[usize], seed: u64) -> Result<Network> {
+    pub fn new(
+        gpu: &Gpu,
+        config: &EncoderConfig,
+        head_dims: &[usize],
+        seed: u64,
+    ) -> Result<Network> {
         let mut p = StoreBuilder::new(seed);
         let mut b = StoreBuilder::new(seed);
         let encoder = Encoder::new(&mut p, &mut b, config)?;
@@ -85,7 +90,9 @@ impl Network {
             encoder: self.encoder.clone(),
             head: self.head.clone(),
             params: self.params.duplicate(gpu, "ema parameters", false)?,
-            buffers: self.buffers.duplicate(gpu, "ema batchnorm statistics", false)?,
+            buffers: self
+                .buffers
+                .duplicate(gpu, "ema batchnorm statistics", false)?,
         })
     }
 
@@ -106,7 +113,9 @@ impl Network {
             groups,
             ..BatchNorm::default()
         };
-        let f = self.encoder.forward(g, &self.params, &self.buffers, x, &bn, true)?;
+        let f = self
+            .encoder
+            .forward(g, &self.params, &self.buffers, x, &bn, true)?;
         let z = self.head.forward(g, &self.params, f.global)?;
         g.l2_normalize(z)
     }
@@ -117,13 +126,25 @@ impl Network {
 /// after the other (one dispatch; what a network that embeds all views at once wants). All uploads
 /// happen before anything is recorded, so the step stays one submission (an upload flushes
 /// recorded work, see [`Gpu::upload`]).
-pub fn augmented_views(input: &mut StepInput<'_>, views: usize, stacked: bool) -> Result<Vec<Tensor>> {
+pub fn augmented_views(
+    input: &mut StepInput<'_>,
+    views: usize,
+    stacked: bool,
+) -> Result<Vec<Tensor>> {
     let im = input.images;
     let mut samples = vec![];
     for _ in 0..views {
-        samples.push(input.augment.sample(input.rng, input.indices, im.height, im.width));
+        samples.push(
+            input
+                .augment
+                .sample(input.rng, input.indices, im.height, im.width),
+        );
     }
-    let groups: Vec<Vec<u32>> = if stacked { vec![samples.concat()] } else { samples };
+    let groups: Vec<Vec<u32>> = if stacked {
+        vec![samples.concat()]
+    } else {
+        samples
+    };
     let mut uploaded = vec![];
     for s in &groups {
         let st = input.arena.tensor(input.gpu, [s.len()])?;
@@ -133,8 +154,12 @@ pub fn augmented_views(input: &mut StepInput<'_>, views: usize, stacked: bool) -
     let mut out = vec![];
     for (v, st) in uploaded.iter().enumerate() {
         let n = st.numel() / SAMPLE_WORDS;
-        let x = input.arena.tensor(input.gpu, [n, im.height, im.width, im.channels])?;
-        let seed = (input.step as u32).wrapping_mul(2654435761).wrapping_add(v as u32);
+        let x = input
+            .arena
+            .tensor(input.gpu, [n, im.height, im.width, im.channels])?;
+        let seed = (input.step as u32)
+            .wrapping_mul(2654435761)
+            .wrapping_add(v as u32);
         augment::augment(input.gpu, im, st, &x, input.augment.noise, seed)?;
         out.push(x);
     }

@@ -66,6 +66,7 @@ impl ConvBn {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &self,
         g: &mut Graph,
