@@ -8,6 +8,7 @@ use contrastive::{Gpu, Result};
 
 mod batchnorm;
 mod conv;
+mod elementwise;
 mod harness;
 mod matmul;
 mod reduce;
@@ -20,6 +21,7 @@ fn main() -> Result<()> {
     matmul::run(&mut b)?;
     reduce::run(&mut b)?;
     conv::run(&mut b)?;
+    elementwise::run(&mut b)?;
     batchnorm::run(&mut b)?;
     Ok(())
 }

@@ -9,6 +9,9 @@ use crate::memory::Tensor;
 use super::grid_1d;
 
 const MAP: crate::gpu::Kernel = kernel!("elementwise.wgsl", "map", 3);
+const MAP4: crate::gpu::Kernel = kernel!("elementwise.wgsl", "map4", 3);
+/// vec4s per invocation of `map4` (PER_INVOCATION in the shader).
+const MAP4_PER_INVOCATION: usize = 4;
 
 /// The map applied per element.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -127,12 +130,29 @@ pub fn map(
         beta,
         _pad: 0,
     };
-    gpu.dispatch(
-        &MAP,
-        &params,
-        &[a.region, b.region, out.region],
-        grid_1d(out.numel(), 256),
-    )
+    let n = out.numel();
+    // The vec4 variant binds every operand as whole vec4s, and four lanes must never straddle
+    // two rows of a broadcast.
+    let vec4 = n % 4 == 0
+        && a.numel() % 4 == 0
+        && (!m.reads_b() || b.numel() % 4 == 0)
+        && (bcast == Broadcast::Full || cols % 4 == 0);
+    if vec4 {
+        let threads = (n / 4).div_ceil(MAP4_PER_INVOCATION);
+        gpu.dispatch(
+            &MAP4,
+            &params,
+            &[a.region, b.region, out.region],
+            grid_1d(threads, 256),
+        )
+    } else {
+        gpu.dispatch(
+            &MAP,
+            &params,
+            &[a.region, b.region, out.region],
+            grid_1d(n, 256),
+        )
+    }
 }
 
 /// CPU reference of [`map`], in f64. `out` holds the previous output when accumulating.
