@@ -131,12 +131,13 @@ pub fn map(
         _pad: 0,
     };
     let n = out.numel();
-    // The vec4 variant binds every operand as whole vec4s, and four lanes must never straddle
-    // two rows of a broadcast.
-    let vec4 = n % 4 == 0
-        && a.numel() % 4 == 0
-        && (!m.reads_b() || b.numel() % 4 == 0)
-        && (bcast == Broadcast::Full || cols % 4 == 0);
+    // The vec4 variant binds every operand (read or not) as whole vec4s, and four lanes must
+    // never straddle two rows of a broadcast.
+    let whole = |t: &Tensor| t.numel() >= 4 && t.numel().is_multiple_of(4);
+    let vec4 = n.is_multiple_of(4)
+        && whole(a)
+        && whole(b)
+        && (bcast == Broadcast::Full || cols.is_multiple_of(4));
     if vec4 {
         let threads = (n / 4).div_ceil(MAP4_PER_INVOCATION);
         gpu.dispatch(
