@@ -373,3 +373,73 @@ fn collapsed_two_view_embeddings_give_ln_2n_minus_1() {
     let want = ((2 * n - 1) as f64).ln();
     assert!((got - want).abs() < 1e-5, "loss {got}, ln(2N-1) = {want}");
 }
+
+/// A whole (tiny) encoder + MLP head + L2 normalisation + in-batch InfoNCE: the parameter-store
+/// gradients against central differences of the loss, on coordinates of every tensor.
+#[test]
+fn encoder_head_infonce_graph() {
+    use contrastive::nn::{Encoder, EncoderConfig, Mlp, StoreBuilder};
+    let gpu = gpu();
+    let config = EncoderConfig {
+        widths: vec![3, 4],
+        residual_blocks: 1,
+        ..EncoderConfig::small(6, 5, 1)
+    };
+    let mut p = StoreBuilder::new(1);
+    let mut b = StoreBuilder::new(1);
+    let encoder = Encoder::new(&mut p, &mut b, &config).unwrap();
+    let head = Mlp::new(&mut p, "head", &[4, 5, 3]);
+    let params = p.build(&gpu, "params", true).unwrap();
+    let buffers = b.build(&gpu, "bn", false).unwrap();
+    let x = rand_vec(4 * 6 * 5, 7);
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut loss_at = |values: &[f32], backward: bool| -> f64 {
+        gpu.upload(params.values, values).unwrap();
+        arena.reset();
+        let mut g = if backward {
+            Graph::new(&gpu, &mut arena)
+        } else {
+            Graph::inference(&gpu, &mut arena)
+        };
+        gpu.clear(params.grads.unwrap());
+        let xv = g.constant([4, 6, 5, 1], &x).unwrap();
+        let f = encoder
+            .forward(&mut g, &params, &buffers, xv, &BatchNorm::default(), true)
+            .unwrap();
+        let z = head.forward(&mut g, &params, f.global).unwrap();
+        let loss = two_view_loss(&mut g, z, 2).unwrap();
+        if backward {
+            g.backward(loss).unwrap();
+        }
+        g.read(loss).unwrap()[0] as f64
+    };
+    let theta: Vec<f32> = gpu.read(params.values).unwrap();
+    loss_at(&theta, true);
+    let analytic: Vec<f32> = gpu.read(params.grads.unwrap()).unwrap();
+    // ReLUs after BatchNorm put many pre-activations near 0: a smaller step straddles fewer kinks.
+    let tol = Tolerance {
+        step: 1e-3,
+        ..Tolerance::default()
+    };
+    let mut checked = 0;
+    for e in &params.entries {
+        for k in [0, e.shape.numel() / 2, e.shape.numel() - 1] {
+            let i = e.offset + k;
+            let mut t = theta.clone();
+            t[i] = theta[i] + tol.step;
+            let plus = loss_at(&t, false);
+            t[i] = theta[i] - tol.step;
+            let minus = loss_at(&t, false);
+            let numeric = (plus - minus) / (2.0 * tol.step as f64);
+            let a = analytic[i] as f64;
+            let bound = tol.atol + tol.rtol * a.abs().max(numeric.abs());
+            assert!(
+                (a - numeric).abs() <= bound,
+                "{}[{k}]: analytic {a}, numeric {numeric}",
+                e.name
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3 * 10);
+}
