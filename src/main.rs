@@ -154,7 +154,7 @@ struct CommonArgs {
     #[arg(long, default_value_t = 0)]
     train_images: usize,
     /// Training epochs (ignored when --steps is given).
-    #[arg(long, default_value_t = 12.0)]
+    #[arg(long, default_value_t = 8.0)]
     epochs: f32,
     /// Training steps (overrides --epochs).
     #[arg(long)]
@@ -179,7 +179,7 @@ struct CommonArgs {
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Encoder stage widths, comma-separated (each stage after the first halves the resolution).
-    #[arg(long, value_delimiter = ',', default_value = "32,64,128")]
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64")]
     widths: Vec<usize>,
     /// Residual blocks per stage.
     #[arg(long, default_value_t = 0)]
