@@ -127,25 +127,39 @@ fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
 // op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows; rows past M are clamped to the last one (their
 // results are never stored). In NN and NT a vec4 holds 4 k of one row; in TN (a is [K, M]) it
 // holds 4 rows at one k and the block is transposed. The mode is uniform, but llvmpipe would run
-// the loads of both sides of a branch, so it only selects addresses and orientation.
+// the loads of both sides of a branch, so it only selects addresses and orientation. (Keep the
+// address arithmetic scalar: the same selects on vec4<u32> indices made every llvmpipe dispatch
+// cost ~70 ms more, for reasons inside llvmpipe.)
 fn load_a4(r: u32, k4: u32) -> mat4x4<f32> {
     let tn = p.mode == TN;
+    // TN: rows r .. r+4 at k = 4·k4 + t.
     let m4 = p.m / 4u;
-    let rows = min(vec4(r) + vec4(0u, 1u, 2u, 3u), vec4(p.m - 1u)) * (p.k / 4u) + k4;
-    let ks = (4u * k4 + vec4(0u, 1u, 2u, 3u)) * m4 + min(r / 4u, m4 - 1u);
-    let i = select(rows, ks, tn);
-    return transpose_if(mat4x4(a4[i.x], a4[i.y], a4[i.z], a4[i.w]), tn);
+    let kt = 4u * k4 * m4 + min(r / 4u, m4 - 1u);
+    // NN, NT: k = 4·k4 .. 4·k4+4 of row r + t.
+    let k4n = p.k / 4u;
+    let last = p.m - 1u;
+    let i0 = select(min(r, last) * k4n + k4, kt, tn);
+    let i1 = select(min(r + 1u, last) * k4n + k4, kt + m4, tn);
+    let i2 = select(min(r + 2u, last) * k4n + k4, kt + 2u * m4, tn);
+    let i3 = select(min(r + 3u, last) * k4n + k4, kt + 3u * m4, tn);
+    return transpose_if(mat4x4(a4[i0], a4[i1], a4[i2], a4[i3]), tn);
 }
 
 // op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped. In NN and TN a vec4 holds
 // 4 columns at one k; in NT (b is [N, K]) it holds 4 k of one column and the block is transposed.
 fn load_b4(c: u32, k4: u32) -> mat4x4<f32> {
     let nt = p.mode == NT;
+    // NN, TN: columns c .. c+4 at k = 4·k4 + t.
     let n4 = p.n / 4u;
-    let ks = (4u * k4 + vec4(0u, 1u, 2u, 3u)) * n4 + min(c / 4u, n4 - 1u);
-    let cols = min(vec4(c) + vec4(0u, 1u, 2u, 3u), vec4(p.n - 1u)) * (p.k / 4u) + k4;
-    let i = select(ks, cols, nt);
-    return transpose_if(mat4x4(b4[i.x], b4[i.y], b4[i.z], b4[i.w]), nt);
+    let kt = 4u * k4 * n4 + min(c / 4u, n4 - 1u);
+    // NT: k = 4·k4 .. 4·k4+4 of column c + t.
+    let k4n = p.k / 4u;
+    let last = p.n - 1u;
+    let i0 = select(kt, min(c, last) * k4n + k4, nt);
+    let i1 = select(kt + n4, min(c + 1u, last) * k4n + k4, nt);
+    let i2 = select(kt + 2u * n4, min(c + 2u, last) * k4n + k4, nt);
+    let i3 = select(kt + 3u * n4, min(c + 3u, last) * k4n + k4, nt);
+    return transpose_if(mat4x4(b4[i0], b4[i1], b4[i2], b4[i3]), nt);
 }
 
 fn transpose_if(m: mat4x4<f32>, t: bool) -> mat4x4<f32> {

@@ -16,13 +16,13 @@ use crate::memory::Tensor;
 
 const TILE4: Kernel = kernel!("matmul.wgsl", "tile4", 4);
 const TILE1: Kernel = kernel!("matmul.wgsl", "tile1", 4);
-const SHARED: Kernel = kernel!("matmul.wgsl", "smem", 4);
+const SMEM: Kernel = kernel!("matmul.wgsl", "smem", 4);
 
 /// Side of the square tile of `c` per invocation in the register-tile kernels and per workgroup
 /// in the shared-memory kernel (they must match the WGSL constants).
 const TILE4_SIDE: usize = 32;
 const TILE1_SIDE: usize = 16;
-const SHARED_TILE: usize = 64;
+const SMEM_TILE: usize = 64;
 /// Invocations per workgroup in the register-tile kernels: one SIMD vector on llvmpipe.
 const LANES: usize = 8;
 
@@ -174,11 +174,11 @@ pub fn matmul_with(
             (&TILE1, lanes_x, groups)
         }
         Variant::Shared => (
-            &SHARED,
+            &SMEM,
             1,
             [
-                n.div_ceil(SHARED_TILE) as u32,
-                m.div_ceil(SHARED_TILE) as u32,
+                n.div_ceil(SMEM_TILE) as u32,
+                m.div_ceil(SMEM_TILE) as u32,
                 1,
             ],
         ),
