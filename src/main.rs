@@ -505,13 +505,8 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         meta,
     };
     let metrics_path = out.join("metrics.jsonl");
-    let mut metrics = std::fs::OpenOptions::new()
-        .create(true)
-        .append(resume.is_some())
-        .write(true)
-        .truncate(resume.is_none())
-        .open(&metrics_path)
-        .map_err(|e| Error::io(&metrics_path, e))?;
+    // Opened at the first logged step, so a run that fails before training leaves no run behind.
+    let mut metrics: Option<std::fs::File> = None;
     let start = std::time::Instant::now();
     let first = resume
         .as_ref()
@@ -530,8 +525,20 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         &stop,
         |line| {
             let json = serde_json::to_string(line).expect("log lines serialise");
-            writeln!(metrics, "{json}").map_err(|e| Error::io(&metrics_path, e))?;
-            metrics.flush().map_err(|e| Error::io(&metrics_path, e))?;
+            let file = match &mut metrics {
+                Some(f) => f,
+                None => metrics.insert(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(resume.is_some())
+                        .write(true)
+                        .truncate(resume.is_none())
+                        .open(&metrics_path)
+                        .map_err(|e| Error::io(&metrics_path, e))?,
+                ),
+            };
+            writeln!(file, "{json}").map_err(|e| Error::io(&metrics_path, e))?;
+            file.flush().map_err(|e| Error::io(&metrics_path, e))?;
             contrastive::report::refresh(&out, line.step).map_err(|e| Error::io(&out, e))?;
             if stop_after.is_some_and(|n| line.step >= n) {
                 stop_flag.store(true, Ordering::SeqCst);

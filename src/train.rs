@@ -185,6 +185,28 @@ fn load_rng(ck: &Checkpoint, key: &str) -> Result<rand_chacha::ChaCha8Rng> {
     Ok(rng)
 }
 
+/// Adds the largest batch that fits to a memory error: the tensor that did not fit grows
+/// linearly with the batch (activations, logits against a queue).
+fn with_batch_advice(e: Error, batch: usize) -> Error {
+    match e {
+        Error::OutOfMemory {
+            what,
+            needed,
+            limit,
+            advice,
+        } => {
+            let fits = (batch as u128 * limit as u128 / needed.max(1) as u128) as usize;
+            Error::OutOfMemory {
+                what: format!("{what} at batch size {batch}"),
+                needed,
+                limit,
+                advice: format!("{advice}; the largest batch that fits is about {fits}"),
+            }
+        }
+        e => e,
+    }
+}
+
 /// Where and how often checkpoints are written.
 #[derive(Clone, Debug)]
 pub struct Checkpointing {
@@ -356,15 +378,17 @@ pub fn train(
         step += 1;
         let t = Instant::now();
         let indices = batches.next_batch().to_vec();
-        let out = method.record_step(StepInput {
-            gpu,
-            arena: &mut arena,
-            images: train_images,
-            indices: &indices,
-            augment: &cfg.augment,
-            rng: &mut rng,
-            step,
-        })?;
+        let out = method
+            .record_step(StepInput {
+                gpu,
+                arena: &mut arena,
+                images: train_images,
+                indices: &indices,
+                augment: &cfg.augment,
+                rng: &mut rng,
+                step,
+            })
+            .map_err(|e| with_batch_advice(e, cfg.batch_size))?;
         let stats: Vec<f32> = gpu.read(out.stats.region)?;
         let rate = cfg.batch_size as f64 / t.elapsed().as_secs_f64();
         // Smoothed for display; the first steps include pipeline compilation.
@@ -411,6 +435,7 @@ pub fn train(
         }
     }
     bar.finish();
+    arena.free(gpu)?;
     Ok(Outcome {
         lines,
         step,

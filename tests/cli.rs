@@ -156,6 +156,21 @@ fn impossible_settings_are_clear_errors() {
     fails(&train(&out, &["--momentum", "1.5"]), "--momentum");
     fails(&train(&out, &["--split-bn", "3"]), "--split-bn");
     fails(&train(&out, &["--data", "mnist"]), "--data-dir");
+    // [4096, 28, 28, 16] activations are 205 MB: more than one binding may hold on llvmpipe.
+    fails(
+        &train(
+            &out,
+            &[
+                "--train-images",
+                "4096",
+                "--batch-size",
+                "4096",
+                "--widths",
+                "16",
+            ],
+        ),
+        "the largest batch that fits is about",
+    );
     assert!(
         !out.join("metrics.jsonl").exists(),
         "nothing written for refused settings"
