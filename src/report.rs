@@ -177,7 +177,13 @@ fn panel(c: &mut Canvas, top: usize, title: &str, points: &[(f64, f64)], color: 
         let xv = xmin + (xmax - xmin) * k as f64 / 4.0;
         let x = px(xv);
         c.line((x, y1), (x, y1 + 4), black);
-        c.text(x - 12, y1 + 8, &format!("{xv:.0}"), black, false);
+        // The last label ends at the axis' end so that it stays inside the picture.
+        let text = format!("{xv:.0}");
+        if k == 4 {
+            c.text(x, y1 + 8, &text, black, true);
+        } else {
+            c.text(x - 12, y1 + 8, &text, black, false);
+        }
     }
     if points.len() == 1 {
         let (x, y) = (px(points[0].0), py(points[0].1));
