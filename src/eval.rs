@@ -142,28 +142,44 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
         .max()
         .map_or(1, |&m| m as usize + 1);
     let k = k.min(bank.len()).max(1);
+    let words = (gpu.max_binding() / 4) as usize;
+    // The bank is uploaded in blocks of rows that each fit one binding (60,000 raw 28×28 images
+    // do not), and queries go in chunks whose similarity rows to one block fit too.
+    let block = (words / bank.dim.max(1)).clamp(1, bank.len().max(1));
     let mut bank_arena = Arena::for_gpu("knn bank", gpu);
-    let bank_t = bank_arena.upload(gpu, [bank.len(), bank.dim], &l2_normalised(bank))?;
+    let bn = l2_normalised(bank);
+    let blocks: Vec<(usize, Tensor)> = (0..bank.len())
+        .step_by(block)
+        .map(|b0| {
+            let b1 = (b0 + block).min(bank.len());
+            let t = bank_arena.upload(gpu, [b1 - b0, bank.dim], &bn[b0 * bank.dim..b1 * bank.dim])?;
+            Ok((b0, t))
+        })
+        .collect::<Result<_>>()?;
     let mut arena = Arena::for_gpu("knn", gpu);
     let qn = l2_normalised(query);
-    let chunk = (gpu.max_binding() as usize / 4 / bank.len().max(1)).clamp(1, 512);
+    let chunk = (words / block.max(query.dim)).clamp(1, 256);
     let mut correct = 0usize;
     let mut scores = vec![0f64; classes];
+    let mut sims = vec![0f32; chunk * bank.len()];
     for start in (0..query.len()).step_by(chunk) {
         let end = (start + chunk).min(query.len());
-        let q = arena.upload(
-            gpu,
-            [end - start, query.dim],
-            &qn[start * query.dim..end * query.dim],
-        )?;
-        let sims = arena.tensor(gpu, [end - start, bank.len()])?;
-        let spec = Matmul {
-            trans: Trans::NT,
-            ..Default::default()
-        };
-        matmul::matmul(gpu, &q, &bank_t, &sims, &spec)?;
-        let sims: Vec<f32> = gpu.read(sims.region)?;
-        for (r, row) in sims.chunks(bank.len()).enumerate() {
+        let rows = end - start;
+        let q = arena.upload(gpu, [rows, query.dim], &qn[start * query.dim..end * query.dim])?;
+        for (b0, bt) in &blocks {
+            let n = bt.shape.dim(0);
+            let out = arena.tensor(gpu, [rows, n])?;
+            let spec = Matmul {
+                trans: Trans::NT,
+                ..Default::default()
+            };
+            matmul::matmul(gpu, &q, bt, &out, &spec)?;
+            let part: Vec<f32> = gpu.read(out.region)?;
+            for r in 0..rows {
+                sims[r * bank.len() + b0..r * bank.len() + b0 + n].copy_from_slice(&part[r * n..(r + 1) * n]);
+            }
+        }
+        for (r, row) in sims.chunks(bank.len()).take(rows).enumerate() {
             let mut order: Vec<usize> = (0..row.len()).collect();
             order.select_nth_unstable_by(k - 1, |&a, &b| row[b].total_cmp(&row[a]));
             scores.fill(0.0);
