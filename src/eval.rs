@@ -152,7 +152,8 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
         .step_by(block)
         .map(|b0| {
             let b1 = (b0 + block).min(bank.len());
-            let t = bank_arena.upload(gpu, [b1 - b0, bank.dim], &bn[b0 * bank.dim..b1 * bank.dim])?;
+            let t =
+                bank_arena.upload(gpu, [b1 - b0, bank.dim], &bn[b0 * bank.dim..b1 * bank.dim])?;
             Ok((b0, t))
         })
         .collect::<Result<_>>()?;
@@ -165,7 +166,11 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
     for start in (0..query.len()).step_by(chunk) {
         let end = (start + chunk).min(query.len());
         let rows = end - start;
-        let q = arena.upload(gpu, [rows, query.dim], &qn[start * query.dim..end * query.dim])?;
+        let q = arena.upload(
+            gpu,
+            [rows, query.dim],
+            &qn[start * query.dim..end * query.dim],
+        )?;
         for (b0, bt) in &blocks {
             let n = bt.shape.dim(0);
             let out = arena.tensor(gpu, [rows, n])?;
@@ -176,7 +181,8 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
             matmul::matmul(gpu, &q, bt, &out, &spec)?;
             let part: Vec<f32> = gpu.read(out.region)?;
             for r in 0..rows {
-                sims[r * bank.len() + b0..r * bank.len() + b0 + n].copy_from_slice(&part[r * n..(r + 1) * n]);
+                sims[r * bank.len() + b0..r * bank.len() + b0 + n]
+                    .copy_from_slice(&part[r * n..(r + 1) * n]);
             }
         }
         for (r, row) in sims.chunks(bank.len()).take(rows).enumerate() {
