@@ -400,6 +400,21 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
     })
 }
 
+impl Setup {
+    /// The evaluation table of the method as it stands.
+    fn evaluate(&self, seed: u64) -> Result<train::Evaluation> {
+        train::evaluate(
+            &self.gpu,
+            self.method.as_ref(),
+            &self.encoder,
+            &self.split,
+            &self.train_images,
+            &self.test_images,
+            seed,
+        )
+    }
+}
+
 /// The newest checkpoint of a run directory, or the file itself.
 fn find_checkpoint(path: &Path) -> Result<Checkpoint> {
     let file = if path.is_dir() {
@@ -563,15 +578,7 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
     let done = outcome.step - first;
     let per_s = (done * c.batch_size as u64) as f64 / elapsed;
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
-    let evaluation = train::evaluate(
-        &s.gpu,
-        s.method.as_ref(),
-        &s.encoder,
-        &s.split,
-        &s.train_images,
-        &s.test_images,
-        c.seed,
-    )?;
+    let evaluation = s.evaluate(c.seed)?;
     println!("\n{evaluation}");
     println!(
         "training: {done} steps in {elapsed:.1} s, {per_s:.1} images/s (each with its views) on {}",
@@ -611,15 +618,7 @@ fn eval_command(path: &Path) -> Result<()> {
         ck.meta("step")?,
         s.gpu.adapter
     );
-    let evaluation = train::evaluate(
-        &s.gpu,
-        s.method.as_ref(),
-        &s.encoder,
-        &s.split,
-        &s.train_images,
-        &s.test_images,
-        cmd.common().seed,
-    )?;
+    let evaluation = s.evaluate(cmd.common().seed)?;
     println!("{evaluation}");
     Ok(())
 }

@@ -13,7 +13,7 @@
 
 use rand::SeedableRng;
 
-use super::{augmented_views, Method, Network, StepInput, StepOutput};
+use super::{augmented_views, ring_write, Method, Network, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -208,25 +208,6 @@ impl Cmc {
             g.reshape(chroma, [n, h, w, 2])?,
         ))
     }
-
-    fn enqueue(&mut self, gpu: &Gpu, z: Tensor) -> Result<()> {
-        let Some(bank) = self.bank else {
-            return Ok(());
-        };
-        let (k, d) = (self.config.bank, self.config.dim);
-        let rows = z.shape.dim(0);
-        let mut row = rows.saturating_sub(k);
-        while row < rows {
-            let n = (rows - row).min(k - self.ptr);
-            gpu.copy(
-                z.region.slice(row * d, n * d),
-                bank.region.slice(self.ptr * d, n * d),
-            )?;
-            self.ptr = (self.ptr + n) % k;
-            row += n;
-        }
-        Ok(())
-    }
 }
 
 impl Method for Cmc {
@@ -289,7 +270,9 @@ impl Method for Cmc {
         {
             lr = opt.step(gpu, &net.params)?;
         }
-        self.enqueue(gpu, z)?;
+        if let Some(bank) = self.bank {
+            ring_write(gpu, z, bank, &mut self.ptr)?;
+        }
         Ok(StepOutput { stats, lr })
     }
 

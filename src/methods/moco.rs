@@ -11,7 +11,7 @@
 
 use rand::SeedableRng;
 
-use super::{augmented_views, Method, Network, StepInput, StepOutput};
+use super::{augmented_views, ring_write, Method, Network, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -173,25 +173,6 @@ impl Moco {
         reduce::reduce(g.gpu, &hits, &acc, Reduce::Mean, Axis::Cols, false)?;
         Ok((loss, acc))
     }
-
-    /// Writes `keys` [B, dim] into the queue at the pointer, wrapping around.
-    fn enqueue(&mut self, gpu: &Gpu, keys: Tensor) -> Result<()> {
-        let (kq, d) = (self.config.queue, self.config.dim);
-        let b = keys.shape.dim(0);
-        // A batch larger than the queue leaves only its last K keys.
-        let skip = b.saturating_sub(kq);
-        let mut row = skip;
-        while row < b {
-            let n = (b - row).min(kq - self.ptr);
-            gpu.copy(
-                keys.region.slice(row * d, n * d),
-                self.queue.region.slice(self.ptr * d, n * d),
-            )?;
-            self.ptr = (self.ptr + n) % kq;
-            row += n;
-        }
-        Ok(())
-    }
 }
 
 impl Method for Moco {
@@ -241,7 +222,7 @@ impl Method for Moco {
         gpu.copy(acc.region, stats.region.slice(1, 1))?;
         let lr = self.optim.step(gpu, &self.query.params)?;
         for k in &keys {
-            self.enqueue(gpu, *k)?;
+            ring_write(gpu, *k, self.queue, &mut self.ptr)?;
         }
         self.last_keys = keys;
         Ok(StepOutput { stats, lr })

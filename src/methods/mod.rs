@@ -165,3 +165,22 @@ pub fn augmented_views(
     }
     Ok(out)
 }
+
+/// Writes the rows of `rows` [B, d] into the ring buffer `ring` [K, d] at `*ptr`, wrapping around
+/// so that any B works (MoCo's queue, a memory bank); a batch larger than the ring leaves only its
+/// last K rows. Advances `*ptr`.
+pub fn ring_write(gpu: &Gpu, rows: Tensor, ring: Tensor, ptr: &mut usize) -> Result<()> {
+    let (k, d) = (ring.shape.dim(0), ring.shape.dim(1));
+    let b = rows.shape.dim(0);
+    let mut row = b.saturating_sub(k);
+    while row < b {
+        let n = (b - row).min(k - *ptr);
+        gpu.copy(
+            rows.region.slice(row * d, n * d),
+            ring.region.slice(*ptr * d, n * d),
+        )?;
+        *ptr = (*ptr + n) % k;
+        row += n;
+    }
+    Ok(())
+}
