@@ -123,12 +123,17 @@ pub fn pixels(gpu: &Gpu, images: &GpuImages, labels: &[u8]) -> Result<FeatureSet
     })
 }
 
-fn l2_normalised(f: &FeatureSet) -> Vec<f32> {
-    let mut out = f.data.clone();
-    for row in out.chunks_mut(f.dim) {
+/// Divides every row of `data` (rows of `dim`) by its L2 norm (at least 1e-12), on the host.
+pub fn normalize_rows(data: &mut [f32], dim: usize) {
+    for row in data.chunks_mut(dim.max(1)) {
         let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
         row.iter_mut().for_each(|x| *x /= n);
     }
+}
+
+fn l2_normalised(f: &FeatureSet) -> Vec<f32> {
+    let mut out = f.data.clone();
+    normalize_rows(&mut out, f.dim);
     out
 }
 

@@ -136,10 +136,7 @@ impl Cmc {
             let mut b: Vec<f32> = (0..config.bank * config.dim)
                 .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
                 .collect();
-            for row in b.chunks_mut(config.dim) {
-                let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-                row.iter_mut().for_each(|x| *x /= n);
-            }
+            crate::eval::normalize_rows(&mut b, config.dim);
             Some(state.upload(gpu, [config.bank, config.dim], &b)?)
         } else {
             None

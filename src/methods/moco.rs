@@ -128,10 +128,7 @@ impl Moco {
                 (-2.0 * (u.max(1e-7)).ln()).sqrt() * (std::f32::consts::TAU * v).cos()
             })
             .collect();
-        for row in q.chunks_mut(config.dim) {
-            let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-            row.iter_mut().for_each(|x| *x /= n);
-        }
+        crate::eval::normalize_rows(&mut q, config.dim);
         let queue = persistent.upload(gpu, [config.queue, config.dim], &q)?;
         let targets = persistent.tensor(gpu, [batch])?;
         gpu.upload(targets.region, &vec![0u32; batch])?;
