@@ -18,7 +18,9 @@ use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::batchnorm::{self, BatchNorm};
 use crate::kernels::conv::{self, Conv2d};
+use crate::kernels::cpc::{self, Offsets};
 use crate::kernels::elementwise::{self, Broadcast, Direction, Map};
+use crate::kernels::gru;
 use crate::kernels::l2norm;
 use crate::kernels::matmul::{self, Matmul, Trans};
 use crate::kernels::mi::{self, Estimator};
@@ -123,6 +125,20 @@ enum Op {
         x: Var,
         argmax: Tensor,
     },
+    /// A GRU over the input projections `gx`; the forward saves the previous states and gates.
+    Gru {
+        gx: Var,
+        w: Var,
+        b: Var,
+        hprev: Tensor,
+        gates: Tensor,
+    },
+    /// CPC's per-offset scores of predictions against encodings.
+    CpcScores {
+        z: Var,
+        pred: Var,
+        offsets: Offsets,
+    },
 }
 
 impl Op {
@@ -147,6 +163,8 @@ impl Op {
             Op::BatchNorm { .. } => "batch_norm",
             Op::AvgPoolGlobal { .. } => "avg_pool_global",
             Op::MaxPool2x2 { .. } => "max_pool_2x2",
+            Op::Gru { .. } => "gru",
+            Op::CpcScores { .. } => "cpc_scores",
         }
     }
 }
@@ -653,6 +671,41 @@ impl<'a> Graph<'a> {
         Ok(self.push(out, Some(Op::MaxPool2x2 { x, argmax }), g))
     }
 
+    /// A GRU from a zero state over `gx [B, T, 3H]`, the input projections of every step
+    /// (`x·W_ihᵀ + b_ih`, e.g. a [`Graph::linear`]), with recurrent weights `w [3H, H]` and bias
+    /// `b [3H]` (PyTorch's `weight_hh`, `bias_hh`, gate order r, z, n). Returns the states
+    /// `[B, T, H]`.
+    pub fn gru(&mut self, gx: Var, w: Var, b: Var) -> Result<Var> {
+        let (gxv, wv, bv) = (self.value(gx), self.value(w), self.value(b));
+        let (batch, steps, hidden) = gru::dims(&gxv, &wv, &bv)?;
+        let h = self.alloc([batch, steps, hidden])?;
+        let hprev = self.alloc([batch * steps, hidden])?;
+        let gates = self.alloc([batch * steps, 4 * hidden])?;
+        gru::forward(self.gpu, &gxv, &wv, &bv, &h, &hprev, &gates)?;
+        let g = self.needs(&[gx, w, b]);
+        let op = Op::Gru {
+            gx,
+            w,
+            b,
+            hprev,
+            gates,
+        };
+        Ok(self.push(h, Some(op), g))
+    }
+
+    /// CPC's logits `[rows, B]`: the predictions `pred [B, T, K·D]` of offsets 1..=K scored
+    /// against the encodings `z [B, T, D]` of every sequence at the predicted step (see
+    /// [`crate::kernels::cpc`]).
+    pub fn cpc_scores(&mut self, z: Var, pred: Var, k: usize) -> Result<(Var, Offsets)> {
+        let (zv, pv) = (self.value(z), self.value(pred));
+        let offsets = Offsets::of(&zv, &pv, k)?;
+        let logits = self.alloc([offsets.rows(), offsets.batch])?;
+        cpc::scores(self.gpu, &zv, &pv, &logits, &offsets)?;
+        let g = self.needs(&[z, pred]);
+        let op = Op::CpcScores { z, pred, offsets };
+        Ok((self.push(logits, Some(op), g), offsets))
+    }
+
     /// Backpropagates from a one-element `loss` (seeded with 1).
     pub fn backward(&mut self, loss: Var) -> Result<()> {
         let lv = self.value(loss);
@@ -974,6 +1027,53 @@ impl<'a> Graph<'a> {
             Op::MaxPool2x2 { x, argmax } => {
                 self.contribute(x, |gpu, g, acc| {
                     pool::maxpool2x2_backward(gpu, &dout, &argmax, g, acc)
+                })?;
+            }
+            Op::Gru {
+                gx,
+                w,
+                b,
+                hprev,
+                gates,
+            } => {
+                let (gxv, wv, bv) = (self.value(gx), self.value(w), self.value(b));
+                let (batch, steps, hidden) = gru::dims(&gxv, &wv, &bv)?;
+                let [n_dgh, n_carry, n_direct] = gru::backward_scratch(batch, steps, hidden);
+                let dgh = self.alloc([n_dgh / (3 * hidden), 3 * hidden])?;
+                let carry = self.alloc([n_carry])?;
+                let direct = self.alloc([n_direct])?;
+                let run = |gpu: &Gpu, dgx: &Tensor, acc: bool| {
+                    gru::backward_steps(
+                        gpu, &dout, &wv, &bv, &hprev, &gates, dgx, &dgh, &carry, &direct, acc,
+                    )
+                };
+                if self.nodes[gx.0].needs_grad {
+                    self.contribute(gx, run)?;
+                } else {
+                    // The recurrence also produces dgh, which the weights need.
+                    let unused = self.alloc(gxv.shape)?;
+                    run(self.gpu, &unused, false)?;
+                }
+                // dW [3H, H] = dghᵀ·hprev and db = Σ dgh over every sequence and step.
+                self.contribute(w, |gpu, g, acc| {
+                    let spec = Matmul {
+                        trans: Trans::TN,
+                        accumulate: acc,
+                        ..Default::default()
+                    };
+                    matmul::matmul(gpu, &dgh, &hprev, g, &spec)
+                })?;
+                self.contribute(b, |gpu, g, acc| {
+                    reduce::reduce(gpu, &dgh, g, Reduce::Sum, Axis::Cols, acc)
+                })?;
+            }
+            Op::CpcScores { z, pred, offsets } => {
+                let (zv, pv) = (self.value(z), self.value(pred));
+                self.contribute(pred, |gpu, g, acc| {
+                    cpc::grad_pred(gpu, &dout, &zv, g, &offsets, acc)
+                })?;
+                self.contribute(z, |gpu, g, acc| {
+                    cpc::grad_z(gpu, &dout, &pv, g, &offsets, acc)
                 })?;
             }
         }

@@ -4,8 +4,10 @@
 pub mod augment;
 pub mod batchnorm;
 pub mod conv;
+pub mod cpc;
 pub mod elementwise;
 pub mod ema;
+pub mod gru;
 pub mod l2norm;
 pub mod matmul;
 pub mod mi;
