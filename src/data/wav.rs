@@ -219,7 +219,9 @@ fn collect_wavs(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
 }
 
 /// Reads a folder with one subfolder per class (sorted names = label order), every `.wav` below
-/// each subfolder one sequence (dim 1) at `rate` Hz, in sorted path order.
+/// each subfolder one sequence (dim 1) at `rate` Hz, in sorted path order. Files with no audio at
+/// `rate` (an empty data chunk, or fewer samples than one decimation block) are skipped; a class
+/// left with none is an error.
 pub fn read_dir(dir: &Path, rate: u32) -> Result<SequenceSet> {
     if rate == 0 {
         return Err(Error::Config("WAV sample rate must be positive".into()));
@@ -249,18 +251,19 @@ pub fn read_dir(dir: &Path, rate: u32) -> Result<SequenceSet> {
     for (label, (name, class_dir)) in class_dirs.into_iter().enumerate() {
         let mut files = vec![];
         collect_wavs(&class_dir, &mut files)?;
-        if files.is_empty() {
-            return Err(bad(&class_dir, "class folder contains no .wav files"));
-        }
         files.sort();
         for f in files {
             let (from, samples) = read(&f)?;
             let samples = resample(samples, from, rate, &f)?;
-            if samples.is_empty() {
-                return Err(bad(&f, format!("no audio samples at {rate} Hz")));
+            // Header-only files exist in real collections (Asterisk's ru/is.wav): nothing to
+            // learn from, and a zero-frame sequence would break every windowing downstream.
+            if !samples.is_empty() {
+                set.seqs.push(samples);
+                set.labels.push(label as u32);
             }
-            set.seqs.push(samples);
-            set.labels.push(label as u32);
+        }
+        if set.labels.last() != Some(&(label as u32)) {
+            return Err(bad(&class_dir, "class folder contains no audio"));
         }
         set.classes.push(name);
     }
