@@ -70,17 +70,28 @@ PY
     echo "japanese-vowels: $(ls "$out" | wc -l) files in $out"
 }
 
+# Layout of the speech folder; bump it when the layout changes so older copies are replaced.
+# 1 (unmarked): all files flattened into $lang/, where same-named prompts of different subfolders
+# (digits/1.wav, …) overwrote each other. 2: paths kept relative to the package's sounds folder.
+speech_layout=2
+
 fetch_speech() {
     local out="$dir/speech"
-    [ -f "$out/.done" ] && { echo "speech: already in $out"; return; }
+    if [ "$(cat "$out/.done" 2>/dev/null)" = "layout $speech_layout" ]; then
+        echo "speech: already in $out"
+        return
+    fi
+    # An older layout or an interrupted run: start from nothing so no stale file survives.
+    rm -rf "$out"
     mkdir -p "$out"
     for lang in en es fr it ru; do
         (cd "$work" && apt-get download -qq "asterisk-core-sounds-$lang-wav" 2>/dev/null)
         dpkg-deb -x "$work"/asterisk-core-sounds-"$lang"-wav_*.deb "$work/$lang"
         mkdir -p "$out/$lang"
-        find "$work/$lang" -name '*.wav' -exec cp {} "$out/$lang/" \;
+        (cd "$work/$lang/usr/share/asterisk/sounds" &&
+            find . -name '*.wav' -print0 | xargs -0 cp --parents -t "$out/$lang/")
     done
-    touch "$out/.done"
+    echo "layout $speech_layout" > "$out/.done"
     echo "speech: $(find "$out" -name '*.wav' | wc -l) WAV files in $out"
 }
 

@@ -1,10 +1,16 @@
 //! Datasets: file readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary), the embedded default data,
-//! and the image set type the trainers consume.
+//! and the image set type the trainers consume; sequence data (`.ts` series, WAV audio) in
+//! [`sequence`].
 //!
 //! Images are kept as `u8` in NHWC order (channels last, as every activation in this crate).
 
 pub mod cifar;
 pub mod idx;
+pub mod sequence;
+pub mod ts;
+pub mod wav;
+
+pub use sequence::{SequenceData, SequenceSet, SequenceSplit};
 
 use std::path::{Path, PathBuf};
 
