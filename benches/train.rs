@@ -10,7 +10,7 @@ use std::time::Instant;
 use contrastive::data;
 use contrastive::kernels::augment::{Augment, GpuImages};
 use contrastive::kernels::optim::{Optimizer, Schedule};
-use contrastive::methods::{Moco, MocoConfig};
+use contrastive::methods::{Examples, Moco, MocoConfig};
 use contrastive::nn::EncoderConfig;
 use contrastive::optim::OptimConfig;
 use contrastive::train::{self, TrainConfig};
@@ -56,9 +56,8 @@ fn main() -> Result<()> {
         train::train(
             &gpu,
             moco,
-            &split,
-            &images,
-            &images,
+            Examples::Images(&images),
+            None,
             &cfg,
             None,
             None,

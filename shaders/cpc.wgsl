@@ -38,32 +38,71 @@ fn z_at(b: u32, t: u32) -> u32 {
     return (b * p.steps + t) * p.dim;
 }
 
+// Each score and gradient is a small GEMM per (offset, step) block. Every invocation computes a
+// 4×4 register tile of one block: barrier-free, eight loads per sixteen multiply-adds, which is
+// what llvmpipe (and any GPU) needs far more than one dot product per invocation.
+
+const TILE: u32 = 16u;
+
+fn tiles(n: u32) -> u32 {
+    return (n + TILE - 1u) / TILE;
+}
+
+// The (k, t) of valid block `blk` (t < T − k), in logits row order.
+fn block_kt(blk: u32) -> vec2<u32> {
+    var k = 1u;
+    var first = 0u;
+    while k < p.offsets && blk >= first + p.steps - k {
+        first += p.steps - k;
+        k++;
+    }
+    return vec2<u32>(k, blk - first);
+}
+
 @group(1) @binding(0) var<storage, read_write> s_z: array<f32>;
 @group(1) @binding(1) var<storage, read_write> s_pred: array<f32>;
 @group(1) @binding(2) var<storage, read_write> s_logits: array<f32>; // [rows, B]
 
+// logits[(k, t) block][b, b'] = pred[b, t, k] · z[b', t + k].
 @compute @workgroup_size(64)
 fn scores(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
-    if i >= p.rows * p.batch {
+    let nb = p.batch;
+    let per_block = tiles(nb) * tiles(nb);
+    if i >= (p.rows / nb) * per_block {
         return;
     }
-    let r = i / p.batch;
-    let b2 = i % p.batch;
-    var k = 1u;
-    while k < p.offsets && r >= off(k + 1u) {
-        k++;
+    let kt = block_kt(i / per_block);
+    let k = kt.x;
+    let t = kt.y;
+    let i0 = (i % per_block) / tiles(nb) * TILE;
+    let j0 = (i % per_block) % tiles(nb) * TILE;
+    var ai: array<u32, 16>;
+    var bj: array<u32, 16>;
+    for (var u = 0u; u < TILE; u++) {
+        ai[u] = pred_at(min(i0 + u, nb - 1u), t, k);
+        bj[u] = z_at(min(j0 + u, nb - 1u), t + k);
     }
-    let local = r - off(k);
-    let t = local / p.batch;
-    let b = local % p.batch;
-    let a = pred_at(b, t, k);
-    let c = z_at(b2, t + k);
-    var acc = 0.0;
+    var acc: array<array<f32, 16>, 16>;
     for (var d = 0u; d < p.dim; d++) {
-        acc += s_pred[a + d] * s_z[c + d];
+        var a: array<f32, 16>;
+        var b: array<f32, 16>;
+        for (var u = 0u; u < TILE; u++) {
+            a[u] = s_pred[ai[u] + d];
+            b[u] = s_z[bj[u] + d];
+        }
+        for (var u = 0u; u < TILE; u++) {
+            for (var v = 0u; v < TILE; v++) {
+                acc[u][v] += a[u] * b[v];
+            }
+        }
     }
-    s_logits[i] = acc;
+    let row0 = off(k) + t * nb;
+    for (var u = 0u; u < TILE && i0 + u < nb; u++) {
+        for (var v = 0u; v < TILE && j0 + v < nb; v++) {
+            s_logits[(row0 + i0 + u) * nb + j0 + v] = acc[u][v];
+        }
+    }
 }
 
 @group(1) @binding(0) var<storage, read_write> gp_dlogits: array<f32>;
@@ -71,28 +110,52 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
 @group(1) @binding(2) var<storage, read_write> gp_dpred: array<f32>;
 
 // dpred[b, t, k, d] = Σ_b' dlogits[r(k, t, b), b'] · z[b', t + k, d]; 0 where t + k ≥ T.
+// Blocks are every (k, t), the empty ones included, so every element is written.
 @compute @workgroup_size(64)
 fn grad_pred(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
-    if i >= p.batch * p.steps * p.offsets * p.dim {
+    let nb = p.batch;
+    let per_block = tiles(nb) * tiles(p.dim);
+    if i >= p.offsets * p.steps * per_block {
         return;
     }
-    let d = i % p.dim;
-    let k = (i / p.dim) % p.offsets + 1u;
-    let bt = i / (p.dim * p.offsets);
-    let t = bt % p.steps;
-    let b = bt / p.steps;
-    var acc = 0.0;
+    let blk = i / per_block;
+    let k = blk / p.steps + 1u;
+    let t = blk % p.steps;
+    let i0 = (i % per_block) / tiles(p.dim) * TILE; // sequences b
+    let j0 = (i % per_block) % tiles(p.dim) * TILE; // features d
+    var acc: array<array<f32, 16>, 16>;
     if t + k < p.steps {
-        let row = (off(k) + t * p.batch + b) * p.batch;
-        for (var b2 = 0u; b2 < p.batch; b2++) {
-            acc += gp_dlogits[row + b2] * gp_z[z_at(b2, t + k) + d];
+        let row0 = off(k) + t * nb;
+        var ar: array<u32, 16>;
+        for (var u = 0u; u < TILE; u++) {
+            ar[u] = (row0 + min(i0 + u, nb - 1u)) * nb;
+        }
+        let jd = min(j0 + TILE, p.dim) - 1u;
+        for (var b2 = 0u; b2 < nb; b2++) {
+            let zr = z_at(b2, t + k);
+            var a: array<f32, 16>;
+            var b: array<f32, 16>;
+            for (var u = 0u; u < TILE; u++) {
+                a[u] = gp_dlogits[ar[u] + b2];
+                b[u] = gp_z[zr + min(j0 + u, jd)];
+            }
+            for (var u = 0u; u < TILE; u++) {
+                for (var v = 0u; v < TILE; v++) {
+                    acc[u][v] += a[u] * b[v];
+                }
+            }
         }
     }
-    if p.accumulate != 0u {
-        gp_dpred[i] += acc;
-    } else {
-        gp_dpred[i] = acc;
+    for (var u = 0u; u < TILE && i0 + u < nb; u++) {
+        let base = pred_at(i0 + u, t, k) + j0;
+        for (var v = 0u; v < TILE && j0 + v < p.dim; v++) {
+            if p.accumulate != 0u {
+                gp_dpred[base + v] += acc[u][v];
+            } else {
+                gp_dpred[base + v] = acc[u][v];
+            }
+        }
     }
 }
 
@@ -104,24 +167,45 @@ fn grad_pred(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
 @compute @workgroup_size(64)
 fn grad_z(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * 64u;
-    if i >= p.batch * p.steps * p.dim {
+    let nb = p.batch;
+    let per_block = tiles(nb) * tiles(p.dim);
+    if i >= p.steps * per_block {
         return;
     }
-    let d = i % p.dim;
-    let s = (i / p.dim) % p.steps;
-    let b2 = i / (p.dim * p.steps);
-    var acc = 0.0;
+    let s = i / per_block;
+    let i0 = (i % per_block) / tiles(p.dim) * TILE; // sequences b'
+    let j0 = (i % per_block) % tiles(p.dim) * TILE; // features d
+    let ib = min(i0 + TILE, nb) - 1u;
+    let jd = min(j0 + TILE, p.dim) - 1u;
+    var acc: array<array<f32, 16>, 16>;
     for (var k = 1u; k <= min(p.offsets, s); k++) {
         let t = s - k;
-        let base = off(k) + t * p.batch;
-        for (var b = 0u; b < p.batch; b++) {
-            acc += gz_dlogits[(base + b) * p.batch + b2] * gz_pred[pred_at(b, t, k) + d];
+        let row0 = off(k) + t * nb;
+        for (var b = 0u; b < nb; b++) {
+            let ar = (row0 + b) * nb;
+            let pr = pred_at(b, t, k);
+            var a: array<f32, 16>;
+            var c: array<f32, 16>;
+            for (var u = 0u; u < TILE; u++) {
+                a[u] = gz_dlogits[ar + min(i0 + u, ib)];
+                c[u] = gz_pred[pr + min(j0 + u, jd)];
+            }
+            for (var u = 0u; u < TILE; u++) {
+                for (var v = 0u; v < TILE; v++) {
+                    acc[u][v] += a[u] * c[v];
+                }
+            }
         }
     }
-    if p.accumulate != 0u {
-        gz_dz[i] += acc;
-    } else {
-        gz_dz[i] = acc;
+    for (var u = 0u; u < TILE && i0 + u < nb; u++) {
+        let base = z_at(i0 + u, s) + j0;
+        for (var v = 0u; v < TILE && j0 + v < p.dim; v++) {
+            if p.accumulate != 0u {
+                gz_dz[base + v] += acc[u][v];
+            } else {
+                gz_dz[base + v] = acc[u][v];
+            }
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autodiff::{Graph, Var};
-use crate::error::Result;
+use crate::data::SequenceSet;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
 use crate::kernels::batchnorm::BatchNorm;
@@ -90,6 +91,125 @@ pub fn features(
         data,
         labels: labels.to_vec(),
         dim,
+    })
+}
+
+/// Crops per sequence when sequences are evaluated as fixed-length crops (long recordings).
+pub const CROPS_PER_SEQUENCE: usize = 4;
+
+/// The evaluation examples of `set`: `(sequence, first frame, frames)`, whole sequences or up to
+/// [`CROPS_PER_SEQUENCE`] consecutive crops of `crop` frames (sequences shorter than a crop give
+/// none). Sorted by length, so equal lengths batch together; the same order for every feature.
+fn examples(set: &SequenceSet, crop: Option<usize>) -> Vec<(usize, usize, usize)> {
+    let mut out = vec![];
+    for i in 0..set.len() {
+        let frames = set.frames(i);
+        match crop {
+            None => out.push((i, 0, frames)),
+            Some(c) => {
+                for k in 0..(frames / c.max(1)).min(CROPS_PER_SEQUENCE) {
+                    out.push((i, k * c, c));
+                }
+            }
+        }
+    }
+    out.sort_by_key(|&(i, _, len)| (len, i));
+    out
+}
+
+fn labels_u8(set: &SequenceSet, ex: &[(usize, usize, usize)]) -> Result<Vec<u8>> {
+    ex.iter()
+        .map(|&(i, _, _)| {
+            u8::try_from(set.labels[i]).map_err(|_| {
+                Error::Config(format!(
+                    "{} classes: the probes handle at most 256",
+                    set.num_classes()
+                ))
+            })
+        })
+        .collect()
+}
+
+fn no_examples(crop: Option<usize>) -> Error {
+    Error::Config(format!(
+        "no sequence is long enough for an evaluation crop of {} frames",
+        crop.unwrap_or(0)
+    ))
+}
+
+/// Features of every evaluation example of `set` (see [`examples`]) from a frozen model: `f`
+/// records the features of a batch `[n, frames, dim]` (`[n, frames]` for one channel).
+pub fn sequence_features(
+    gpu: &Gpu,
+    f: &dyn Fn(&mut Graph, Var) -> Result<Var>,
+    set: &SequenceSet,
+    crop: Option<usize>,
+) -> Result<FeatureSet> {
+    let ex = examples(set, crop);
+    if ex.is_empty() {
+        return Err(no_examples(crop));
+    }
+    let mut data = vec![];
+    let mut dim = 0;
+    let mut arena = Arena::for_gpu("eval", gpu);
+    // Batches of equal length, capped at about 4M input values.
+    let mut start = 0;
+    while start < ex.len() {
+        let len = ex[start].2;
+        let cap = (4 << 20) / (len * set.dim).max(1);
+        let mut end = start;
+        while end < ex.len() && ex[end].2 == len && end - start < cap.clamp(1, 256) {
+            end += 1;
+        }
+        let mut x = Vec::with_capacity((end - start) * len * set.dim);
+        for &(i, first, n) in &ex[start..end] {
+            x.extend_from_slice(&set.seqs[i][first * set.dim..(first + n) * set.dim]);
+        }
+        arena.reset();
+        let n = end - start;
+        let xt = if set.dim == 1 {
+            arena.upload(gpu, [n, len], &x)?
+        } else {
+            arena.upload(gpu, [n, len, set.dim], &x)?
+        };
+        let mut g = Graph::inference(gpu, &mut arena);
+        let xv = g.input(xt);
+        let y = f(&mut g, xv)?;
+        dim = g.shape(y).rows_cols().1;
+        data.extend(g.read(y)?);
+        start = end;
+    }
+    arena.free(gpu)?;
+    Ok(FeatureSet {
+        data,
+        labels: labels_u8(set, &ex)?,
+        dim,
+    })
+}
+
+/// The mean frame of every evaluation example: the raw-input baseline for sequences.
+pub fn mean_frames(set: &SequenceSet, crop: Option<usize>) -> Result<FeatureSet> {
+    let ex = examples(set, crop);
+    if ex.is_empty() {
+        return Err(no_examples(crop));
+    }
+    let mut data = Vec::with_capacity(ex.len() * set.dim);
+    for &(i, first, n) in &ex {
+        let mut mean = vec![0.0f64; set.dim];
+        for t in first..first + n {
+            for (m, &v) in mean
+                .iter_mut()
+                .zip(&set.seqs[i][t * set.dim..(t + 1) * set.dim])
+            {
+                *m += v as f64 / n as f64;
+            }
+        }
+        data.extend(mean.iter().map(|&m| m as f32));
+    }
+    Ok(FeatureSet {
+        data,
+        labels: labels_u8(set, &ex)?,
+        dim: set.dim,
     })
 }
 

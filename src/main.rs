@@ -6,16 +6,20 @@ use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use contrastive::checkpoint::{self, Checkpoint};
-use contrastive::data::{self, Dataset, Split};
+use contrastive::data::{self, Dataset, SequenceData, SequenceSet, SequenceSplit, Split};
 use contrastive::kernels::augment::{Augment, GpuImages};
+use contrastive::kernels::cpc::PatchGrid;
 use contrastive::kernels::mi::Estimator;
 use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::cmc::Views;
-use contrastive::methods::{Cmc, CmcConfig, Dim, DimConfig, Method, Moco, MocoConfig, Network};
+use contrastive::methods::{
+    Cmc, CmcConfig, Cpc, CpcConfig, CpcInput, Dim, DimConfig, Examples, Method, Moco, MocoConfig,
+    Network,
+};
 use contrastive::nn::EncoderConfig;
 use contrastive::optim::OptimConfig;
 use contrastive::train::{self, Checkpointing, TrainConfig};
@@ -114,6 +118,31 @@ enum MethodCmd {
         #[arg(long, default_value_t = 0)]
         bank: usize,
     },
+    /// Contrastive Predictive Coding: a GRU context predicts future encodings, on sequences
+    /// (--data japanese-vowels), raw audio (--data wav) or image patch grids (image datasets).
+    Cpc {
+        #[command(flatten)]
+        common: CommonArgs,
+        /// Offsets predicted (K) [default: 12 for wav, 3 otherwise].
+        #[arg(long)]
+        offsets: Option<usize>,
+        /// Encoding size z (frames and audio; for images it is the last encoder width).
+        #[arg(long, default_value_t = 64)]
+        dim: usize,
+        /// GRU context size.
+        #[arg(long, default_value_t = 64)]
+        context: usize,
+        /// Training crop: frames for japanese-vowels [default: 10], samples for wav [default:
+        /// 8000, one second; the encoder down-samples 160×]; also wav's evaluation crop.
+        #[arg(long)]
+        window: Option<usize>,
+        /// Image patch size (images).
+        #[arg(long, default_value_t = 8)]
+        patch: usize,
+        /// Image patch stride (images; smaller than the patch: patches overlap).
+        #[arg(long, default_value_t = 4)]
+        patch_stride: usize,
+    },
 }
 
 impl MethodCmd {
@@ -122,6 +151,7 @@ impl MethodCmd {
             MethodCmd::Moco { .. } => "moco",
             MethodCmd::Dim { .. } => "dim",
             MethodCmd::Cmc { .. } => "cmc",
+            MethodCmd::Cpc { .. } => "cpc",
         }
     }
 
@@ -129,7 +159,8 @@ impl MethodCmd {
         match self {
             MethodCmd::Moco { common, .. }
             | MethodCmd::Dim { common, .. }
-            | MethodCmd::Cmc { common, .. } => common,
+            | MethodCmd::Cmc { common, .. }
+            | MethodCmd::Cpc { common, .. } => common,
         }
     }
 
@@ -137,7 +168,8 @@ impl MethodCmd {
         match self {
             MethodCmd::Moco { common, .. }
             | MethodCmd::Dim { common, .. }
-            | MethodCmd::Cmc { common, .. } => common,
+            | MethodCmd::Cmc { common, .. }
+            | MethodCmd::Cpc { common, .. } => common,
         }
     }
 }
@@ -153,16 +185,17 @@ struct CommonArgs {
     /// Use only the first N training images (0: all).
     #[arg(long, default_value_t = 0)]
     train_images: usize,
-    /// Training epochs (ignored when --steps is given).
-    #[arg(long, default_value_t = 8.0)]
-    epochs: f32,
+    /// Training epochs (ignored when --steps is given) [default: 8; cpc: 300 on
+    /// japanese-vowels, 10 on wav].
+    #[arg(long)]
+    epochs: Option<f32>,
     /// Training steps (overrides --epochs).
     #[arg(long)]
     steps: Option<u64>,
-    /// Images per batch.
-    #[arg(long, default_value_t = 256)]
-    batch_size: usize,
-    /// Optimiser [default: sgd (momentum 0.9) for moco and cmc, adam for dim].
+    /// Images (or sequences) per batch [default: 256; cpc: 64].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Optimiser [default: sgd (momentum 0.9) for moco and cmc, adam for dim and cpc].
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
     /// Base learning rate for batch 256, scaled linearly with the batch size
@@ -244,30 +277,241 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
-/// Everything a command needs, built from its settings: device, data on the GPU, the method.
+/// The data of a run: images on the GPU, or sequences on the host.
+enum RunData {
+    Images {
+        split: Split,
+        train: GpuImages,
+        test: GpuImages,
+        _arena: Arena,
+    },
+    Sequences {
+        split: SequenceSplit,
+        /// The training sequences long enough for one crop.
+        train: SequenceSet,
+        /// Evaluation crop (audio); whole sequences otherwise.
+        crop: Option<usize>,
+    },
+}
+
+impl RunData {
+    fn examples(&self) -> Examples<'_> {
+        match self {
+            RunData::Images { train, .. } => Examples::Images(train),
+            RunData::Sequences { train, .. } => Examples::Sequences(train),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            RunData::Images { split, .. } => format!(
+                "{}; training on {} images, evaluating on {}",
+                split.origin,
+                split.train.len(),
+                split.test.len()
+            ),
+            RunData::Sequences { split, train, crop } => format!(
+                "{} sequences of {} channel(s), {} classes; training on {} of {} (long enough for a crop), evaluating on {}{}",
+                split.train.len() + split.test.len(),
+                split.train.dim,
+                split.train.num_classes(),
+                train.len(),
+                split.train.len(),
+                split.test.len(),
+                crop.map_or(String::new(), |c| format!(" in crops of {c} frames"))
+            ),
+        }
+    }
+}
+
+/// Everything a command needs, built from its settings: device, data, the method, and a
+/// randomly initialised model of the same kind for the evaluation's baseline.
 struct Setup {
     gpu: Gpu,
-    split: Split,
-    train_images: GpuImages,
-    test_images: GpuImages,
+    data: RunData,
+    /// The image encoder's configuration (image methods).
     encoder: EncoderConfig,
     cfg: TrainConfig,
     method: Box<dyn Method>,
-    _data: Arena,
+    random: Box<dyn Method>,
+}
+
+/// The sequence dataset a `--data` value names, if it names one.
+fn sequence_data(d: Dataset) -> Option<SequenceData> {
+    match d {
+        Dataset::JapaneseVowels => Some(SequenceData::JapaneseVowels),
+        Dataset::Wav => Some(SequenceData::Wav),
+        _ => None,
+    }
+}
+
+fn build_method(
+    gpu: &Gpu,
+    cmd: &MethodCmd,
+    encoder: &EncoderConfig,
+    data: &RunData,
+    optim: &OptimConfig,
+    batch: usize,
+    seed: u64,
+) -> Result<Box<dyn Method>> {
+    Ok(match cmd.clone() {
+        MethodCmd::Moco {
+            queue,
+            momentum,
+            temperature,
+            dim,
+            linear_head,
+            split_bn,
+            symmetric,
+            ..
+        } => {
+            let config = MocoConfig {
+                queue,
+                momentum,
+                temperature,
+                dim,
+                mlp: !linear_head,
+                split_bn,
+                symmetric,
+            };
+            config.validate(batch)?;
+            Box::new(Moco::new(gpu, config, encoder, batch, optim, seed)?)
+        }
+        MethodCmd::Dim {
+            estimator,
+            dim,
+            local_stage,
+            ..
+        } => {
+            let config = DimConfig {
+                estimator,
+                dim,
+                local_stage,
+            };
+            Box::new(Dim::new(gpu, config, encoder, optim, seed)?)
+        }
+        MethodCmd::Cmc {
+            views,
+            temperature,
+            dim,
+            bank,
+            ..
+        } => {
+            let config = CmcConfig {
+                views,
+                temperature,
+                dim,
+                bank,
+            };
+            Box::new(Cmc::new(gpu, config, encoder, batch, optim, seed)?)
+        }
+        MethodCmd::Cpc {
+            common,
+            offsets,
+            dim,
+            context,
+            window,
+            patch,
+            patch_stride,
+        } => {
+            let input = match (sequence_data(common.data), data) {
+                (Some(SequenceData::Wav), _) => CpcInput::Waveform,
+                (Some(SequenceData::JapaneseVowels), RunData::Sequences { split, .. }) => {
+                    CpcInput::Frames {
+                        features: split.train.dim,
+                    }
+                }
+                _ => CpcInput::Patches {
+                    grid: PatchGrid {
+                        size: patch,
+                        stride: patch_stride,
+                    },
+                    encoder: encoder.clone(),
+                },
+            };
+            let wav = input == CpcInput::Waveform;
+            let config = CpcConfig {
+                input,
+                offsets: offsets.unwrap_or(if wav { 12 } else { 3 }),
+                dim,
+                context,
+                window: cpc_window(common.data, window),
+            };
+            Box::new(Cpc::new(gpu, config, batch, optim, seed)?)
+        }
+    })
+}
+
+/// CPC's training crop: frames for japanese-vowels, samples for wav.
+fn cpc_window(data: Dataset, window: Option<usize>) -> usize {
+    window.unwrap_or(match data {
+        Dataset::Wav => 8000,
+        _ => 10,
+    })
 }
 
 fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
     let c = cmd.common();
-    let gpu = Gpu::new()?;
-    let mut split = data::load(c.data, c.data_dir.as_deref())?;
-    if c.train_images > 0 {
-        split.train = split.train.take(c.train_images);
+    let is_cpc = matches!(cmd, MethodCmd::Cpc { .. });
+    let seq = sequence_data(c.data);
+    if seq.is_some() && !is_cpc {
+        return Err(Error::Config(format!(
+            "--data {} is a sequence dataset: only `contrastive train cpc` reads it",
+            c.data
+                .to_possible_value()
+                .map_or("?".into(), |v| v.get_name().to_string())
+        )));
     }
-    let steps = c.steps.unwrap_or(
-        ((c.epochs as f64 * split.train.len() as f64) / c.batch_size.max(1) as f64).ceil() as u64,
-    );
+    let batch = c.batch_size.unwrap_or(if is_cpc { 64 } else { 256 });
+    let epochs = c.epochs.unwrap_or(match seq {
+        Some(SequenceData::JapaneseVowels) => 300.0,
+        Some(SequenceData::Wav) => 10.0,
+        None => 8.0,
+    });
+    let gpu = Gpu::new()?;
+    let data = match seq {
+        Some(kind) => {
+            let split = data::sequence::load(kind, c.data_dir.as_deref())?;
+            let window = match cmd {
+                MethodCmd::Cpc { window, .. } => cpc_window(c.data, *window),
+                _ => unreachable!("only cpc reads sequences"),
+            };
+            let long: Vec<usize> = (0..split.train.len())
+                .filter(|&i| split.train.frames(i) >= window)
+                .collect();
+            let mut train = split.train.subset(&long);
+            if c.train_images > 0 {
+                train = train.subset(&(0..c.train_images.min(train.len())).collect::<Vec<_>>());
+            }
+            let crop = (kind == SequenceData::Wav).then_some(window);
+            RunData::Sequences { split, train, crop }
+        }
+        None => {
+            let mut split = data::load(c.data, c.data_dir.as_deref())?;
+            if c.train_images > 0 {
+                split.train = split.train.take(c.train_images);
+            }
+            let mut arena = Arena::for_gpu("datasets", &gpu);
+            let train = GpuImages::upload(&gpu, &mut arena, &split.train)?;
+            let test = GpuImages::upload(&gpu, &mut arena, &split.test)?;
+            RunData::Images {
+                split,
+                train,
+                test,
+                _arena: arena,
+            }
+        }
+    };
+    let train_len = data.examples().len();
+    let steps = c
+        .steps
+        .unwrap_or(((epochs as f64 * train_len as f64) / batch.max(1) as f64).ceil() as u64);
+    let monitor_images = match &data {
+        RunData::Images { split, .. } => split.test.len(),
+        RunData::Sequences { split, .. } => split.test.len(),
+    };
     let cfg = TrainConfig {
-        batch_size: c.batch_size,
+        batch_size: batch,
         steps,
         seed: c.seed,
         augment: if c.no_augment {
@@ -276,16 +520,22 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
             Augment::contrastive()
         },
         knn_every: c.knn_every,
-        monitor_images: split.test.len(),
+        monitor_images,
         progress: !quiet,
     };
-    train::validate(&cfg, split.train.len())?;
+    train::validate(&cfg, train_len)?;
+    let (h, w, ch) = match &data {
+        RunData::Images { split, .. } => {
+            (split.train.height, split.train.width, split.train.channels)
+        }
+        RunData::Sequences { .. } => (1, 1, 1),
+    };
     let encoder = EncoderConfig {
         widths: c.widths.clone(),
         residual_blocks: c.residual_blocks,
-        ..EncoderConfig::small(split.train.height, split.train.width, split.train.channels)
+        ..EncoderConfig::small(h, w, ch)
     };
-    let default = if matches!(cmd, MethodCmd::Dim { .. }) {
+    let default = if matches!(cmd, MethodCmd::Dim { .. } | MethodCmd::Cpc { .. }) {
         OptimizerArg::Adam
     } else {
         OptimizerArg::Sgd
@@ -311,7 +561,7 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
     };
     let optim = OptimConfig {
         kind,
-        lr: c.lr.unwrap_or(default_lr) * c.batch_size as f32 / 256.0,
+        lr: c.lr.unwrap_or(default_lr) * batch as f32 / 256.0,
         weight_decay: c.weight_decay,
         schedule: Schedule::Cosine {
             warmup: c.warmup,
@@ -319,99 +569,56 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
             min_lr: 0.0,
         },
     };
-    let method: Box<dyn Method> = match cmd.clone() {
-        MethodCmd::Moco {
-            common,
-            queue,
-            momentum,
-            temperature,
-            dim,
-            linear_head,
-            split_bn,
-            symmetric,
-        } => {
-            let config = MocoConfig {
-                queue,
-                momentum,
-                temperature,
-                dim,
-                mlp: !linear_head,
-                split_bn,
-                symmetric,
-            };
-            config.validate(common.batch_size)?;
-            Box::new(Moco::new(
-                &gpu,
-                config,
-                &encoder,
-                common.batch_size,
-                &optim,
-                common.seed,
-            )?)
-        }
-        MethodCmd::Dim {
-            common,
-            estimator,
-            dim,
-            local_stage,
-        } => {
-            let config = DimConfig {
-                estimator,
-                dim,
-                local_stage,
-            };
-            Box::new(Dim::new(&gpu, config, &encoder, &optim, common.seed)?)
-        }
-        MethodCmd::Cmc {
-            common,
-            views,
-            temperature,
-            dim,
-            bank,
-        } => {
-            let config = CmcConfig {
-                views,
-                temperature,
-                dim,
-                bank,
-            };
-            Box::new(Cmc::new(
-                &gpu,
-                config,
-                &encoder,
-                common.batch_size,
-                &optim,
-                common.seed,
-            )?)
-        }
-    };
-    let mut data_arena = Arena::for_gpu("datasets", &gpu);
-    let train_images = GpuImages::upload(&gpu, &mut data_arena, &split.train)?;
-    let test_images = GpuImages::upload(&gpu, &mut data_arena, &split.test)?;
+    let method = build_method(&gpu, cmd, &encoder, &data, &optim, batch, c.seed)?;
+    let random = build_method(
+        &gpu,
+        cmd,
+        &encoder,
+        &data,
+        &optim,
+        batch,
+        c.seed ^ 0xdead_beef,
+    )?;
     Ok(Setup {
         gpu,
-        split,
-        train_images,
-        test_images,
+        data,
         encoder,
         cfg,
         method,
-        _data: data_arena,
+        random,
     })
 }
 
 impl Setup {
     /// The evaluation table of the method as it stands.
-    fn evaluate(&self, seed: u64) -> Result<train::Evaluation> {
-        train::evaluate(
-            &self.gpu,
-            self.method.as_ref(),
-            &self.encoder,
-            &self.split,
-            &self.train_images,
-            &self.test_images,
-            seed,
-        )
+    fn evaluate(&self) -> Result<train::Evaluation> {
+        let trained = |g: &mut contrastive::autodiff::Graph, x| self.method.features(g, x);
+        let random = |g: &mut contrastive::autodiff::Graph, x| self.random.features(g, x);
+        match &self.data {
+            RunData::Images {
+                split, train, test, ..
+            } => train::evaluate(&self.gpu, &trained, &random, split, train, test),
+            RunData::Sequences { split, crop, .. } => {
+                train::evaluate_sequences(&self.gpu, &trained, &random, split, *crop)
+            }
+        }
+    }
+}
+
+/// The held-out kNN accuracy of a method, for the monitor during training.
+fn monitor(gpu: &Gpu, data: &RunData, method: &dyn Method) -> Result<f64> {
+    {
+        let f = |g: &mut contrastive::autodiff::Graph, x| method.features(g, x);
+        let (bank, query) = match data {
+            RunData::Images {
+                split, train, test, ..
+            } => return train::knn_monitor(gpu, method, split, train, test),
+            RunData::Sequences { split, crop, .. } => (
+                contrastive::eval::sequence_features(gpu, &f, &split.train, *crop)?,
+                contrastive::eval::sequence_features(gpu, &f, &split.test, *crop)?,
+            ),
+        };
+        contrastive::eval::knn(gpu, &bank, &query, 200, 0.1)
     }
 }
 
@@ -482,20 +689,20 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         }
     }
     eprintln!("adapter: {}", s.gpu.adapter);
+    eprintln!("data: {}", s.data.describe());
+    if matches!(s.data, RunData::Images { .. }) && !matches!(cmd, MethodCmd::Cpc { .. }) {
+        let probe = Network::new(&s.gpu, &s.encoder, &[], 0)?;
+        eprintln!(
+            "encoder: {} parameters, {:.1} MFLOP per image forward",
+            probe.params.count(),
+            probe.encoder.flops_per_image() * 1e-6,
+        );
+    }
     eprintln!(
-        "data: {}; training on {} images, evaluating on {}",
-        s.split.origin,
-        s.split.train.len(),
-        s.split.test.len()
-    );
-    let probe = Network::new(&s.gpu, &s.encoder, &[], 0)?;
-    eprintln!(
-        "encoder: {} parameters, {:.1} MFLOP per image forward; trained model {} parameters; {} steps of batch {}",
-        probe.params.count(),
-        probe.encoder.flops_per_image() * 1e-6,
+        "trained model: {} parameters; {} steps of batch {}",
         s.method.parameter_count(),
         s.cfg.steps,
-        c.batch_size
+        s.cfg.batch_size
     );
     if let Some(ck) = &resume {
         eprintln!(
@@ -531,9 +738,8 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
     let outcome = train::train(
         &s.gpu,
         s.method.as_mut(),
-        &s.split,
-        &s.train_images,
-        &s.test_images,
+        s.data.examples(),
+        Some(&|m: &dyn Method| monitor(&s.gpu, &s.data, m)),
         &s.cfg,
         Some(&ckpt),
         resume.as_ref(),
@@ -576,9 +782,9 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
     }
     let elapsed = start.elapsed().as_secs_f64();
     let done = outcome.step - first;
-    let per_s = (done * c.batch_size as u64) as f64 / elapsed;
+    let per_s = (done * s.cfg.batch_size as u64) as f64 / elapsed;
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
-    let evaluation = s.evaluate(c.seed)?;
+    let evaluation = s.evaluate()?;
     println!("\n{evaluation}");
     println!(
         "training: {done} steps in {elapsed:.1} s, {per_s:.1} images/s (each with its views) on {}",
@@ -587,9 +793,9 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
     let summary = serde_json::json!({
         "method": cmd.name(),
         "adapter": s.gpu.adapter.to_string(),
-        "data": s.split.origin,
+        "data": s.data.describe(),
         "steps": outcome.step,
-        "batch_size": c.batch_size,
+        "batch_size": s.cfg.batch_size,
         "seconds": elapsed,
         "images_per_s": per_s,
         "final_loss": outcome.lines.last().map(|l| l.loss),
@@ -618,7 +824,7 @@ fn eval_command(path: &Path) -> Result<()> {
         ck.meta("step")?,
         s.gpu.adapter
     );
-    let evaluation = s.evaluate(cmd.common().seed)?;
+    let evaluation = s.evaluate()?;
     println!("{evaluation}");
     Ok(())
 }

@@ -9,14 +9,13 @@ use rand::SeedableRng;
 
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::Split;
+use crate::data::{SequenceSplit, Split};
 use crate::error::{Error, Result};
 use crate::eval::{self, FeatureSet, Probe};
 use crate::gpu::Gpu;
 use crate::kernels::augment::{Augment, GpuImages};
 use crate::memory::Arena;
-use crate::methods::{Method, StepInput};
-use crate::nn::EncoderConfig;
+use crate::methods::{Examples, Method, StepInput};
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct TrainConfig {
@@ -42,6 +41,9 @@ pub struct LogLine {
     pub images_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knn: Option<f64>,
+    /// Loss and contrastive accuracy of each predicted offset (CPC), k = 1, 2, ….
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub offsets: Vec<[f32; 2]>,
 }
 
 /// Accuracy of one representation under both probes.
@@ -56,7 +58,11 @@ pub struct ProbeResult {
 pub struct Evaluation {
     pub trained: ProbeResult,
     pub random: ProbeResult,
+    /// The raw input: pixels, or mean-pooled frames for sequences.
     pub pixels: ProbeResult,
+    /// What the raw row shows.
+    #[serde(default)]
+    pub raw: String,
 }
 
 impl std::fmt::Display for Evaluation {
@@ -69,7 +75,7 @@ impl std::fmt::Display for Evaluation {
         for (name, r) in [
             ("trained encoder", self.trained),
             ("random encoder", self.random),
-            ("raw pixels", self.pixels),
+            (self.raw.as_str(), self.pixels),
         ] {
             writeln!(
                 f,
@@ -237,34 +243,57 @@ pub fn probe(gpu: &Gpu, train: &FeatureSet, test: &FeatureSet) -> Result<ProbeRe
     })
 }
 
-/// The evaluation table for a trained method.
+/// Features of a batch recorded on an inference graph.
+pub type FeatureFn<'a> = &'a dyn Fn(&mut Graph, Var) -> Result<Var>;
+
+/// The evaluation table on images: the trained and the random model's features, and pixels.
 pub fn evaluate(
     gpu: &Gpu,
-    method: &dyn Method,
-    encoder_config: &EncoderConfig,
+    trained: FeatureFn,
+    random: FeatureFn,
     data: &Split,
     train_images: &GpuImages,
     test_images: &GpuImages,
-    seed: u64,
 ) -> Result<Evaluation> {
-    let trained_f = |g: &mut Graph, x: Var| method.features(g, x);
-    let f_train = eval::features(gpu, &trained_f, train_images, &data.train.labels)?;
-    let f_test = eval::features(gpu, &trained_f, test_images, &data.test.labels)?;
-    let trained = probe(gpu, &f_train, &f_test)?;
-
-    let net = crate::methods::Network::new(gpu, encoder_config, &[], seed ^ 0xdead_beef)?;
-    let random_f = eval::encoder_features(&net.encoder, &net.params, &net.buffers);
-    let r_train = eval::features(gpu, &random_f, train_images, &data.train.labels)?;
-    let r_test = eval::features(gpu, &random_f, test_images, &data.test.labels)?;
-    let random = probe(gpu, &r_train, &r_test)?;
-
+    let mut rows = vec![];
+    for f in [trained, random] {
+        let train = eval::features(gpu, f, train_images, &data.train.labels)?;
+        let test = eval::features(gpu, f, test_images, &data.test.labels)?;
+        rows.push(probe(gpu, &train, &test)?);
+    }
     let p_train = eval::pixels(gpu, train_images, &data.train.labels)?;
     let p_test = eval::pixels(gpu, test_images, &data.test.labels)?;
-    let pixels = probe(gpu, &p_train, &p_test)?;
     Ok(Evaluation {
-        trained,
-        random,
-        pixels,
+        trained: rows[0],
+        random: rows[1],
+        pixels: probe(gpu, &p_train, &p_test)?,
+        raw: "raw pixels".into(),
+    })
+}
+
+/// The evaluation table on sequences: examples are whole sequences, or with `crop` up to
+/// [`eval::CROPS_PER_SEQUENCE`] consecutive crops of that many frames from each; the raw row is
+/// the mean frame.
+pub fn evaluate_sequences(
+    gpu: &Gpu,
+    trained: FeatureFn,
+    random: FeatureFn,
+    data: &SequenceSplit,
+    crop: Option<usize>,
+) -> Result<Evaluation> {
+    let mut rows = vec![];
+    for f in [trained, random] {
+        let train = eval::sequence_features(gpu, f, &data.train, crop)?;
+        let test = eval::sequence_features(gpu, f, &data.test, crop)?;
+        rows.push(probe(gpu, &train, &test)?);
+    }
+    let raw_train = eval::mean_frames(&data.train, crop)?;
+    let raw_test = eval::mean_frames(&data.test, crop)?;
+    Ok(Evaluation {
+        trained: rows[0],
+        random: rows[1],
+        pixels: probe(gpu, &raw_train, &raw_test)?,
+        raw: "raw (mean frame)".into(),
     })
 }
 
@@ -301,6 +330,10 @@ fn save_state(
     Ok(ck)
 }
 
+/// A held-out accuracy of the method as it stands (e.g. [`knn_monitor`]), run every
+/// `cfg.knn_every` steps.
+pub type Monitor<'a> = &'a dyn Fn(&dyn Method) -> Result<f64>;
+
 /// Runs training steps up to `cfg.steps` (continuing from `resume` if given), calling `log` with
 /// every step's line, checkpointing as `ckpt` says, and stopping cleanly — with a checkpoint —
 /// when `stop` becomes true.
@@ -308,18 +341,17 @@ fn save_state(
 pub fn train(
     gpu: &Gpu,
     method: &mut dyn Method,
-    data: &Split,
-    train_images: &GpuImages,
-    monitor_images: &GpuImages,
+    examples: Examples,
+    monitor: Option<Monitor>,
     cfg: &TrainConfig,
     ckpt: Option<&Checkpointing>,
     resume: Option<&Checkpoint>,
     stop: &std::sync::atomic::AtomicBool,
     mut log: impl FnMut(&LogLine) -> Result<()>,
 ) -> Result<Outcome> {
-    validate(cfg, train_images.len)?;
+    validate(cfg, examples.len())?;
     let mut arena = Arena::for_gpu("step", gpu);
-    let mut batches = Batches::new(train_images.len, cfg.batch_size, cfg.seed);
+    let mut batches = Batches::new(examples.len(), cfg.batch_size, cfg.seed);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed ^ 0xa076_1d64);
     let mut first = 1;
     if let Some(ck) = resume {
@@ -382,7 +414,7 @@ pub fn train(
             .record_step(StepInput {
                 gpu,
                 arena: &mut arena,
-                images: train_images,
+                examples,
                 indices: &indices,
                 augment: &cfg.augment,
                 rng: &mut rng,
@@ -404,17 +436,19 @@ pub fn train(
                 op: format!("{} loss", method.name()),
             });
         }
-        let knn = (cfg.knn_every > 0 && step % cfg.knn_every == 0)
-            .then(|| knn_monitor(gpu, method, data, train_images, monitor_images))
+        let knn = monitor
+            .filter(|_| cfg.knn_every > 0 && step % cfg.knn_every == 0)
+            .map(|m| m(method))
             .transpose()?;
         let line = LogLine {
             step,
-            epoch: (step * cfg.batch_size as u64) as f64 / train_images.len as f64,
+            epoch: (step * cfg.batch_size as u64) as f64 / examples.len() as f64,
             loss: stats[0],
             accuracy: stats[1],
             lr: out.lr,
             images_per_s,
             knn,
+            offsets: stats[2..].chunks(2).map(|c| [c[0], c[1]]).collect(),
         };
         let acc = if line.accuracy.is_finite() {
             format!("  acc {:5.1}%", line.accuracy * 100.0)

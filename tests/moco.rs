@@ -7,7 +7,7 @@ use common::*;
 use contrastive::data;
 use contrastive::kernels::augment::{Augment, GpuImages};
 use contrastive::kernels::optim::{Optimizer, Schedule};
-use contrastive::methods::{Method, Moco, MocoConfig, StepInput};
+use contrastive::methods::{Examples, Method, Moco, MocoConfig, StepInput};
 use contrastive::nn::EncoderConfig;
 use contrastive::optim::OptimConfig;
 use contrastive::{Arena, Gpu};
@@ -58,7 +58,7 @@ fn step(gpu: &Gpu, moco: &mut Moco, images: &GpuImages, arena: &mut Arena, n: u6
         .record_step(StepInput {
             gpu,
             arena,
-            images,
+            examples: Examples::Images(images),
             indices: &idx,
             augment: &Augment::contrastive(),
             rng: &mut rng,

@@ -12,7 +12,7 @@ use contrastive::data;
 use contrastive::kernels::augment::{Augment, GpuImages};
 use contrastive::kernels::mi::Estimator;
 use contrastive::kernels::optim::{Optimizer, Schedule};
-use contrastive::methods::{Cmc, CmcConfig, Dim, DimConfig, Method, Moco, MocoConfig};
+use contrastive::methods::{Cmc, CmcConfig, Dim, DimConfig, Examples, Method, Moco, MocoConfig};
 use contrastive::nn::EncoderConfig;
 use contrastive::optim::OptimConfig;
 use contrastive::train::{self, TrainConfig};
@@ -85,9 +85,8 @@ fn run(gpu: &Gpu, d: &Data, method: &mut dyn Method, steps: u64) -> (f64, f64, V
     let out = train::train(
         gpu,
         method,
-        &d.split,
-        &d.train,
-        &d.test,
+        Examples::Images(&d.train),
+        None,
         &cfg,
         None,
         None,

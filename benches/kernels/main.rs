@@ -12,6 +12,7 @@ mod elementwise;
 mod harness;
 mod matmul;
 mod reduce;
+mod sequence;
 
 fn main() -> Result<()> {
     let gpu = Gpu::new()?;
@@ -23,5 +24,6 @@ fn main() -> Result<()> {
     conv::run(&mut b)?;
     elementwise::run(&mut b)?;
     batchnorm::run(&mut b)?;
+    sequence::run(&mut b)?;
     Ok(())
 }

@@ -93,6 +93,10 @@ pub enum Dataset {
     Mnist,
     /// CIFAR-10 binary batches from --data-dir (data_batch_{1..5}.bin, test_batch.bin).
     Cifar10,
+    /// JapaneseVowels sequences (`train cpc` only): embedded, or from --data-dir.
+    JapaneseVowels,
+    /// WAV recordings from --data-dir/speech, one folder per class (`train cpc` only).
+    Wav,
 }
 
 /// A pre-training set and a held-out set for evaluation.
@@ -168,6 +172,9 @@ fn idx_pair(dir: &Path, prefix: &str) -> Result<ImageSet> {
 /// Loads a dataset: from `dir` when given, otherwise the embedded default (Fashion-MNIST only).
 pub fn load(dataset: Dataset, dir: Option<&Path>) -> Result<Split> {
     match (dataset, dir) {
+        (Dataset::JapaneseVowels | Dataset::Wav, _) => Err(Error::Config(format!(
+            "{dataset:?} is a sequence dataset, not images (see data::sequence)"
+        ))),
         (Dataset::FashionMnist, None) => embedded(),
         (_, None) => Err(Error::Config(format!(
             "{dataset:?} needs --data-dir (run scripts/fetch-data.sh to download it)"

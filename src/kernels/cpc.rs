@@ -100,6 +100,11 @@ impl Offsets {
     }
 }
 
+/// Tiles of the register-tiled kernels along a dimension of `n` (the WGSL `TILE` is 16).
+fn tiles(n: usize) -> usize {
+    n.div_ceil(16)
+}
+
 fn check_len(what: &str, t: &Tensor, want: usize) -> Result<()> {
     if t.numel() != want {
         return Err(Error::shape(
@@ -113,11 +118,12 @@ fn check_len(what: &str, t: &Tensor, want: usize) -> Result<()> {
 /// `logits [rows, B]` of every offset's predictions against all sequences at the target step.
 pub fn scores(gpu: &Gpu, z: &Tensor, pred: &Tensor, logits: &Tensor, o: &Offsets) -> Result<()> {
     check_len("logits", logits, o.rows() * o.batch)?;
+    let blocks = o.rows() / o.batch;
     gpu.dispatch(
         &SCORES,
         &o.params(false),
         &[z.region, pred.region, logits.region],
-        grid_1d(o.rows() * o.batch, 64),
+        grid_1d(blocks * tiles(o.batch) * tiles(o.batch), 64),
     )
 }
 
@@ -137,7 +143,7 @@ pub fn grad_pred(
         &GRAD_PRED,
         &o.params(accumulate),
         &[dlogits.region, z.region, dpred.region],
-        grid_1d(dpred.numel(), 64),
+        grid_1d(o.k * o.steps * tiles(o.batch) * tiles(o.dim), 64),
     )
 }
 
@@ -156,7 +162,7 @@ pub fn grad_z(
         &GRAD_Z,
         &o.params(accumulate),
         &[dlogits.region, pred.region, dz.region],
-        grid_1d(dz.numel(), 64),
+        grid_1d(o.steps * tiles(o.batch) * tiles(o.dim), 64),
     )
 }
 

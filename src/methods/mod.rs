@@ -3,12 +3,14 @@
 //! metrics — is the shared trainer's (`crate::train`).
 
 pub mod cmc;
+pub mod cpc;
 pub mod dim;
 pub mod moco;
 
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
-use crate::error::Result;
+use crate::data::SequenceSet;
+use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
 use crate::kernels::batchnorm::BatchNorm;
@@ -16,15 +18,37 @@ use crate::memory::{Arena, Tensor};
 use crate::nn::{Encoder, EncoderConfig, Mlp, Store, StoreBuilder};
 
 pub use cmc::{Cmc, CmcConfig};
+pub use cpc::{Cpc, CpcConfig, CpcInput};
 pub use dim::{Dim, DimConfig};
 pub use moco::{Moco, MocoConfig};
+
+/// The training examples: images on the GPU, or sequences on the host (a method crops and
+/// uploads its batch).
+#[derive(Clone, Copy)]
+pub enum Examples<'a> {
+    Images(&'a GpuImages),
+    Sequences(&'a SequenceSet),
+}
+
+impl Examples<'_> {
+    pub fn len(&self) -> usize {
+        match self {
+            Examples::Images(im) => im.len,
+            Examples::Sequences(s) => s.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 /// What one step needs from the trainer.
 pub struct StepInput<'a> {
     pub gpu: &'a Gpu,
     /// The step arena, reset by the method at the start of the step.
     pub arena: &'a mut Arena,
-    pub images: &'a GpuImages,
+    pub examples: Examples<'a>,
     pub indices: &'a [u32],
     pub augment: &'a Augment,
     pub rng: &'a mut rand_chacha::ChaCha8Rng,
@@ -131,7 +155,11 @@ pub fn augmented_views(
     views: usize,
     stacked: bool,
 ) -> Result<Vec<Tensor>> {
-    let im = input.images;
+    let Examples::Images(im) = input.examples else {
+        return Err(Error::Config(
+            "this method trains on images; sequence datasets are for `train cpc`".into(),
+        ));
+    };
     let mut samples = vec![];
     for _ in 0..views {
         samples.push(
