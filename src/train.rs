@@ -301,6 +301,26 @@ fn save_state(
     Ok(ck)
 }
 
+/// Re-runs a step that tripped the non-finite guard (`input` as the first time, with the augment
+/// RNG as it was before the step) with a finite check around every command, and names the first
+/// command that wrote — or read, when the value came from before the step — a NaN or an infinity.
+/// The re-run is a dry run: its guard is raised whatever the values, so it changes no state either.
+fn diagnose(method: &mut dyn Method, input: StepInput<'_>) -> Result<String> {
+    let gpu = input.gpu;
+    // The first run left its values in the step arena; cleared, no stale value reads as an input.
+    input.arena.clear(gpu);
+    gpu.begin_finite_checks()?;
+    let run = method.record_step(input);
+    let found = gpu.end_finite_checks();
+    run?;
+    method.rewind();
+    Ok(found?.unwrap_or_else(|| {
+        "the guard saw a non-finite loss or gradient, but a re-run with a check after every \
+         command found none (is the device deterministic?)"
+            .into()
+    }))
+}
+
 /// Runs training steps up to `cfg.steps` (continuing from `resume` if given), calling `log` with
 /// every step's line, checkpointing as `ckpt` says, and stopping cleanly — with a checkpoint —
 /// when `stop` becomes true.
@@ -378,6 +398,7 @@ pub fn train(
         step += 1;
         let t = Instant::now();
         let indices = batches.next_batch().to_vec();
+        let rng_before = rng.clone();
         let out = method
             .record_step(StepInput {
                 gpu,
@@ -387,6 +408,7 @@ pub fn train(
                 augment: &cfg.augment,
                 rng: &mut rng,
                 step,
+                dry_run: false,
             })
             .map_err(|e| with_batch_advice(e, cfg.batch_size))?;
         let stats: Vec<f32> = gpu.read(out.stats.region)?;
@@ -397,11 +419,25 @@ pub fn train(
         } else {
             0.9 * images_per_s + 0.1 * rate
         };
-        if !stats[0].is_finite() {
+        if stats[2].to_bits() != 0 || !stats[0].is_finite() {
             bar.abandon();
+            method.rewind();
+            let replay = StepInput {
+                gpu,
+                arena: &mut arena,
+                images: train_images,
+                indices: &indices,
+                augment: &cfg.augment,
+                rng: &mut rng_before.clone(),
+                step,
+                dry_run: true,
+            };
+            let op = diagnose(method, replay)?;
             return Err(Error::NonFinite {
                 step,
-                op: format!("{} loss", method.name()),
+                op,
+                checkpoint: ckpt.and_then(|c| checkpoint::list(&c.dir).pop()),
+                advice: "resume from it with a lower learning rate".into(),
             });
         }
         let knn = (cfg.knn_every > 0 && step % cfg.knn_every == 0)

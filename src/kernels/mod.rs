@@ -6,6 +6,7 @@ pub mod batchnorm;
 pub mod conv;
 pub mod elementwise;
 pub mod ema;
+pub mod guard;
 pub mod l2norm;
 pub mod matmul;
 pub mod mi;
