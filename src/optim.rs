@@ -127,7 +127,15 @@ impl Optim {
         let n = [self.state1.len];
         ck.get_region(gpu, &format!("{prefix}.state1"), self.state1, &n)?;
         ck.get_region(gpu, &format!("{prefix}.state2"), self.state2, &n)?;
-        self.t = ck.meta_parse(&format!("{prefix}.t"))?;
+        let t: u32 = ck.meta_parse(&format!("{prefix}.t"))?;
+        // Adam's bias correction raises β to the power t as an i32.
+        if t >= i32::MAX as u32 {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("optimiser step count {t} is corrupt"),
+            });
+        }
+        self.t = t;
         Ok(())
     }
 }

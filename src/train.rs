@@ -138,8 +138,20 @@ impl Batches {
                 ),
             });
         }
+        let pos: usize = ck.meta_parse("trainer.pos")?;
+        let mut seen = vec![false; order.len()];
+        let permutation = order.iter().all(|&i| {
+            seen.get_mut(i as usize)
+                .is_some_and(|s| !std::mem::replace(s, true))
+        });
+        if pos > order.len() || !permutation {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: "the batch order or the position in it is corrupt".into(),
+            });
+        }
         self.order = order;
-        self.pos = ck.meta_parse("trainer.pos")?;
+        self.pos = pos;
         self.rng = load_rng(ck, "trainer.batch_rng")?;
         Ok(())
     }
@@ -173,7 +185,7 @@ fn load_rng(ck: &Checkpoint, key: &str) -> Result<rand_chacha::ChaCha8Rng> {
         return Err(bad());
     };
     let mut bytes = [0u8; 32];
-    if seed.len() != 64 {
+    if seed.len() != 64 || !seed.is_ascii() {
         return Err(bad());
     }
     for (i, b) in bytes.iter_mut().enumerate() {
@@ -183,6 +195,22 @@ fn load_rng(ck: &Checkpoint, key: &str) -> Result<rand_chacha::ChaCha8Rng> {
     rng.set_stream(stream.parse().map_err(|_| bad())?);
     rng.set_word_pos(pos.parse().map_err(|_| bad())?);
     Ok(rng)
+}
+
+/// Restores the trainer's own state from a checkpoint — batch order and position, augmentation
+/// RNG — and returns the RNG and the first step to run.
+pub fn load_trainer_state(
+    ck: &Checkpoint,
+    batches: &mut Batches,
+) -> Result<(rand_chacha::ChaCha8Rng, u64)> {
+    batches.load(ck)?;
+    let rng = load_rng(ck, "trainer.augment_rng")?;
+    let step: u64 = ck.meta_parse("step")?;
+    let first = step.checked_add(1).ok_or_else(|| Error::Checkpoint {
+        path: ck.origin.clone(),
+        what: format!("step {step} is not a valid step"),
+    })?;
+    Ok((rng, first))
 }
 
 /// Adds the largest batch that fits to a memory error: the tensor that did not fit grows
@@ -354,9 +382,7 @@ pub fn train(
             });
         }
         method.load(gpu, ck)?;
-        batches.load(ck)?;
-        rng = load_rng(ck, "trainer.augment_rng")?;
-        first = ck.meta_parse::<u64>("step")? + 1;
+        (rng, first) = load_trainer_state(ck, &mut batches)?;
     }
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(cfg.steps);

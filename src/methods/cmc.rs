@@ -322,6 +322,13 @@ impl Method for Cmc {
             ck.get_region(gpu, "cmc.bank", bank.region, bank.shape.dims())?;
         }
         self.ptr = ck.meta_parse("cmc.ptr")?;
+        let rows = self.bank.map_or(1, |b| b.shape.dim(0));
+        if self.ptr >= rows {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("bank pointer {} outside a bank of {rows}", self.ptr),
+            });
+        }
         Ok(())
     }
 
