@@ -22,9 +22,9 @@ struct Params {
     eps: f32,
     step_size: f32, // Adam: lr / (1 - beta1^t)
     inv_sqrt_bc2: f32, // Adam: 1 / sqrt(1 - beta2^t)
+    guarded: u32,   // 1: skip the whole update when the guard's flag word is raised
     _pad0: u32,
     _pad1: u32,
-    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -33,12 +33,18 @@ struct Params {
 @group(1) @binding(2) var<storage, read_write> state1: array<V>; // SGD momentum / Adam m
 @group(1) @binding(3) var<storage, read_write> state2: array<V>; // Adam v (SGD: unused)
 @group(1) @binding(4) var<storage, read_write> mask: array<V>;   // weight-decay multiplier
+@group(1) @binding(5) var<storage, read_write> guard: array<u32>; // word 0: non-finite step (guard.wgsl)
 
 const WG: u32 = 256u;
 
 // Grid-stride loop: the launcher picks how many threads, hence how many elements each updates.
 @compute @workgroup_size(256)
 fn step(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    // Every invocation reads the flag itself: a non-finite step leaves parameters and state as
+    // they were, decided on the GPU without a host round trip.
+    if p.guarded != 0u && guard[0] != 0u {
+        return;
+    }
     let threads = nwg.x * nwg.y * WG;
     for (var i = gid.x + gid.y * nwg.x * WG; i < p.n; i += threads) {
         update(i);

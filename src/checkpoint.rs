@@ -226,16 +226,21 @@ impl Checkpoint {
 
     pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Checkpoint::from_bytes(&bytes, path)
+    }
+
+    /// Parses a checkpoint file's bytes; `path` names it in errors.
+    pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Checkpoint> {
         let bad = |what: String| Error::Checkpoint {
             path: path.into(),
             what,
         };
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
             bad(format!(
                 "not a readable safetensors file ({e}); truncated or corrupt?"
             ))
         })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let meta: BTreeMap<String, String> = header
             .metadata()
             .clone()

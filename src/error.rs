@@ -56,8 +56,21 @@ pub enum Error {
         bound: f64,
     },
 
-    #[error("non-finite value at step {step}: first seen in `{op}`")]
-    NonFinite { step: u64, op: String },
+    /// A NaN or an infinity in the loss or a gradient: the guard skipped the step's updates, so
+    /// the model is as it was after the previous step; `op` names where the value first appeared.
+    #[error(
+        "non-finite value at step {step}: {op}.\nThe update of step {step} was skipped and training \
+         stopped; {}; {advice}",
+        last_good(.checkpoint)
+    )]
+    NonFinite {
+        step: u64,
+        op: String,
+        /// The newest checkpoint on disk, untouched by the failed step.
+        checkpoint: Option<PathBuf>,
+        /// What to do about it (the command line fills in the exact command).
+        advice: String,
+    },
 
     #[error("{}: {source}", path.display())]
     Io {
@@ -65,6 +78,13 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+}
+
+fn last_good(checkpoint: &Option<PathBuf>) -> String {
+    match checkpoint {
+        Some(p) => format!("the last good checkpoint is {} (intact)", p.display()),
+        None => "no checkpoint had been written yet".into(),
+    }
 }
 
 impl Error {

@@ -35,17 +35,25 @@ pub struct Kernel {
     pub entry: &'static str,
     /// Number of storage buffers in group 1.
     pub buffers: usize,
+    /// Bindings (bit i: binding i) that hold u32 words rather than f32 values (indices, packed
+    /// pixels, flags): the per-dispatch finite checks of [`Gpu::begin_finite_checks`] skip them.
+    pub words: u8,
 }
 
-/// Declares a [`Kernel`] whose source is `shaders/<file>` embedded at compile time.
+/// Declares a [`Kernel`] whose source is `shaders/<file>` embedded at compile time; `words = mask`
+/// marks the bindings that hold u32 words (see [`Kernel::words`]).
 #[macro_export]
 macro_rules! kernel {
     ($file:literal, $entry:literal, $buffers:literal) => {
+        $crate::kernel!($file, $entry, $buffers, words = 0)
+    };
+    ($file:literal, $entry:literal, $buffers:literal, words = $words:expr) => {
         $crate::gpu::Kernel {
             file: $file,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
             entry: $entry,
             buffers: $buffers,
+            words: $words,
         }
     };
 }
@@ -169,6 +177,47 @@ pub struct Gpu {
     staging: RefCell<Option<wgpu::Buffer>>,
     counters: Cell<Counters>,
     error: Arc<Mutex<Option<String>>>,
+    /// Labels of the enclosing [`Gpu::scope`]s, innermost last (kept in check mode only).
+    scopes: RefCell<Vec<String>>,
+    /// Named regions (parameter tensors, their gradients, optimiser state), for diagnostics.
+    names: RefCell<Vec<(Region, String)>>,
+    checks: RefCell<Option<Checks>>,
+    /// Set while the checks of one command are recorded, so that they are not checked themselves.
+    instrumenting: Cell<bool>,
+}
+
+/// Flag words per buffer of check results.
+const FLAG_CHUNK: usize = 4096;
+
+/// One finite check recorded in check mode: which command, which binding, before or after it.
+struct Check {
+    command: usize,
+    /// The innermost [`Gpu::scope`] (a graph op, an update).
+    scope: Option<String>,
+    /// The kernel, or "copy".
+    kernel: String,
+    binding: Option<usize>,
+    name: Option<String>,
+    before: bool,
+}
+
+/// The state of check mode ([`Gpu::begin_finite_checks`]): flag buffers and what each word means.
+#[derive(Default)]
+struct Checks {
+    flags: Vec<Region>,
+    checks: Vec<Check>,
+    commands: usize,
+}
+
+/// Ends a [`Gpu::scope`] when dropped.
+pub struct Scope<'a>(Option<&'a Gpu>);
+
+impl Drop for Scope<'_> {
+    fn drop(&mut self) {
+        if let Some(gpu) = self.0 {
+            gpu.scopes.borrow_mut().pop();
+        }
+    }
 }
 
 fn backend_names(b: wgpu::Backends) -> String {
@@ -341,6 +390,10 @@ impl Gpu {
             staging: RefCell::new(None),
             counters: Cell::new(Counters::default()),
             error,
+            scopes: RefCell::new(vec![]),
+            names: RefCell::new(vec![]),
+            checks: RefCell::new(None),
+            instrumenting: Cell::new(false),
         })
     }
 
@@ -497,8 +550,190 @@ impl Gpu {
     }
 
     /// Records one dispatch of `kernel` with `params` in its uniform slot and `regions` bound to
-    /// group 1 in order. Runs at the next [`Gpu::flush`].
+    /// group 1 in order. Runs at the next [`Gpu::flush`]. In check mode the f32 bindings are
+    /// checked for non-finite values before and after it.
     pub fn dispatch<P: bytemuck::Pod>(
+        &self,
+        kernel: &Kernel,
+        params: &P,
+        regions: &[Region],
+        groups: [u32; 3],
+    ) -> Result<()> {
+        if !self.checking() {
+            return self.record(kernel, params, regions, groups);
+        }
+        let what = format!("{}::{}", kernel.file, kernel.entry);
+        let command = self.next_command();
+        let checked: Vec<(usize, Region)> = regions
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(i, _)| kernel.words & (1 << i) == 0)
+            .collect();
+        for &(i, r) in &checked {
+            self.check(r, command, &what, Some(i), true)?;
+        }
+        self.record(kernel, params, regions, groups)?;
+        for &(i, r) in &checked {
+            self.check(r, command, &what, Some(i), false)?;
+        }
+        Ok(())
+    }
+
+    /// Names a region in diagnostics (a parameter tensor, its gradient, optimiser state).
+    pub fn name_region(&self, r: Region, name: impl Into<String>) {
+        self.names.borrow_mut().push((r, name.into()));
+    }
+
+    /// Labels the commands recorded until the returned value is dropped, for the diagnostics of
+    /// check mode (a graph op, a method's update). Free outside check mode: `label` is not called.
+    pub fn scope(&self, label: impl FnOnce() -> String) -> Scope<'_> {
+        if !self.checking() {
+            return Scope(None);
+        }
+        self.scopes.borrow_mut().push(label());
+        Scope(Some(self))
+    }
+
+    fn checking(&self) -> bool {
+        !self.instrumenting.get() && self.checks.borrow().is_some()
+    }
+
+    fn next_command(&self) -> usize {
+        let mut checks = self.checks.borrow_mut();
+        let c = checks.as_mut().expect("check mode");
+        c.commands += 1;
+        c.commands
+    }
+
+    /// Starts check mode: until [`Gpu::end_finite_checks`], every recorded dispatch and copy is
+    /// surrounded by scans of its f32 regions for NaN and infinity, one flag word each. Slow (a
+    /// diagnostic, not for training): it finds the first command that wrote a non-finite value.
+    pub fn begin_finite_checks(&self) -> Result<()> {
+        self.flush()?;
+        *self.checks.borrow_mut() = Some(Checks::default());
+        Ok(())
+    }
+
+    /// Runs the recorded work, ends check mode and describes the first check that found a
+    /// non-finite value, if any.
+    pub fn end_finite_checks(&self) -> Result<Option<String>> {
+        let Some(c) = self.checks.borrow_mut().take() else {
+            return Ok(None);
+        };
+        let mut first = None;
+        let mut result = Ok(());
+        for (k, &flags) in c.flags.iter().enumerate() {
+            if first.is_some() {
+                break;
+            }
+            match self.read::<u32>(flags) {
+                Ok(words) => {
+                    first = words
+                        .iter()
+                        .position(|&w| w != 0)
+                        .map(|i| k * FLAG_CHUNK + i)
+                }
+                Err(e) => result = Err(e),
+            }
+        }
+        for flags in &c.flags {
+            self.free(flags.buffer)?;
+        }
+        result?;
+        Ok(first.map(|i| {
+            let ch = &c.checks[i];
+            let who = ch.scope.as_ref().unwrap_or(&ch.kernel);
+            let mut place = vec![];
+            if ch.scope.is_some() {
+                place.push(ch.kernel.clone());
+            }
+            if let Some(b) = ch.binding {
+                let name = ch
+                    .name
+                    .as_ref()
+                    .map_or(String::new(), |n| format!(" = {n}"));
+                place.push(format!("binding {b}{name}"));
+            } else if let Some(n) = &ch.name {
+                place.push(format!("into {n}"));
+            }
+            place.push(format!("command {} of the step", ch.command));
+            let place = place.join(", ");
+            if ch.before {
+                format!(
+                    "first non-finite value read by {who} ({place}): it was there before the \
+                     step, not written by any of its commands"
+                )
+            } else {
+                format!("first non-finite value written by {who} ({place})")
+            }
+        }))
+    }
+
+    /// Records scans of `r` into fresh flag words: one per named tensor inside it (so that a
+    /// whole parameter store is reported by tensor), then one of the whole region.
+    fn check(
+        &self,
+        r: Region,
+        command: usize,
+        what: &str,
+        binding: Option<usize>,
+        before: bool,
+    ) -> Result<()> {
+        let (start, end) = (r.offset, r.offset + r.bytes());
+        let mut pieces: Vec<(Region, Option<String>)> = vec![];
+        let mut whole_name = None;
+        for (n, name) in self.names.borrow().iter() {
+            if n.buffer != r.buffer {
+                continue;
+            }
+            let (ns, ne) = (n.offset, n.offset + n.bytes());
+            if ns <= start && end <= ne {
+                whole_name = Some(name.clone());
+            } else if start <= ns && ne <= end {
+                pieces.push((*n, Some(name.clone())));
+            }
+        }
+        pieces.push((r, whole_name));
+        self.instrumenting.set(true);
+        let result = pieces.into_iter().try_for_each(|(piece, name)| {
+            let (flags, slot) = self.flag_slot()?;
+            let mut checks = self.checks.borrow_mut();
+            let c = checks.as_mut().expect("check mode");
+            c.checks.push(Check {
+                command,
+                scope: self.scopes.borrow().last().cloned(),
+                kernel: what.to_string(),
+                binding,
+                name,
+                before,
+            });
+            drop(checks);
+            crate::kernels::guard::check_finite(self, piece, flags, slot, false)
+        });
+        self.instrumenting.set(false);
+        result
+    }
+
+    /// The flag buffer and word of the next check, adding a buffer when the last one is full.
+    fn flag_slot(&self) -> Result<(Region, usize)> {
+        let n = self.checks.borrow().as_ref().map_or(0, |c| c.checks.len());
+        if n / FLAG_CHUNK >= self.checks.borrow().as_ref().map_or(0, |c| c.flags.len()) {
+            let region = Region {
+                buffer: self.create_buffer(FLAG_CHUNK as u64 * 4, "finite checks")?,
+                offset: 0,
+                len: FLAG_CHUNK,
+            };
+            if let Some(c) = self.checks.borrow_mut().as_mut() {
+                c.flags.push(region);
+            }
+        }
+        let checks = self.checks.borrow();
+        let c = checks.as_ref().expect("check mode");
+        Ok((c.flags[n / FLAG_CHUNK], n % FLAG_CHUNK))
+    }
+
+    fn record<P: bytemuck::Pod>(
         &self,
         kernel: &Kernel,
         params: &P,
@@ -561,6 +796,15 @@ impl Gpu {
             src.len, dst.len,
             "copy between regions of different lengths"
         );
+        if self.checking() {
+            let what = "copy".to_string();
+            let command = self.next_command();
+            self.instrumenting.set(true);
+            let copied = self.copy(src, dst);
+            self.instrumenting.set(false);
+            copied?;
+            return self.check(dst, command, &what, None, false);
+        }
         if src.buffer != dst.buffer {
             self.commands.borrow_mut().push(Command::Copy { src, dst });
             return Ok(());
@@ -569,7 +813,7 @@ impl Gpu {
             src.offset + src.bytes() <= dst.offset || dst.offset + dst.bytes() <= src.offset,
             "overlapping copy"
         );
-        const COPY_WITHIN: Kernel = crate::kernel!("copy.wgsl", "copy_within", 1);
+        const COPY_WITHIN: Kernel = crate::kernel!("copy.wgsl", "copy_within", 1, words = 1);
         #[repr(C)]
         #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
         struct Params {

@@ -230,7 +230,8 @@ struct CommonArgs {
     #[arg(long)]
     #[serde(skip)]
     force: bool,
-    /// Continue the run in this directory from its newest checkpoint (its settings are used).
+    /// Continue the run in this directory from its newest checkpoint (its settings are used,
+    /// except --lr when given: lower it after a non-finite step).
     #[arg(long)]
     #[serde(skip)]
     resume: Option<PathBuf>,
@@ -334,6 +335,8 @@ struct Setup {
     cfg: TrainConfig,
     method: Box<dyn Method>,
     random: Box<dyn Method>,
+    /// The base learning rate (per 256 images) in use.
+    lr: f32,
 }
 
 /// The sequence dataset a `--data` value names, if it names one.
@@ -586,6 +589,7 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
         cfg,
         method,
         random,
+        lr: c.lr.unwrap_or(default_lr),
     })
 }
 
@@ -665,6 +669,9 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
             c.out = Some(dir.clone());
             (c.resume, c.stop_after, c.quiet) =
                 (given.resume.clone(), given.stop_after, given.quiet);
+            if given.lr.is_some() {
+                c.lr = given.lr;
+            }
             Some(ck)
         }
         None => None,
@@ -735,6 +742,12 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         .map_or(Ok(0), |ck| ck.meta_parse::<u64>("step"))?;
     let stop_after = c.stop_after;
     let stop_flag = stop.clone();
+    let lower_lr = s.lr / 10.0;
+    let lower_lr = if (1e-4..1e4).contains(&lower_lr) {
+        lower_lr.to_string()
+    } else {
+        format!("{lower_lr:e}")
+    };
     let outcome = train::train(
         &s.gpu,
         s.method.as_mut(),
@@ -766,7 +779,31 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
             }
             Ok(())
         },
-    )?;
+    )
+    .map_err(|e| match e {
+        Error::NonFinite {
+            step,
+            op,
+            checkpoint,
+            ..
+        } => {
+            let advice = match checkpoint {
+                Some(_) => format!(
+                    "resume from it with a lower learning rate:\n  contrastive train {} --resume {} --lr {lower_lr}",
+                    cmd.name(),
+                    out.display()
+                ),
+                None => format!("start again with a lower learning rate (--lr {lower_lr})"),
+            };
+            Error::NonFinite {
+                step,
+                op,
+                checkpoint,
+                advice,
+            }
+        }
+        e => e,
+    })?;
     contrastive::report::draw(&out).map_err(|e| Error::io(&out, e))?;
     if outcome.interrupted {
         let saved = outcome

@@ -195,6 +195,18 @@ impl Arena {
         self.used = 0;
     }
 
+    /// Records zero-filling all the arena's memory, so that values an earlier step left behind
+    /// cannot be mistaken for new ones (the trainer's diagnostic re-run of a non-finite step).
+    pub fn clear(&self, gpu: &Gpu) {
+        for &(buffer, size) in &self.chunks {
+            gpu.clear(Region {
+                buffer,
+                offset: 0,
+                len: (size / 4) as usize,
+            });
+        }
+    }
+
     /// Returns the arena's buffers to the device.
     pub fn free(self, gpu: &Gpu) -> Result<()> {
         for (id, _) in self.chunks {

@@ -63,6 +63,8 @@ impl Optim {
             region("decay mask")?,
         );
         gpu.upload(mask, &store.decay_mask())?;
+        gpu.name_region(state1, "optimiser state 1");
+        gpu.name_region(state2, "optimiser state 2");
         Ok(Optim {
             kind,
             schedule,
@@ -80,11 +82,13 @@ impl Optim {
         self.schedule.lr(self.base_lr, self.t as u64)
     }
 
-    /// Records one update of `store` from its gradients; returns the learning rate used.
-    pub fn step(&mut self, gpu: &Gpu, store: &Store) -> Result<f32> {
+    /// Records one update of `store` from its gradients, skipped on the GPU when word 0 of `guard`
+    /// is raised (see [`crate::methods::guard_step`]); returns the learning rate used.
+    pub fn step(&mut self, gpu: &Gpu, store: &Store, guard: Region) -> Result<f32> {
         let grads = store
             .grads
             .ok_or_else(|| Error::Config("optimising a store without gradients".into()))?;
+        let _scope = gpu.scope(|| "optimiser update".into());
         let lr = self.lr();
         self.t += 1;
         kernel::step(
@@ -98,8 +102,14 @@ impl Optim {
             lr,
             self.weight_decay,
             self.t,
+            Some(guard),
         )?;
         Ok(lr)
+    }
+
+    /// Takes back the step count of the last [`Optim::step`], whose update the guard skipped.
+    pub fn rewind(&mut self) {
+        self.t = self.t.saturating_sub(1);
     }
 }
 
@@ -117,7 +127,15 @@ impl Optim {
         let n = [self.state1.len];
         ck.get_region(gpu, &format!("{prefix}.state1"), self.state1, &n)?;
         ck.get_region(gpu, &format!("{prefix}.state2"), self.state2, &n)?;
-        self.t = ck.meta_parse(&format!("{prefix}.t"))?;
+        let t: u32 = ck.meta_parse(&format!("{prefix}.t"))?;
+        // Adam's bias correction raises β to the power t as an i32.
+        if t >= i32::MAX as u32 {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("optimiser step count {t} is corrupt"),
+            });
+        }
+        self.t = t;
         Ok(())
     }
 }

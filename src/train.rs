@@ -144,8 +144,20 @@ impl Batches {
                 ),
             });
         }
+        let pos: usize = ck.meta_parse("trainer.pos")?;
+        let mut seen = vec![false; order.len()];
+        let permutation = order.iter().all(|&i| {
+            seen.get_mut(i as usize)
+                .is_some_and(|s| !std::mem::replace(s, true))
+        });
+        if pos > order.len() || !permutation {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: "the batch order or the position in it is corrupt".into(),
+            });
+        }
         self.order = order;
-        self.pos = ck.meta_parse("trainer.pos")?;
+        self.pos = pos;
         self.rng = load_rng(ck, "trainer.batch_rng")?;
         Ok(())
     }
@@ -179,7 +191,7 @@ fn load_rng(ck: &Checkpoint, key: &str) -> Result<rand_chacha::ChaCha8Rng> {
         return Err(bad());
     };
     let mut bytes = [0u8; 32];
-    if seed.len() != 64 {
+    if seed.len() != 64 || !seed.is_ascii() {
         return Err(bad());
     }
     for (i, b) in bytes.iter_mut().enumerate() {
@@ -189,6 +201,22 @@ fn load_rng(ck: &Checkpoint, key: &str) -> Result<rand_chacha::ChaCha8Rng> {
     rng.set_stream(stream.parse().map_err(|_| bad())?);
     rng.set_word_pos(pos.parse().map_err(|_| bad())?);
     Ok(rng)
+}
+
+/// Restores the trainer's own state from a checkpoint — batch order and position, augmentation
+/// RNG — and returns the RNG and the first step to run.
+pub fn load_trainer_state(
+    ck: &Checkpoint,
+    batches: &mut Batches,
+) -> Result<(rand_chacha::ChaCha8Rng, u64)> {
+    batches.load(ck)?;
+    let rng = load_rng(ck, "trainer.augment_rng")?;
+    let step: u64 = ck.meta_parse("step")?;
+    let first = step.checked_add(1).ok_or_else(|| Error::Checkpoint {
+        path: ck.origin.clone(),
+        what: format!("step {step} is not a valid step"),
+    })?;
+    Ok((rng, first))
 }
 
 /// Adds the largest batch that fits to a memory error: the tensor that did not fit grows
@@ -334,6 +362,26 @@ fn save_state(
 /// `cfg.knn_every` steps.
 pub type Monitor<'a> = &'a dyn Fn(&dyn Method) -> Result<f64>;
 
+/// Re-runs a step that tripped the non-finite guard (`input` as the first time, with the augment
+/// RNG as it was before the step) with a finite check around every command, and names the first
+/// command that wrote — or read, when the value came from before the step — a NaN or an infinity.
+/// The re-run is a dry run: its guard is raised whatever the values, so it changes no state either.
+fn diagnose(method: &mut dyn Method, input: StepInput<'_>) -> Result<String> {
+    let gpu = input.gpu;
+    // The first run left its values in the step arena; cleared, no stale value reads as an input.
+    input.arena.clear(gpu);
+    gpu.begin_finite_checks()?;
+    let run = method.record_step(input);
+    let found = gpu.end_finite_checks();
+    run?;
+    method.rewind();
+    Ok(found?.unwrap_or_else(|| {
+        "the guard saw a non-finite loss or gradient, but a re-run with a check after every \
+         command found none (is the device deterministic?)"
+            .into()
+    }))
+}
+
 /// Runs training steps up to `cfg.steps` (continuing from `resume` if given), calling `log` with
 /// every step's line, checkpointing as `ckpt` says, and stopping cleanly — with a checkpoint —
 /// when `stop` becomes true.
@@ -366,9 +414,7 @@ pub fn train(
             });
         }
         method.load(gpu, ck)?;
-        batches.load(ck)?;
-        rng = load_rng(ck, "trainer.augment_rng")?;
-        first = ck.meta_parse::<u64>("step")? + 1;
+        (rng, first) = load_trainer_state(ck, &mut batches)?;
     }
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(cfg.steps);
@@ -410,6 +456,7 @@ pub fn train(
         step += 1;
         let t = Instant::now();
         let indices = batches.next_batch().to_vec();
+        let rng_before = rng.clone();
         let out = method
             .record_step(StepInput {
                 gpu,
@@ -419,6 +466,7 @@ pub fn train(
                 augment: &cfg.augment,
                 rng: &mut rng,
                 step,
+                dry_run: false,
             })
             .map_err(|e| with_batch_advice(e, cfg.batch_size))?;
         let stats: Vec<f32> = gpu.read(out.stats.region)?;
@@ -429,11 +477,25 @@ pub fn train(
         } else {
             0.9 * images_per_s + 0.1 * rate
         };
-        if !stats[0].is_finite() {
+        if stats[2].to_bits() != 0 || !stats[0].is_finite() {
             bar.abandon();
+            method.rewind();
+            let replay = StepInput {
+                gpu,
+                arena: &mut arena,
+                examples,
+                indices: &indices,
+                augment: &cfg.augment,
+                rng: &mut rng_before.clone(),
+                step,
+                dry_run: true,
+            };
+            let op = diagnose(method, replay)?;
             return Err(Error::NonFinite {
                 step,
-                op: format!("{} loss", method.name()),
+                op,
+                checkpoint: ckpt.and_then(|c| checkpoint::list(&c.dir).pop()),
+                advice: "resume from it with a lower learning rate".into(),
             });
         }
         let knn = monitor
@@ -448,7 +510,7 @@ pub fn train(
             lr: out.lr,
             images_per_s,
             knn,
-            offsets: stats[2..].chunks(2).map(|c| [c[0], c[1]]).collect(),
+            offsets: stats[3..].chunks(2).map(|c| [c[0], c[1]]).collect(),
         };
         let acc = if line.accuracy.is_finite() {
             format!("  acc {:5.1}%", line.accuracy * 100.0)

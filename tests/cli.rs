@@ -250,3 +250,50 @@ fn sigkill_while_checkpointing_leaves_a_loadable_checkpoint() {
         assert!(ck.meta_parse::<u64>("step").unwrap() >= 1);
     }
 }
+
+/// A learning rate that makes the first update explode: the next step's guard trips, the run
+/// stops naming the step and the op, and the checkpoint written before it is intact.
+#[test]
+fn a_diverging_run_stops_at_the_bad_step_and_keeps_its_last_checkpoint() {
+    let out = dir("diverge");
+    let args = [
+        "--steps",
+        "6",
+        "--checkpoint-every",
+        "1",
+        "--lr",
+        "1e30",
+        "--warmup",
+        "0",
+    ];
+    let o = train(&out, &args);
+    fails(&o, "first non-finite value written by");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let newest = checkpoint::list(&out)
+        .pop()
+        .expect("a checkpoint before the failure");
+    let ck = Checkpoint::read(&newest).unwrap_or_else(|e| panic!("{e}"));
+    let step: u64 = ck.meta_parse("step").unwrap();
+    assert!(
+        err.contains(&format!("non-finite value at step {}:", step + 1)),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{} (intact)", newest.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("--resume {}", out.display())) && err.contains("--lr "),
+        "the message says how to resume with a lower learning rate: {err}"
+    );
+    for name in ck.names().filter(|n| n.starts_with("query.")) {
+        let shape = ck.shape(name).unwrap().to_vec();
+        let v = ck.get_f32(name, &shape).unwrap();
+        assert!(v.iter().all(|x| x.is_finite()), "{name} is finite");
+    }
+    assert_eq!(
+        losses(&out).len() as u64,
+        step,
+        "one metrics line per good step"
+    );
+}

@@ -63,6 +63,7 @@ fn step(gpu: &Gpu, moco: &mut Moco, images: &GpuImages, arena: &mut Arena, n: u6
             augment: &Augment::contrastive(),
             rng: &mut rng,
             step: n,
+            dry_run: false,
         })
         .unwrap();
     let s: Vec<f32> = gpu.read(out.stats.region).unwrap();

@@ -47,7 +47,10 @@ fn three_steps(opt: Optimizer, wd: f32, n: usize) {
         let g = rand_vec(n, 10 + t as u64);
         gpu.upload(grads, &g).unwrap();
         let before = gpu.counters();
-        optim::step(&gpu, &opt, params, grads, state1, state2, tmask, lr, wd, t).unwrap();
+        optim::step(
+            &gpu, &opt, params, grads, state1, state2, tmask, lr, wd, t, None,
+        )
+        .unwrap();
         gpu.flush().unwrap();
         assert_eq!((gpu.counters() - before).dispatches, 1, "{opt:?} step {t}");
         optim::reference_step(&opt, &mut want, &g, &mut s1, &mut s2, &mask, lr, wd, t);
@@ -115,7 +118,7 @@ fn decay_mask_zero_leaves_decay_out() {
         let s1 = arena.tensor(&gpu, [n]).unwrap().region;
         let s2 = arena.tensor(&gpu, [n]).unwrap().region;
         let m = arena.upload(&gpu, [n], &mask).unwrap().region;
-        optim::step(&gpu, &opt, params, grads, s1, s2, m, 0.1, 0.5, 1).unwrap();
+        optim::step(&gpu, &opt, params, grads, s1, s2, m, 0.1, 0.5, 1, None).unwrap();
         let got: Vec<f32> = gpu.read(params).unwrap();
         for i in 0..n {
             if mask[i] == 0.0 {
@@ -134,7 +137,7 @@ fn length_mismatch_and_step_zero_are_errors() {
     let mut arena = Arena::for_gpu("test", &gpu);
     let a = arena.tensor(&gpu, [10]).unwrap().region;
     let b = arena.tensor(&gpu, [9]).unwrap().region;
-    let err = optim::step(&gpu, &ADAM, a, a, a, b, a, 0.1, 0.0, 1)
+    let err = optim::step(&gpu, &ADAM, a, a, a, b, a, 0.1, 0.0, 1, None)
         .unwrap_err()
         .to_string();
     assert!(
@@ -142,8 +145,8 @@ fn length_mismatch_and_step_zero_are_errors() {
         "{err}"
     );
     // SGD ignores state2, whatever its length.
-    optim::step(&gpu, &SGD, a, a, a, b, a, 0.1, 0.0, 1).unwrap();
-    let err = optim::step(&gpu, &SGD, a, a, a, a, a, 0.1, 0.0, 0).unwrap_err();
+    optim::step(&gpu, &SGD, a, a, a, b, a, 0.1, 0.0, 1, None).unwrap();
+    let err = optim::step(&gpu, &SGD, a, a, a, a, a, 0.1, 0.0, 0, None).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
 

@@ -92,7 +92,7 @@ pub fn run(b: &mut Bench) -> Result<()> {
     for (name, opt, flops, bytes) in opts {
         // t = 2 so the state buffers are read as in every step after the first.
         b.run(name, flops * nf, bytes * nf, 1.0, || {
-            optim::step(gpu, &opt, p, g, s1, s2, mask, 1e-3, 1e-4, 2)
+            optim::step(gpu, &opt, p, g, s1, s2, mask, 1e-3, 1e-4, 2, None)
         })?;
     }
     Ok(())

@@ -15,7 +15,7 @@
 pub mod gradcheck;
 
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Scope};
 use crate::kernels::batchnorm::{self, BatchNorm};
 use crate::kernels::conv::{self, Conv2d};
 use crate::kernels::cpc::{self, Offsets};
@@ -283,6 +283,14 @@ impl<'a> Graph<'a> {
         self.gpu.read(self.value(v).region)
     }
 
+    /// Labels the kernels of the op about to be pushed, for the diagnostics of
+    /// [`Gpu::begin_finite_checks`].
+    fn scope(&self, op: &'static str) -> Scope<'a> {
+        let node = self.nodes.len();
+        self.gpu
+            .scope(move || format!("{op} forward (tape node {node})"))
+    }
+
     fn alloc(&mut self, shape: impl Into<Shape>) -> Result<Tensor> {
         self.arena.tensor(self.gpu, shape)
     }
@@ -292,6 +300,7 @@ impl<'a> Graph<'a> {
     }
 
     fn unary_map(&mut self, x: Var, m: Map, op: Op) -> Result<Var> {
+        let _scope = self.scope(op.name());
         let xv = self.value(x);
         let out = self.alloc(xv.shape)?;
         elementwise::map(self.gpu, m, &xv, &xv, Broadcast::Full, &out, false)?;
@@ -300,6 +309,7 @@ impl<'a> Graph<'a> {
     }
 
     fn binary_map(&mut self, a: Var, b: Var, m: Map, op: Op) -> Result<Var> {
+        let _scope = self.scope(op.name());
         let (av, bv) = (self.value(a), self.value(b));
         same_shape(op.name(), &av, &bv)?;
         let out = self.alloc(av.shape)?;
@@ -353,6 +363,7 @@ impl<'a> Graph<'a> {
 
     /// `x [rows, cols] + b [cols]` on every row.
     pub fn add_bias(&mut self, x: Var, b: Var) -> Result<Var> {
+        let _scope = self.scope("add_bias");
         let (xv, bv) = (self.value(x), self.value(b));
         let out = self.alloc(xv.shape)?;
         elementwise::map(
@@ -387,6 +398,7 @@ impl<'a> Graph<'a> {
 
     /// `alpha · op(a) · op(b)` with the transposition given by `trans`.
     pub fn matmul(&mut self, a: Var, b: Var, trans: Trans, alpha: f32) -> Result<Var> {
+        let _scope = self.scope("matmul");
         let (av, bv) = (self.value(a), self.value(b));
         let (ar, ac) = av.shape.rows_cols();
         let (br, bc) = bv.shape.rows_cols();
@@ -408,6 +420,7 @@ impl<'a> Graph<'a> {
 
     /// A fully connected layer: `x [N, in] · w [out, in]ᵀ + b [out]`, ReLU fused when asked.
     pub fn linear(&mut self, x: Var, w: Var, b: Option<Var>, relu: bool) -> Result<Var> {
+        let _scope = self.scope("linear");
         let (xv, wv) = (self.value(x), self.value(w));
         let (n, _) = xv.shape.rows_cols();
         let (out_f, _) = wv.shape.rows_cols();
@@ -427,6 +440,7 @@ impl<'a> Graph<'a> {
     }
 
     fn reduce_op(&mut self, x: Var, mean: bool, axis: Axis) -> Result<Var> {
+        let _scope = self.scope("reduce");
         let xv = self.value(x);
         let (rows, cols) = xv.shape.rows_cols();
         let out = self.alloc([if axis == Axis::Rows { rows } else { cols }])?;
@@ -465,6 +479,7 @@ impl<'a> Graph<'a> {
 
     /// Each row divided by its L2 norm (PyTorch `F.normalize`, eps 1e-12).
     pub fn l2_normalize(&mut self, x: Var) -> Result<Var> {
+        let _scope = self.scope("l2_normalize");
         let xv = self.value(x);
         let (rows, _) = xv.shape.rows_cols();
         let out = self.alloc(xv.shape)?;
@@ -478,6 +493,7 @@ impl<'a> Graph<'a> {
     /// by `targets` (u32 per row). Returns (per-row loss [N], per-row hit [N]: 1 where the positive
     /// has the largest logit). The hit vector gets no gradient.
     pub fn softmax_xent(&mut self, logits: Var, targets: Var, spec: &Xent) -> Result<(Var, Var)> {
+        let _scope = self.scope("softmax_xent");
         let lv = self.value(logits);
         let (n, _) = lv.shape.rows_cols();
         let tv = self.value(targets);
@@ -499,6 +515,7 @@ impl<'a> Graph<'a> {
 
     /// `[a | b]`: columns of `b` appended to those of `a` (same number of rows).
     pub fn concat_cols(&mut self, a: Var, b: Var) -> Result<Var> {
+        let _scope = self.scope("concat_cols");
         let (av, bv) = (self.value(a), self.value(b));
         let (ar, ac) = av.shape.rows_cols();
         let (br, bc) = bv.shape.rows_cols();
@@ -517,6 +534,7 @@ impl<'a> Graph<'a> {
 
     /// Columns `col0..col0 + width` of `x` [rows, cols].
     pub fn slice_cols(&mut self, x: Var, col0: usize, width: usize) -> Result<Var> {
+        let _scope = self.scope("slice_cols");
         let xv = self.value(x);
         let (rows, _) = xv.shape.rows_cols();
         let out = self.alloc([rows, width])?;
@@ -534,6 +552,7 @@ impl<'a> Graph<'a> {
 
     /// Deep InfoMax's local–global loss from `scores` [N, N·locs] (see [`crate::kernels::mi`]).
     pub fn mi_estimate(&mut self, scores: Var, locs: usize, est: Estimator) -> Result<Var> {
+        let _scope = self.scope("mi_estimate");
         let sv = self.value(scores);
         let (n, _) = sv.shape.rows_cols();
         let terms = self.alloc([mi::loss_len(est, n, locs)])?;
@@ -559,6 +578,7 @@ impl<'a> Graph<'a> {
         geom: Conv2d,
         relu: bool,
     ) -> Result<Var> {
+        let _scope = self.scope("conv2d");
         let (xv, wv) = (self.value(x), self.value(w));
         if xv.shape.rank() != 4 || wv.shape.rank() != 4 {
             return Err(Error::shape(
@@ -604,6 +624,7 @@ impl<'a> Graph<'a> {
         bn: &BatchNorm,
         train: bool,
     ) -> Result<Var> {
+        let _scope = self.scope("batch_norm");
         let (xv, gv, bv) = (self.value(x), self.value(gamma), self.value(beta));
         let (rows, c) = xv.shape.rows_cols();
         let out = self.alloc(xv.shape)?;
@@ -641,6 +662,7 @@ impl<'a> Graph<'a> {
 
     /// Mean over H and W: [N,H,W,C] → [N,C].
     pub fn avg_pool_global(&mut self, x: Var) -> Result<Var> {
+        let _scope = self.scope("avg_pool_global");
         let xv = self.value(x);
         if xv.shape.rank() != 4 {
             return Err(Error::shape(
@@ -656,6 +678,7 @@ impl<'a> Graph<'a> {
 
     /// 2×2 max pooling with stride 2 (odd trailing rows/columns dropped).
     pub fn max_pool_2x2(&mut self, x: Var) -> Result<Var> {
+        let _scope = self.scope("max_pool_2x2");
         let xv = self.value(x);
         if xv.shape.rank() != 4 {
             return Err(Error::shape(
@@ -708,6 +731,7 @@ impl<'a> Graph<'a> {
 
     /// Backpropagates from a one-element `loss` (seeded with 1).
     pub fn backward(&mut self, loss: Var) -> Result<()> {
+        let _scope = self.gpu.scope(|| "backward seed".into());
         let lv = self.value(loss);
         if lv.numel() != 1 {
             return Err(Error::shape(
@@ -745,6 +769,8 @@ impl<'a> Graph<'a> {
             }
             if let Some(op) = node.op.clone() {
                 let (out, dout) = (node.value, node.grad.expect("written gradient"));
+                let gpu = self.gpu;
+                let _scope = gpu.scope(|| format!("{} backward (tape node {i})", op.name()));
                 self.backward_op(&op, out, dout)?;
             }
         }

@@ -17,36 +17,35 @@ fn bad(path: &Path, what: impl Into<String>) -> Error {
     }
 }
 
-/// Gunzips `bytes` when they start with the gzip magic, otherwise returns them unchanged.
-pub fn maybe_gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        let mut out = vec![];
-        flate2::read::MultiGzDecoder::new(bytes)
-            .read_to_end(&mut out)
-            .map_err(|e| bad(path, format!("corrupt gzip data: {e}")))?;
-        Ok(out)
-    } else {
-        Ok(bytes.to_vec())
-    }
-}
-
-/// Checks the header and returns the dimensions and the payload.
+/// Checks the header and returns the dimensions and the payload. Gzip data is decompressed as a
+/// stream and never beyond what the header promises (plus one byte to notice trailing data), so
+/// neither a lying header nor a gzip bomb makes it allocate more than the data it really holds.
 fn parse(raw: &[u8], path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>, Vec<u8>)> {
-    let data = maybe_gunzip(raw, path)?;
-    let header = 4 + 4 * rank;
+    let mut reader: Box<dyn Read + '_> = if raw.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::read::MultiGzDecoder::new(raw))
+    } else {
+        Box::new(raw)
+    };
+    let corrupt = |e: std::io::Error| bad(path, format!("corrupt gzip data: {e}"));
+    let header_len = 4 + 4 * rank;
+    let mut header = vec![];
+    (&mut reader)
+        .take(header_len as u64)
+        .read_to_end(&mut header)
+        .map_err(corrupt)?;
     let short = || {
         bad(
             path,
             format!(
                 "truncated: {} bytes, shorter than the IDX header",
-                data.len()
+                header.len()
             ),
         )
     };
-    if data.len() < 4 {
+    if header.len() < 4 {
         return Err(short());
     }
-    let word = |i: usize| u32::from_be_bytes(data[4 * i..4 * i + 4].try_into().unwrap());
+    let word = |i: usize| u32::from_be_bytes(header[4 * i..4 * i + 4].try_into().unwrap());
     if word(0) != magic {
         let kind = match word(0) {
             IMAGES_MAGIC => " (this is an image file)",
@@ -61,30 +60,38 @@ fn parse(raw: &[u8], path: &Path, magic: u32, rank: usize) -> Result<(Vec<usize>
             ),
         ));
     }
-    if data.len() < header {
+    if header.len() < header_len {
         return Err(short());
     }
     let dims: Vec<usize> = (1..=rank).map(|i| word(i) as usize).collect();
-    let expected = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
-    let payload = &data[header..];
-    match expected {
-        Some(n) if n == payload.len() => Ok((dims, payload.to_vec())),
-        Some(n) if n > payload.len() => Err(bad(
+    let Some(n) = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)) else {
+        return Err(bad(path, format!("header dimensions {dims:?} overflow")));
+    };
+    let mut payload = vec![];
+    (&mut reader)
+        .take(n as u64 + 1)
+        .read_to_end(&mut payload)
+        .map_err(corrupt)?;
+    if payload.len() < n {
+        return Err(bad(
             path,
             format!(
                 "truncated: header {dims:?} promises {n} bytes of data, file has {}",
                 payload.len()
             ),
-        )),
-        Some(n) => Err(bad(
+        ));
+    }
+    if payload.len() > n {
+        let rest = std::io::copy(&mut reader, &mut std::io::sink()).map_err(corrupt)?;
+        return Err(bad(
             path,
             format!(
                 "{} unexpected bytes after the {n} promised by header {dims:?}",
-                payload.len() - n
+                rest + 1
             ),
-        )),
-        None => Err(bad(path, format!("header dimensions {dims:?} overflow"))),
+        ));
     }
+    Ok((dims, payload))
 }
 
 /// Parses an image file's bytes (raw or gzip) into a label-less set.

@@ -9,7 +9,8 @@
 
 use std::path::Path;
 
-use super::idx::maybe_gunzip;
+use std::io::Read;
+
 use super::SequenceSet;
 use crate::error::{Error, Result};
 
@@ -220,9 +221,29 @@ pub fn parse(text: &str, path: &Path) -> Result<SequenceSet> {
     Ok(set)
 }
 
+/// The most text a `.ts` file may decompress to: far above any real one, and a bound on what a
+/// gzip bomb can make us allocate.
+const MAX_TEXT: u64 = 1 << 30;
+
+/// The bytes of a raw or gzip-compressed file, decompressed as a stream up to [`MAX_TEXT`].
+fn gunzip(bytes: &[u8], path: &Path) -> Result<Vec<u8>> {
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return Ok(bytes.to_vec());
+    }
+    let mut out = vec![];
+    flate2::read::MultiGzDecoder::new(bytes)
+        .take(MAX_TEXT + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| bad(path, format!("corrupt gzip data: {e}")))?;
+    if out.len() as u64 > MAX_TEXT {
+        return Err(bad(path, "decompresses to more than 1 GiB: not a .ts file"));
+    }
+    Ok(out)
+}
+
 /// Parses a `.ts` file's bytes, raw or gzip.
 pub fn parse_bytes(bytes: &[u8], path: &Path) -> Result<SequenceSet> {
-    let data = maybe_gunzip(bytes, path)?;
+    let data = gunzip(bytes, path)?;
     let text = std::str::from_utf8(&data)
         .map_err(|e| bad(path, format!("not UTF-8 text ({e}): not a .ts file")))?;
     parse(text, path)

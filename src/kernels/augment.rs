@@ -15,7 +15,7 @@ use crate::memory::{Arena, Tensor};
 
 use super::grid_1d;
 
-const AUGMENT: crate::gpu::Kernel = kernel!("augment.wgsl", "augment", 3);
+const AUGMENT: crate::gpu::Kernel = kernel!("augment.wgsl", "augment", 3, words = 0b11);
 
 /// Words per sample in the parameter buffer.
 pub const SAMPLE_WORDS: usize = 8;

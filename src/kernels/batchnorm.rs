@@ -63,6 +63,7 @@ macro_rules! lanes {
             ),
             entry: $entry,
             buffers: $buffers,
+            words: 0,
         }
     };
 }

@@ -8,6 +8,7 @@ pub mod cpc;
 pub mod elementwise;
 pub mod ema;
 pub mod gru;
+pub mod guard;
 pub mod l2norm;
 pub mod matmul;
 pub mod mi;

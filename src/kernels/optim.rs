@@ -15,7 +15,7 @@ use super::batchnorm::{lanes, Lanes};
 use super::grid_1d;
 
 /// Both lane builds; the vec4 one runs when the arena length is a multiple of 4.
-const STEP: Lanes = lanes!("optim.wgsl", "step", 5);
+const STEP: Lanes = lanes!("optim.wgsl", "step", 6);
 /// Elements (of the build's lane type) each thread updates.
 const PER_THREAD: usize = 4;
 
@@ -53,7 +53,8 @@ struct Params {
     eps: f32,
     step_size: f32,
     inv_sqrt_bc2: f32,
-    _pad: [u32; 3],
+    guarded: u32,
+    _pad: [u32; 2],
 }
 
 /// Adam's `(lr / (1 - β1^t), 1 / sqrt(1 - β2^t))`, in f64.
@@ -67,7 +68,8 @@ fn bias_correction(lr: f32, beta1: f32, beta2: f32, t: u32) -> (f64, f64) {
 
 /// One step at learning rate `lr`, weight decay `wd` and step number `t` (1-based: Adam's bias
 /// correction, and fresh state at t = 1). All regions have the same length except `state2` under
-/// SGD, which is ignored.
+/// SGD, which is ignored. With `guard`, nothing is written when its word 0 is non-zero (the
+/// non-finite guard, [`super::guard`]).
 #[allow(clippy::too_many_arguments)]
 pub fn step(
     gpu: &Gpu,
@@ -80,6 +82,7 @@ pub fn step(
     lr: f32,
     wd: f32,
     t: u32,
+    guard: Option<Region>,
 ) -> Result<()> {
     if t == 0 {
         return Err(Error::Config(
@@ -116,7 +119,8 @@ pub fn step(
         eps: 0.0,
         step_size: 0.0,
         inv_sqrt_bc2: 0.0,
-        _pad: [0; 3],
+        guarded: guard.is_some() as u32,
+        _pad: [0; 2],
     };
     match *opt {
         Optimizer::Sgd { momentum, nesterov } => {
@@ -145,10 +149,12 @@ pub fn step(
         Optimizer::Sgd { .. } => state1,
         Optimizer::Adam { .. } => state2,
     };
+    // Unguarded, the flag binding is never read: any region will do.
+    let guard = guard.map_or(params.slice(0, 0), |g| g.slice(0, 1));
     gpu.dispatch(
         STEP.pick(quad),
         &p,
-        &[params, grads, state1, state2, decay_mask],
+        &[params, grads, state1, state2, decay_mask, guard],
         grid_1d(n_lanes.div_ceil(PER_THREAD), 256),
     )
 }

@@ -10,8 +10,8 @@ use super::grid_1d;
 
 const AVG_FORWARD: Kernel = kernel!("pool.wgsl", "avg_forward", 2);
 const AVG_BACKWARD: Kernel = kernel!("pool.wgsl", "avg_backward", 2);
-const MAX_FORWARD: Kernel = kernel!("pool.wgsl", "max_forward", 3);
-const MAX_BACKWARD: Kernel = kernel!("pool.wgsl", "max_backward", 3);
+const MAX_FORWARD: Kernel = kernel!("pool.wgsl", "max_forward", 3, words = 0b100);
+const MAX_BACKWARD: Kernel = kernel!("pool.wgsl", "max_backward", 3, words = 0b100);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]

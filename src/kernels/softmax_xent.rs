@@ -15,8 +15,8 @@ use crate::memory::Tensor;
 use super::grid_1d;
 use super::reduce::invocation_per_output;
 
-const XENT_ROW: Kernel = kernel!("softmax_xent.wgsl", "xent_row", 5);
-const XENT_GROUP: Kernel = kernel!("softmax_xent.wgsl", "xent_group", 5);
+const XENT_ROW: Kernel = kernel!("softmax_xent.wgsl", "xent_row", 5, words = 0b10);
+const XENT_GROUP: Kernel = kernel!("softmax_xent.wgsl", "xent_group", 5, words = 0b10);
 
 /// Loss settings.
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -13,7 +13,9 @@
 
 use rand::SeedableRng;
 
-use super::{augmented_views, ring_write, Method, Network, StepInput, StepOutput};
+use super::{
+    augmented_views, guard_step, ring_write, Method, Network, Rollback, StepInput, StepOutput,
+};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -69,6 +71,10 @@ pub struct Cmc {
     targets: Tensor,
     /// BT.601 RGB → YCbCr rows (channel-split mode).
     ycbcr: Option<Tensor>,
+    /// The BatchNorm statistics, put back when the guard skips a step.
+    rollback: Rollback,
+    /// The bank pointer before the last recorded step (see [`Method::rewind`]).
+    ptr_before: usize,
     _state: Arena,
 }
 
@@ -141,6 +147,11 @@ impl Cmc {
         } else {
             None
         };
+        let stats: Vec<_> = std::iter::once(&net)
+            .chain(&net2)
+            .map(|n| n.buffers.values)
+            .collect();
+        let rollback = Rollback::new(gpu, &stats)?;
         Ok(Cmc {
             config,
             net,
@@ -150,6 +161,8 @@ impl Cmc {
             ptr: 0,
             targets,
             ycbcr,
+            rollback,
+            ptr_before: 0,
             _state: state,
         })
     }
@@ -219,11 +232,15 @@ impl Method for Cmc {
             Views::Augment => augmented_views(&mut input, 2, true)?,
             Views::ChannelSplit => augmented_views(&mut input, 1, false)?,
         };
-        for net in std::iter::once(&self.net).chain(&self.net2) {
-            if let Some(grads) = net.params.grads {
-                gpu.clear(grads);
-            }
+        let grads: Vec<_> = std::iter::once(&self.net)
+            .chain(&self.net2)
+            .filter_map(|n| n.params.grads)
+            .collect();
+        for &r in &grads {
+            gpu.clear(r);
         }
+        self.rollback.save(gpu)?;
+        self.ptr_before = self.ptr;
         let mut g = Graph::new(gpu, input.arena);
         let x = g.input(views[0]);
         let (loss, acc, z) = match (&self.net2, self.ycbcr) {
@@ -256,20 +273,19 @@ impl Method for Cmc {
             }
         };
         g.backward(loss)?;
-        let stats = g.arena.tensor(gpu, [2])?;
-        gpu.copy(g.value(loss).region, stats.region.slice(0, 1))?;
-        gpu.copy(acc.region, stats.region.slice(1, 1))?;
+        let (stats, flag) = guard_step(&mut g, loss, acc, &grads, input.dry_run)?;
         let mut lr = 0.0;
         for (opt, net) in self
             .optim
             .iter_mut()
             .zip(std::iter::once(&self.net).chain(&self.net2))
         {
-            lr = opt.step(gpu, &net.params)?;
+            lr = opt.step(gpu, &net.params, flag)?;
         }
         if let Some(bank) = self.bank {
-            ring_write(gpu, z, bank, &mut self.ptr)?;
+            ring_write(gpu, z, bank, &mut self.ptr, flag)?;
         }
+        self.rollback.restore(gpu, flag)?;
         Ok(StepOutput { stats, lr })
     }
 
@@ -306,7 +322,19 @@ impl Method for Cmc {
             ck.get_region(gpu, "cmc.bank", bank.region, bank.shape.dims())?;
         }
         self.ptr = ck.meta_parse("cmc.ptr")?;
+        let rows = self.bank.map_or(1, |b| b.shape.dim(0));
+        if self.ptr >= rows {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("bank pointer {} outside a bank of {rows}", self.ptr),
+            });
+        }
         Ok(())
+    }
+
+    fn rewind(&mut self) {
+        self.optim.iter_mut().for_each(Optim::rewind);
+        self.ptr = self.ptr_before;
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {

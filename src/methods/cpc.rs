@@ -19,7 +19,7 @@
 
 use rand::Rng;
 
-use super::{augmented_views, Examples, Method, StepInput, StepOutput};
+use super::{augmented_views, guard_step, Examples, Method, Rollback, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -87,6 +87,8 @@ pub struct Cpc {
     targets: Tensor,
     /// Sequences and steps per training batch.
     shape: (usize, usize),
+    /// BatchNorm statistics (patch encoder), restored when the guard trips.
+    rollback: Option<Rollback>,
     _state: Arena,
 }
 
@@ -171,6 +173,9 @@ impl Cpc {
         let params = p.build(gpu, "parameters", true)?;
         let buffers = b.build(gpu, "batchnorm statistics", false)?;
         let optim = Optim::new(gpu, &params, optimizer)?;
+        let rollback = (buffers.values.len > 0)
+            .then(|| Rollback::new(gpu, &[buffers.values]))
+            .transpose()?;
         let mut state = Arena::for_gpu("cpc targets", gpu);
         let offsets = cpc::Offsets {
             batch: per_batch,
@@ -192,6 +197,7 @@ impl Cpc {
             optim,
             targets,
             shape: (per_batch, steps),
+            rollback,
             _state: state,
         })
     }
@@ -306,8 +312,13 @@ impl Method for Cpc {
             Enc::Patches { .. } => augmented_views(&mut input, 1, false)?[0],
             _ => self.crops(&mut input)?,
         };
-        if let Some(grads) = self.params.grads {
-            gpu.clear(grads);
+        let grads = self
+            .params
+            .grads
+            .ok_or_else(|| Error::Config("CPC's parameters have no gradients".into()))?;
+        gpu.clear(grads);
+        if let Some(r) = &self.rollback {
+            r.save(gpu)?;
         }
         let mut g = Graph::new(gpu, input.arena);
         let x = g.input(x);
@@ -335,9 +346,24 @@ impl Method for Cpc {
         let (rows, hits) = g.softmax_xent(logits, targets, &spec)?;
         let loss = g.mean(rows)?;
         g.backward(loss)?;
-        let stats = g.arena.tensor(gpu, [2 + 2 * o.k])?;
-        cpc::offset_stats(gpu, &g.value(rows), &g.value(hits), &stats, &o)?;
-        let lr = self.optim.step(gpu, &self.params)?;
+        let per_offset = g.arena.tensor(gpu, [2 + 2 * o.k])?;
+        cpc::offset_stats(gpu, &g.value(rows), &g.value(hits), &per_offset, &o)?;
+        let accuracy = Tensor {
+            region: per_offset.region.slice(1, 1),
+            shape: [1].into(),
+        };
+        let (guarded, flag) = guard_step(&mut g, loss, accuracy, &[grads], input.dry_run)?;
+        let lr = self.optim.step(gpu, &self.params, flag)?;
+        if let Some(r) = &self.rollback {
+            r.restore(gpu, flag)?;
+        }
+        // [loss, accuracy, guard], then each offset's loss and accuracy.
+        let stats = g.arena.tensor(gpu, [3 + 2 * o.k])?;
+        gpu.copy(guarded.region, stats.region.slice(0, 3))?;
+        gpu.copy(
+            per_offset.region.slice(2, 2 * o.k),
+            stats.region.slice(3, 2 * o.k),
+        )?;
         Ok(StepOutput { stats, lr })
     }
 
@@ -366,5 +392,9 @@ impl Method for Cpc {
         ck.get_store(gpu, "cpc", &self.params)?;
         ck.get_store(gpu, "cpc", &self.buffers)?;
         self.optim.load(gpu, ck, "optim")
+    }
+
+    fn rewind(&mut self) {
+        self.optim.rewind();
     }
 }

@@ -5,7 +5,7 @@
 //! local one is the same MLP shape applied at every location (1×1 convolutions, which in NHWC are
 //! plain matmuls over [N·M·M, C]). Scores are one GEMM, [N, d] · [N·M², d]ᵀ.
 
-use super::{augmented_views, Method, StepInput, StepOutput};
+use super::{augmented_views, guard_step, Method, Rollback, StepInput, StepOutput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -46,6 +46,8 @@ pub struct Dim {
     pub optim: Optim,
     stage: usize,
     locs: usize,
+    /// The BatchNorm statistics, put back when the guard skips a step.
+    rollback: Rollback,
 }
 
 impl Dim {
@@ -76,6 +78,7 @@ impl Dim {
         let params = p.build(gpu, "parameters", true)?;
         let buffers = b.build(gpu, "batchnorm statistics", false)?;
         let optim = Optim::new(gpu, &params, optimizer)?;
+        let rollback = Rollback::new(gpu, &[buffers.values])?;
         Ok(Dim {
             config,
             encoder,
@@ -86,6 +89,7 @@ impl Dim {
             optim,
             stage,
             locs: h * w,
+            rollback,
         })
     }
 }
@@ -99,9 +103,12 @@ impl Method for Dim {
         input.arena.reset();
         let gpu = input.gpu;
         let x = augmented_views(&mut input, 1, false)?[0];
-        if let Some(grads) = self.params.grads {
-            gpu.clear(grads);
-        }
+        let grads = self
+            .params
+            .grads
+            .ok_or_else(|| Error::Config("DIM's parameters have no gradients".into()))?;
+        gpu.clear(grads);
+        self.rollback.save(gpu)?;
         let mut g = Graph::new(gpu, input.arena);
         let x = g.input(x);
         let f = self.encoder.forward(
@@ -121,9 +128,8 @@ impl Method for Dim {
         let scores = g.matmul(global, local, Trans::NT, 1.0)?;
         let loss = g.mi_estimate(scores, self.locs, self.config.estimator)?;
         g.backward(loss)?;
-        let stats = g.arena.tensor(gpu, [2])?;
-        gpu.copy(g.value(loss).region, stats.region.slice(0, 1))?;
-        // DIM has no contrastive accuracy to report: NaN marks it as not applicable.
+        // DIM has no contrastive accuracy to report: NaN marks it as not applicable (the guard
+        // checks the loss and the gradients, never the accuracy).
         let na = g.arena.tensor(gpu, [1])?;
         elementwise::map(
             gpu,
@@ -134,8 +140,9 @@ impl Method for Dim {
             &na,
             false,
         )?;
-        gpu.copy(na.region, stats.region.slice(1, 1))?;
-        let lr = self.optim.step(gpu, &self.params)?;
+        let (stats, flag) = guard_step(&mut g, loss, na, &[grads], input.dry_run)?;
+        let lr = self.optim.step(gpu, &self.params, flag)?;
+        self.rollback.restore(gpu, flag)?;
         Ok(StepOutput { stats, lr })
     }
 
@@ -153,6 +160,10 @@ impl Method for Dim {
         ck.get_store(gpu, "query", &self.params)?;
         ck.get_store(gpu, "query", &self.buffers)?;
         self.optim.load(gpu, ck, "optim")
+    }
+
+    fn rewind(&mut self) {
+        self.optim.rewind();
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {

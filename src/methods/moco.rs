@@ -11,7 +11,9 @@
 
 use rand::SeedableRng;
 
-use super::{augmented_views, ring_write, Method, Network, StepInput, StepOutput};
+use super::{
+    augmented_views, guard_step, ring_write, Method, Network, Rollback, StepInput, StepOutput,
+};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -97,6 +99,10 @@ pub struct Moco {
     pub last_keys: Vec<Tensor>,
     /// Positive index (0) for every row, sized for the batch.
     targets: Tensor,
+    /// What a skipped step must put back: the key network and both networks' BatchNorm statistics.
+    rollback: Rollback,
+    /// The queue pointer before the last recorded step (see [`Method::rewind`]).
+    ptr_before: usize,
     /// Holds the queue and the targets for the whole run.
     _state: Arena,
 }
@@ -133,6 +139,11 @@ impl Moco {
         let targets = persistent.tensor(gpu, [batch])?;
         gpu.upload(targets.region, &vec![0u32; batch])?;
         let optim = Optim::new(gpu, &query.params, optimizer)?;
+        gpu.name_region(queue.region, "MoCo's queue");
+        let rollback = Rollback::new(
+            gpu,
+            &[key.params.values, query.buffers.values, key.buffers.values],
+        )?;
         Ok(Moco {
             config,
             query,
@@ -142,6 +153,8 @@ impl Moco {
             optim,
             last_keys: vec![],
             targets,
+            rollback,
+            ptr_before: 0,
             _state: persistent,
         })
     }
@@ -181,15 +194,23 @@ impl Method for Moco {
         input.arena.reset();
         let gpu = input.gpu;
         let views = augmented_views(&mut input, 2, false)?;
-        if let Some(grads) = self.query.params.grads {
-            gpu.clear(grads);
+        let grads = self
+            .query
+            .params
+            .grads
+            .ok_or_else(|| Error::Config("MoCo's query network has no gradients".into()))?;
+        gpu.clear(grads);
+        self.rollback.save(gpu)?;
+        self.ptr_before = self.ptr;
+        {
+            let _scope = gpu.scope(|| "EMA of the key network".into());
+            ema(
+                gpu,
+                self.key.params.values,
+                self.query.params.values,
+                self.config.momentum,
+            )?;
         }
-        ema(
-            gpu,
-            self.key.params.values,
-            self.query.params.values,
-            self.config.momentum,
-        )?;
 
         let mut g = Graph::new(gpu, input.arena);
         let groups = self.config.split_bn;
@@ -213,14 +234,12 @@ impl Method for Moco {
             keys.push(g.value(k1));
         }
         g.backward(loss)?;
-        let stats = g.arena.tensor(gpu, [2])?;
-        let loss_t = g.value(loss);
-        gpu.copy(loss_t.region, stats.region.slice(0, 1))?;
-        gpu.copy(acc.region, stats.region.slice(1, 1))?;
-        let lr = self.optim.step(gpu, &self.query.params)?;
+        let (stats, flag) = guard_step(&mut g, loss, acc, &[grads], input.dry_run)?;
+        let lr = self.optim.step(gpu, &self.query.params, flag)?;
         for k in &keys {
-            ring_write(gpu, *k, self.queue, &mut self.ptr)?;
+            ring_write(gpu, *k, self.queue, &mut self.ptr, flag)?;
         }
+        self.rollback.restore(gpu, flag)?;
         self.last_keys = keys;
         Ok(StepOutput { stats, lr })
     }
@@ -264,6 +283,11 @@ impl Method for Moco {
             });
         }
         Ok(())
+    }
+
+    fn rewind(&mut self) {
+        self.optim.rewind();
+        self.ptr = self.ptr_before;
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {

@@ -11,9 +11,10 @@ use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::data::SequenceSet;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Region};
 use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
 use crate::kernels::batchnorm::BatchNorm;
+use crate::kernels::guard::{self, When};
 use crate::memory::{Arena, Tensor};
 use crate::nn::{Encoder, EncoderConfig, Mlp, Store, StoreBuilder};
 
@@ -53,10 +54,14 @@ pub struct StepInput<'a> {
     pub augment: &'a Augment,
     pub rng: &'a mut rand_chacha::ChaCha8Rng,
     pub step: u64,
+    /// Record the whole step but raise the guard whatever the values, so that it changes no state
+    /// (the trainer's diagnostic re-run of a non-finite step).
+    pub dry_run: bool,
 }
 
-/// What one recorded step gives back: a small tensor whose first element is the loss and second
-/// the contrastive accuracy (read by the trainer with one readback), and the learning rate used.
+/// What one recorded step gives back: a small tensor [loss, contrastive accuracy, guard] (read by
+/// the trainer with one readback; the guard word, as u32 bits, is non-zero when the step held a
+/// non-finite value and its updates were skipped, see [`guard_step`]), and the learning rate used.
 pub struct StepOutput {
     pub stats: Tensor,
     pub lr: f32,
@@ -76,6 +81,76 @@ pub trait Method {
     fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()>;
     /// Restores what [`Method::save`] wrote, checking every shape.
     fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()>;
+    /// The guard skipped the last recorded step's updates on the GPU: takes back its host-side
+    /// bookkeeping (optimiser step counts, ring pointers), so that the method is exactly as before
+    /// that step.
+    fn rewind(&mut self);
+}
+
+/// Records the end of a step's forward and backward passes: the statistics [loss, accuracy, guard]
+/// of [`StepOutput`] and the non-finite guard, a flag word raised when the loss or any gradient
+/// region in `grads` holds a NaN or an infinity (always with `dry_run`). Returns (stats, flag).
+/// Every update recorded after it — [`crate::optim::Optim::step`], [`ring_write`],
+/// [`Rollback::restore`] — reads the flag on the GPU and skips itself, so a non-finite step
+/// changes no state and the step stays one submission.
+pub fn guard_step(
+    g: &mut Graph,
+    loss: Var,
+    accuracy: Tensor,
+    grads: &[Region],
+    dry_run: bool,
+) -> Result<(Tensor, Region)> {
+    let gpu = g.gpu;
+    let _scope = gpu.scope(|| "non-finite guard".into());
+    let flag = g.arena.tensor(gpu, [1])?.region;
+    gpu.clear(flag);
+    let loss = g.value(loss).region;
+    guard::check_finite(gpu, loss, flag, 0, dry_run)?;
+    for &r in grads {
+        guard::check_finite(gpu, r, flag, 0, false)?;
+    }
+    let stats = g.arena.tensor(gpu, [3])?;
+    gpu.copy(loss, stats.region.slice(0, 1))?;
+    gpu.copy(accuracy.region, stats.region.slice(1, 1))?;
+    gpu.copy(flag, stats.region.slice(2, 1))?;
+    Ok((stats, flag))
+}
+
+/// State a step changes before its guard is known — BatchNorm running statistics (updated by the
+/// forward pass), MoCo's key network (EMA at the start of the step): copied aside at the start of
+/// every step, copied back when the guard trips.
+pub struct Rollback {
+    pairs: Vec<(Region, Region)>,
+    _backup: Arena,
+}
+
+impl Rollback {
+    pub fn new(gpu: &Gpu, live: &[Region]) -> Result<Rollback> {
+        let mut arena = Arena::for_gpu("rollback", gpu);
+        let pairs = live
+            .iter()
+            .map(|&r| Ok((r, arena.alloc(gpu, r.len)?)))
+            .collect::<Result<_>>()?;
+        Ok(Rollback {
+            pairs,
+            _backup: arena,
+        })
+    }
+
+    /// Records the copies aside (at the start of a step, before anything changes the state).
+    pub fn save(&self, gpu: &Gpu) -> Result<()> {
+        self.pairs
+            .iter()
+            .try_for_each(|&(live, backup)| gpu.copy(live, backup))
+    }
+
+    /// Records copying the state back, which runs only when the guard `flag` is raised.
+    pub fn restore(&self, gpu: &Gpu, flag: Region) -> Result<()> {
+        let _scope = gpu.scope(|| "roll-back of a skipped step".into());
+        self.pairs.iter().try_for_each(|&(live, backup)| {
+            guard::copy_if(gpu, backup, live, flag, When::NonFinite)
+        })
+    }
 }
 
 /// An encoder followed by an MLP head, its parameters in one store.
@@ -160,6 +235,7 @@ pub fn augmented_views(
             "this method trains on images; sequence datasets are for `train cpc`".into(),
         ));
     };
+    let _scope = input.gpu.scope(|| "augmentation".into());
     let mut samples = vec![];
     for _ in 0..views {
         samples.push(
@@ -196,16 +272,25 @@ pub fn augmented_views(
 
 /// Writes the rows of `rows` [B, d] into the ring buffer `ring` [K, d] at `*ptr`, wrapping around
 /// so that any B works (MoCo's queue, a memory bank); a batch larger than the ring leaves only its
-/// last K rows. Advances `*ptr`.
-pub fn ring_write(gpu: &Gpu, rows: Tensor, ring: Tensor, ptr: &mut usize) -> Result<()> {
+/// last K rows. Advances `*ptr`. The copies run only when the guard `flag` is not raised.
+pub fn ring_write(
+    gpu: &Gpu,
+    rows: Tensor,
+    ring: Tensor,
+    ptr: &mut usize,
+    flag: Region,
+) -> Result<()> {
     let (k, d) = (ring.shape.dim(0), ring.shape.dim(1));
     let b = rows.shape.dim(0);
     let mut row = b.saturating_sub(k);
     while row < b {
         let n = (b - row).min(k - *ptr);
-        gpu.copy(
+        guard::copy_if(
+            gpu,
             rows.region.slice(row * d, n * d),
             ring.region.slice(*ptr * d, n * d),
+            flag,
+            When::Finite,
         )?;
         *ptr = (*ptr + n) % k;
         row += n;

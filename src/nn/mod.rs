@@ -107,11 +107,13 @@ impl StoreBuilder {
         } else {
             None
         };
-        Ok(Store {
+        let store = Store {
             values,
             grads,
             entries,
-        })
+        };
+        store.name_regions(gpu, what);
+        Ok(store)
     }
 }
 
@@ -176,11 +178,23 @@ impl Store {
         let values = alloc()?;
         gpu.copy(self.values, values)?;
         let grads = if grads { Some(alloc()?) } else { None };
-        Ok(Store {
+        let store = Store {
             values,
             grads,
             entries: self.entries.clone(),
-        })
+        };
+        store.name_regions(gpu, what);
+        Ok(store)
+    }
+
+    /// Names every tensor (and its gradient) in the diagnostics of [`Gpu::begin_finite_checks`].
+    fn name_regions(&self, gpu: &Gpu, what: &str) {
+        for (i, e) in self.entries.iter().enumerate() {
+            gpu.name_region(self.tensor(Id(i)).region, format!("{what} `{}`", e.name));
+            if let Some(g) = self.grad(Id(i)) {
+                gpu.name_region(g.region, format!("gradient of `{}`", e.name));
+            }
+        }
     }
 
     /// Reads every tensor back: (name, shape, values) in layout order.

@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Loads a `contrastive` checkpoint into an equivalent PyTorch encoder.
+
+    python3 scripts/load_in_pytorch.py runs/moco/checkpoint-00000250.safetensors
+    python3 scripts/load_in_pytorch.py CHECKPOINT --expected EXPECTED.safetensors
+
+The checkpoint is read with `safetensors.torch.load_file`; the architecture is read off the tensor
+names (README, "Checkpoint layout"): per stage a 3x3 convolution without bias (stride 1 in the
+first stage, 2 after, padding 1) -> BatchNorm (eps 1e-5) -> ReLU, then `blockJ` residual blocks
+(conv-BN-ReLU, conv-BN, add the input, ReLU), and global average pooling at the end.
+
+With --expected, the file must hold `input` (NHWC images, f32) and `features` (what this crate
+computed for them, BatchNorm in eval mode); the script exits with status 1 when PyTorch's
+features differ by more than --tolerance anywhere. Without it, it prints the feature shape of a
+random batch.
+"""
+
+import argparse
+import re
+import sys
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+
+class ConvBn(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(cout, eps=1e-5)
+
+    def forward(self, x):
+        return self.bn(self.conv(x))
+
+
+class Stage(nn.Module):
+    def __init__(self, cin, cout, stride, blocks):
+        super().__init__()
+        self.down = ConvBn(cin, cout, stride)
+        self.blocks = blocks
+        for j in range(blocks):
+            setattr(self, f"block{j}", nn.ModuleList([ConvBn(cout, cout, 1), ConvBn(cout, cout, 1)]))
+
+    def forward(self, x):
+        h = torch.relu(self.down(x))
+        for j in range(self.blocks):
+            a, b = getattr(self, f"block{j}")
+            h = torch.relu(b(torch.relu(a(h))) + h)
+        return h
+
+
+class Encoder(nn.Module):
+    """The encoder of src/nn/encoder.rs; forward takes NCHW and returns [N, C]."""
+
+    def __init__(self, widths, in_channels, blocks):
+        super().__init__()
+        self.stages = len(widths)
+        cin = in_channels
+        for i, cout in enumerate(widths):
+            setattr(self, f"stage{i}", Stage(cin, cout, 1 if i == 0 else 2, blocks))
+            cin = cout
+
+    def forward(self, x):
+        for i in range(self.stages):
+            x = getattr(self, f"stage{i}")(x)
+        return x.mean(dim=(2, 3))
+
+
+def load_encoder(path, prefix="query"):
+    """The checkpoint's encoder under `prefix` as an eval-mode torch module."""
+    tensors = load_file(path)
+    head = f"{prefix}.encoder."
+    ours = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(head)}
+    if not ours:
+        sys.exit(f"{path}: no tensors named {head}*")
+    stages = sorted(int(m.group(1)) for k in ours
+                    if (m := re.fullmatch(r"encoder\.stage(\d+)\.down\.conv\.weight", k)))
+    widths = [ours[f"encoder.stage{i}.down.conv.weight"].shape[0] for i in stages]
+    in_channels = ours["encoder.stage0.down.conv.weight"].shape[1]
+    blocks = len({k.split(".")[2] for k in ours if k.startswith("encoder.stage0.block")})
+    model = nn.Module()
+    model.encoder = Encoder(widths, in_channels, blocks)
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    # PyTorch's BatchNorm also counts batches; nothing else may be left out.
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        sys.exit(f"{path}: missing {missing}, unexpected {unexpected}")
+    return model.encoder.eval(), (widths, in_channels, blocks)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("checkpoint")
+    ap.add_argument("--prefix", default="query", help="network to load (query, key, query2)")
+    ap.add_argument("--expected", help="safetensors file with `input` (NHWC) and `features`")
+    ap.add_argument("--tolerance", type=float, default=1e-3)
+    args = ap.parse_args()
+
+    encoder, (widths, in_channels, blocks) = load_encoder(args.checkpoint, args.prefix)
+    print(f"encoder: widths {widths}, {in_channels} input channel(s), {blocks} residual block(s) per stage")
+    if args.expected is None:
+        x = torch.rand(4, in_channels, 28, 28)
+        with torch.no_grad():
+            print(f"features of a random batch: {tuple(encoder(x).shape)}")
+        return
+    want = load_file(args.expected)
+    x = want["input"].permute(0, 3, 1, 2)  # NHWC, as this crate computes, to NCHW
+    with torch.no_grad():
+        got = encoder(x)
+    diff = (got - want["features"]).abs().max().item()
+    print(f"features {tuple(got.shape)}: max |PyTorch - contrastive| = {diff:.3e}")
+    if not diff <= args.tolerance:
+        sys.exit(f"features differ by {diff:.3e} > {args.tolerance}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,486 @@
+//! The non-finite guard: its kernels against the CPU reference, the optimiser skipping a flagged
+//! update, and training runs that hit a NaN — in a parameter, or only in a gradient — stop with
+//! the step and the op that produced it, change no state and leave the last checkpoint intact.
+
+mod common;
+
+use std::sync::atomic::AtomicBool;
+
+use common::*;
+use contrastive::autodiff::{Graph, Var};
+use contrastive::checkpoint::{self, Checkpoint};
+use contrastive::data;
+use contrastive::kernels::augment::{Augment, GpuImages};
+use contrastive::kernels::guard::{self, When};
+use contrastive::kernels::optim::{self, Optimizer, Schedule};
+use contrastive::methods::{
+    augmented_views, guard_step, Dim, DimConfig, Examples, Method, Moco, MocoConfig, StepInput,
+    StepOutput,
+};
+use contrastive::nn::{EncoderConfig, Store, StoreBuilder};
+use contrastive::optim::{Optim, OptimConfig};
+use contrastive::train::{self, Checkpointing, TrainConfig};
+use contrastive::{Arena, Error, Gpu, Result};
+use rand::SeedableRng;
+
+const BATCH: usize = 8;
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+#[test]
+fn check_finite_matches_the_reference_on_awkward_lengths_and_offsets() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let flags = arena.tensor(&gpu, [4]).unwrap().region;
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::from_bits(0x7fc0_0001), // another NaN payload
+        f32::from_bits(0xff80_0001), // a negative signalling NaN
+    ];
+    let finite = [
+        f32::MAX,
+        f32::MIN,
+        -0.0,
+        f32::from_bits(1),
+        f32::MIN_POSITIVE,
+    ];
+    for n in [1usize, 3, 17, 31, 64, 129, 5000] {
+        let base = rand_vec(n + 7, n as u64);
+        let t = arena.upload(&gpu, [n + 7], &base).unwrap();
+        // Unaligned starts: the launcher widens the binding down to the alignment.
+        for start in [0usize, 1, 5] {
+            let r = t.region.slice(start, n);
+            for (case, poison) in [None, Some((0, specials[0])), Some((n - 1, specials[1]))]
+                .into_iter()
+                .chain((0..5).map(|k| Some(((k * 7919) % n, specials[k]))))
+                .chain((0..5).map(|k| Some(((k * 31) % n, finite[k]))))
+                .enumerate()
+            {
+                let mut data = base.clone();
+                if let Some((i, v)) = poison {
+                    data[start + i] = v;
+                }
+                gpu.upload(t.region, &data).unwrap();
+                gpu.upload(flags, &[0u32, 0, 0, 0]).unwrap();
+                guard::check_finite(&gpu, r, flags, 2, false).unwrap();
+                let got: Vec<u32> = gpu.read(flags).unwrap();
+                let want = guard::reference_non_finite(&bits(&data[start..start + n]));
+                assert_eq!(
+                    got,
+                    vec![0, 0, want as u32, 0],
+                    "n {n} start {start} case {case}"
+                );
+            }
+        }
+    }
+    // A forced check raises the flag on finite data; a finite check never lowers it.
+    let t = arena.upload(&gpu, [3], &[1.0, 2.0, 3.0]).unwrap();
+    gpu.upload(flags, &[0u32, 0, 0, 0]).unwrap();
+    guard::check_finite(&gpu, t.region, flags, 0, true).unwrap();
+    guard::check_finite(&gpu, t.region, flags, 0, false).unwrap();
+    assert_eq!(gpu.read::<u32>(flags).unwrap(), vec![1, 0, 0, 0]);
+    assert!(guard::check_finite(&gpu, t.region, flags, 4, false).is_err());
+}
+
+#[test]
+fn copy_if_copies_only_in_the_wanted_state() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let flag = arena.tensor(&gpu, [1]).unwrap().region;
+    for n in [1usize, 17, 129, 3000] {
+        let src = arena.upload(&gpu, [n + 3], &rand_vec(n + 3, 1)).unwrap();
+        let dst = arena.upload(&gpu, [n + 5], &rand_vec(n + 5, 2)).unwrap();
+        for (raised, when) in [
+            (0u32, When::Finite),
+            (1, When::Finite),
+            (0, When::NonFinite),
+            (1, When::NonFinite),
+        ] {
+            let d0 = rand_vec(n + 5, 3 + n as u64);
+            gpu.upload(dst.region, &d0).unwrap();
+            gpu.upload(flag, &[raised]).unwrap();
+            let (s, d) = (src.region.slice(3, n), dst.region.slice(1, n));
+            guard::copy_if(&gpu, s, d, flag, when).unwrap();
+            let got: Vec<f32> = gpu.read(dst.region).unwrap();
+            let copies = (raised != 0) == (when == When::NonFinite);
+            let mut want = d0.clone();
+            if copies {
+                let sv: Vec<f32> = gpu.read(src.region).unwrap();
+                want[1..1 + n].copy_from_slice(&sv[3..3 + n]);
+            }
+            assert_eq!(bits(&got), bits(&want), "n {n} flag {raised} {when:?}");
+        }
+    }
+}
+
+#[test]
+fn a_raised_flag_leaves_parameters_and_optimiser_state_bit_identical() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let n = 131;
+    let sgd = Optimizer::Sgd {
+        momentum: 0.9,
+        nesterov: true,
+    };
+    let adam = Optimizer::Adam {
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        decoupled: true,
+    };
+    for opt in [sgd, adam] {
+        let p0 = rand_vec(n, 1);
+        let params = arena.upload(&gpu, [n], &p0).unwrap().region;
+        let mut g = rand_vec(n, 2);
+        g[7] = f32::NAN;
+        let grads = arena.upload(&gpu, [n], &g).unwrap().region;
+        let s1 = arena.upload(&gpu, [n], &rand_vec(n, 3)).unwrap().region;
+        let s2 = arena.upload(&gpu, [n], &rand_vec(n, 4)).unwrap().region;
+        let mask = arena.upload(&gpu, [n], &vec![1.0; n]).unwrap().region;
+        let flag = arena.tensor(&gpu, [1]).unwrap().region;
+        let read = |r| gpu.read::<u32>(r).unwrap();
+        let before = (read(params), read(s1), read(s2));
+        guard::check_finite(&gpu, grads, flag, 0, false).unwrap();
+        optim::step(
+            &gpu,
+            &opt,
+            params,
+            grads,
+            s1,
+            s2,
+            mask,
+            0.1,
+            0.01,
+            2,
+            Some(flag),
+        )
+        .unwrap();
+        assert_eq!(
+            read(flag),
+            vec![1],
+            "{opt:?}: the NaN gradient raised the flag"
+        );
+        assert_eq!((read(params), read(s1), read(s2)), before, "{opt:?}");
+        // The same update with a finite gradient and the flag down runs.
+        gpu.upload(grads, &rand_vec(n, 2)).unwrap();
+        gpu.upload(flag, &[0u32]).unwrap();
+        optim::step(
+            &gpu,
+            &opt,
+            params,
+            grads,
+            s1,
+            s2,
+            mask,
+            0.1,
+            0.01,
+            2,
+            Some(flag),
+        )
+        .unwrap();
+        assert_ne!(read(params), before.0, "{opt:?}: a finite step updates");
+    }
+}
+
+struct Setup {
+    images: GpuImages,
+    _arena: Arena,
+}
+
+fn setup(gpu: &Gpu) -> Setup {
+    let train = data::embedded().unwrap().train.take(64);
+    let mut arena = Arena::for_gpu("data", gpu);
+    let images = GpuImages::upload(gpu, &mut arena, &train).unwrap();
+    Setup {
+        images,
+        _arena: arena,
+    }
+}
+
+fn sgd() -> OptimConfig {
+    OptimConfig {
+        kind: Optimizer::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        lr: 0.05,
+        weight_decay: 5e-4,
+        schedule: Schedule::Constant,
+    }
+}
+
+fn encoder() -> EncoderConfig {
+    EncoderConfig {
+        widths: vec![4, 8],
+        ..EncoderConfig::small(28, 28, 1)
+    }
+}
+
+fn run(
+    gpu: &Gpu,
+    s: &Setup,
+    method: &mut dyn Method,
+    steps: u64,
+    ckpt: Option<&Checkpointing>,
+    resume: Option<&Checkpoint>,
+) -> Result<train::Outcome> {
+    let cfg = TrainConfig {
+        batch_size: BATCH,
+        steps,
+        seed: 5,
+        augment: Augment::contrastive(),
+        knn_every: 0,
+        monitor_images: 0,
+        progress: false,
+    };
+    let stop = AtomicBool::new(false);
+    train::train(
+        gpu,
+        method,
+        Examples::Images(&s.images),
+        None,
+        &cfg,
+        ckpt,
+        resume,
+        &stop,
+        |_| Ok(()),
+    )
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("contrastive-guard-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Every tensor and metadata entry `method.save` writes, as bits.
+fn state(gpu: &Gpu, method: &dyn Method) -> Vec<(String, Vec<u32>)> {
+    let mut ck = Checkpoint::new();
+    method.save(gpu, &mut ck).unwrap();
+    let mut out: Vec<(String, Vec<u32>)> = ck
+        .names()
+        .map(|name| {
+            let shape = ck.shape(name).unwrap().to_vec();
+            (name.to_string(), bits(&ck.get_f32(name, &shape).unwrap()))
+        })
+        .collect();
+    out.extend(ck.meta.iter().map(|(k, v)| (format!("{k}={v}"), vec![])));
+    out
+}
+
+/// Trains 2 steps with checkpoints, resumes from a copy of the last one with a NaN in `tensor`
+/// and expects step 3 to fail: returns the error's op; checks that the method's whole state is
+/// the poisoned checkpoint's, bit for bit, and that the checkpoint files are untouched.
+fn poisoned_resume(gpu: &Gpu, method: &mut dyn Method, tensor: &str, name: &str) -> String {
+    let s = setup(gpu);
+    let dir = tmp(name);
+    let ckpt = Checkpointing {
+        dir: dir.clone(),
+        every: 1,
+        keep: 5,
+        meta: Default::default(),
+    };
+    run(gpu, &s, method, 2, Some(&ckpt), None).unwrap();
+    let files = checkpoint::list(&dir);
+    assert_eq!(files.len(), 2);
+    let on_disk: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    let mut ck = Checkpoint::read(files.last().unwrap()).unwrap();
+    let shape = ck.shape(tensor).unwrap().to_vec();
+    let mut w = ck.get_f32(tensor, &shape).unwrap();
+    w[1] = f32::NAN;
+    ck.put_f32(tensor, &shape, w);
+    method.load(gpu, &ck).unwrap();
+    let loaded = state(gpu, method);
+
+    let err = run(gpu, &s, method, 4, Some(&ckpt), Some(&ck))
+        .err()
+        .expect("a NaN parameter stops training");
+    let Error::NonFinite {
+        step,
+        op,
+        checkpoint,
+        ..
+    } = &err
+    else {
+        panic!("expected a non-finite error, got {err}");
+    };
+    assert_eq!(*step, 3, "{err}");
+    assert_eq!(checkpoint.as_ref(), files.last(), "{err}");
+    assert!(err.to_string().contains("intact"), "{err}");
+    // Nothing the step touched changed: parameters, key network, BatchNorm statistics, optimiser
+    // state and step count, queue and its pointer.
+    let after = state(gpu, method);
+    assert_eq!(after.len(), loaded.len());
+    for (a, b) in after.iter().zip(&loaded) {
+        assert_eq!(a, b, "{} changed in a skipped step", a.0);
+    }
+    assert_eq!(checkpoint::list(&dir), files, "no checkpoint written");
+    for (f, bytes) in files.iter().zip(&on_disk) {
+        assert_eq!(&std::fs::read(f).unwrap(), bytes, "{} intact", f.display());
+    }
+    op.clone()
+}
+
+#[test]
+fn a_nan_parameter_stops_moco_at_its_step_names_it_and_changes_nothing() {
+    let gpu = gpu();
+    let config = MocoConfig {
+        queue: 20,
+        dim: 8,
+        split_bn: 2,
+        ..MocoConfig::default()
+    };
+    let mut moco = Moco::new(&gpu, config, &encoder(), BATCH, &sgd(), 3).unwrap();
+    let tensor = "query.encoder.stage1.down.conv.weight";
+    let op = poisoned_resume(&gpu, &mut moco, tensor, "moco");
+    eprintln!("{op}");
+    // The EMA of the key network is the first command to read the query parameters.
+    assert!(
+        op.contains("read by EMA of the key network (ema.wgsl::ema")
+            && op.contains("parameters `encoder.stage1.down.conv.weight`")
+            && op.contains("before the step"),
+        "{op}"
+    );
+}
+
+#[test]
+fn a_nan_batchnorm_scale_stops_deep_infomax_at_the_batch_norm_that_reads_it() {
+    let gpu = gpu();
+    let config = DimConfig {
+        dim: 8,
+        ..DimConfig::default()
+    };
+    let mut dim = Dim::new(&gpu, config, &encoder(), &sgd(), 3).unwrap();
+    let tensor = "query.encoder.stage1.down.bn.weight";
+    let op = poisoned_resume(&gpu, &mut dim, tensor, "dim");
+    eprintln!("{op}");
+    assert!(
+        op.contains("read by batch_norm forward")
+            && op.contains("parameters `encoder.stage1.down.bn.weight`"),
+        "{op}"
+    );
+}
+
+/// A model whose loss is finite while its gradient is not: `mean(1e30 · normalize(x·wᵀ))` with
+/// w = 0. Forward, every row is zero, so the normalised rows (x / max(‖x‖, 1e-12)) and the loss
+/// are 0; backward, the gradient through the normalisation is dout / 1e-12 = inf.
+struct ZeroNorm {
+    params: Store,
+    w: contrastive::nn::Linear,
+    optim: Optim,
+}
+
+impl ZeroNorm {
+    fn new(gpu: &Gpu) -> ZeroNorm {
+        let mut p = StoreBuilder::new(0);
+        let w = contrastive::nn::Linear::new(&mut p, "proj", 28 * 28, 4, false);
+        let params = p.build(gpu, "parameters", true).unwrap();
+        let n = params.values.len;
+        gpu.upload(params.values, &vec![0.0f32; n]).unwrap();
+        let optim = Optim::new(gpu, &params, &sgd()).unwrap();
+        ZeroNorm { params, w, optim }
+    }
+}
+
+impl Method for ZeroNorm {
+    fn name(&self) -> &'static str {
+        "zero-norm"
+    }
+
+    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
+        input.arena.reset();
+        let gpu = input.gpu;
+        let x = augmented_views(&mut input, 1, false)?[0];
+        let grads = self.params.grads.unwrap();
+        gpu.clear(grads);
+        let mut g = Graph::new(gpu, input.arena);
+        let n = x.shape.dim(0);
+        let x = g.input(x.reshape([n, 28 * 28]));
+        let z = self.w.forward(&mut g, &self.params, x, false)?;
+        let z = g.l2_normalize(z)?;
+        let z = g.scale(z, 1e30)?;
+        let loss = g.mean(z)?;
+        g.backward(loss)?;
+        let acc = g.arena.tensor(gpu, [1])?;
+        gpu.clear(acc.region);
+        let (stats, flag) = guard_step(&mut g, loss, acc, &[grads], input.dry_run)?;
+        let lr = self.optim.step(gpu, &self.params, flag)?;
+        Ok(StepOutput { stats, lr })
+    }
+
+    fn features(&self, _: &mut Graph, x: Var) -> Result<Var> {
+        Ok(x)
+    }
+
+    fn parameter_count(&self) -> usize {
+        self.params.count()
+    }
+
+    fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()> {
+        ck.put_store(gpu, "query", &self.params)?;
+        self.optim.save(gpu, ck, "optim")
+    }
+
+    fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()> {
+        ck.get_store(gpu, "query", &self.params)?;
+        self.optim.load(gpu, ck, "optim")
+    }
+
+    fn rewind(&mut self) {
+        self.optim.rewind();
+    }
+}
+
+#[test]
+fn a_non_finite_gradient_with_a_finite_loss_is_caught_and_named() {
+    let gpu = gpu();
+    let s = setup(&gpu);
+    let mut m = ZeroNorm::new(&gpu);
+    // One step by hand: the loss is finite, the guard is raised by the gradient alone.
+    let mut arena = Arena::for_gpu("step", &gpu);
+    let before = state(&gpu, &m);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let idx: Vec<u32> = (0..BATCH as u32).collect();
+    let out = m
+        .record_step(StepInput {
+            gpu: &gpu,
+            arena: &mut arena,
+            examples: Examples::Images(&s.images),
+            indices: &idx,
+            augment: &Augment::contrastive(),
+            rng: &mut rng,
+            step: 1,
+            dry_run: false,
+        })
+        .unwrap();
+    let stats: Vec<f32> = gpu.read(out.stats.region).unwrap();
+    assert_eq!(stats[0], 0.0, "the loss is finite");
+    assert_ne!(stats[2].to_bits(), 0, "the gradient raised the guard");
+    let grads: Vec<f32> = gpu.read(m.params.grads.unwrap()).unwrap();
+    assert!(grads.iter().any(|g| !g.is_finite()));
+    m.rewind();
+    assert_eq!(state(&gpu, &m), before, "the update was skipped");
+
+    // Through the trainer: stopped at step 1 by the op whose backward made the infinity.
+    let err = run(&gpu, &s, &mut m, 3, None, None).err().expect("stops");
+    let Error::NonFinite { step, op, .. } = &err else {
+        panic!("expected a non-finite error, got {err}");
+    };
+    eprintln!("{err}");
+    assert_eq!(*step, 1);
+    assert!(
+        op.starts_with("first non-finite value written by l2_normalize backward"),
+        "{op}"
+    );
+    assert!(err.to_string().contains("no checkpoint"), "{err}");
+    assert_eq!(
+        state(&gpu, &m),
+        before,
+        "the trainer's step was skipped too"
+    );
+}
