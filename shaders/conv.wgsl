@@ -882,10 +882,15 @@ fn dy_dot(n: u32, h: i32, w: i32, q: Pos, wk: Row, co0: u32) -> f32 {
     let oh = i32(floor((f32(th) + 0.5) / f32(p.sh)));
     let ow = i32(floor((f32(tw) + 0.5) / f32(p.sw)));
     let ok = q.ok && th == oh * i32(p.sh) && tw == ow * i32(p.sw) && u32(oh) < p.ho && u32(ow) < p.wo;
-    let d = dy_row(select(0u, (n * p.ho + u32(oh)) * p.wo + u32(ow), ok), co0);
-    let s = d[0] * wk[0] + d[1] * wk[1] + d[2] * wk[2] + d[3] * wk[3] + d[4] * wk[4] + d[5] * wk[5]
-        + d[6] * wk[6] + d[7] * wk[7];
-    return select(0.0, dot(s, vec4(1.0)), ok);
+    // A branch, not a select: llvmpipe runs both sides anyway, but its per-lane load loop skips
+    // the lanes that are off (with stride 2, three taps in four reach nothing).
+    var s = vec4(0.0);
+    if ok {
+        let d = dy_row((n * p.ho + u32(oh)) * p.wo + u32(ow), co0);
+        s = d[0] * wk[0] + d[1] * wk[1] + d[2] * wk[2] + d[3] * wk[3] + d[4] * wk[4] + d[5] * wk[5]
+            + d[6] * wk[6] + d[7] * wk[7];
+    }
+    return dot(s, vec4(1.0));
 }
 
 // Input gradient: an invocation walks a run of input pixels; per pixel every row position k

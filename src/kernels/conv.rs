@@ -55,12 +55,14 @@ const WG: usize = 64;
 const WGRAD_INVOCATIONS: usize = 4096;
 const MIN_CHUNK: usize = 64;
 /// Direct kernels (short weight rows): at most KD positions per weight row, CD output channels
-/// per invocation (the shader's KD and CD), and runs of pixels split so that about
-/// DIRECT_INVOCATIONS invocations run (fewer for the weight gradient, whose partial sums are
-/// KD·CD each and must be added up afterwards).
+/// per invocation (the shader's KD and CD). The forward and input gradient split their pixels
+/// into runs so that about DIRECT_INVOCATIONS invocations run, but no run is shorter than
+/// MIN_RUN pixels (each invocation first loads KD·CD weights). The weight gradient uses fewer
+/// runs: their partial sums are KD·CD each and must be added up afterwards.
 const KD: usize = 9;
 const CD: usize = 32;
-const DIRECT_INVOCATIONS: usize = 2048;
+const DIRECT_INVOCATIONS: usize = 1024;
+const MIN_RUN: usize = 96;
 const DIRECT_WGRAD_SPLITS: usize = 512;
 
 const F_BIAS: u32 = 1;
@@ -285,6 +287,11 @@ impl Dims {
     }
 }
 
+/// Pixels per invocation of a direct forward or input gradient over `m` pixels.
+fn direct_run(m: usize) -> usize {
+    m.div_ceil(DIRECT_INVOCATIONS).max(MIN_RUN)
+}
+
 /// Workgroups for `row_tiles` tiles of TM rows by `cols` channels.
 fn tile_groups(row_tiles: usize, cols: usize) -> [u32; 3] {
     [row_tiles.div_ceil(WG) as u32, cols.div_ceil(TN) as u32, 1]
@@ -315,7 +322,7 @@ pub fn forward(
     let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
     if d.direct(g) {
         let mut params = d.params(g, m, flags);
-        let chunk = m.div_ceil(DIRECT_INVOCATIONS).max(1);
+        let chunk = direct_run(m);
         params.chunk = chunk as u32;
         return gpu.dispatch(
             &FORWARD_DIRECT,
@@ -359,7 +366,7 @@ pub fn backward_input(
     if d.direct(g) {
         let m = d.n * d.h * d.w;
         let mut params = d.params(g, m, flags);
-        let chunk = m.div_ceil(DIRECT_INVOCATIONS).max(1);
+        let chunk = direct_run(m);
         params.chunk = chunk as u32;
         return gpu.dispatch(
             &INPUT_GRAD_DIRECT,
