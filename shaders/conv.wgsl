@@ -697,3 +697,233 @@ fn weight_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
     }
     put_w(i, s);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Direct kernels for short weight rows: k = kh*kw*cin <= KD, as in a first layer on grayscale
+// images (3x3, one channel). A GEMM tile over a 9-long reduction spends far more on its gathers and
+// epilogue than on arithmetic. Here an invocation loads the weights of CD = 32 output channels at
+// all KD row positions into registers once, then walks a run of `chunk` consecutive output pixels;
+// per pixel, KD gathered inputs feed KD x CD multiply-adds against those registers. Row positions
+// past k have zero weights (and read a clamped, valid input). The output channels must be a
+// multiple of 4 (rows of y and dy are read and written as vec4s).
+
+const KD: u32 = 9u;
+const CD: u32 = 32u;
+alias Row = array<vec4<f32>, 8>;  // CD channels
+alias Rows = array<Row, 9>;       // KD row positions
+
+// Where row position k reads the input, relative to the window's corner.
+struct Pos { dh: i32, dw: i32, ci: u32, ok: bool }
+alias Poss = array<Pos, 9>;
+
+fn pos(k: u32) -> Pos {
+    let q = min(k, p.k - 1u);
+    let tap = q / p.cin;
+    let kh = tap / p.kw;
+    return Pos(i32(kh) - i32(p.ph), i32(tap - kh * p.kw) - i32(p.pw), q - tap * p.cin, k < p.k);
+}
+
+fn positions() -> Poss {
+    return Poss(pos(0u), pos(1u), pos(2u), pos(3u), pos(4u), pos(5u), pos(6u), pos(7u), pos(8u));
+}
+
+// x at row position q of the window whose corner is (h0, w0) in the image starting at row r0.
+fn x_at(r0: u32, h0: i32, w0: i32, q: Pos) -> f32 {
+    let hi = h0 + q.dh;
+    let wi = w0 + q.dw;
+    let ok = q.ok && u32(hi) < p.h && u32(wi) < p.w;
+    return select(0.0, src1[select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) * p.cin + q.ci, ok)], ok);
+}
+
+// The KD inputs of output pixel v.
+fn window(v: Walk, q: ptr<function, Poss>) -> array<f32, 9> {
+    let r0 = v.n * p.h;
+    let h0 = i32(v.r * p.sh);
+    let w0 = i32(v.c * p.sw);
+    return array(x_at(r0, h0, w0, (*q)[0]), x_at(r0, h0, w0, (*q)[1]), x_at(r0, h0, w0, (*q)[2]),
+                 x_at(r0, h0, w0, (*q)[3]), x_at(r0, h0, w0, (*q)[4]), x_at(r0, h0, w0, (*q)[5]),
+                 x_at(r0, h0, w0, (*q)[6]), x_at(r0, h0, w0, (*q)[7]), x_at(r0, h0, w0, (*q)[8]));
+}
+
+fn w_at(co: u32, k: u32) -> f32 {
+    return select(0.0, opd1[min(co, p.cout - 1u) * p.k + min(k, p.k - 1u)], co < p.cout && k < p.k);
+}
+
+fn w_col4(co: u32, k: u32) -> vec4<f32> {
+    return vec4(w_at(co, k), w_at(co + 1u, k), w_at(co + 2u, k), w_at(co + 3u, k));
+}
+
+// Weights of row position k for channels co0 .. co0 + CD.
+fn w_col(co0: u32, k: u32) -> Row {
+    return Row(w_col4(co0, k), w_col4(co0 + 4u, k), w_col4(co0 + 8u, k), w_col4(co0 + 12u, k),
+               w_col4(co0 + 16u, k), w_col4(co0 + 20u, k), w_col4(co0 + 24u, k),
+               w_col4(co0 + 28u, k));
+}
+
+fn axpy(acc: Row, a: f32, r: Row) -> Row {
+    return Row(acc[0] + a * r[0], acc[1] + a * r[1], acc[2] + a * r[2], acc[3] + a * r[3],
+               acc[4] + a * r[4], acc[5] + a * r[5], acc[6] + a * r[6], acc[7] + a * r[7]);
+}
+
+// The CD channels from co0 of pixel row m of dy, bound as the third operand (clamped).
+fn dy_row(m: u32, co0: u32) -> Row {
+    let o4 = p.cout / 4u;
+    let b = m * o4;
+    let c = co0 / 4u;
+    let l = o4 - 1u;
+    return Row(bias4[b + min(c, l)], bias4[b + min(c + 1u, l)], bias4[b + min(c + 2u, l)],
+               bias4[b + min(c + 3u, l)], bias4[b + min(c + 4u, l)], bias4[b + min(c + 5u, l)],
+               bias4[b + min(c + 6u, l)], bias4[b + min(c + 7u, l)]);
+}
+
+// Pixels [m0, m1) of this invocation's run.
+fn run_of(i: u32) -> vec2<u32> {
+    let m0 = min(i * p.chunk, p.m);
+    return vec2(m0, min(m0 + p.chunk, p.m));
+}
+
+// Channels co.. of y, through the ReLU, at vec4 index o. (Not put4: a forward never accumulates,
+// and llvmpipe runs the load of put4's accumulation even when its flag is off.)
+fn put_y(o: u32, co: u32, v: vec4<f32>) {
+    if co < p.cout {
+        dst4[o] = select(v, max(v, vec4(0.0)), (p.flags & F_RELU) != 0u);
+    }
+}
+
+@compute @workgroup_size(64)
+fn forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let co0 = gid.y * CD;
+    var q = positions();
+    var w = Rows(w_col(co0, 0u), w_col(co0, 1u), w_col(co0, 2u), w_col(co0, 3u), w_col(co0, 4u),
+                 w_col(co0, 5u), w_col(co0, 6u), w_col(co0, 7u), w_col(co0, 8u));
+    let b = Row(bias_of(co0, p.cout), bias_of(co0 + 4u, p.cout), bias_of(co0 + 8u, p.cout),
+                bias_of(co0 + 12u, p.cout), bias_of(co0 + 16u, p.cout),
+                bias_of(co0 + 20u, p.cout), bias_of(co0 + 24u, p.cout),
+                bias_of(co0 + 28u, p.cout));
+    let run = run_of(gid.x);
+    var v = walk_start(min(run.x, p.m - 1u), p.ho, p.wo);
+    for (var m = run.x; m < run.y; m++) {
+        let x = window(v, &q);
+        var acc: Row;
+        acc = axpy(acc, x[0], w[0]);
+        acc = axpy(acc, x[1], w[1]);
+        acc = axpy(acc, x[2], w[2]);
+        acc = axpy(acc, x[3], w[3]);
+        acc = axpy(acc, x[4], w[4]);
+        acc = axpy(acc, x[5], w[5]);
+        acc = axpy(acc, x[6], w[6]);
+        acc = axpy(acc, x[7], w[7]);
+        acc = axpy(acc, x[8], w[8]);
+        let o = m * (p.cout / 4u) + co0 / 4u;
+        put_y(o, co0, acc[0] + b[0]);
+        put_y(o + 1u, co0 + 4u, acc[1] + b[1]);
+        put_y(o + 2u, co0 + 8u, acc[2] + b[2]);
+        put_y(o + 3u, co0 + 12u, acc[3] + b[3]);
+        put_y(o + 4u, co0 + 16u, acc[4] + b[4]);
+        put_y(o + 5u, co0 + 20u, acc[5] + b[5]);
+        put_y(o + 6u, co0 + 24u, acc[6] + b[6]);
+        put_y(o + 7u, co0 + 28u, acc[7] + b[7]);
+        v = walk_next(v, p.ho, p.wo, true);
+    }
+}
+
+// Weight gradient: invocation (split, channel block) sums its run of pixels into a KD x CD tile,
+// written like weight_grad1's partial sums.
+@compute @workgroup_size(64)
+fn weight_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if gid.x >= p.splits {
+        return;
+    }
+    let co0 = gid.y * CD;
+    var q = positions();
+    var acc: Rows;
+    let run = run_of(gid.x);
+    var v = walk_start(min(run.x, p.m - 1u), p.ho, p.wo);
+    for (var m = run.x; m < run.y; m++) {
+        let x = window(v, &q);
+        let dy = dy_row(m, co0);
+        acc[0] = axpy(acc[0], x[0], dy);
+        acc[1] = axpy(acc[1], x[1], dy);
+        acc[2] = axpy(acc[2], x[2], dy);
+        acc[3] = axpy(acc[3], x[3], dy);
+        acc[4] = axpy(acc[4], x[4], dy);
+        acc[5] = axpy(acc[5], x[5], dy);
+        acc[6] = axpy(acc[6], x[6], dy);
+        acc[7] = axpy(acc[7], x[7], dy);
+        acc[8] = axpy(acc[8], x[8], dy);
+        v = walk_next(v, p.ho, p.wo, true);
+    }
+    // Row position k of channel co goes to dst[base + co * k_len + k]; the tile is shifted down one
+    // position per iteration so that every access uses a constant index.
+    let base = select(0u, gid.x * p.total, p.splits > 1u);
+    for (var k = 0u; k < p.k; k++) {
+        for (var j = 0u; j < 8u; j++) {
+            let r = acc[0][0];
+            for (var e = 0u; e < 4u; e++) {
+                let co = co0 + 4u * j + e;
+                if co < p.cout {
+                    put_w(base + co * p.k + k, r[e]);
+                }
+            }
+            let a = acc[0];
+            acc[0] = Row(a[1], a[2], a[3], a[4], a[5], a[6], a[7], a[0]);
+        }
+        let t = acc;
+        acc = Rows(t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[8]);
+    }
+}
+
+// dy . w[.., k] at the output pixel that row position q's tap reaches from input pixel (h, w) of
+// image n (zero if none: outside, or between strides). Quotients by the stride go through f32:
+// exact for these small values, and SIMD where integer division is not.
+fn dy_dot(n: u32, h: i32, w: i32, q: Pos, wk: Row, co0: u32) -> f32 {
+    let th = h - q.dh;
+    let tw = w - q.dw;
+    let oh = i32(floor((f32(th) + 0.5) / f32(p.sh)));
+    let ow = i32(floor((f32(tw) + 0.5) / f32(p.sw)));
+    let ok = q.ok && th == oh * i32(p.sh) && tw == ow * i32(p.sw) && u32(oh) < p.ho && u32(ow) < p.wo;
+    // A branch, not a select: llvmpipe runs both sides anyway, but its per-lane load loop skips
+    // the lanes that are off (with stride 2, three taps in four reach nothing).
+    var s = vec4(0.0);
+    if ok {
+        let d = dy_row((n * p.ho + u32(oh)) * p.wo + u32(ow), co0);
+        s = d[0] * wk[0] + d[1] * wk[1] + d[2] * wk[2] + d[3] * wk[3] + d[4] * wk[4] + d[5] * wk[5]
+            + d[6] * wk[6] + d[7] * wk[7];
+    }
+    return dot(s, vec4(1.0));
+}
+
+// Input gradient: an invocation walks a run of input pixels; per pixel every row position k
+// contributes dy . w[.., k] to input channel k's channel. Output channels are taken CD at a time
+// (the weights of a block in registers), the blocks after the first adding to dx.
+@compute @workgroup_size(64)
+fn input_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
+    var q = positions();
+    let run = run_of(gid.x);
+    for (var co0 = 0u; co0 < p.cout; co0 += CD) {
+        let w = Rows(w_col(co0, 0u), w_col(co0, 1u), w_col(co0, 2u), w_col(co0, 3u),
+                     w_col(co0, 4u), w_col(co0, 5u), w_col(co0, 6u), w_col(co0, 7u),
+                     w_col(co0, 8u));
+        let add = co0 > 0u || (p.flags & F_ACC) != 0u;
+        var v = walk_start(min(run.x, p.m - 1u), p.h, p.w);
+        for (var m = run.x; m < run.y; m++) {
+            let h = i32(v.r);
+            let wi = i32(v.c);
+            let s = array(dy_dot(v.n, h, wi, q[0], w[0], co0), dy_dot(v.n, h, wi, q[1], w[1], co0),
+                          dy_dot(v.n, h, wi, q[2], w[2], co0), dy_dot(v.n, h, wi, q[3], w[3], co0),
+                          dy_dot(v.n, h, wi, q[4], w[4], co0), dy_dot(v.n, h, wi, q[5], w[5], co0),
+                          dy_dot(v.n, h, wi, q[6], w[6], co0), dy_dot(v.n, h, wi, q[7], w[7], co0),
+                          dy_dot(v.n, h, wi, q[8], w[8], co0));
+            for (var ci = 0u; ci < p.cin; ci++) {
+                let t = select(0.0, s[0], q[0].ci == ci) + select(0.0, s[1], q[1].ci == ci)
+                    + select(0.0, s[2], q[2].ci == ci) + select(0.0, s[3], q[3].ci == ci)
+                    + select(0.0, s[4], q[4].ci == ci) + select(0.0, s[5], q[5].ci == ci)
+                    + select(0.0, s[6], q[6].ci == ci) + select(0.0, s[7], q[7].ci == ci)
+                    + select(0.0, s[8], q[8].ci == ci);
+                let o = m * p.cin + ci;
+                dst1[o] = select(t, t + dst1[o], add);
+            }
+            v = walk_next(v, p.h, p.w, true);
+        }
+    }
+}

@@ -255,3 +255,47 @@ fn shape_errors_name_the_shapes() {
     assert!(conv::backward_weight(&gpu, &x, &y_bad, &w, None, &g, false).is_err());
     assert!(conv::backward_weight(&gpu, &tiny, &y, &w, None, &g, false).is_err());
 }
+
+#[test]
+fn direct_threshold() {
+    // Weight rows of at most 9 elements and output channels in vec4s take the direct kernels.
+    assert!(geom(3, 3, 1, 1).is_direct(1, 32));
+    assert!(geom(3, 1, 2, 0).is_direct(3, 4));
+    assert!(geom(1, 1, 1, 0).is_direct(9, 8));
+    assert!(!geom(1, 1, 1, 0).is_direct(10, 8));
+    assert!(!geom(5, 2, 1, 0).is_direct(1, 8));
+    assert!(!geom(3, 3, 1, 1).is_direct(2, 32));
+    assert!(!geom(3, 3, 1, 1).is_direct(1, 30));
+}
+
+#[test]
+fn direct_paths_match_reference() {
+    // Both sides of the threshold: rows of 9 (direct) and 10 (GEMM) elements; channel blocks of
+    // 32 cut short (36 = 32 + 4, 4) and several (68); several input channels per row (3×1 on 3);
+    // strides and paddings that leave taps outside the image; batch 1; every scratch mode.
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut seed = 200;
+    for &(n, h, w, cin, cout, kh, kw, st, pd) in &[
+        (2, 9, 7, 1, 36, 3, 3, 1, 1),
+        (1, 8, 9, 1, 4, 3, 3, 2, 1),
+        (3, 7, 6, 1, 68, 3, 3, 2, 0),
+        (2, 6, 7, 3, 8, 3, 1, 1, 1),
+        (1, 5, 6, 9, 12, 1, 1, 2, 0),
+        (2, 7, 6, 1, 36, 5, 2, 1, 1),
+        (1, 7, 5, 2, 20, 1, 5, 3, 2),
+        (3, 30, 17, 1, 32, 3, 3, 1, 1),
+    ] {
+        for _ in 0..3 {
+            seed += 1;
+            check(
+                &gpu,
+                &mut arena,
+                RefShape { n, h, w, cin, cout },
+                geom(kh, kw, st, pd),
+                seed,
+            );
+            arena.reset();
+        }
+    }
+}

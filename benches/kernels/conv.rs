@@ -1,6 +1,9 @@
-//! Convolution passes on batch-256 training shapes (3×3 kernels, padding 1, stride 1 and 2).
+//! Convolution passes on batch-256 training shapes (3×3 kernels, padding 1, stride 1 and 2),
+//! each next to a square matmul of about the same FLOPs timed in the same run, so that the ratio
+//! holds even when other work shares the machine.
 
 use contrastive::kernels::conv::{self, Conv2d};
+use contrastive::kernels::matmul::{self, Matmul};
 use contrastive::{Arena, Result};
 
 use crate::harness::Bench;
@@ -34,18 +37,42 @@ pub fn run(b: &mut Bench) -> Result<()> {
                 [g.weight_grad_scratch(BATCH, side, side, cin, cout).max(1)],
             )?;
             let flops = g.flops(BATCH, side, side, cin, cout);
+            // The reference: a square matmul whose side (a multiple of 32, the register tile)
+            // gives about the same FLOPs.
+            let side_mm = (((flops / 2.0).cbrt() / 32.0).round() as usize).max(2) * 32;
+            let ma = arena.upload(gpu, [side_mm, side_mm], &vec![0.5; side_mm * side_mm])?;
+            let mb = arena.upload(gpu, [side_mm, side_mm], &vec![0.25; side_mm * side_mm])?;
+            let mc = arena.tensor(gpu, [side_mm, side_mm])?;
+            let mm_flops = 2.0 * (side_mm as f64).powi(3);
             // Bytes each pass must move at least: its operands once and its result once (the same
             // three tensors for all passes).
             let bytes = 4.0 * (x.numel() + w.numel() + y.numel()) as f64;
-            b.run(&name("fwd"), flops, bytes, 2.0, || {
-                conv::forward(gpu, &x, &w, Some(&bias), &y, &g, true)
-            })?;
-            b.run(&name("dx"), flops, bytes, 2.0, || {
-                conv::backward_input(gpu, &y, &w, &x, &g, false)
-            })?;
-            b.run(&name("dw"), flops, bytes, 2.0, || {
-                conv::backward_weight(gpu, &x, &y, &w, Some(&scratch), &g, false)
-            })?;
+            let mut mm = || matmul::matmul(gpu, &ma, &mb, &mc, &Matmul::default());
+            let mm_name = format!("  matmul NN {side_mm}^3");
+            b.compare(
+                &name("fwd"),
+                flops,
+                bytes,
+                3.0,
+                || conv::forward(gpu, &x, &w, Some(&bias), &y, &g, true),
+                (&mm_name, mm_flops, &mut mm),
+            )?;
+            b.compare(
+                &name("dx"),
+                flops,
+                bytes,
+                3.0,
+                || conv::backward_input(gpu, &y, &w, &x, &g, false),
+                (&mm_name, mm_flops, &mut mm),
+            )?;
+            b.compare(
+                &name("dw"),
+                flops,
+                bytes,
+                3.0,
+                || conv::backward_weight(gpu, &x, &y, &w, Some(&scratch), &g, false),
+                (&mm_name, mm_flops, &mut mm),
+            )?;
         }
     }
     Ok(())

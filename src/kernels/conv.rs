@@ -11,13 +11,22 @@
 //! Each invocation computes a 16-pixel × 16-channel register tile without workgroup memory or
 //! barriers (the fast shape on llvmpipe, see the shader's header). When both channel counts are
 //! multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores when only the input
-//! channels are odd, as in a first layer).
+//! channels are odd).
 //!
-//! **Known limits.** With 1–3 input channels the reduction per output is tiny (9 or 27 for 3×3), so
-//! the scalar forward and weight-gradient kernels run at a fraction of the vec4 ones' rate. The
-//! input gradient of such a layer wastes most of its 16-channel tile (it is never needed in
-//! training: images take no gradient). The large register tile suits CPUs and spills on GPUs;
-//! a workgroup-memory variant for real GPUs is future work.
+//! **Direct kernels.** A weight row of at most 9 elements (a 3×3 first layer on one channel, see
+//! [`Conv2d::is_direct`]) makes the GEMM's reduction too short to pay for its tile: its loads and
+//! epilogue dominate. Such layers run direct kernels instead: an invocation holds the weights of 32
+//! output channels at all 9 row positions in registers and walks a run of consecutive pixels,
+//! gathering 9 inputs per pixel. The weight gradient splits the pixels into runs whose partial sums
+//! a second pass adds up (deterministic, no atomics).
+//!
+//! **Known limits.** In a direct layer every output element costs a storage access and only 9
+//! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
+//! arithmetic. The direct input gradient gathers a dy row per tap (it reuses nothing between
+//! neighbouring pixels) and with stride 2 gathers for taps that do not reach a pixel; it is never
+//! needed in training (images take no gradient). With 2–3 input channels and 3×3 kernels (27-long
+//! rows) the scalar GEMM runs, at a fraction of the vec4 rate. The large register tiles suit CPUs
+//! and spill on GPUs; a workgroup-memory variant for real GPUs is future work.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
@@ -32,6 +41,9 @@ const INPUT_GRAD1: Kernel = kernel!("conv.wgsl", "input_grad1", 4);
 const WEIGHT_GRAD4: Kernel = kernel!("conv.wgsl", "weight_grad4", 4);
 const WEIGHT_GRAD1: Kernel = kernel!("conv.wgsl", "weight_grad1", 4);
 const WEIGHT_GRAD_REDUCE: Kernel = kernel!("conv.wgsl", "weight_grad_reduce", 4);
+const FORWARD_DIRECT: Kernel = kernel!("conv.wgsl", "forward_direct", 4);
+const INPUT_GRAD_DIRECT: Kernel = kernel!("conv.wgsl", "input_grad_direct", 4);
+const WEIGHT_GRAD_DIRECT: Kernel = kernel!("conv.wgsl", "weight_grad_direct", 4);
 
 /// Register tile of one invocation: pixels × channels (the shader's TM and TN).
 const TM: usize = 16;
@@ -42,6 +54,16 @@ const WG: usize = 64;
 /// into chunks shorter than MIN_CHUNK pixels.
 const WGRAD_INVOCATIONS: usize = 4096;
 const MIN_CHUNK: usize = 64;
+/// Direct kernels (short weight rows): at most KD positions per weight row, CD output channels
+/// per invocation (the shader's KD and CD). The forward and input gradient split their pixels
+/// into runs so that about DIRECT_INVOCATIONS invocations run, but no run is shorter than
+/// MIN_RUN pixels (each invocation first loads KD·CD weights). The weight gradient uses fewer
+/// runs: their partial sums are KD·CD each and must be added up afterwards.
+const KD: usize = 9;
+const CD: usize = 32;
+const DIRECT_INVOCATIONS: usize = 1024;
+const MIN_RUN: usize = 96;
+const DIRECT_WGRAD_SPLITS: usize = 512;
 
 const F_BIAS: u32 = 1;
 const F_RELU: u32 = 2;
@@ -112,6 +134,12 @@ impl Conv2d {
             }
             Err(_) => 0,
         }
+    }
+
+    /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels (all
+    /// three passes): weight rows (kh·kw·cin) of at most 9 elements, `cout` a multiple of 4.
+    pub fn is_direct(&self, cin: usize, cout: usize) -> bool {
+        self.kh * self.kw * cin <= KD && cout.is_multiple_of(4)
     }
 
     /// Multiply-adds × 2 of one pass (forward, input gradient and weight gradient all cost the same).
@@ -238,19 +266,30 @@ impl Dims {
     /// `max_splits` splits.
     fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
         let pixels = self.n * self.ho * self.wo;
-        let tiles = self.wgrad_col_tiles(g) * self.cout.div_ceil(TM);
-        let want = (WGRAD_INVOCATIONS / tiles)
-            .min(pixels.div_ceil(MIN_CHUNK))
-            .min(max_splits)
-            .max(1);
+        let want = if self.direct(g) {
+            DIRECT_WGRAD_SPLITS / self.cout.div_ceil(CD)
+        } else {
+            WGRAD_INVOCATIONS / (self.wgrad_col_tiles(g) * self.cout.div_ceil(TM))
+        };
+        let want = want.min(pixels.div_ceil(MIN_CHUNK)).min(max_splits).max(1);
         let chunk = pixels.div_ceil(want);
         (pixels.div_ceil(chunk), chunk)
+    }
+
+    /// See [`Conv2d::is_direct`].
+    fn direct(&self, g: &Conv2d) -> bool {
+        g.is_direct(self.cin, self.cout)
     }
 
     /// Both channel counts are multiples of 4: the vec4 kernels apply.
     fn vec4(&self) -> bool {
         self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4)
     }
+}
+
+/// Pixels per invocation of a direct forward or input gradient over `m` pixels.
+fn direct_run(m: usize) -> usize {
+    m.div_ceil(DIRECT_INVOCATIONS).max(MIN_RUN)
 }
 
 /// Workgroups for `row_tiles` tiles of TM rows by `cols` channels.
@@ -280,6 +319,22 @@ pub fn forward(
     }
     let m = d.n * d.ho * d.wo;
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
+    let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
+    if d.direct(g) {
+        let mut params = d.params(g, m, flags);
+        let chunk = direct_run(m);
+        params.chunk = chunk as u32;
+        return gpu.dispatch(
+            &FORWARD_DIRECT,
+            &params,
+            &regions,
+            [
+                m.div_ceil(chunk).div_ceil(WG) as u32,
+                d.cout.div_ceil(CD) as u32,
+                1,
+            ],
+        );
+    }
     let kernel = if d.vec4() {
         &FORWARD4
     } else if d.cout.is_multiple_of(4) {
@@ -290,7 +345,7 @@ pub fn forward(
     gpu.dispatch(
         kernel,
         &d.params(g, m, flags),
-        &[x.region, w.region, bias.unwrap_or(w).region, y.region],
+        &regions,
         tile_groups(m.div_ceil(TM), d.cout),
     )
 }
@@ -307,6 +362,19 @@ pub fn backward_input(
     accumulate: bool,
 ) -> Result<()> {
     let d = Dims::check("conv2d backward_input", g, dx, w, dy)?;
+    let flags = if accumulate { F_ACC } else { 0 };
+    if d.direct(g) {
+        let m = d.n * d.h * d.w;
+        let mut params = d.params(g, m, flags);
+        let chunk = direct_run(m);
+        params.chunk = chunk as u32;
+        return gpu.dispatch(
+            &INPUT_GRAD_DIRECT,
+            &params,
+            &[dy.region, w.region, dy.region, dx.region],
+            [m.div_ceil(chunk).div_ceil(WG) as u32, 1, 1],
+        );
+    }
     let (sh, sw) = g.stride;
     let mut tiles = 0;
     for rh in 0..sh.min(d.h) {
@@ -315,7 +383,6 @@ pub fn backward_input(
         }
     }
     let kernel = if d.vec4() { &INPUT_GRAD4 } else { &INPUT_GRAD1 };
-    let flags = if accumulate { F_ACC } else { 0 };
     gpu.dispatch(
         kernel,
         &d.params(g, tiles, flags),
@@ -343,32 +410,42 @@ pub fn backward_weight(
     let total = dw.numel();
     let room = scratch.map_or(0, |t| t.numel() / total);
     let (splits, chunk) = d.wgrad_splits(g, room.max(1));
-    let direct = splits == 1;
+    let one_pass = splits == 1;
     let acc_flag = if accumulate { F_ACC } else { 0 };
-    let mut params = d.params(g, d.n * d.ho * d.wo, if direct { acc_flag } else { 0 });
+    let mut params = d.params(g, d.n * d.ho * d.wo, if one_pass { acc_flag } else { 0 });
     params.splits = splits as u32;
     params.chunk = chunk as u32;
     params.total = total as u32;
     let dst = match scratch {
-        Some(t) if !direct => t.region,
+        Some(t) if !one_pass => t.region,
         _ => dw.region,
     };
-    let kernel = if d.vec4() {
-        &WEIGHT_GRAD4
+    let (kernel, groups) = if d.direct(g) {
+        (
+            &WEIGHT_GRAD_DIRECT,
+            [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
+        )
     } else {
-        &WEIGHT_GRAD1
+        (
+            if d.vec4() {
+                &WEIGHT_GRAD4
+            } else {
+                &WEIGHT_GRAD1
+            },
+            [
+                (splits * d.wgrad_col_tiles(g)).div_ceil(WG) as u32,
+                d.cout.div_ceil(TM) as u32,
+                1,
+            ],
+        )
     };
     gpu.dispatch(
         kernel,
         &params,
         &[x.region, dy.region, dy.region, dst],
-        [
-            (splits * d.wgrad_col_tiles(g)).div_ceil(WG) as u32,
-            d.cout.div_ceil(TM) as u32,
-            1,
-        ],
+        groups,
     )?;
-    if direct {
+    if one_pass {
         return Ok(());
     }
     params.flags = acc_flag;
