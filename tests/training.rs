@@ -182,8 +182,9 @@ fn adam(lr: f32, steps: u64) -> OptimConfig {
     }
 }
 
-/// CPC on the embedded JapaneseVowels: every offset's contrastive accuracy (chance 1/32) must rise
-/// far above chance, and the first offset — the easiest — must end at least as high as the last.
+/// CPC on the embedded JapaneseVowels: every offset's contrastive accuracy must rise by 10 points
+/// and end far above chance (1/32; measured: 7.6 → 29.2 %, 5.3 → 27.3 %, 11.8 → 25.9 % for
+/// k = 1, 2, 3), and the first offset — the easiest — must end at least as high as the last.
 #[test]
 fn cpc_predicts_every_offset_well_above_chance() {
     let gpu = gpu();
