@@ -199,7 +199,7 @@ struct CommonArgs {
     #[arg(long, value_enum)]
     optimizer: Option<OptimizerArg>,
     /// Base learning rate for batch 256, scaled linearly with the batch size
-    /// [default: 0.06 with sgd, 1e-3 with adam/adamw].
+    /// [default: 0.06 with sgd, 1e-3 with adam/adamw, 4e-3 for cpc].
     #[arg(long)]
     lr: Option<f32>,
     /// Weight decay (not applied to biases and BatchNorm parameters).
@@ -559,7 +559,13 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
                 eps: 1e-8,
                 decoupled: optimizer == OptimizerArg::Adamw,
             },
-            1e-3,
+            // CPC's scores start near zero (no temperature): it needs a larger step to leave
+            // chance (measured on JapaneseVowels: kNN 69 % at 1e-3 vs 83 % at 4e-3).
+            if is_cpc {
+                4e-3
+            } else {
+                1e-3
+            },
         ),
     };
     let optim = OptimConfig {

@@ -9,8 +9,10 @@
 //!
 //! Encoders by input:
 //! - feature frames (JapaneseVowels): an MLP applied to every frame;
-//! - raw waveforms: five strided 1-D convolutions (kernels 10, 8, 4, 4, 4; strides 5, 4, 2, 2, 2;
-//!   160× down-sampling, the paper's) with ReLU, run as 1×k 2-D convolutions over `[B, 1, L, 1]`;
+//! - raw waveforms (each crop scaled to unit RMS): five strided 1-D convolutions (kernels 10, 8,
+//!   4, 4, 4; strides 5, 4, 2, 2, 2; 160× down-sampling, the paper's), each followed by BatchNorm
+//!   and ReLU as in the common PyTorch reimplementation, run as 1×k 2-D convolutions over
+//!   `[B, 1, L, 1]`;
 //! - images: a grid of overlapping patches, each through the CNN encoder; every column of the
 //!   grid is a sequence running down the image, so the context predicts the rows below.
 //!
@@ -29,7 +31,7 @@ use crate::kernels::conv::Conv2d;
 use crate::kernels::cpc::{self, PatchGrid};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
-use crate::nn::layers::{ConvLayer, Linear};
+use crate::nn::layers::{BatchNormLayer, ConvLayer, Linear};
 use crate::nn::{Encoder, EncoderConfig, Id, Init, Mlp, Store, StoreBuilder};
 use crate::optim::{Optim, OptimConfig};
 
@@ -67,7 +69,7 @@ const WAVE_LAYERS: [(usize, usize, usize); 5] =
 
 enum Enc {
     Frames(Mlp),
-    Waveform(Vec<ConvLayer>),
+    Waveform(Vec<(ConvLayer, BatchNormLayer)>),
     Patches { grid: PatchGrid, encoder: Encoder },
 }
 
@@ -133,7 +135,10 @@ impl Cpc {
                         })?
                         .1;
                     let name = format!("encoder.conv{i}");
-                    layers.push(ConvLayer::new(&mut p, &name, cin, config.dim, geom, true));
+                    let conv = ConvLayer::new(&mut p, &name, cin, config.dim, geom, false);
+                    let bn =
+                        BatchNormLayer::new(&mut p, &mut b, &format!("encoder.bn{i}"), config.dim);
+                    layers.push((conv, bn));
                     cin = config.dim;
                 }
                 (Enc::Waveform(layers), config.dim, len, batch)
@@ -225,10 +230,24 @@ impl Cpc {
                 g.reshape(z, [b, t, self.config.dim])
             }
             Enc::Waveform(layers) => {
+                // Recordings differ in level by orders of magnitude: every crop is scaled to unit
+                // RMS (L2 norm √L) before the convolutions, in training and evaluation alike.
                 let (b, l) = shape.rows_cols();
+                let x = g.reshape(x, [b, l])?;
+                let x = g.l2_normalize(x)?;
+                let x = g.scale(x, (l as f32).sqrt())?;
                 let mut h = g.reshape(x, [b, 1, l, 1])?;
-                for layer in layers {
-                    h = layer.forward(g, &self.params, h, true)?;
+                for (conv, bn) in layers {
+                    h = conv.forward(g, &self.params, h, false)?;
+                    h = bn.forward(
+                        g,
+                        &self.params,
+                        &self.buffers,
+                        h,
+                        &BatchNorm::default(),
+                        train,
+                    )?;
+                    h = g.relu(h)?;
                 }
                 let d = g.shape(h).dims().to_vec();
                 g.reshape(h, [b, d[2], d[3]])
