@@ -95,7 +95,7 @@ pub fn validate(cfg: &TrainConfig, train_len: usize) -> Result<()> {
     }
     if cfg.batch_size > train_len {
         return Err(Error::Config(format!(
-            "--batch-size {} is larger than the {train_len} training images",
+            "--batch-size {} is larger than the {train_len} training examples",
             cfg.batch_size
         )));
     }

@@ -149,7 +149,7 @@ fn impossible_settings_are_clear_errors() {
     fails(&train(&out, &["--batch-size", "0"]), "--batch-size");
     fails(
         &train(&out, &["--batch-size", "512"]),
-        "larger than the 256 training images",
+        "larger than the 256 training examples",
     );
     fails(&train(&out, &["--queue", "0"]), "--queue");
     fails(&train(&out, &["--temperature", "0"]), "--temperature");
@@ -295,5 +295,182 @@ fn a_diverging_run_stops_at_the_bad_step_and_keeps_its_last_checkpoint() {
         losses(&out).len() as u64,
         step,
         "one metrics line per good step"
+    );
+}
+
+/// `train cpc` on the embedded JapaneseVowels with a tiny model.
+fn cpc(out: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "train",
+        "cpc",
+        "--data",
+        "japanese-vowels",
+        "--batch-size",
+        "16",
+        "--dim",
+        "8",
+        "--context",
+        "8",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ];
+    args.extend_from_slice(extra);
+    contrastive(&args)
+}
+
+/// CPC through the whole command line: per-offset metrics, exact resume, the evaluation table
+/// with its sequence baselines.
+#[test]
+fn cpc_on_sequences_logs_every_offset_resumes_exactly_and_evaluates() {
+    let (a, b) = (dir("cpc-straight"), dir("cpc-resumed"));
+    let report = ok(&cpc(&a, &["--steps", "4", "--checkpoint-every", "2"]));
+    for row in ["trained encoder", "random encoder", "raw (mean frame)"] {
+        assert!(report.contains(row), "{row} missing: {report}");
+    }
+    ok(&cpc(
+        &b,
+        &[
+            "--steps",
+            "4",
+            "--checkpoint-every",
+            "2",
+            "--stop-after",
+            "2",
+        ],
+    ));
+    ok(&contrastive(&[
+        "train",
+        "cpc",
+        "--resume",
+        b.to_str().unwrap(),
+        "--quiet",
+    ]));
+    assert_eq!(losses(&a), losses(&b));
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    for l in metrics.lines() {
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        assert_eq!(v["offsets"].as_array().map(Vec::len), Some(3), "{l}");
+    }
+    let (ca, cb) = (final_tensors(&a), final_tensors(&b));
+    for name in ca.names().filter(|n| n.starts_with("cpc.")) {
+        let shape = ca.shape(name).unwrap().to_vec();
+        let (x, y) = (
+            ca.get_f32(name, &shape).unwrap(),
+            cb.get_f32(name, &shape).unwrap(),
+        );
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{name} differs"
+        );
+    }
+}
+
+/// A mono 16-bit PCM WAV file.
+fn wav(samples: &[i16], rate: u32) -> Vec<u8> {
+    let data_len = 2 * samples.len() as u32;
+    let mut v = b"RIFF".to_vec();
+    v.extend((36 + data_len).to_le_bytes());
+    v.extend(b"WAVEfmt ");
+    v.extend(16u32.to_le_bytes());
+    v.extend(1u16.to_le_bytes()); // PCM
+    v.extend(1u16.to_le_bytes()); // mono
+    v.extend(rate.to_le_bytes());
+    v.extend((2 * rate).to_le_bytes());
+    v.extend(2u16.to_le_bytes());
+    v.extend(16u16.to_le_bytes());
+    v.extend(b"data");
+    v.extend(data_len.to_le_bytes());
+    for s in samples {
+        v.extend(s.to_le_bytes());
+    }
+    v
+}
+
+/// CPC's waveform encoder end to end on a folder of WAV files (two "languages": tones of
+/// different pitch), and the settings a sequence run can get wrong.
+#[test]
+fn cpc_on_wav_files_and_sequence_settings_errors() {
+    let data = dir("wav-data");
+    for (class, freq) in [("high", 900.0f32), ("low", 200.0)] {
+        let d = data.join("speech").join(class);
+        std::fs::create_dir_all(&d).unwrap();
+        for i in 0..6 {
+            let samples: Vec<i16> = (0..2400)
+                .map(|t| {
+                    let x = (t as f32 * freq * (1.0 + 0.05 * i as f32) / 8000.0 * 6.283).sin();
+                    (x * 8000.0) as i16
+                })
+                .collect();
+            std::fs::write(d.join(format!("{i}.wav")), wav(&samples, 8000)).unwrap();
+        }
+    }
+    let out = dir("cpc-wav");
+    let d = data.to_str().unwrap();
+    let o = out.to_str().unwrap();
+    let base = [
+        "train",
+        "cpc",
+        "--data",
+        "wav",
+        "--data-dir",
+        d,
+        "--out",
+        o,
+        "--quiet",
+    ];
+    let with = |extra: &[&str]| {
+        let mut args = base.to_vec();
+        args.extend_from_slice(extra);
+        contrastive(&args)
+    };
+    let report = ok(&with(&[
+        "--window",
+        "1600",
+        "--offsets",
+        "2",
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--dim",
+        "8",
+        "--context",
+        "8",
+        "--force",
+    ]));
+    assert!(report.contains("trained encoder"), "{report}");
+
+    fails(
+        &with(&["--window", "100", "--batch-size", "4", "--force"]),
+        "--window",
+    );
+    fails(
+        &with(&[
+            "--window",
+            "1600",
+            "--offsets",
+            "10",
+            "--batch-size",
+            "4",
+            "--force",
+        ]),
+        "--offsets",
+    );
+    fails(
+        &contrastive(&["train", "cpc", "--data", "wav", "--out", o, "--force"]),
+        "fetch-data.sh",
+    );
+    fails(
+        &contrastive(&[
+            "train",
+            "moco",
+            "--data",
+            "japanese-vowels",
+            "--out",
+            o,
+            "--force",
+        ]),
+        "sequence dataset",
     );
 }
