@@ -139,8 +139,27 @@ fn label(v: f64) -> String {
     }
 }
 
+/// Line colours, one per series.
+const PALETTE: [[u8; 3]; 6] = [
+    [31, 119, 180],
+    [214, 39, 40],
+    [44, 160, 44],
+    [255, 127, 14],
+    [148, 103, 189],
+    [140, 86, 75],
+];
+
 /// One panel: a titled line chart of `points` (x, y) at vertical offset `top`.
 fn panel(c: &mut Canvas, top: usize, title: &str, points: &[(f64, f64)], color: [u8; 3]) {
+    panel_series(c, top, title, &[(String::new(), points.to_vec(), color)]);
+}
+
+/// A named line of a chart: (legend, points, colour).
+type Series = (String, Vec<(f64, f64)>, [u8; 3]);
+
+/// A panel with several named series on shared axes, a legend at the top right.
+fn panel_series(c: &mut Canvas, top: usize, title: &str, series: &[Series]) {
+    let points: Vec<(f64, f64)> = series.iter().flat_map(|s| s.1.iter().copied()).collect();
     let (x0, x1) = (LEFT as i64, (W - RIGHT) as i64);
     let (y0, y1) = ((top + TOP) as i64, (top + PANEL_H - BOTTOM) as i64);
     let grey = [200, 200, 200];
@@ -154,7 +173,7 @@ fn panel(c: &mut Canvas, top: usize, title: &str, points: &[(f64, f64)], color: 
     }
     let (mut xmin, mut xmax) = (f64::MAX, f64::MIN);
     let (mut ymin, mut ymax) = (f64::MAX, f64::MIN);
-    for &(x, y) in points {
+    for &(x, y) in &points {
         (xmin, xmax) = (xmin.min(x), xmax.max(x));
         (ymin, ymax) = (ymin.min(y), ymax.max(y));
     }
@@ -185,14 +204,21 @@ fn panel(c: &mut Canvas, top: usize, title: &str, points: &[(f64, f64)], color: 
             c.text(x - 12, y1 + 8, &text, black, false);
         }
     }
-    if points.len() == 1 {
-        let (x, y) = (px(points[0].0), py(points[0].1));
-        for d in -2..=2 {
-            c.line((x - 2, y + d), (x + 2, y + d), color);
+    let mut legend_x = x1;
+    for (name, points, color) in series.iter().rev() {
+        if points.len() == 1 {
+            let (x, y) = (px(points[0].0), py(points[0].1));
+            for d in -2..=2 {
+                c.line((x - 2, y + d), (x + 2, y + d), *color);
+            }
         }
-    }
-    for w in points.windows(2) {
-        c.line((px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)), color);
+        for w in points.windows(2) {
+            c.line((px(w[0].0), py(w[0].1)), (px(w[1].0), py(w[1].1)), *color);
+        }
+        if !name.is_empty() {
+            c.text(legend_x, top as i64 + 8, name, *color, true);
+            legend_x -= (name.len() as i64 + 1) * 6 * SCALE as i64;
+        }
     }
 }
 
@@ -205,10 +231,12 @@ fn read_metrics(dir: &Path) -> io::Result<Vec<LogLine>> {
 }
 
 /// Draws `training.png` in `dir` from its `metrics.jsonl`: loss, learning rate and kNN accuracy
-/// against the step.
+/// against the step, and for CPC each offset's contrastive accuracy.
 pub fn draw(dir: &Path) -> io::Result<()> {
     let lines = read_metrics(dir)?;
-    let mut c = Canvas::new(W, 3 * PANEL_H);
+    let offsets = lines.iter().map(|l| l.offsets.len()).max().unwrap_or(0);
+    let panels = if offsets > 0 { 4 } else { 3 };
+    let mut c = Canvas::new(W, panels * PANEL_H);
     let pts = |f: &dyn Fn(&LogLine) -> Option<f64>| -> Vec<(f64, f64)> {
         lines
             .iter()
@@ -236,6 +264,33 @@ pub fn draw(dir: &Path) -> io::Result<()> {
         &pts(&|l| l.knn.map(|k| 100.0 * k)),
         [44, 160, 44],
     );
+    if offsets > 0 {
+        // CPC's contrastive accuracy of at most six offsets spread over 1..=K, each a running
+        // mean over 25 steps.
+        let shown: Vec<usize> = (0..offsets.min(PALETTE.len()))
+            .map(|i| i * (offsets - 1) / (offsets.min(PALETTE.len()) - 1).max(1))
+            .collect();
+        let series: Vec<_> = shown
+            .iter()
+            .zip(PALETTE)
+            .map(|(&k, color)| {
+                let acc: Vec<f64> = lines
+                    .iter()
+                    .map(|l| l.offsets.get(k).map_or(f64::NAN, |o| 100.0 * o[1] as f64))
+                    .collect();
+                let points = (0..lines.len())
+                    .filter(|&i| acc[i].is_finite())
+                    .map(|i| {
+                        let w = &acc[i.saturating_sub(24)..=i];
+                        let w: Vec<f64> = w.iter().copied().filter(|v| v.is_finite()).collect();
+                        (lines[i].step as f64, w.iter().sum::<f64>() / w.len() as f64)
+                    })
+                    .collect();
+                (format!("K={}", k + 1), points, color)
+            })
+            .collect();
+        panel_series(&mut c, 3 * PANEL_H, "accuracy (%) per offset", &series);
+    }
     c.save(&dir.join("training.png"))
 }
 

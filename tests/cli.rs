@@ -398,7 +398,9 @@ fn cpc_on_wav_files_and_sequence_settings_errors() {
         for i in 0..6 {
             let samples: Vec<i16> = (0..2400)
                 .map(|t| {
-                    let x = (t as f32 * freq * (1.0 + 0.05 * i as f32) / 8000.0 * 6.283).sin();
+                    let x = (t as f32 * freq * (1.0 + 0.05 * i as f32) / 8000.0
+                        * std::f32::consts::TAU)
+                        .sin();
                     (x * 8000.0) as i16
                 })
                 .collect();
