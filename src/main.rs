@@ -613,18 +613,13 @@ impl Setup {
 
 /// The held-out kNN accuracy of a method, for the monitor during training.
 fn monitor(gpu: &Gpu, data: &RunData, method: &dyn Method) -> Result<f64> {
-    {
-        let f = |g: &mut contrastive::autodiff::Graph, x| method.features(g, x);
-        let (bank, query) = match data {
-            RunData::Images {
-                split, train, test, ..
-            } => return train::knn_monitor(gpu, method, split, train, test),
-            RunData::Sequences { split, crop, .. } => (
-                contrastive::eval::sequence_features(gpu, &f, &split.train, *crop)?,
-                contrastive::eval::sequence_features(gpu, &f, &split.test, *crop)?,
-            ),
-        };
-        contrastive::eval::knn(gpu, &bank, &query, 200, 0.1)
+    match data {
+        RunData::Images {
+            split, train, test, ..
+        } => train::knn_monitor(gpu, method, split, train, test),
+        RunData::Sequences { split, crop, .. } => {
+            train::knn_monitor_sequences(gpu, method, split, *crop)
+        }
     }
 }
 

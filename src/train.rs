@@ -339,6 +339,20 @@ pub fn knn_monitor(
     eval::knn(gpu, &bank, &query, 200, 0.1)
 }
 
+/// kNN accuracy of the method's current model on the held-out sequences (crops as in
+/// [`evaluate_sequences`]).
+pub fn knn_monitor_sequences(
+    gpu: &Gpu,
+    method: &dyn Method,
+    data: &SequenceSplit,
+    crop: Option<usize>,
+) -> Result<f64> {
+    let f = |g: &mut Graph, x: Var| method.features(g, x);
+    let bank = eval::sequence_features(gpu, &f, &data.train, crop)?;
+    let query = eval::sequence_features(gpu, &f, &data.test, crop)?;
+    eval::knn(gpu, &bank, &query, 200, 0.1)
+}
+
 /// The trainer's own state in a checkpoint: step, batch order and RNGs.
 fn save_state(
     gpu: &Gpu,

@@ -207,11 +207,6 @@ impl Cpc {
         })
     }
 
-    /// Steps per training sequence.
-    pub fn steps(&self) -> usize {
-        self.shape.1
-    }
-
     /// Encodings `[sequences, steps, D]` of a batch: frames `[B, T, F]`, waveforms `[B, L]`, or
     /// images `[N, H, W, C]`.
     fn encode(&self, g: &mut Graph, x: Var, train: bool) -> Result<Var> {
