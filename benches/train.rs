@@ -145,74 +145,48 @@ fn main() -> Result<()> {
         window,
     };
     for name in wanted {
-        let (mut method, examples, batch): (Box<dyn Method>, Examples, usize) = match name {
-            "moco" => (
-                Box::new(Moco::new(
-                    &gpu,
-                    MocoConfig::default(),
-                    &encoder,
-                    256,
-                    &optim(false),
-                    0,
-                )?),
-                Examples::Images(&images),
-                256,
-            ),
-            "dim" => (
-                Box::new(Dim::new(
-                    &gpu,
-                    DimConfig::default(),
-                    &encoder,
-                    &optim(true),
-                    0,
-                )?),
-                Examples::Images(&images),
-                256,
-            ),
-            "cmc" => (
-                Box::new(Cmc::new(
-                    &gpu,
-                    CmcConfig::default(),
-                    &encoder,
-                    256,
-                    &optim(false),
-                    0,
-                )?),
-                Examples::Images(&images),
-                256,
-            ),
-            "cpc-frames" => (
-                Box::new(Cpc::new(
-                    &gpu,
-                    cpc(CpcInput::Frames { features: 12 }, 10),
-                    64,
-                    &optim(true),
-                    0,
-                )?),
-                Examples::Sequences(&vowels),
-                64,
-            ),
-            "cpc-wave" => (
-                Box::new(Cpc::new(
-                    &gpu,
-                    cpc(CpcInput::Waveform, 8000),
-                    64,
-                    &optim(true),
-                    0,
-                )?),
-                Examples::Sequences(&waves),
-                64,
-            ),
+        let batch = if name.starts_with("cpc") { 64 } else { 256 };
+        let examples = match name {
+            "cpc-frames" => Examples::Sequences(&vowels),
+            "cpc-wave" => Examples::Sequences(&waves),
+            _ => Examples::Images(&images),
+        };
+        let (sgd, adam) = (optim(false), optim(true));
+        let mut method: Box<dyn Method> = match name {
+            "moco" => Box::new(Moco::new(
+                &gpu,
+                MocoConfig::default(),
+                &encoder,
+                batch,
+                &sgd,
+                0,
+            )?),
+            "dim" => Box::new(Dim::new(&gpu, DimConfig::default(), &encoder, &adam, 0)?),
+            "cmc" => Box::new(Cmc::new(
+                &gpu,
+                CmcConfig::default(),
+                &encoder,
+                batch,
+                &sgd,
+                0,
+            )?),
+            "cpc-frames" => {
+                let config = cpc(CpcInput::Frames { features: 12 }, 10);
+                Box::new(Cpc::new(&gpu, config, batch, &adam, 0)?)
+            }
+            "cpc-wave" => Box::new(Cpc::new(
+                &gpu,
+                cpc(CpcInput::Waveform, 8000),
+                batch,
+                &adam,
+                0,
+            )?),
             _ => {
                 let input = CpcInput::Patches {
                     grid: PatchGrid { size: 8, stride: 4 },
                     encoder: encoder.clone(),
                 };
-                (
-                    Box::new(Cpc::new(&gpu, cpc(input, 0), 64, &optim(true), 0)?),
-                    Examples::Images(&images),
-                    64,
-                )
+                Box::new(Cpc::new(&gpu, cpc(input, 0), batch, &adam, 0)?)
             }
         };
         time(&gpu, name, method.as_mut(), examples, batch)?;
