@@ -476,3 +476,49 @@ fn cpc_on_wav_files_and_sequence_settings_errors() {
         "sequence dataset",
     );
 }
+
+/// Ctrl-C (SIGINT) during training: the step finishes, a checkpoint is written, the process exits
+/// cleanly saying how to resume, and resuming finishes the run.
+#[test]
+fn ctrl_c_checkpoints_and_says_how_to_resume() {
+    let out = dir("sigint");
+    let args = train_args(&out, &["--steps", "200", "--checkpoint-every", "0"]);
+    let child = Command::new(env!("CARGO_BIN_EXE_contrastive"))
+        .args(&args)
+        .env("XDG_RUNTIME_DIR", std::env::temp_dir())
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = out.join("metrics.jsonl");
+    let start = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |m| m.lines().count()) < 2
+        && start.elapsed().as_secs() < 120
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let sent = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let o = child.wait_with_output().unwrap();
+    let err = ok(&o);
+    assert!(err.contains("interrupt"), "{err}");
+    assert!(
+        err.contains(&format!("--resume {}", out.display())),
+        "the message says how to resume: {err}"
+    );
+    let ck = Checkpoint::read(checkpoint::list(&out).last().expect("a checkpoint")).unwrap();
+    let step: u64 = ck.meta_parse("step").unwrap();
+    assert!((2..200).contains(&step), "stopped at step {step}");
+    ok(&contrastive(&[
+        "train",
+        "moco",
+        "--resume",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]));
+    let done = Checkpoint::read(checkpoint::list(&out).last().unwrap()).unwrap();
+    assert_eq!(done.meta("step").unwrap(), "200");
+}
