@@ -1,26 +1,19 @@
-// A GRU layer over sequences, one time step per dispatch (PyTorch's gate order and formulas):
+// The elementwise half of a GRU step (PyTorch's gate order and formulas):
 //
-//   r = σ(gx_r + h·W_rᵀ + b_r)      u = σ(gx_u + h·W_uᵀ + b_u)
-//   n = tanh(gx_n + r ⊙ (h·W_nᵀ + b_n))
-//   h' = (1 − u) ⊙ n + u ⊙ h
+//   r = σ(gx_r + gh_r)      u = σ(gx_u + gh_u)      n = tanh(gx_n + r ⊙ gh_n)
+//   h' = (1 − u) ⊙ n + u ⊙ h,      gh = h·Wᵀ + b
 //
-// gx [B, T, 3H] holds the input projections of every step, computed beforehand as one matmul;
-// W [3H, H] and b [3H] are the recurrent weights (PyTorch's weight_hh / bias_hh). Sequences are
-// rows b·T + t. The initial state is zero.
-//
-// Each invocation owns one (b, j) of the step: it needs row b of the previous state and rows
-// j, H + j, 2H + j of W, all contiguous, and no other invocation's result, so a step has no
-// barriers. The backward walks the steps in reverse with two dispatches each: `backward_gates`
-// turns dh into the gradients of the gate pre-activations, then `backward_hidden` carries
-// dh into the previous step through Wᵀ. W's and b's gradients are one GEMM and one column sum
-// over all steps afterwards, from the saved previous states.
+// gx [B, T, 3H] holds the input projections of every step (one matmul beforehand); gh, the
+// recurrent product of the step, comes from the matmul kernels too (one [B, H]·[3H, H]ᵀ GEMM per
+// step), so these kernels only do what a GEMM cannot: the gates, forward and backward. Sequences
+// are rows b·T + t; the initial state is zero, and step 0 uses the bias alone for gh.
 
 struct Params {
     batch: u32,
     steps: u32, // T
     hidden: u32, // H
     t: u32, // the step this dispatch computes
-    accumulate: u32, // backward_gates: dgx += instead of =
+    accumulate: u32, // backward: dgx += instead of =
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
@@ -38,17 +31,16 @@ fn tanh_safe(x: f32) -> f32 {
     return sign(x) * (1.0 - e) / (1.0 + e);
 }
 
-// ---- forward ----------------------------------------------------------------------------------
-
 @group(1) @binding(0) var<storage, read_write> f_gx: array<f32>;
-@group(1) @binding(1) var<storage, read_write> f_w: array<f32>;
-@group(1) @binding(2) var<storage, read_write> f_b: array<f32>;
-@group(1) @binding(3) var<storage, read_write> f_h: array<f32>; // [B, T, H] outputs
-@group(1) @binding(4) var<storage, read_write> f_hprev: array<f32>; // [B, T, H] state before step
-@group(1) @binding(5) var<storage, read_write> f_gates: array<f32>; // [B, T, 4H]: r, u, n, h·W_nᵀ+b_n
+@group(1) @binding(1) var<storage, read_write> f_gh: array<f32>; // [B, 3H] (the bias at step 0)
+@group(1) @binding(2) var<storage, read_write> f_prev: array<f32>; // [B, H] h of step t − 1
+@group(1) @binding(3) var<storage, read_write> f_next: array<f32>; // [B, H] h of step t
+@group(1) @binding(4) var<storage, read_write> f_out: array<f32>; // [B, T, H] every step's h
+@group(1) @binding(5) var<storage, read_write> f_hprev: array<f32>; // [B, T, H] h before each step
+@group(1) @binding(6) var<storage, read_write> f_gates: array<f32>; // [B, T, 4H]: r, u, n, gh_n
 
 @compute @workgroup_size(64)
-fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn forward_gates(@builtin(global_invocation_id) gid: vec3<u32>) {
     let hd = p.hidden;
     if gid.x >= p.batch * hd {
         return;
@@ -56,26 +48,22 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let b = gid.x / hd;
     let j = gid.x % hd;
     let row = b * p.steps + p.t;
-    let prev = row * hd - hd; // row b·T + t − 1: only read when t > 0
-    var ar = f_b[j];
-    var au = f_b[hd + j];
-    var an = f_b[2u * hd + j];
-    var hj = 0.0;
-    if p.t > 0u {
-        for (var i = 0u; i < hd; i++) {
-            let h = f_h[prev + i];
-            ar += h * f_w[j * hd + i];
-            au += h * f_w[(hd + j) * hd + i];
-            an += h * f_w[(2u * hd + j) * hd + i];
-        }
-        hj = f_h[prev + j];
+    var gh_base = b * 3u * hd;
+    var h = 0.0;
+    if p.t == 0u {
+        gh_base = 0u;
+    } else {
+        h = f_prev[b * hd + j];
     }
     let g = row * 3u * hd;
-    let r = sigmoid(f_gx[g + j] + ar);
-    let u = sigmoid(f_gx[g + hd + j] + au);
+    let r = sigmoid(f_gx[g + j] + f_gh[gh_base + j]);
+    let u = sigmoid(f_gx[g + hd + j] + f_gh[gh_base + hd + j]);
+    let an = f_gh[gh_base + 2u * hd + j];
     let n = tanh_safe(f_gx[g + 2u * hd + j] + r * an);
-    f_h[row * hd + j] = (1.0 - u) * n + u * hj;
-    f_hprev[row * hd + j] = hj;
+    let next = (1.0 - u) * n + u * h;
+    f_next[b * hd + j] = next;
+    f_out[row * hd + j] = next;
+    f_hprev[row * hd + j] = h;
     let s = row * 4u * hd;
     f_gates[s + j] = r;
     f_gates[s + hd + j] = u;
@@ -83,16 +71,16 @@ fn forward_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     f_gates[s + 3u * hd + j] = an;
 }
 
-// ---- backward ---------------------------------------------------------------------------------
-
 @group(1) @binding(0) var<storage, read_write> g_dh: array<f32>; // [B, T, H] upstream gradient
-@group(1) @binding(1) var<storage, read_write> g_carry: array<f32>; // [B, H] dh from step t + 1
+@group(1) @binding(1) var<storage, read_write> g_carry: array<f32>; // [B, H] in: dh from t + 1; out: dh ⊙ u
 @group(1) @binding(2) var<storage, read_write> g_hprev: array<f32>;
 @group(1) @binding(3) var<storage, read_write> g_gates: array<f32>;
 @group(1) @binding(4) var<storage, read_write> g_dgx: array<f32>; // [B, T, 3H]
 @group(1) @binding(5) var<storage, read_write> g_dgh: array<f32>; // [B, T, 3H]: d(h·Wᵀ + b)
-@group(1) @binding(6) var<storage, read_write> g_direct: array<f32>; // [B, H]: dh ⊙ u
+@group(1) @binding(6) var<storage, read_write> g_dgh_t: array<f32>; // [B, 3H]: the same, this step
 
+// The gradients of the step's gate pre-activations from dh = upstream + carry. The carry is then
+// overwritten with dh ⊙ u, the direct path into step t − 1, to which the caller adds dgh_t·W.
 @compute @workgroup_size(64)
 fn backward_gates(@builtin(global_invocation_id) gid: vec3<u32>) {
     let hd = p.hidden;
@@ -128,27 +116,9 @@ fn backward_gates(@builtin(global_invocation_id) gid: vec3<u32>) {
     g_dgh[g + j] = dr;
     g_dgh[g + hd + j] = du;
     g_dgh[g + 2u * hd + j] = dn * r;
-    g_direct[b * hd + j] = dh * u;
-}
-
-@group(1) @binding(0) var<storage, read_write> c_dgh: array<f32>;
-@group(1) @binding(1) var<storage, read_write> c_w: array<f32>;
-@group(1) @binding(2) var<storage, read_write> c_direct: array<f32>;
-@group(1) @binding(3) var<storage, read_write> c_carry: array<f32>;
-
-// carry[b, i] = direct[b, i] + Σ_g dgh[b, t, g] · W[g, i]: the gradient reaching step t − 1.
-@compute @workgroup_size(64)
-fn backward_hidden(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let hd = p.hidden;
-    if gid.x >= p.batch * hd {
-        return;
-    }
-    let b = gid.x / hd;
-    let i = gid.x % hd;
-    let g = (b * p.steps + p.t) * 3u * hd;
-    var acc = c_direct[b * hd + i];
-    for (var k = 0u; k < 3u * hd; k++) {
-        acc += c_dgh[g + k] * c_w[k * hd + i];
-    }
-    c_carry[b * hd + i] = acc;
+    let gt = b * 3u * hd;
+    g_dgh_t[gt + j] = dr;
+    g_dgh_t[gt + hd + j] = du;
+    g_dgh_t[gt + 2u * hd + j] = dn * r;
+    g_carry[b * hd + j] = dh * u;
 }

@@ -35,7 +35,8 @@ fn forward_matches_reference_on_awkward_shapes() {
         let out = arena.tensor(&gpu, [b, t, h]).unwrap();
         let hprev = arena.tensor(&gpu, [b * t, h]).unwrap();
         let gates = arena.tensor(&gpu, [b * t, 4 * h]).unwrap();
-        gru::forward(&gpu, &gxt, &wt, &bt, &out, &hprev, &gates).unwrap();
+        let scratch = gru::forward_scratch(b, h).map(|s| arena.tensor(&gpu, s).unwrap());
+        gru::forward(&gpu, &gxt, &wt, &bt, &out, &hprev, &gates, &scratch).unwrap();
         let got = gpu.read(out.region).unwrap();
         let want = gru::reference(&gx, &w, &bias, b, t, h);
         assert_close(&format!("gru B{b} T{t} H{h}"), &got, &want, 1e-5, 1e-4);

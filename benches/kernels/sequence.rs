@@ -21,29 +21,33 @@ pub fn run(b: &mut Bench) -> Result<()> {
         let hs = arena.tensor(gpu, [bs, t, h])?;
         let hprev = arena.tensor(gpu, [bs * t, h])?;
         let gates = arena.tensor(gpu, [bs * t, 4 * h])?;
+        let fs = gru::forward_scratch(bs, h);
+        let fs = [
+            arena.tensor(gpu, fs[0])?,
+            arena.tensor(gpu, fs[1])?,
+            arena.tensor(gpu, fs[2])?,
+        ];
         let flops = 2.0 * (bs * t * 3 * h * h) as f64;
         b.run(
             &format!("gru forward B{bs} T{t} H{h}"),
             flops,
             4.0 * (bs * t * 8 * h + 3 * h * h) as f64,
             BUDGET_S,
-            || gru::forward(gpu, &gx, &w, &bias, &hs, &hprev, &gates),
+            || gru::forward(gpu, &gx, &w, &bias, &hs, &hprev, &gates, &fs),
         )?;
-        let [n_dgh, n_c, n_d] = gru::backward_scratch(bs, t, h);
-        let dgh = arena.tensor(gpu, [n_dgh])?;
-        let carry = arena.tensor(gpu, [n_c])?;
-        let direct = arena.tensor(gpu, [n_d])?;
+        let bs_ = gru::backward_scratch(bs, t, h);
+        let scratch = [
+            arena.tensor(gpu, bs_[0])?,
+            arena.tensor(gpu, bs_[1])?,
+            arena.tensor(gpu, bs_[2])?,
+        ];
         let dgx = arena.tensor(gpu, [bs, t, 3 * h])?;
         b.run(
             &format!("gru backward B{bs} T{t} H{h}"),
             flops,
             4.0 * (bs * t * 14 * h + 3 * h * h) as f64,
             BUDGET_S,
-            || {
-                gru::backward_steps(
-                    gpu, &hs, &w, &bias, &hprev, &gates, &dgx, &dgh, &carry, &direct, false,
-                )
-            },
+            || gru::backward_steps(gpu, &hs, &w, &bias, &hprev, &gates, &dgx, &scratch, false),
         )?;
     }
     for (bs, t, d, k) in [(64, 10, 64, 3), (64, 50, 64, 12), (384, 6, 64, 3)] {

@@ -704,7 +704,9 @@ impl<'a> Graph<'a> {
         let h = self.alloc([batch, steps, hidden])?;
         let hprev = self.alloc([batch * steps, hidden])?;
         let gates = self.alloc([batch * steps, 4 * hidden])?;
-        gru::forward(self.gpu, &gxv, &wv, &bv, &h, &hprev, &gates)?;
+        let [a, b2, c] = gru::forward_scratch(batch, hidden);
+        let scratch = [self.alloc(a)?, self.alloc(b2)?, self.alloc(c)?];
+        gru::forward(self.gpu, &gxv, &wv, &bv, &h, &hprev, &gates, &scratch)?;
         let g = self.needs(&[gx, w, b]);
         let op = Op::Gru {
             gx,
@@ -1064,14 +1066,11 @@ impl<'a> Graph<'a> {
             } => {
                 let (gxv, wv, bv) = (self.value(gx), self.value(w), self.value(b));
                 let (batch, steps, hidden) = gru::dims(&gxv, &wv, &bv)?;
-                let [n_dgh, n_carry, n_direct] = gru::backward_scratch(batch, steps, hidden);
-                let dgh = self.alloc([n_dgh / (3 * hidden), 3 * hidden])?;
-                let carry = self.alloc([n_carry])?;
-                let direct = self.alloc([n_direct])?;
+                let [a, c, d] = gru::backward_scratch(batch, steps, hidden);
+                let scratch = [self.alloc(a)?, self.alloc(c)?, self.alloc(d)?];
+                let dgh = scratch[0];
                 let run = |gpu: &Gpu, dgx: &Tensor, acc: bool| {
-                    gru::backward_steps(
-                        gpu, &dout, &wv, &bv, &hprev, &gates, dgx, &dgh, &carry, &direct, acc,
-                    )
+                    gru::backward_steps(gpu, &dout, &wv, &bv, &hprev, &gates, dgx, &scratch, acc)
                 };
                 if self.nodes[gx.0].needs_grad {
                     self.contribute(gx, run)?;

@@ -1,24 +1,27 @@
-//! A GRU layer (`shaders/gru.wgsl`): CPC's autoregressive context network.
+//! A GRU layer (`shaders/gru.wgsl` and the matmul kernels): CPC's autoregressive context network.
 //!
 //! PyTorch's formulation and gate order (r, u, n), with the input projections `gx = x·W_ihᵀ + b_ih`
-//! for all steps done beforehand as one matmul, so the kernels only run the recurrence:
-//! `r = σ(gx_r + h·W_rᵀ + b_r)`, `u = σ(gx_u + h·W_uᵀ + b_u)`, `n = tanh(gx_n + r ⊙ (h·W_nᵀ + b_n))`,
-//! `h' = (1 − u) ⊙ n + u ⊙ h`, from a zero initial state. Sequences are `[B, T, ·]` row-major.
+//! for all steps done beforehand as one matmul: `r = σ(gx_r + gh_r)`, `u = σ(gx_u + gh_u)`,
+//! `n = tanh(gx_n + r ⊙ gh_n)`, `h' = (1 − u) ⊙ n + u ⊙ h` with `gh = h·W_hhᵀ + b_hh`, from a zero
+//! initial state. Sequences are `[B, T, ·]` row-major.
 //!
-//! The forward is one dispatch per step; it saves the previous state and the gates. The
-//! backward is two dispatches per step in reverse ([`backward_steps`]); the recurrent weights'
-//! gradients are then `dWᵀ = hprevᵀ·dgh`-style GEMMs over all steps at once (see the autodiff).
+//! Each step is a GEMM for `gh` (the register-tiled matmul, fast where a per-element dot product
+//! is not — on llvmpipe every storage load is a per-lane loop) and one gates kernel; the state
+//! ping-pongs between two `[B, H]` tensors. The backward walks the steps in reverse: the gates
+//! kernel gives the step's `dgh`, and one accumulating GEMM `dgh·W_hh` carries the gradient into
+//! the previous step. The recurrent weights' gradients are then one GEMM over all steps at once
+//! (`dW = dghᵀ·hprev`, see the autodiff).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 use crate::kernel;
+use crate::kernels::matmul::{self, Matmul, Trans};
 use crate::memory::Tensor;
 
 use super::grid_1d;
 
-const FORWARD_STEP: Kernel = kernel!("gru.wgsl", "forward_step", 6);
+const FORWARD_GATES: Kernel = kernel!("gru.wgsl", "forward_gates", 7);
 const BACKWARD_GATES: Kernel = kernel!("gru.wgsl", "backward_gates", 7);
-const BACKWARD_HIDDEN: Kernel = kernel!("gru.wgsl", "backward_hidden", 4);
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -75,46 +78,77 @@ fn params(batch: usize, steps: usize, hidden: usize, t: usize, accumulate: bool)
     }
 }
 
-/// Runs the recurrence: `h [B, T, H]` the states after every step, `hprev [B, T, H]` the state
-/// before it, `gates [B, T, 4H]` (r, u, n and `h·W_nᵀ + b_n`) for the backward.
+/// Shapes of the forward's scratch: two states `[B, H]` (ping-pong) and the step's `gh [B, 3H]`.
+pub fn forward_scratch(batch: usize, hidden: usize) -> [[usize; 2]; 3] {
+    [[batch, hidden], [batch, hidden], [batch, 3 * hidden]]
+}
+
+/// Runs the recurrence: `out [B, T, H]` the states after every step, `hprev [B, T, H]` the state
+/// before it, `gates [B, T, 4H]` (r, u, n and `gh_n`) for the backward. `scratch` as
+/// [`forward_scratch`] says.
+#[allow(clippy::too_many_arguments)]
 pub fn forward(
     gpu: &Gpu,
     gx: &Tensor,
     w: &Tensor,
     b: &Tensor,
-    h: &Tensor,
+    out: &Tensor,
     hprev: &Tensor,
     gates: &Tensor,
+    scratch: &[Tensor; 3],
 ) -> Result<()> {
     let (batch, steps, hidden) = dims(gx, w, b)?;
     let states = batch * steps * hidden;
-    check_len("states", h, states)?;
+    check_len("states", out, states)?;
     check_len("previous states", hprev, states)?;
     check_len("saved gates", gates, 4 * states)?;
-    let regions = [
-        gx.region,
-        w.region,
-        b.region,
-        h.region,
-        hprev.region,
-        gates.region,
-    ];
+    let [s0, s1, gh] = scratch;
+    check_len("state scratch", s0, batch * hidden)?;
+    check_len("state scratch", s1, batch * hidden)?;
+    check_len("gh scratch", gh, 3 * batch * hidden)?;
+    let spec = Matmul {
+        trans: Trans::NT,
+        bias: Some(b),
+        ..Default::default()
+    };
     for t in 0..steps {
+        let (prev, next) = if t % 2 == 0 { (s1, s0) } else { (s0, s1) };
+        // Step 0 starts from h = 0, where gh is the bias alone.
+        let gh_t = if t == 0 {
+            b.region
+        } else {
+            matmul::matmul(gpu, prev, w, gh, &spec)?;
+            gh.region
+        };
         let p = params(batch, steps, hidden, t, false);
-        gpu.dispatch(&FORWARD_STEP, &p, &regions, grid_1d(batch * hidden, 64))?;
+        let regions = [
+            gx.region,
+            gh_t,
+            prev.region,
+            next.region,
+            out.region,
+            hprev.region,
+            gates.region,
+        ];
+        gpu.dispatch(&FORWARD_GATES, &p, &regions, grid_1d(batch * hidden, 64))?;
     }
     Ok(())
 }
 
-/// Scratch the backward needs: `(dgh [B, T, 3H], carry [B, H], direct [B, H])` element counts.
-pub fn backward_scratch(batch: usize, steps: usize, hidden: usize) -> [usize; 3] {
-    [batch * steps * 3 * hidden, batch * hidden, batch * hidden]
+/// Shapes of the backward's scratch: `dgh [B·T, 3H]` (every step's gradient of `h·Wᵀ + b`, from
+/// which the caller gets `dW = dghᵀ·hprev` and `db = Σ dgh`), the carry `[B, H]` and the step's
+/// `dgh [B, 3H]`.
+pub fn backward_scratch(batch: usize, steps: usize, hidden: usize) -> [[usize; 2]; 3] {
+    [
+        [batch * steps, 3 * hidden],
+        [batch, hidden],
+        [batch, 3 * hidden],
+    ]
 }
 
 /// Backpropagates `dh [B, T, H]` (the gradient of every output state) through time. Writes (or,
-/// with `accumulate`, adds) the input projections' gradient `dgx [B, T, 3H]` and writes
-/// `dgh [B, T, 3H]`, the gradient of `h·Wᵀ + b` at every step, from which the caller gets
-/// `dW = dghᵀ·hprev` and `db = Σ dgh`.
+/// with `accumulate`, adds) the input projections' gradient `dgx [B, T, 3H]` and fills
+/// `scratch[0]` with every step's `dgh` (see [`backward_scratch`]).
 #[allow(clippy::too_many_arguments)]
 pub fn backward_steps(
     gpu: &Gpu,
@@ -124,9 +158,7 @@ pub fn backward_steps(
     hprev: &Tensor,
     gates: &Tensor,
     dgx: &Tensor,
-    dgh: &Tensor,
-    carry: &Tensor,
-    direct: &Tensor,
+    scratch: &[Tensor; 3],
     accumulate: bool,
 ) -> Result<()> {
     let (batch, steps, hidden) = dims(dgx, w, b)?;
@@ -134,10 +166,14 @@ pub fn backward_steps(
     check_len("state gradient", dh, states)?;
     check_len("previous states", hprev, states)?;
     check_len("saved gates", gates, 4 * states)?;
+    let [dgh, carry, dgh_t] = scratch;
     check_len("dgh", dgh, 3 * states)?;
     check_len("carry", carry, batch * hidden)?;
-    check_len("direct", direct, batch * hidden)?;
-    let grid = grid_1d(batch * hidden, 64);
+    check_len("step dgh", dgh_t, 3 * batch * hidden)?;
+    let spec = Matmul {
+        accumulate: true,
+        ..Default::default()
+    };
     for t in (0..steps).rev() {
         let p = params(batch, steps, hidden, t, accumulate);
         let regions = [
@@ -147,12 +183,11 @@ pub fn backward_steps(
             gates.region,
             dgx.region,
             dgh.region,
-            direct.region,
+            dgh_t.region,
         ];
-        gpu.dispatch(&BACKWARD_GATES, &p, &regions, grid)?;
+        gpu.dispatch(&BACKWARD_GATES, &p, &regions, grid_1d(batch * hidden, 64))?;
         if t > 0 {
-            let regions = [dgh.region, w.region, direct.region, carry.region];
-            gpu.dispatch(&BACKWARD_HIDDEN, &p, &regions, grid)?;
+            matmul::matmul(gpu, dgh_t, w, carry, &spec)?;
         }
     }
     Ok(())
