@@ -168,7 +168,8 @@ impl Cpc {
         }
         let h = config.context;
         let gru_in = Linear::new(&mut p, "context.gru.ih", d, 3 * h, true);
-        // PyTorch's GRU init: every weight and bias uniform in ±1/√H.
+        // The recurrent weights and bias as PyTorch's GRU initialises them, uniform in ±1/√H
+        // (the input projection is a Linear with its default init).
         let init = Init::Uniform {
             bound: 1.0 / (h as f32).sqrt(),
         };
