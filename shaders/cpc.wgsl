@@ -38,11 +38,13 @@ fn z_at(b: u32, t: u32) -> u32 {
     return (b * p.steps + t) * p.dim;
 }
 
-// Each score and gradient is a small GEMM per (offset, step) block. Every invocation computes a
-// 4×4 register tile of one block: barrier-free, eight loads per sixteen multiply-adds, which is
-// what llvmpipe (and any GPU) needs far more than one dot product per invocation.
+// Each score and gradient is a small GEMM per (offset, step) block. Every invocation computes an
+// 8×8 register tile of one block, held in four mat4x4 and indexed only by constants (llvmpipe
+// keeps those in registers; a dynamically indexed array would live in memory): sixteen loads per
+// sixty-four multiply-adds and no barriers. Loads past the block's edge are clamped to its last
+// row or column; only the stores are guarded.
 
-const TILE: u32 = 16u;
+const TILE: u32 = 8u;
 
 fn tiles(n: u32) -> u32 {
     return (n + TILE - 1u) / TILE;
@@ -57,6 +59,52 @@ fn block_kt(blk: u32) -> vec2<u32> {
         k++;
     }
     return vec2<u32>(k, blk - first);
+}
+
+// An 8×8 tile: rows 0–3 and 4–7 against columns 0–3 and 4–7.
+struct Acc {
+    c00: mat4x4<f32>,
+    c01: mat4x4<f32>,
+    c10: mat4x4<f32>,
+    c11: mat4x4<f32>,
+}
+
+// acc += a ⊗ b for a column (a0: rows 0–3, a1: rows 4–7) and a row (b0, b1) of the two operands.
+fn mac(acc: Acc, a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) -> Acc {
+    var r = acc;
+    r.c00 += mat4x4(a0.x * b0, a0.y * b0, a0.z * b0, a0.w * b0);
+    r.c01 += mat4x4(a0.x * b1, a0.y * b1, a0.z * b1, a0.w * b1);
+    r.c10 += mat4x4(a1.x * b0, a1.y * b0, a1.z * b0, a1.w * b0);
+    r.c11 += mat4x4(a1.x * b1, a1.y * b1, a1.z * b1, a1.w * b1);
+    return r;
+}
+
+// Row u (0–7) of the tile as two vec4 (columns 0–3, 4–7).
+fn tile_row(acc: Acc, u: u32) -> array<vec4<f32>, 2> {
+    switch u {
+        case 0u: { return array(acc.c00[0], acc.c01[0]); }
+        case 1u: { return array(acc.c00[1], acc.c01[1]); }
+        case 2u: { return array(acc.c00[2], acc.c01[2]); }
+        case 3u: { return array(acc.c00[3], acc.c01[3]); }
+        case 4u: { return array(acc.c10[0], acc.c11[0]); }
+        case 5u: { return array(acc.c10[1], acc.c11[1]); }
+        case 6u: { return array(acc.c10[2], acc.c11[2]); }
+        default: { return array(acc.c10[3], acc.c11[3]); }
+    }
+}
+
+// Element (u, v) of the tile.
+fn tile_at(acc: Acc, u: u32, v: u32) -> f32 {
+    let row = tile_row(acc, u);
+    return row[v / 4u][v % 4u];
+}
+
+// Eight indices starting at `first`, clamped to `last`.
+fn eight(first: u32, last: u32) -> array<u32, 8> {
+    return array(
+        min(first, last), min(first + 1u, last), min(first + 2u, last), min(first + 3u, last),
+        min(first + 4u, last), min(first + 5u, last), min(first + 6u, last), min(first + 7u, last),
+    );
 }
 
 @group(1) @binding(0) var<storage, read_write> s_z: array<f32>;
@@ -77,30 +125,30 @@ fn scores(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let t = kt.y;
     let i0 = (i % per_block) / tiles(nb) * TILE;
     let j0 = (i % per_block) % tiles(nb) * TILE;
-    var ai: array<u32, 16>;
-    var bj: array<u32, 16>;
-    for (var u = 0u; u < TILE; u++) {
-        ai[u] = pred_at(min(i0 + u, nb - 1u), t, k);
-        bj[u] = z_at(min(j0 + u, nb - 1u), t + k);
-    }
-    var acc: array<array<f32, 16>, 16>;
+    let bi = eight(i0, nb - 1u);
+    let bj = eight(j0, nb - 1u);
+    let a = array(
+        pred_at(bi[0], t, k), pred_at(bi[1], t, k), pred_at(bi[2], t, k), pred_at(bi[3], t, k),
+        pred_at(bi[4], t, k), pred_at(bi[5], t, k), pred_at(bi[6], t, k), pred_at(bi[7], t, k),
+    );
+    let c = array(
+        z_at(bj[0], t + k), z_at(bj[1], t + k), z_at(bj[2], t + k), z_at(bj[3], t + k),
+        z_at(bj[4], t + k), z_at(bj[5], t + k), z_at(bj[6], t + k), z_at(bj[7], t + k),
+    );
+    var acc: Acc;
     for (var d = 0u; d < p.dim; d++) {
-        var a: array<f32, 16>;
-        var b: array<f32, 16>;
-        for (var u = 0u; u < TILE; u++) {
-            a[u] = s_pred[ai[u] + d];
-            b[u] = s_z[bj[u] + d];
-        }
-        for (var u = 0u; u < TILE; u++) {
-            for (var v = 0u; v < TILE; v++) {
-                acc[u][v] += a[u] * b[v];
-            }
-        }
+        acc = mac(
+            acc,
+            vec4(s_pred[a[0] + d], s_pred[a[1] + d], s_pred[a[2] + d], s_pred[a[3] + d]),
+            vec4(s_pred[a[4] + d], s_pred[a[5] + d], s_pred[a[6] + d], s_pred[a[7] + d]),
+            vec4(s_z[c[0] + d], s_z[c[1] + d], s_z[c[2] + d], s_z[c[3] + d]),
+            vec4(s_z[c[4] + d], s_z[c[5] + d], s_z[c[6] + d], s_z[c[7] + d]),
+        );
     }
     let row0 = off(k) + t * nb;
     for (var u = 0u; u < TILE && i0 + u < nb; u++) {
         for (var v = 0u; v < TILE && j0 + v < nb; v++) {
-            s_logits[(row0 + i0 + u) * nb + j0 + v] = acc[u][v];
+            s_logits[(row0 + i0 + u) * nb + j0 + v] = tile_at(acc, u, v);
         }
     }
 }
@@ -124,36 +172,33 @@ fn grad_pred(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let t = blk % p.steps;
     let i0 = (i % per_block) / tiles(p.dim) * TILE; // sequences b
     let j0 = (i % per_block) % tiles(p.dim) * TILE; // features d
-    var acc: array<array<f32, 16>, 16>;
+    var acc: Acc;
     if t + k < p.steps {
         let row0 = off(k) + t * nb;
-        var ar: array<u32, 16>;
-        for (var u = 0u; u < TILE; u++) {
-            ar[u] = (row0 + min(i0 + u, nb - 1u)) * nb;
-        }
-        let jd = min(j0 + TILE, p.dim) - 1u;
+        let bi = eight(i0, nb - 1u);
+        let a = array(
+            (row0 + bi[0]) * nb, (row0 + bi[1]) * nb, (row0 + bi[2]) * nb, (row0 + bi[3]) * nb,
+            (row0 + bi[4]) * nb, (row0 + bi[5]) * nb, (row0 + bi[6]) * nb, (row0 + bi[7]) * nb,
+        );
+        let c = eight(j0, p.dim - 1u);
         for (var b2 = 0u; b2 < nb; b2++) {
             let zr = z_at(b2, t + k);
-            var a: array<f32, 16>;
-            var b: array<f32, 16>;
-            for (var u = 0u; u < TILE; u++) {
-                a[u] = gp_dlogits[ar[u] + b2];
-                b[u] = gp_z[zr + min(j0 + u, jd)];
-            }
-            for (var u = 0u; u < TILE; u++) {
-                for (var v = 0u; v < TILE; v++) {
-                    acc[u][v] += a[u] * b[v];
-                }
-            }
+            acc = mac(
+                acc,
+                vec4(gp_dlogits[a[0] + b2], gp_dlogits[a[1] + b2], gp_dlogits[a[2] + b2], gp_dlogits[a[3] + b2]),
+                vec4(gp_dlogits[a[4] + b2], gp_dlogits[a[5] + b2], gp_dlogits[a[6] + b2], gp_dlogits[a[7] + b2]),
+                vec4(gp_z[zr + c[0]], gp_z[zr + c[1]], gp_z[zr + c[2]], gp_z[zr + c[3]]),
+                vec4(gp_z[zr + c[4]], gp_z[zr + c[5]], gp_z[zr + c[6]], gp_z[zr + c[7]]),
+            );
         }
     }
     for (var u = 0u; u < TILE && i0 + u < nb; u++) {
         let base = pred_at(i0 + u, t, k) + j0;
         for (var v = 0u; v < TILE && j0 + v < p.dim; v++) {
             if p.accumulate != 0u {
-                gp_dpred[base + v] += acc[u][v];
+                gp_dpred[base + v] += tile_at(acc, u, v);
             } else {
-                gp_dpred[base + v] = acc[u][v];
+                gp_dpred[base + v] = tile_at(acc, u, v);
             }
         }
     }
@@ -175,35 +220,31 @@ fn grad_z(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
     let s = i / per_block;
     let i0 = (i % per_block) / tiles(p.dim) * TILE; // sequences b'
     let j0 = (i % per_block) % tiles(p.dim) * TILE; // features d
-    let ib = min(i0 + TILE, nb) - 1u;
-    let jd = min(j0 + TILE, p.dim) - 1u;
-    var acc: array<array<f32, 16>, 16>;
+    let a = eight(i0, nb - 1u);
+    let c = eight(j0, p.dim - 1u);
+    var acc: Acc;
     for (var k = 1u; k <= min(p.offsets, s); k++) {
         let t = s - k;
         let row0 = off(k) + t * nb;
         for (var b = 0u; b < nb; b++) {
             let ar = (row0 + b) * nb;
             let pr = pred_at(b, t, k);
-            var a: array<f32, 16>;
-            var c: array<f32, 16>;
-            for (var u = 0u; u < TILE; u++) {
-                a[u] = gz_dlogits[ar + min(i0 + u, ib)];
-                c[u] = gz_pred[pr + min(j0 + u, jd)];
-            }
-            for (var u = 0u; u < TILE; u++) {
-                for (var v = 0u; v < TILE; v++) {
-                    acc[u][v] += a[u] * c[v];
-                }
-            }
+            acc = mac(
+                acc,
+                vec4(gz_dlogits[ar + a[0]], gz_dlogits[ar + a[1]], gz_dlogits[ar + a[2]], gz_dlogits[ar + a[3]]),
+                vec4(gz_dlogits[ar + a[4]], gz_dlogits[ar + a[5]], gz_dlogits[ar + a[6]], gz_dlogits[ar + a[7]]),
+                vec4(gz_pred[pr + c[0]], gz_pred[pr + c[1]], gz_pred[pr + c[2]], gz_pred[pr + c[3]]),
+                vec4(gz_pred[pr + c[4]], gz_pred[pr + c[5]], gz_pred[pr + c[6]], gz_pred[pr + c[7]]),
+            );
         }
     }
     for (var u = 0u; u < TILE && i0 + u < nb; u++) {
         let base = z_at(i0 + u, s) + j0;
         for (var v = 0u; v < TILE && j0 + v < p.dim; v++) {
             if p.accumulate != 0u {
-                gz_dz[base + v] += acc[u][v];
+                gz_dz[base + v] += tile_at(acc, u, v);
             } else {
-                gz_dz[base + v] = acc[u][v];
+                gz_dz[base + v] = tile_at(acc, u, v);
             }
         }
     }

@@ -100,9 +100,9 @@ impl Offsets {
     }
 }
 
-/// Tiles of the register-tiled kernels along a dimension of `n` (the WGSL `TILE` is 16).
+/// Tiles of the register-tiled kernels along a dimension of `n` (the WGSL `TILE` is 8).
 fn tiles(n: usize) -> usize {
-    n.div_ceil(16)
+    n.div_ceil(8)
 }
 
 fn check_len(what: &str, t: &Tensor, want: usize) -> Result<()> {
