@@ -49,7 +49,8 @@ enum Command {
         #[arg(long)]
         checkpoint: PathBuf,
     },
-    /// Summarise the runs found in a directory (one per sub-directory with a metrics.jsonl).
+    /// Summarise the runs found in a directory (one per sub-directory with a metrics.jsonl) and
+    /// redraw their plots.
     Runs {
         #[arg(default_value = "runs")]
         dir: PathBuf,

@@ -302,7 +302,8 @@ pub fn refresh(dir: &Path, step: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// Prints a table of the runs under `dir`: method, steps, final loss, kNN and linear accuracy.
+/// Prints a table of the runs under `dir` (method, steps, final loss, kNN and linear accuracy)
+/// and redraws each run's `training.png` from its metrics.
 pub fn summarize(dir: &Path) -> io::Result<()> {
     let mut rows = vec![];
     for entry in std::fs::read_dir(dir)? {
@@ -311,6 +312,7 @@ pub fn summarize(dir: &Path) -> io::Result<()> {
             continue;
         }
         let lines = read_metrics(&path)?;
+        draw(&path)?;
         let summary: Option<serde_json::Value> = std::fs::read_to_string(path.join("summary.json"))
             .ok()
             .and_then(|s| serde_json::from_str(&s).ok());
