@@ -4,7 +4,13 @@
 //! - [`gpu`]: adapter choice, buffers, cached pipelines, the one-submission-per-step recorder;
 //! - [`memory`]: tensors and the arenas that hold them (the memory plan);
 //! - [`kernels`]: the WGSL kernel families, each with its CPU reference;
-//! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker.
+//! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker;
+//! - [`nn`] and [`optim`]: parameter stores, layers, the CNN encoder, arena-wide optimisers;
+//! - [`data`]: image and sequence datasets (embedded defaults, IDX, CIFAR-10, `.ts`, WAV);
+//! - [`methods`]: MoCo, Deep InfoMax, two-view invariance and CPC, each one training step;
+//! - [`train`], [`eval`], [`checkpoint`], [`report`]: the shared trainer, the probes beside their
+//!   baselines, resumable safetensors checkpoints, metrics plots and run summaries;
+//! - [`error`]: every failure a user can meet, named.
 
 pub mod autodiff;
 pub mod checkpoint;
