@@ -222,11 +222,19 @@ fn panel_series(c: &mut Canvas, top: usize, title: &str, series: &[Series]) {
     }
 }
 
+/// The log lines of a run. A line that does not parse (cut short by a crash) is skipped; a
+/// missing accuracy written as `null` by older versions reads as none.
 fn read_metrics(dir: &Path) -> io::Result<Vec<LogLine>> {
     let text = std::fs::read_to_string(dir.join("metrics.jsonl"))?;
     Ok(text
         .lines()
-        .filter_map(|l| serde_json::from_str::<LogLine>(l).ok())
+        .filter_map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).ok()?;
+            if v.get("accuracy").is_some_and(|a| a.is_null()) {
+                v.as_object_mut()?.remove("accuracy");
+            }
+            serde_json::from_value::<LogLine>(v).ok()
+        })
         .collect())
 }
 

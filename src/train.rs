@@ -36,7 +36,9 @@ pub struct LogLine {
     pub step: u64,
     pub epoch: f64,
     pub loss: f32,
-    pub accuracy: f32,
+    /// Contrastive accuracy; none for methods without one (Deep InfoMax).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f32>,
     pub lr: f32,
     pub images_per_s: f64,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -520,17 +522,15 @@ pub fn train(
             step,
             epoch: (step * cfg.batch_size as u64) as f64 / examples.len() as f64,
             loss: stats[0],
-            accuracy: stats[1],
+            accuracy: stats[1].is_finite().then_some(stats[1]),
             lr: out.lr,
             images_per_s,
             knn,
             offsets: stats[3..].chunks(2).map(|c| [c[0], c[1]]).collect(),
         };
-        let acc = if line.accuracy.is_finite() {
-            format!("  acc {:5.1}%", line.accuracy * 100.0)
-        } else {
-            String::new()
-        };
+        let acc = line
+            .accuracy
+            .map_or(String::new(), |a| format!("  acc {:5.1}%", a * 100.0));
         bar.set_message(format!(
             "loss {:.4}{acc}  {:.0} img/s{}",
             line.loss,

@@ -522,3 +522,32 @@ fn ctrl_c_checkpoints_and_says_how_to_resume() {
     let done = Checkpoint::read(checkpoint::list(&out).last().unwrap()).unwrap();
     assert_eq!(done.meta("step").unwrap(), "200");
 }
+
+/// A method without a contrastive accuracy (Deep InfoMax) logs none, and `runs` reads its log.
+#[test]
+fn runs_summarises_a_run_without_contrastive_accuracy() {
+    let root = dir("runs-dim");
+    let out = root.join("dim");
+    ok(&contrastive(&[
+        "train",
+        "dim",
+        "--train-images",
+        "256",
+        "--batch-size",
+        "32",
+        "--widths",
+        "4,8",
+        "--dim",
+        "8",
+        "--steps",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+        "--quiet",
+    ]));
+    let metrics = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    assert!(!metrics.contains("accuracy"), "{metrics}");
+    let table = ok(&contrastive(&["runs", root.to_str().unwrap()]));
+    let row = table.lines().find(|l| l.starts_with("dim")).expect("a row");
+    assert!(row.contains(" 3 ") && row.contains("done"), "{row}");
+}
