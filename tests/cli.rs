@@ -85,6 +85,21 @@ fn losses(out: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The f32 tensors `names` of two checkpoints hold the same bits.
+fn assert_bit_identical<'a>(a: &Checkpoint, b: &Checkpoint, names: impl Iterator<Item = &'a str>) {
+    for name in names {
+        let shape = a.shape(name).unwrap().to_vec();
+        let (x, y) = (
+            a.get_f32(name, &shape).unwrap(),
+            b.get_f32(name, &shape).unwrap(),
+        );
+        assert!(
+            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
+            "{name} differs"
+        );
+    }
+}
+
 fn final_tensors(out: &Path) -> Checkpoint {
     Checkpoint::read(checkpoint::list(out).last().expect("a checkpoint")).unwrap()
 }
@@ -123,21 +138,15 @@ fn resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     let names: Vec<&str> = ca.names().collect();
     assert!(names.contains(&"query.encoder.stage0.down.conv.weight"));
     assert!(names.contains(&"moco.queue"));
-    for name in names {
-        let shape = ca.shape(name).unwrap().to_vec();
-        if name == "trainer.order" {
-            assert_eq!(ca.get_u32(name).unwrap(), cb.get_u32(name).unwrap());
-            continue;
-        }
-        let (x, y) = (
-            ca.get_f32(name, &shape).unwrap(),
-            cb.get_f32(name, &shape).unwrap(),
-        );
-        assert!(
-            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            "{name} differs"
-        );
-    }
+    assert_eq!(
+        ca.get_u32("trainer.order").unwrap(),
+        cb.get_u32("trainer.order").unwrap()
+    );
+    assert_bit_identical(
+        &ca,
+        &cb,
+        names.into_iter().filter(|&n| n != "trainer.order"),
+    );
     // Only the newest checkpoints are kept.
     assert!(checkpoint::list(&a).len() <= 3);
     assert!(a.join("training.png").exists() && a.join("summary.json").exists());
@@ -353,17 +362,7 @@ fn cpc_on_sequences_logs_every_offset_resumes_exactly_and_evaluates() {
         assert_eq!(v["offsets"].as_array().map(Vec::len), Some(3), "{l}");
     }
     let (ca, cb) = (final_tensors(&a), final_tensors(&b));
-    for name in ca.names().filter(|n| n.starts_with("cpc.")) {
-        let shape = ca.shape(name).unwrap().to_vec();
-        let (x, y) = (
-            ca.get_f32(name, &shape).unwrap(),
-            cb.get_f32(name, &shape).unwrap(),
-        );
-        assert!(
-            x.iter().zip(&y).all(|(p, q)| p.to_bits() == q.to_bits()),
-            "{name} differs"
-        );
-    }
+    assert_bit_identical(&ca, &cb, ca.names().filter(|n| n.starts_with("cpc.")));
 }
 
 /// A mono 16-bit PCM WAV file.
