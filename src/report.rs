@@ -168,7 +168,7 @@ fn panel_series(c: &mut Canvas, top: usize, title: &str, series: &[Series]) {
     c.line((x0, y1), (x1, y1), black);
     c.line((x0, y0), (x0, y1), black);
     if points.is_empty() {
-        c.text(x0 + 10, (y0 + y1) / 2, "no data yet", grey, false);
+        c.text(x0 + 10, (y0 + y1) / 2, "none logged (yet)", grey, false);
         return;
     }
     let (mut xmin, mut xmax) = (f64::MAX, f64::MIN);
