@@ -476,10 +476,11 @@ fn setup(cmd: &MethodCmd, quiet: bool) -> Result<Setup> {
     let data = match seq {
         Some(kind) => {
             let split = data::sequence::load(kind, c.data_dir.as_deref())?;
-            let window = match cmd {
-                MethodCmd::Cpc { window, .. } => cpc_window(c.data, *window),
-                _ => unreachable!("only cpc reads sequences"),
+            let given = match cmd {
+                MethodCmd::Cpc { window, .. } => *window,
+                _ => None,
             };
+            let window = cpc_window(c.data, given);
             let long: Vec<usize> = (0..split.train.len())
                 .filter(|&i| split.train.frames(i) >= window)
                 .collect();
