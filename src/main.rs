@@ -304,6 +304,17 @@ impl RunData {
         }
     }
 
+    fn eval_data(&self) -> train::EvalData<'_> {
+        match self {
+            RunData::Images {
+                split, train, test, ..
+            } => train::EvalData::Images { split, train, test },
+            RunData::Sequences { split, crop, .. } => {
+                train::EvalData::Sequences { split, crop: *crop }
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         match self {
             RunData::Images { split, .. } => format!(
@@ -602,26 +613,7 @@ impl Setup {
     fn evaluate(&self) -> Result<train::Evaluation> {
         let trained = |g: &mut contrastive::autodiff::Graph, x| self.method.features(g, x);
         let random = |g: &mut contrastive::autodiff::Graph, x| self.random.features(g, x);
-        match &self.data {
-            RunData::Images {
-                split, train, test, ..
-            } => train::evaluate(&self.gpu, &trained, &random, split, train, test),
-            RunData::Sequences { split, crop, .. } => {
-                train::evaluate_sequences(&self.gpu, &trained, &random, split, *crop)
-            }
-        }
-    }
-}
-
-/// The held-out kNN accuracy of a method, for the monitor during training.
-fn monitor(gpu: &Gpu, data: &RunData, method: &dyn Method) -> Result<f64> {
-    match data {
-        RunData::Images {
-            split, train, test, ..
-        } => train::knn_monitor(gpu, method, split, train, test),
-        RunData::Sequences { split, crop, .. } => {
-            train::knn_monitor_sequences(gpu, method, split, *crop)
-        }
+        train::evaluate(&self.gpu, &trained, &random, self.data.eval_data())
     }
 }
 
@@ -751,7 +743,7 @@ fn train_command(mut cmd: MethodCmd, stop: Arc<AtomicBool>) -> Result<()> {
         &s.gpu,
         s.method.as_mut(),
         s.data.examples(),
-        Some(&|m: &dyn Method| monitor(&s.gpu, &s.data, m)),
+        Some(&|m: &dyn Method| train::knn_monitor(&s.gpu, m, s.data.eval_data())),
         &s.cfg,
         Some(&ckpt),
         resume.as_ref(),

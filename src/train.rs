@@ -276,82 +276,79 @@ pub fn probe(gpu: &Gpu, train: &FeatureSet, test: &FeatureSet) -> Result<ProbeRe
 /// Features of a batch recorded on an inference graph.
 pub type FeatureFn<'a> = &'a dyn Fn(&mut Graph, Var) -> Result<Var>;
 
-/// The evaluation table on images: the trained and the random model's features, and pixels.
+/// The labelled data a representation is probed on: images on the GPU, or sequences on the host
+/// (whole sequences, or with `crop` up to [`eval::CROPS_PER_SEQUENCE`] consecutive crops of that
+/// many frames from each).
+#[derive(Clone, Copy)]
+pub enum EvalData<'a> {
+    Images {
+        split: &'a Split,
+        train: &'a GpuImages,
+        test: &'a GpuImages,
+    },
+    Sequences {
+        split: &'a SequenceSplit,
+        crop: Option<usize>,
+    },
+}
+
+impl EvalData<'_> {
+    /// (train, test) features of a frozen model.
+    fn features(&self, gpu: &Gpu, f: FeatureFn) -> Result<(FeatureSet, FeatureSet)> {
+        Ok(match *self {
+            EvalData::Images { split, train, test } => (
+                eval::features(gpu, f, train, &split.train.labels)?,
+                eval::features(gpu, f, test, &split.test.labels)?,
+            ),
+            EvalData::Sequences { split, crop } => (
+                eval::sequence_features(gpu, f, &split.train, crop)?,
+                eval::sequence_features(gpu, f, &split.test, crop)?,
+            ),
+        })
+    }
+
+    /// The raw input as (train, test) features, and its name: pixels, or the mean frame.
+    fn raw(&self, gpu: &Gpu) -> Result<(FeatureSet, FeatureSet, &'static str)> {
+        Ok(match *self {
+            EvalData::Images { split, train, test } => (
+                eval::pixels(gpu, train, &split.train.labels)?,
+                eval::pixels(gpu, test, &split.test.labels)?,
+                "raw pixels",
+            ),
+            EvalData::Sequences { split, crop } => (
+                eval::mean_frames(&split.train, crop)?,
+                eval::mean_frames(&split.test, crop)?,
+                "raw (mean frame)",
+            ),
+        })
+    }
+}
+
+/// The evaluation table: the trained and the random model's features, and the raw input.
 pub fn evaluate(
     gpu: &Gpu,
     trained: FeatureFn,
     random: FeatureFn,
-    data: &Split,
-    train_images: &GpuImages,
-    test_images: &GpuImages,
+    data: EvalData,
 ) -> Result<Evaluation> {
     let mut rows = vec![];
     for f in [trained, random] {
-        let train = eval::features(gpu, f, train_images, &data.train.labels)?;
-        let test = eval::features(gpu, f, test_images, &data.test.labels)?;
+        let (train, test) = data.features(gpu, f)?;
         rows.push(probe(gpu, &train, &test)?);
     }
-    let p_train = eval::pixels(gpu, train_images, &data.train.labels)?;
-    let p_test = eval::pixels(gpu, test_images, &data.test.labels)?;
-    Ok(Evaluation {
-        trained: rows[0],
-        random: rows[1],
-        pixels: probe(gpu, &p_train, &p_test)?,
-        raw: "raw pixels".into(),
-    })
-}
-
-/// The evaluation table on sequences: examples are whole sequences, or with `crop` up to
-/// [`eval::CROPS_PER_SEQUENCE`] consecutive crops of that many frames from each; the raw row is
-/// the mean frame.
-pub fn evaluate_sequences(
-    gpu: &Gpu,
-    trained: FeatureFn,
-    random: FeatureFn,
-    data: &SequenceSplit,
-    crop: Option<usize>,
-) -> Result<Evaluation> {
-    let mut rows = vec![];
-    for f in [trained, random] {
-        let train = eval::sequence_features(gpu, f, &data.train, crop)?;
-        let test = eval::sequence_features(gpu, f, &data.test, crop)?;
-        rows.push(probe(gpu, &train, &test)?);
-    }
-    let raw_train = eval::mean_frames(&data.train, crop)?;
-    let raw_test = eval::mean_frames(&data.test, crop)?;
+    let (raw_train, raw_test, raw) = data.raw(gpu)?;
     Ok(Evaluation {
         trained: rows[0],
         random: rows[1],
         pixels: probe(gpu, &raw_train, &raw_test)?,
-        raw: "raw (mean frame)".into(),
+        raw: raw.into(),
     })
 }
 
-/// kNN accuracy of the method's current encoder on (a prefix of) the held-out set.
-pub fn knn_monitor(
-    gpu: &Gpu,
-    method: &dyn Method,
-    data: &Split,
-    train_images: &GpuImages,
-    test_images: &GpuImages,
-) -> Result<f64> {
+/// kNN accuracy of the method's current model on the held-out data.
+pub fn knn_monitor(gpu: &Gpu, method: &dyn Method, data: EvalData) -> Result<f64> {
     let f = |g: &mut Graph, x: Var| method.features(g, x);
-    let bank = eval::features(gpu, &f, train_images, &data.train.labels)?;
-    let query = eval::features(gpu, &f, test_images, &data.test.labels)?;
-    eval::knn(gpu, &bank, &query, 200, 0.1)
-}
-
-/// kNN accuracy of the method's current model on the held-out sequences (crops as in
-/// [`evaluate_sequences`]).
-pub fn knn_monitor_sequences(
-    gpu: &Gpu,
-    method: &dyn Method,
-    data: &SequenceSplit,
-    crop: Option<usize>,
-) -> Result<f64> {
-    let f = |g: &mut Graph, x: Var| method.features(g, x);
-    let bank = eval::sequence_features(gpu, &f, &data.train, crop)?;
-    let query = eval::sequence_features(gpu, &f, &data.test, crop)?;
+    let (bank, query) = data.features(gpu, &f)?;
     eval::knn(gpu, &bank, &query, 200, 0.1)
 }
 

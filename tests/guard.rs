@@ -143,22 +143,25 @@ fn a_raised_flag_leaves_parameters_and_optimiser_state_bit_identical() {
         let mask = arena.upload(&gpu, [n], &vec![1.0; n]).unwrap().region;
         let flag = arena.tensor(&gpu, [1]).unwrap().region;
         let read = |r| gpu.read::<u32>(r).unwrap();
+        let step = || {
+            optim::step(
+                &gpu,
+                &opt,
+                params,
+                grads,
+                s1,
+                s2,
+                mask,
+                0.1,
+                0.01,
+                2,
+                Some(flag),
+            )
+            .unwrap()
+        };
         let before = (read(params), read(s1), read(s2));
         guard::check_finite(&gpu, grads, flag, 0, false).unwrap();
-        optim::step(
-            &gpu,
-            &opt,
-            params,
-            grads,
-            s1,
-            s2,
-            mask,
-            0.1,
-            0.01,
-            2,
-            Some(flag),
-        )
-        .unwrap();
+        step();
         assert_eq!(
             read(flag),
             vec![1],
@@ -168,20 +171,7 @@ fn a_raised_flag_leaves_parameters_and_optimiser_state_bit_identical() {
         // The same update with a finite gradient and the flag down runs.
         gpu.upload(grads, &rand_vec(n, 2)).unwrap();
         gpu.upload(flag, &[0u32]).unwrap();
-        optim::step(
-            &gpu,
-            &opt,
-            params,
-            grads,
-            s1,
-            s2,
-            mask,
-            0.1,
-            0.01,
-            2,
-            Some(flag),
-        )
-        .unwrap();
+        step();
         assert_ne!(read(params), before.0, "{opt:?}: a finite step updates");
     }
 }

@@ -34,6 +34,16 @@ struct Data {
     _arena: Arena,
 }
 
+impl Data {
+    fn eval(&self) -> train::EvalData<'_> {
+        train::EvalData::Images {
+            split: &self.split,
+            train: &self.train,
+            test: &self.test,
+        }
+    }
+}
+
 fn data(gpu: &Gpu) -> Data {
     let mut split = data::embedded().unwrap();
     split.train = split.train.take(2048);
@@ -74,7 +84,7 @@ fn sgd(lr: f32, steps: u64) -> OptimConfig {
 
 /// Trains `steps` steps; returns (kNN before, kNN after, losses).
 fn run(gpu: &Gpu, d: &Data, method: &mut dyn Method, steps: u64) -> (f64, f64, Vec<f32>) {
-    let before = train::knn_monitor(gpu, method, &d.split, &d.train, &d.test).unwrap();
+    let before = train::knn_monitor(gpu, method, d.eval()).unwrap();
     let cfg = TrainConfig {
         batch_size: BATCH,
         steps,
@@ -97,7 +107,7 @@ fn run(gpu: &Gpu, d: &Data, method: &mut dyn Method, steps: u64) -> (f64, f64, V
         |_| Ok(()),
     )
     .unwrap();
-    let after = train::knn_monitor(gpu, method, &d.split, &d.train, &d.test).unwrap();
+    let after = train::knn_monitor(gpu, method, d.eval()).unwrap();
     let losses = out.lines.iter().map(|l| l.loss).collect();
     (before, after, losses)
 }
