@@ -34,12 +34,29 @@ const B_SCALAR: u32 = 3u; // b[0]
 
 const WG: u32 = 256u;
 
-fn b_at(i: u32) -> f32 {
+// Index of b for output element i (ALU only: see `apply`).
+fn b_index(i: u32) -> u32 {
     switch p.bcast {
-        case 1u: { return b[i % p.cols]; }
-        case 2u: { return b[i / p.cols]; }
-        case 3u: { return b[0]; }
-        default: { return b[i]; }
+        case 1u: { return i % p.cols; }
+        case 2u: { return i / p.cols; }
+        case 3u: { return 0u; }
+        default: { return i; }
+    }
+}
+
+// The map, on values already loaded. llvmpipe runs every case of a switch (lanes masked off, not
+// skipped), so each operand is loaded exactly once before it and the cases are arithmetic only;
+// a case with loads of its own would pay for them under every op. Operands an op ignores may be
+// uninitialised memory (even NaN): they are loaded but never reach its result.
+fn apply(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    switch p.op {
+        case 0u: { return p.alpha * a + p.beta * b; }
+        case 1u: { return p.alpha * a * b; }
+        case 2u: { return select(vec4(0.0), b, a > vec4(0.0)); }
+        case 3u: { return p.alpha * a + p.beta; }
+        case 4u: { return max(a, vec4(0.0)); }
+        case 5u: { return p.alpha * b; }
+        default: { return vec4(p.alpha); }
     }
 }
 
@@ -49,22 +66,11 @@ fn map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
     if i >= p.n {
         return;
     }
-    var v: f32;
-    // `a` is not read by the ops that ignore it: it may be uninitialised memory (even NaN).
-    switch p.op {
-        case 0u: { v = p.alpha * a[i] + p.beta * b_at(i); }
-        case 1u: { v = p.alpha * a[i] * b_at(i); }
-        case 2u: { v = select(0.0, b_at(i), a[i] > 0.0); }
-        case 3u: { v = p.alpha * a[i] + p.beta; }
-        case 4u: { v = max(a[i], 0.0); }
-        case 5u: { v = p.alpha * b_at(i); }
-        default: { v = p.alpha; }
-    }
+    var v = apply(vec4(a[i]), vec4(b[b_index(i)])).x;
     if p.accumulate != 0u {
-        out[i] = out[i] + v;
-    } else {
-        out[i] = v;
+        v += out[i];
     }
+    out[i] = v;
 }
 
 // The same maps, four elements per load and several vec4s per invocation: llvmpipe pays per
@@ -74,45 +80,30 @@ fn map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 @group(1) @binding(1) var<storage, read_write> b4: array<vec4<f32>>;
 @group(1) @binding(2) var<storage, read_write> out4: array<vec4<f32>>;
 
-const PER_INVOCATION: u32 = 4u;
+const PER_INVOCATION: u32 = 16u;
 
+// b for the vec4 of output elements 4i..4i+3. With cols % 4 == 0 the four share a row, so Col and
+// Scalar take one element (`b_index` of the first) and Row and Full a whole vec4.
 fn b4_at(i: u32) -> vec4<f32> {
-    // i indexes vec4s; with cols % 4 == 0 the four lanes share a row, so Col takes one value.
-    switch p.bcast {
-        case 1u: { return b4[(i % (p.cols / 4u))]; }
-        case 2u: {
-            let j = (i * 4u) / p.cols;
-            return vec4<f32>(b4[j / 4u][j % 4u]);
-        }
-        case 3u: { return vec4<f32>(b4[0][0]); }
-        default: { return b4[i]; }
-    }
+    let whole = p.bcast == 0u || p.bcast == 1u;
+    let j = select(b_index(4u * i), b_index(4u * i) / 4u, whole);
+    let v = b4[select(j / 4u, j, whole)];
+    let e = j % 4u;
+    let one = select(select(v.x, v.y, e == 1u), select(v.z, v.w, e == 3u), e >= 2u);
+    return select(vec4(one), v, whole);
 }
 
 @compute @workgroup_size(256)
 fn map4(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let n4 = p.n / 4u;
     let first = (gid.x + gid.y * nwg.x * WG) * PER_INVOCATION;
-    for (var k = 0u; k < PER_INVOCATION; k++) {
-        let i = first + k;
-        if i >= n4 {
-            return;
-        }
-        var v: vec4<f32>;
-        switch p.op {
-            case 0u: { v = p.alpha * a4[i] + p.beta * b4_at(i); }
-            case 1u: { v = p.alpha * a4[i] * b4_at(i); }
-            case 2u: { v = select(vec4<f32>(0.0), b4_at(i), a4[i] > vec4<f32>(0.0)); }
-            case 3u: { v = p.alpha * a4[i] + p.beta; }
-            case 4u: { v = max(a4[i], vec4<f32>(0.0)); }
-            case 5u: { v = p.alpha * b4_at(i); }
-            default: { v = vec4<f32>(p.alpha); }
-        }
+    let last = min(first + PER_INVOCATION, n4);
+    for (var i = first; i < last; i++) {
+        var v = apply(a4[i], b4_at(i));
         if p.accumulate != 0u {
-            out4[i] = out4[i] + v;
-        } else {
-            out4[i] = v;
+            v += out4[i];
         }
+        out4[i] = v;
     }
 }
 

@@ -11,7 +11,7 @@ use super::grid_1d;
 const MAP: crate::gpu::Kernel = kernel!("elementwise.wgsl", "map", 3);
 const MAP4: crate::gpu::Kernel = kernel!("elementwise.wgsl", "map4", 3);
 /// vec4s per invocation of `map4` (PER_INVOCATION in the shader).
-const MAP4_PER_INVOCATION: usize = 4;
+const MAP4_PER_INVOCATION: usize = 16;
 
 /// The map applied per element.
 #[derive(Clone, Copy, Debug, PartialEq)]
