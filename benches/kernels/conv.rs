@@ -2,6 +2,7 @@
 //! each next to a square matmul of about the same FLOPs timed in the same run, so that the ratio
 //! holds even when other work shares the machine.
 
+use contrastive::gpu::Kernel;
 use contrastive::kernels::conv::{self, Conv2d};
 use contrastive::kernels::matmul::{self, Matmul};
 use contrastive::{Arena, Result};
@@ -11,6 +12,30 @@ use crate::harness::Bench;
 /// (input channels, output channels, input side) of the layers of a small MNIST-sized CNN.
 const LAYERS: [(usize, usize, usize); 3] = [(1, 32, 28), (32, 64, 14), (64, 128, 7)];
 const BATCH: usize = 256;
+
+/// Memory floors (see the shader): `y` written once, `dy` read once.
+const WRITE_ONCE: Kernel = floor_kernel("write_once");
+const READ_ONCE: Kernel = floor_kernel("read_once");
+/// Invocations of a floor kernel, as in the convolution's direct kernels.
+const FLOOR_INVOCATIONS: usize = 1024;
+
+const fn floor_kernel(entry: &'static str) -> Kernel {
+    Kernel {
+        file: "floor.wgsl",
+        source: include_str!("floor.wgsl"),
+        entry,
+        buffers: 2,
+        words: 0,
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
+struct FloorParams {
+    n4: u32,
+    run: u32,
+    _pad: [u32; 2],
+}
 
 pub fn run(b: &mut Bench) -> Result<()> {
     let gpu = b.gpu;
@@ -24,7 +49,10 @@ pub fn run(b: &mut Bench) -> Result<()> {
             };
             let (ho, wo) = g.out_hw(side, side)?;
             let name = |pass: &str| format!("conv {pass} {cin}->{cout} {side}x{side} s{stride}");
-            if !["fwd", "dx", "dw"].iter().any(|p| b.wants(&name(p))) {
+            if !["fwd", "dx", "dw", "floor y", "floor dy"]
+                .iter()
+                .any(|p| b.wants(&name(p)))
+            {
                 continue;
             }
             let mut arena = Arena::for_gpu("bench", gpu);
@@ -73,6 +101,32 @@ pub fn run(b: &mut Bench) -> Result<()> {
                 || conv::backward_weight(gpu, &x, &y, &w, Some(&scratch), &g, false),
                 (&mm_name, mm_flops, &mut mm),
             )?;
+            // Counted at the convolution's FLOPs, a floor's ratio is the best any pass that
+            // writes y (forward) or reads dy (both gradients) could reach with free arithmetic.
+            let n4 = y.numel() / 4;
+            let params = FloorParams {
+                n4: n4 as u32,
+                run: n4.div_ceil(FLOOR_INVOCATIONS) as u32,
+                _pad: [0; 2],
+            };
+            let sink = arena.tensor(gpu, [4 * FLOOR_INVOCATIONS])?;
+            for (pass, kernel) in [("floor y", &WRITE_ONCE), ("floor dy", &READ_ONCE)] {
+                b.compare(
+                    &name(pass),
+                    flops,
+                    4.0 * y.numel() as f64,
+                    1.0,
+                    || {
+                        gpu.dispatch(
+                            kernel,
+                            &params,
+                            &[y.region, sink.region],
+                            [FLOOR_INVOCATIONS.div_ceil(64) as u32, 1, 1],
+                        )
+                    },
+                    (&mm_name, mm_flops, &mut mm),
+                )?;
+            }
         }
     }
     Ok(())
