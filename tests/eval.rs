@@ -8,7 +8,6 @@ use contrastive::data;
 use contrastive::eval::{self, FeatureSet, Probe};
 use contrastive::kernels::augment::GpuImages;
 use contrastive::methods::Network;
-use contrastive::nn::EncoderConfig;
 use contrastive::Arena;
 
 #[test]
@@ -19,10 +18,7 @@ fn probes_leave_the_encoder_bit_identical() {
     let mut arena = Arena::for_gpu("data", &gpu);
     let ti = GpuImages::upload(&gpu, &mut arena, &train).unwrap();
     let qi = GpuImages::upload(&gpu, &mut arena, &test).unwrap();
-    let config = EncoderConfig {
-        widths: vec![4, 8],
-        ..EncoderConfig::small(28, 28, 1)
-    };
+    let config = tiny_encoder();
     let net = Network::new(&gpu, &config, &[], 3).unwrap();
     let snapshot = |_: ()| -> (Vec<u32>, Vec<u32>) {
         let p: Vec<u32> = gpu.read(net.params.values).unwrap();

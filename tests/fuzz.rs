@@ -12,13 +12,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
+mod common;
+use common::*;
+
 use contrastive::checkpoint::{self, Checkpoint};
 use contrastive::data::{self, cifar, idx, ImageSet};
 use contrastive::kernels::augment::{Augment, GpuImages};
-use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::{Examples, Method, Moco, MocoConfig};
-use contrastive::nn::EncoderConfig;
-use contrastive::optim::OptimConfig;
 use contrastive::train::{self, Batches, Checkpointing, TrainConfig};
 use contrastive::{Arena, Error, Gpu};
 use rand::{Rng, SeedableRng};
@@ -269,19 +269,8 @@ fn real_checkpoint(gpu: &Gpu, name: &str) -> (Vec<u8>, Moco) {
     split.test = split.test.take(16);
     let mut arena = Arena::for_gpu("data", gpu);
     let images = GpuImages::upload(gpu, &mut arena, &split.train).unwrap();
-    let enc = EncoderConfig {
-        widths: vec![4, 8],
-        ..EncoderConfig::small(28, 28, 1)
-    };
-    let opt = OptimConfig {
-        kind: Optimizer::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-        },
-        lr: 0.05,
-        weight_decay: 5e-4,
-        schedule: Schedule::Constant,
-    };
+    let enc = tiny_encoder();
+    let opt = sgd(0.05);
     let config = MocoConfig {
         queue: 16,
         dim: 8,
@@ -333,7 +322,7 @@ fn load_all(gpu: &Gpu, moco: &mut Moco, ck: &Checkpoint) -> contrastive::Result<
 
 #[test]
 fn checkpoint_reader_survives_fuzzed_files() {
-    let gpu = contrastive::Gpu::new().unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
+    let gpu = gpu();
     let (valid, mut moco) = real_checkpoint(&gpu, "bytes");
     let path = Path::new("fuzzed.safetensors");
     let ck = Checkpoint::from_bytes(&valid, path).unwrap();
@@ -391,7 +380,7 @@ fn edit_json_numbers(rng: &mut impl Rng, valid: &[u8], header: usize) -> Vec<u8>
 
 #[test]
 fn checkpoints_with_corrupt_values_are_refused_when_loaded() {
-    let gpu = contrastive::Gpu::new().unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
+    let gpu = gpu();
     let (valid, mut moco) = real_checkpoint(&gpu, "values");
     let path = Path::new("edited.safetensors");
     let base = Checkpoint::from_bytes(&valid, path).unwrap();

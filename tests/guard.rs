@@ -12,13 +12,13 @@ use contrastive::checkpoint::{self, Checkpoint};
 use contrastive::data;
 use contrastive::kernels::augment::{Augment, GpuImages};
 use contrastive::kernels::guard::{self, When};
-use contrastive::kernels::optim::{self, Optimizer, Schedule};
+use contrastive::kernels::optim::{self, Optimizer};
 use contrastive::methods::{
     augmented_views, guard_step, Dim, DimConfig, Examples, Method, Moco, MocoConfig, StepInput,
     StepOutput,
 };
-use contrastive::nn::{EncoderConfig, Store, StoreBuilder};
-use contrastive::optim::{Optim, OptimConfig};
+use contrastive::nn::{Store, StoreBuilder};
+use contrastive::optim::Optim;
 use contrastive::train::{self, Checkpointing, TrainConfig};
 use contrastive::{Arena, Error, Gpu, Result};
 use rand::SeedableRng;
@@ -191,25 +191,6 @@ fn setup(gpu: &Gpu) -> Setup {
     }
 }
 
-fn sgd() -> OptimConfig {
-    OptimConfig {
-        kind: Optimizer::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-        },
-        lr: 0.05,
-        weight_decay: 5e-4,
-        schedule: Schedule::Constant,
-    }
-}
-
-fn encoder() -> EncoderConfig {
-    EncoderConfig {
-        widths: vec![4, 8],
-        ..EncoderConfig::small(28, 28, 1)
-    }
-}
-
 fn run(
     gpu: &Gpu,
     s: &Setup,
@@ -325,7 +306,7 @@ fn a_nan_parameter_stops_moco_at_its_step_names_it_and_changes_nothing() {
         split_bn: 2,
         ..MocoConfig::default()
     };
-    let mut moco = Moco::new(&gpu, config, &encoder(), BATCH, &sgd(), 3).unwrap();
+    let mut moco = Moco::new(&gpu, config, &tiny_encoder(), BATCH, &sgd(0.05), 3).unwrap();
     let tensor = "query.encoder.stage1.down.conv.weight";
     let op = poisoned_resume(&gpu, &mut moco, tensor, "moco");
     eprintln!("{op}");
@@ -345,7 +326,7 @@ fn a_nan_batchnorm_scale_stops_deep_infomax_at_the_batch_norm_that_reads_it() {
         dim: 8,
         ..DimConfig::default()
     };
-    let mut dim = Dim::new(&gpu, config, &encoder(), &sgd(), 3).unwrap();
+    let mut dim = Dim::new(&gpu, config, &tiny_encoder(), &sgd(0.05), 3).unwrap();
     let tensor = "query.encoder.stage1.down.bn.weight";
     let op = poisoned_resume(&gpu, &mut dim, tensor, "dim");
     eprintln!("{op}");
@@ -372,7 +353,7 @@ impl ZeroNorm {
         let params = p.build(gpu, "parameters", true).unwrap();
         let n = params.values.len;
         gpu.upload(params.values, &vec![0.0f32; n]).unwrap();
-        let optim = Optim::new(gpu, &params, &sgd()).unwrap();
+        let optim = Optim::new(gpu, &params, &sgd(0.05)).unwrap();
         ZeroNorm { params, w, optim }
     }
 }

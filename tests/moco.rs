@@ -6,10 +6,7 @@ mod common;
 use common::*;
 use contrastive::data;
 use contrastive::kernels::augment::{Augment, GpuImages};
-use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::{Examples, Method, Moco, MocoConfig, StepInput};
-use contrastive::nn::EncoderConfig;
-use contrastive::optim::OptimConfig;
 use contrastive::{Arena, Gpu};
 use rand::SeedableRng;
 
@@ -23,19 +20,8 @@ fn setup_lr(gpu: &Gpu, config: MocoConfig, lr: f32) -> (Moco, GpuImages, Arena) 
     let set = data::embedded().unwrap().train.take(64);
     let mut arena = Arena::for_gpu("data", gpu);
     let images = GpuImages::upload(gpu, &mut arena, &set).unwrap();
-    let enc = EncoderConfig {
-        widths: vec![4, 8],
-        ..EncoderConfig::small(28, 28, 1)
-    };
-    let opt = OptimConfig {
-        kind: Optimizer::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-        },
-        lr,
-        weight_decay: 5e-4,
-        schedule: Schedule::Constant,
-    };
+    let enc = tiny_encoder();
+    let opt = sgd(lr);
     let moco = Moco::new(gpu, config, &enc, BATCH, &opt, 3).unwrap();
     (moco, images, arena)
 }

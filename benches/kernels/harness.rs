@@ -43,46 +43,20 @@ impl<'g> Bench<'g> {
         flops: f64,
         bytes: f64,
         budget_s: f64,
-        record: impl FnMut() -> Result<()>,
+        mut record: impl FnMut() -> Result<()>,
     ) -> Result<Option<f64>> {
         if !self.wants(name) {
             return Ok(None);
         }
-        self.run_always(name, flops, bytes, budget_s, record)
-            .map(Some)
-    }
-
-    /// [`Bench::run`] whatever the filter says.
-    fn run_always(
-        &mut self,
-        name: &str,
-        flops: f64,
-        bytes: f64,
-        budget_s: f64,
-        mut record: impl FnMut() -> Result<()>,
-    ) -> Result<f64> {
-        record()?;
-        let warm = self.gpu.sync_timed()?;
-        let per_batch = ((0.05 / warm.max(1e-6)) as usize).clamp(1, 32);
-        let mut samples = vec![];
+        let n = self.batch_len(&mut record)?;
+        let mut ts = vec![];
         let start = std::time::Instant::now();
-        while samples.len() < 3 || (start.elapsed().as_secs_f64() < budget_s && samples.len() < 50)
-        {
-            for _ in 0..per_batch {
-                record()?;
-            }
-            samples.push(self.gpu.sync_timed()? / per_batch as f64);
+        while more_rounds(ts.len(), 3, start, budget_s) {
+            ts.push(self.batch(&mut record, n)?);
         }
-        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        let t = samples[samples.len() / 2];
-        println!(
-            "{:<44} {:>10.3} {:>10.2} {:>10.2}",
-            name,
-            t * 1e3,
-            flops / t * 1e-9,
-            bytes / t * 1e-9
-        );
-        Ok(t)
+        let t = median(&mut ts);
+        row(name, t, flops, bytes);
+        Ok(Some(t))
     }
 
     /// Times `record` like [`Bench::run`], alternating its batches with batches of a reference
@@ -101,38 +75,55 @@ impl<'g> Bench<'g> {
             return Ok(());
         }
         let (ref_name, ref_flops, record_ref) = reference;
-        let batch = |f: &mut dyn FnMut() -> Result<()>, n: usize| -> Result<f64> {
-            for _ in 0..n {
-                f()?;
-            }
-            Ok(self.gpu.sync_timed()? / n as f64)
-        };
-        let n = ((0.05 / batch(&mut record, 1)?.max(1e-6)) as usize).clamp(1, 32);
-        let n_ref = ((0.05 / batch(record_ref, 1)?.max(1e-6)) as usize).clamp(1, 32);
+        let n = self.batch_len(&mut record)?;
+        let n_ref = self.batch_len(record_ref)?;
         let (mut ts, mut ts_ref, mut ratios) = (vec![], vec![], vec![]);
         let start = std::time::Instant::now();
-        while ts.len() < 5 || (start.elapsed().as_secs_f64() < budget_s && ts.len() < 50) {
-            let t = batch(&mut record, n)?;
-            let t_ref = batch(record_ref, n_ref)?;
+        while more_rounds(ts.len(), 5, start, budget_s) {
+            let t = self.batch(&mut record, n)?;
+            let t_ref = self.batch(record_ref, n_ref)?;
             ts.push(t);
             ts_ref.push(t_ref);
             ratios.push((flops / t) / (ref_flops / t_ref));
         }
-        let median = |v: &mut Vec<f64>| {
-            v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-            v[v.len() / 2]
-        };
-        let (t, t_ref) = (median(&mut ts), median(&mut ts_ref));
-        for (label, t, f, b) in [(name, t, flops, bytes), (ref_name, t_ref, ref_flops, 0.0)] {
-            println!(
-                "{:<44} {:>10.3} {:>10.2} {:>10.2}",
-                label,
-                t * 1e3,
-                f / t * 1e-9,
-                b / t * 1e-9
-            );
-        }
+        row(name, median(&mut ts), flops, bytes);
+        row(ref_name, median(&mut ts_ref), ref_flops, 0.0);
         println!("  ratio to the reference: {:.2}", median(&mut ratios));
         Ok(())
     }
+
+    /// Seconds per launch over a batch of `n` launches, submitted and waited for.
+    fn batch(&self, record: &mut dyn FnMut() -> Result<()>, n: usize) -> Result<f64> {
+        for _ in 0..n {
+            record()?;
+        }
+        Ok(self.gpu.sync_timed()? / n as f64)
+    }
+
+    /// Launches per batch for batches of ~50 ms, from one warm-up launch.
+    fn batch_len(&self, record: &mut dyn FnMut() -> Result<()>) -> Result<usize> {
+        let warm = self.batch(record, 1)?;
+        Ok(((0.05 / warm.max(1e-6)) as usize).clamp(1, 32))
+    }
+}
+
+/// Whether to time another round: at least `min` rounds, then until the budget or 50 rounds.
+fn more_rounds(done: usize, min: usize, start: std::time::Instant, budget_s: f64) -> bool {
+    done < min || (start.elapsed().as_secs_f64() < budget_s && done < 50)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// One table row: time per launch, GFLOP/s and GB/s.
+fn row(name: &str, t: f64, flops: f64, bytes: f64) {
+    println!(
+        "{:<44} {:>10.3} {:>10.2} {:>10.2}",
+        name,
+        t * 1e3,
+        flops / t * 1e-9,
+        bytes / t * 1e-9
+    );
 }

@@ -126,7 +126,7 @@ impl Conv2d {
                     wo,
                     cout,
                 };
-                let splits = d.wgrad_splits(self, usize::MAX).0;
+                let splits = d.wgrad_splits(self, DIRECT_WGRAD_SPLITS, usize::MAX).0;
                 if splits > 1 {
                     splits * cout * self.kh * self.kw * cin
                 } else {
@@ -264,11 +264,11 @@ impl Dims {
     }
 
     /// (splits, chunk) of the weight-gradient reduction over n·ho·wo pixels, with at most
-    /// `max_splits` splits.
-    fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
+    /// `max_splits` splits; a direct layer aims at `direct_splits` invocations in all.
+    fn wgrad_splits(&self, g: &Conv2d, direct_splits: usize, max_splits: usize) -> (usize, usize) {
         let pixels = self.n * self.ho * self.wo;
         let want = if self.direct(g) {
-            DIRECT_WGRAD_SPLITS / self.cout.div_ceil(CD)
+            direct_splits / self.cout.div_ceil(CD)
         } else {
             WGRAD_INVOCATIONS / (self.wgrad_col_tiles(g) * self.cout.div_ceil(TM))
         };
@@ -302,10 +302,23 @@ fn direct_invocations(gpu: &Gpu, on_gpu: usize) -> usize {
     }
 }
 
-/// Pixels per invocation of a direct forward or input gradient over `m` pixels.
-fn direct_run(gpu: &Gpu, m: usize) -> usize {
-    m.div_ceil(direct_invocations(gpu, DIRECT_INVOCATIONS))
-        .max(MIN_RUN)
+/// Parameters and workgroups of a direct forward or input gradient: runs of pixels out of `m`,
+/// one per invocation, times `blocks` channel blocks.
+fn direct_launch(
+    gpu: &Gpu,
+    d: &Dims,
+    g: &Conv2d,
+    m: usize,
+    flags: u32,
+    blocks: usize,
+) -> (Params, [u32; 3]) {
+    let chunk = m
+        .div_ceil(direct_invocations(gpu, DIRECT_INVOCATIONS))
+        .max(MIN_RUN);
+    let mut params = d.params(g, m, flags);
+    params.chunk = chunk as u32;
+    let groups = [m.div_ceil(chunk).div_ceil(WG) as u32, blocks as u32, 1];
+    (params, groups)
 }
 
 /// Workgroups for `row_tiles` tiles of TM rows by `cols` channels.
@@ -337,19 +350,8 @@ pub fn forward(
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
     let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
     if d.direct(g) {
-        let mut params = d.params(g, m, flags);
-        let chunk = direct_run(gpu, m);
-        params.chunk = chunk as u32;
-        return gpu.dispatch(
-            &FORWARD_DIRECT,
-            &params,
-            &regions,
-            [
-                m.div_ceil(chunk).div_ceil(WG) as u32,
-                d.cout.div_ceil(CD) as u32,
-                1,
-            ],
-        );
+        let (params, groups) = direct_launch(gpu, &d, g, m, flags, d.cout.div_ceil(CD));
+        return gpu.dispatch(&FORWARD_DIRECT, &params, &regions, groups);
     }
     let kernel = if d.vec4() {
         &FORWARD4
@@ -380,15 +382,12 @@ pub fn backward_input(
     let d = Dims::check("conv2d backward_input", g, dx, w, dy)?;
     let flags = if accumulate { F_ACC } else { 0 };
     if d.direct(g) {
-        let m = d.n * d.h * d.w;
-        let mut params = d.params(g, m, flags);
-        let chunk = direct_run(gpu, m);
-        params.chunk = chunk as u32;
+        let (params, groups) = direct_launch(gpu, &d, g, d.n * d.h * d.w, flags, 1);
         return gpu.dispatch(
             &INPUT_GRAD_DIRECT,
             &params,
             &[dy.region, w.region, dy.region, dx.region],
-            [m.div_ceil(chunk).div_ceil(WG) as u32, 1, 1],
+            groups,
         );
     }
     let (sh, sw) = g.stride;
@@ -425,12 +424,8 @@ pub fn backward_weight(
     let d = Dims::check("conv2d backward_weight", g, x, dw, dy)?;
     let total = dw.numel();
     let room = scratch.map_or(0, |t| t.numel() / total);
-    let mut max_splits = room.max(1);
-    if d.direct(g) {
-        max_splits =
-            max_splits.min(direct_invocations(gpu, DIRECT_WGRAD_SPLITS) / d.cout.div_ceil(CD));
-    }
-    let (splits, chunk) = d.wgrad_splits(g, max_splits.max(1));
+    let direct_splits = direct_invocations(gpu, DIRECT_WGRAD_SPLITS);
+    let (splits, chunk) = d.wgrad_splits(g, direct_splits, room.max(1));
     let one_pass = splits == 1;
     let acc_flag = if accumulate { F_ACC } else { 0 };
     let mut params = d.params(g, d.n * d.ho * d.wo, if one_pass { acc_flag } else { 0 });

@@ -2,6 +2,9 @@
 //! device keeps its own command recorder.
 #![allow(dead_code)]
 
+use contrastive::kernels::optim::{Optimizer, Schedule};
+use contrastive::nn::EncoderConfig;
+use contrastive::optim::OptimConfig;
 use contrastive::Gpu;
 use rand::{Rng, SeedableRng};
 
@@ -38,5 +41,26 @@ pub fn rand_vec_away_from_zero(n: usize, seed: u64, gap: f32) -> Vec<f32> {
 pub fn assert_close(what: &str, got: &[f32], want: &[f64], tol: f64, eps: f64) {
     if let Err(e) = contrastive::kernels::check_close(got, want, tol, eps) {
         panic!("{what}: {e}");
+    }
+}
+
+/// The two-stage encoder (widths 4 and 8) that the method tests train on 28×28 images.
+pub fn tiny_encoder() -> EncoderConfig {
+    EncoderConfig {
+        widths: vec![4, 8],
+        ..EncoderConfig::small(28, 28, 1)
+    }
+}
+
+/// SGD with momentum 0.9 and weight decay 5e-4 at a constant learning rate.
+pub fn sgd(lr: f32) -> OptimConfig {
+    OptimConfig {
+        kind: Optimizer::Sgd {
+            momentum: 0.9,
+            nesterov: false,
+        },
+        lr,
+        weight_decay: 5e-4,
+        schedule: Schedule::Constant,
     }
 }
