@@ -5,7 +5,9 @@
 //! `cargo bench --bench train [-- METHOD] [WIDTHS]`: METHOD is one of moco, dim, cmc, cpc-frames
 //! (JapaneseVowels), cpc-wave (synthetic 1-second waveforms; the speed does not depend on the
 //! sound), cpc-patches (image patch grids); all of them by default. WIDTHS (e.g. `32,64,128`) sets
-//! the image encoder's stage widths (default 16,32,64). Images: batch 256 (CPC: 64).
+//! the image encoder's stage widths (default 16,32,64). Images: batch 256 (CPC: 64). With
+//! `--profile`, one more step runs in profile mode and the GPU time per kernel is printed (needs
+//! timestamp queries).
 
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
@@ -62,6 +64,7 @@ fn time(
     method: &mut dyn Method,
     examples: Examples,
     batch: usize,
+    profile: bool,
 ) -> Result<()> {
     let stop = AtomicBool::new(false);
     let mut run = |steps: u64| -> Result<f64> {
@@ -92,11 +95,34 @@ fn time(
         d.dispatches / steps,
         d.submissions as f64 / steps as f64,
     );
+    if profile {
+        gpu.begin_profile()?;
+        run(1)?;
+        let kernels = gpu.end_profile()?;
+        let total: f64 = kernels.iter().map(|k| k.seconds).sum();
+        println!(
+            "  GPU time of one step by kernel (each dispatch timed alone): {:.0} ms",
+            total * 1e3
+        );
+        for k in kernels.iter().take(PROFILE_ROWS) {
+            println!(
+                "  {:>5.1}% {:>8.1} ms {:>4}× {}",
+                100.0 * k.seconds / total,
+                k.seconds * 1e3,
+                k.calls,
+                k.kernel
+            );
+        }
+    }
     Ok(())
 }
 
+/// Kernels listed by `--profile`, longest first.
+const PROFILE_ROWS: usize = 15;
+
 fn main() -> Result<()> {
     let gpu = Gpu::new()?;
+    let profile = std::env::args().any(|a| a == "--profile");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -189,7 +215,7 @@ fn main() -> Result<()> {
                 Box::new(Cpc::new(&gpu, cpc(input, 0), batch, &adam, 0)?)
             }
         };
-        time(&gpu, name, method.as_mut(), examples, batch)?;
+        time(&gpu, name, method.as_mut(), examples, batch, profile)?;
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //!   is what lets inputs and outputs share an arena.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -23,6 +23,9 @@ use crate::error::{Error, Result};
 
 /// Size of one parameter slot in the ring; every kernel's parameter struct fits in it.
 pub const PARAM_BYTES: u64 = 256;
+/// Dispatches per submission that profile mode times (two timestamps each, within the 4096
+/// queries a set may hold).
+const PROFILE_MAX_DISPATCHES: u32 = 2048;
 /// Most storage bindings any kernel uses (kept at 8 so the GL backend's limits are never hit).
 pub const MAX_BINDINGS: usize = 8;
 
@@ -142,6 +145,8 @@ impl From<&wgpu::AdapterInfo> for AdapterSummary {
 
 enum Command {
     Dispatch {
+        /// For profiles.
+        kernel: KernelId,
         pipeline: Arc<wgpu::ComputePipeline>,
         bind_group: Arc<wgpu::BindGroup>,
         param_slot: u32,
@@ -169,7 +174,7 @@ pub struct Gpu {
     storage_layouts: Vec<wgpu::BindGroupLayout>,
     pipeline_layouts: Vec<wgpu::PipelineLayout>,
     modules: RefCell<HashMap<&'static str, wgpu::ShaderModule>>,
-    pipelines: RefCell<HashMap<(&'static str, &'static str), Arc<wgpu::ComputePipeline>>>,
+    pipelines: RefCell<HashMap<KernelId, Arc<wgpu::ComputePipeline>>>,
     bind_groups: RefCell<HashMap<BindKey, Arc<wgpu::BindGroup>>>,
     ring: RefCell<Option<(wgpu::Buffer, wgpu::BindGroup, u64)>>,
     params: RefCell<Vec<u8>>,
@@ -184,6 +189,29 @@ pub struct Gpu {
     checks: RefCell<Option<Checks>>,
     /// Set while the checks of one command are recorded, so that they are not checked themselves.
     instrumenting: Cell<bool>,
+    profile: RefCell<Option<Profiling>>,
+}
+
+/// A kernel's `(file, entry)`.
+type KernelId = (&'static str, &'static str);
+
+/// The state of profile mode ([`Gpu::begin_profile`]).
+#[derive(Default)]
+struct Profiling {
+    /// Calls and GPU seconds per kernel so far.
+    table: BTreeMap<KernelId, (u64, f64)>,
+    /// The timestamps of the submission being encoded: the buffer to read them from, and the
+    /// kernel of each dispatch.
+    pending: Option<(wgpu::Buffer, Vec<KernelId>)>,
+}
+
+/// GPU time of one kernel over a profile ([`Gpu::end_profile`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelTime {
+    /// `file::entry`.
+    pub kernel: String,
+    pub calls: u64,
+    pub seconds: f64,
 }
 
 /// Flag words per buffer of check results.
@@ -394,6 +422,7 @@ impl Gpu {
             names: RefCell::new(vec![]),
             checks: RefCell::new(None),
             instrumenting: Cell::new(false),
+            profile: RefCell::new(None),
         })
     }
 
@@ -781,6 +810,7 @@ impl Gpu {
         let padded = ring.len().next_multiple_of(PARAM_BYTES as usize);
         ring.resize(padded, 0);
         self.commands.borrow_mut().push(Command::Dispatch {
+            kernel: (kernel.file, kernel.entry),
             pipeline,
             bind_group,
             param_slot: slot,
@@ -911,6 +941,26 @@ impl Gpu {
         let mut enc = self
             .device
             .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: None });
+        // In profile mode (and not already timed per pass) every dispatch gets a pass of its own
+        // with timestamps around it, as many as one query set holds.
+        let profiled = if timer.is_none() && self.profile.borrow().is_some() {
+            let n = commands
+                .iter()
+                .filter(|c| matches!(c, Command::Dispatch { .. }))
+                .count()
+                .min(PROFILE_MAX_DISPATCHES as usize) as u32;
+            (n > 0).then(|| {
+                self.device.create_query_set(&wgpu::QuerySetDescriptor {
+                    label: Some("profile"),
+                    ty: wgpu::QueryType::Timestamp,
+                    count: 2 * n,
+                })
+            })
+        } else {
+            None
+        };
+        let timer = timer.or(profiled.as_ref());
+        let mut kernels = vec![];
         let mut passes = 0u32;
         let mut dispatches = 0u64;
         let mut i = 0;
@@ -945,6 +995,7 @@ impl Gpu {
                     });
                     let (_, ring_bg, _) = ring.as_ref().expect("dispatch without parameter ring");
                     while let Some(Command::Dispatch {
+                        kernel,
                         pipeline,
                         bind_group,
                         param_slot,
@@ -957,18 +1008,104 @@ impl Gpu {
                         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
                         dispatches += 1;
                         i += 1;
+                        if profiled.is_some() {
+                            kernels.push(*kernel);
+                            break;
+                        }
                     }
                 }
             }
         }
         self.count(|c| c.dispatches += dispatches);
+        if let Some(qs) = profiled {
+            kernels.truncate(qs.count() as usize / 2);
+            let bytes = kernels.len() as u64 * 16;
+            let (resolve, read) = self.timestamp_buffers(bytes);
+            enc.resolve_query_set(&qs, 0..2 * kernels.len() as u32, &resolve, 0);
+            enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
+            if let Some(p) = self.profile.borrow_mut().as_mut() {
+                p.pending = Some((read, kernels));
+            }
+        }
         (enc, passes)
+    }
+
+    /// A query-resolve buffer and a mappable copy of it, `bytes` long.
+    fn timestamp_buffers(&self, bytes: u64) -> (wgpu::Buffer, wgpu::Buffer) {
+        let buffer = |label, usage| {
+            self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size: bytes,
+                usage,
+                mapped_at_creation: false,
+            })
+        };
+        (
+            buffer(
+                "timestamps",
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            ),
+            buffer(
+                "timestamps read",
+                wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            ),
+        )
+    }
+
+    /// Starts profile mode: until [`Gpu::end_profile`], every submission times each of its
+    /// dispatches (in a compute pass of its own, then waits for the result). Needs timestamp
+    /// queries; slows the work down, so the times are for comparing kernels, not for throughput.
+    pub fn begin_profile(&self) -> Result<()> {
+        if !self.timestamps {
+            return Err(Error::Gpu(format!(
+                "profiling needs timestamp queries, which {} does not offer",
+                self.adapter
+            )));
+        }
+        self.flush()?;
+        *self.profile.borrow_mut() = Some(Profiling::default());
+        Ok(())
+    }
+
+    /// Runs the recorded work, ends profile mode and returns the GPU time per kernel, longest
+    /// first.
+    pub fn end_profile(&self) -> Result<Vec<KernelTime>> {
+        self.sync()?;
+        let profile = self.profile.borrow_mut().take().unwrap_or_default();
+        let mut out: Vec<KernelTime> = profile
+            .table
+            .into_iter()
+            .map(|((file, entry), (calls, seconds))| KernelTime {
+                kernel: format!("{file}::{entry}"),
+                calls,
+                seconds,
+            })
+            .collect();
+        out.sort_by(|a, b| b.seconds.total_cmp(&a.seconds));
+        Ok(out)
     }
 
     fn submit(&self, enc: wgpu::CommandEncoder) -> Result<wgpu::SubmissionIndex> {
         let index = self.queue.submit([enc.finish()]);
         self.count(|c| c.submissions += 1);
         self.check_error()?;
+        let pending = self
+            .profile
+            .borrow_mut()
+            .as_mut()
+            .and_then(|p| p.pending.take());
+        if let Some((read, kernels)) = pending {
+            self.wait(index.clone())?;
+            let ticks: Vec<u64> = self.map_read(&read, read.size())?;
+            let period = self.queue.get_timestamp_period() as f64 * 1e-9;
+            if let Some(p) = self.profile.borrow_mut().as_mut() {
+                for (k, t) in kernels.into_iter().zip(ticks.chunks(2)) {
+                    let e = p.table.entry(k).or_default();
+                    e.0 += 1;
+                    e.1 += t[1].saturating_sub(t[0]) as f64 * period;
+                }
+            }
+        }
         Ok(index)
     }
 
@@ -1028,18 +1165,7 @@ impl Gpu {
             return Ok(t.elapsed().as_secs_f64());
         }
         let bytes = passes as u64 * 16;
-        let resolve = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timer resolve"),
-            size: bytes,
-            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
-        });
-        let read = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("timer read"),
-            size: bytes,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
+        let (resolve, read) = self.timestamp_buffers(bytes);
         enc.resolve_query_set(&qs, 0..passes * 2, &resolve, 0);
         enc.copy_buffer_to_buffer(&resolve, 0, &read, 0, bytes);
         let index = self.submit(enc)?;
