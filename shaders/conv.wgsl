@@ -699,13 +699,13 @@ fn weight_grad_reduce(@builtin(global_invocation_id) gid: vec3<u32>,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Direct kernels for short weight rows: k = kh*kw*cin <= KD, as in a first layer on grayscale
-// images (3x3, one channel). A GEMM tile over a 9-long reduction spends far more on its gathers and
-// epilogue than on arithmetic. Here an invocation loads the weights of CD = 32 output channels at
-// all KD row positions into registers once, then walks a run of `chunk` consecutive output pixels;
-// per pixel, KD gathered inputs feed KD x CD multiply-adds against those registers. Row positions
-// past k have zero weights (and read a clamped, valid input). The output channels must be a
-// multiple of 4 (rows of y and dy are read and written as vec4s).
+// Direct kernels for one input channel and kernels of at most 3x3 (weight rows of k = kh*kw <= KD
+// positions), as in a first layer on grayscale images. A GEMM tile over a 9-long reduction spends
+// far more on its gathers and epilogue than on arithmetic. Here an invocation loads the weights of
+// CD = 32 output channels at all KD row positions into registers once. The forward and the weight
+// gradient then walk a run of `chunk` consecutive output pixels; per pixel, KD gathered inputs feed
+// KD x CD multiply-adds. Row positions past k gather zeros. The output channels must be a multiple
+// of 4 (rows of y and dy are read and written as vec4s).
 
 const KD: u32 = 9u;
 const CD: u32 = 32u;
@@ -713,14 +713,13 @@ alias Row = array<vec4<f32>, 8>;  // CD channels
 alias Rows = array<Row, 9>;       // KD row positions
 
 // Where row position k reads the input, relative to the window's corner.
-struct Pos { dh: i32, dw: i32, ci: u32, ok: bool }
+struct Pos { dh: i32, dw: i32, ok: bool }
 alias Poss = array<Pos, 9>;
 
 fn pos(k: u32) -> Pos {
     let q = min(k, p.k - 1u);
-    let tap = q / p.cin;
-    let kh = tap / p.kw;
-    return Pos(i32(kh) - i32(p.ph), i32(tap - kh * p.kw) - i32(p.pw), q - tap * p.cin, k < p.k);
+    let kh = q / p.kw;
+    return Pos(i32(kh) - i32(p.ph), i32(q - kh * p.kw) - i32(p.pw), k < p.k);
 }
 
 fn positions() -> Poss {
@@ -732,7 +731,7 @@ fn x_at(r0: u32, h0: i32, w0: i32, q: Pos) -> f32 {
     let hi = h0 + q.dh;
     let wi = w0 + q.dw;
     let ok = q.ok && u32(hi) < p.h && u32(wi) < p.w;
-    return select(0.0, src1[select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) * p.cin + q.ci, ok)], ok);
+    return select(0.0, src1[select(0u, (r0 + u32(hi)) * p.w + u32(wi), ok)], ok);
 }
 
 // The KD inputs of output pixel v.
@@ -745,8 +744,12 @@ fn window(v: Walk, q: ptr<function, Poss>) -> array<f32, 9> {
                  x_at(r0, h0, w0, (*q)[6]), x_at(r0, h0, w0, (*q)[7]), x_at(r0, h0, w0, (*q)[8]));
 }
 
+// Clamped, not zeroed: past cout or k this repeats the last channel or position. A select here
+// would be redone at every use (llvmpipe keeps the weights spilled with their masks), so the
+// kernels mask elsewhere: the forward stores no channel past cout and gathers zeros past k; dy
+// rows are zero past cout, and the input gradient drops taps past the kernel.
 fn w_at(co: u32, k: u32) -> f32 {
-    return select(0.0, opd1[min(co, p.cout - 1u) * p.k + min(k, p.k - 1u)], co < p.cout && k < p.k);
+    return opd1[min(co, p.cout - 1u) * p.k + min(k, p.k - 1u)];
 }
 
 fn w_col4(co: u32, k: u32) -> vec4<f32> {
@@ -765,15 +768,17 @@ fn axpy(acc: Row, a: f32, r: Row) -> Row {
                acc[4] + a * r[4], acc[5] + a * r[5], acc[6] + a * r[6], acc[7] + a * r[7]);
 }
 
-// The CD channels from co0 of pixel row m of dy, bound as the third operand (clamped).
+// The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
 fn dy_row(m: u32, co0: u32) -> Row {
     let o4 = p.cout / 4u;
     let b = m * o4;
     let c = co0 / 4u;
-    let l = o4 - 1u;
-    return Row(bias4[b + min(c, l)], bias4[b + min(c + 1u, l)], bias4[b + min(c + 2u, l)],
-               bias4[b + min(c + 3u, l)], bias4[b + min(c + 4u, l)], bias4[b + min(c + 5u, l)],
-               bias4[b + min(c + 6u, l)], bias4[b + min(c + 7u, l)]);
+    return Row(dy_at(b, c, o4), dy_at(b, c + 1u, o4), dy_at(b, c + 2u, o4), dy_at(b, c + 3u, o4),
+               dy_at(b, c + 4u, o4), dy_at(b, c + 5u, o4), dy_at(b, c + 6u, o4), dy_at(b, c + 7u, o4));
+}
+
+fn dy_at(b: u32, c: u32, o4: u32) -> vec4<f32> {
+    return select(vec4(0.0), bias4[b + min(c, o4 - 1u)], c < o4);
 }
 
 // Pixels [m0, m1) of this invocation's run.
@@ -873,57 +878,109 @@ fn weight_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// dy . w[.., k] at the output pixel that row position q's tap reaches from input pixel (h, w) of
-// image n (zero if none: outside, or between strides). Quotients by the stride go through f32:
-// exact for these small values, and SIMD where integer division is not.
-fn dy_dot(n: u32, h: i32, w: i32, q: Pos, wk: Row, co0: u32) -> f32 {
-    let th = h - q.dh;
-    let tw = w - q.dw;
-    let oh = i32(floor((f32(th) + 0.5) / f32(p.sh)));
-    let ow = i32(floor((f32(tw) + 0.5) / f32(p.sw)));
-    let ok = q.ok && th == oh * i32(p.sh) && tw == ow * i32(p.sw) && u32(oh) < p.ho && u32(ow) < p.wo;
-    // A branch, not a select: llvmpipe runs both sides anyway, but its per-lane load loop skips
-    // the lanes that are off (with stride 2, three taps in four reach nothing).
-    var s = vec4(0.0);
-    if ok {
-        let d = dy_row((n * p.ho + u32(oh)) * p.wo + u32(ow), co0);
-        s = d[0] * wk[0] + d[1] * wk[1] + d[2] * wk[2] + d[3] * wk[3] + d[4] * wk[4] + d[5] * wk[5]
-            + d[6] * wk[6] + d[7] * wk[7];
-    }
+// Input gradient: invocation n walks image n's dy once, in row-major order. A dy pixel's CD
+// channels times the weights give its tap values t(i, j), and tap (i, j) belongs to dx pixel
+// (oh*sh - ph + i, ow*sw - pw + j). Per kernel row i a window of three partial sums, one per dx
+// column the next taps can reach, slides along the row: after dy pixel ow the sw columns left of
+// the next pixel's window are complete and are written. A dx row collects its kernel rows from up
+// to three dy rows: the first one writes it, the others add to it (all add when accumulating or
+// for channel blocks after the first). Rows that no dy row reaches are zeroed at the start.
+// Every dy element is read once; dx costs about one write and two read-modify-writes per element
+// (stride 1), where a gather would read KD dy rows per dx element.
+
+alias Taps3 = array<Row, 3>;  // one kernel row's weights
+
+fn w_tap_row(co0: u32, i: u32) -> Taps3 {
+    let k = i * p.kw;
+    return Taps3(w_col(co0, k), w_col(co0, k + 1u), w_col(co0, k + 2u));
+}
+
+fn tap(d: Row, w: Row) -> f32 {
+    let s = d[0] * w[0] + d[1] * w[1] + d[2] * w[2] + d[3] * w[3] + d[4] * w[4] + d[5] * w[5]
+        + d[6] * w[6] + d[7] * w[7];
     return dot(s, vec4(1.0));
 }
 
-// Input gradient: an invocation walks a run of input pixels; per pixel every row position k
-// contributes dy . w[.., k] to input channel k's channel. Output channels are taken CD at a time
-// (the weights of a block in registers), the blocks after the first adding to dx.
+// Writes v to dx pixel (r, c) of image n: stores if `first`, adds otherwise. Pixels outside the
+// image (taps that land in the padding) and kernel rows past kh (`live` false) are dropped.
+fn emit(n: u32, r: i32, c: i32, v: f32, first: bool, live: bool) {
+    if live && u32(r) < p.h && u32(c) < p.w {
+        let o = (n * p.h + u32(r)) * p.w + u32(c);
+        if first {
+            dst1[o] = v;
+        } else {
+            dst1[o] += v;
+        }
+    }
+}
+
 @compute @workgroup_size(64)
 fn input_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
-    var q = positions();
-    let run = run_of(gid.x);
-    for (var co0 = 0u; co0 < p.cout; co0 += CD) {
-        let w = Rows(w_col(co0, 0u), w_col(co0, 1u), w_col(co0, 2u), w_col(co0, 3u),
-                     w_col(co0, 4u), w_col(co0, 5u), w_col(co0, 6u), w_col(co0, 7u),
-                     w_col(co0, 8u));
-        let add = co0 > 0u || (p.flags & F_ACC) != 0u;
-        var v = walk_start(min(run.x, p.m - 1u), p.h, p.w);
-        for (var m = run.x; m < run.y; m++) {
-            let h = i32(v.r);
-            let wi = i32(v.c);
-            let s = array(dy_dot(v.n, h, wi, q[0], w[0], co0), dy_dot(v.n, h, wi, q[1], w[1], co0),
-                          dy_dot(v.n, h, wi, q[2], w[2], co0), dy_dot(v.n, h, wi, q[3], w[3], co0),
-                          dy_dot(v.n, h, wi, q[4], w[4], co0), dy_dot(v.n, h, wi, q[5], w[5], co0),
-                          dy_dot(v.n, h, wi, q[6], w[6], co0), dy_dot(v.n, h, wi, q[7], w[7], co0),
-                          dy_dot(v.n, h, wi, q[8], w[8], co0));
-            for (var ci = 0u; ci < p.cin; ci++) {
-                let t = select(0.0, s[0], q[0].ci == ci) + select(0.0, s[1], q[1].ci == ci)
-                    + select(0.0, s[2], q[2].ci == ci) + select(0.0, s[3], q[3].ci == ci)
-                    + select(0.0, s[4], q[4].ci == ci) + select(0.0, s[5], q[5].ci == ci)
-                    + select(0.0, s[6], q[6].ci == ci) + select(0.0, s[7], q[7].ci == ci)
-                    + select(0.0, s[8], q[8].ci == ci);
-                let o = m * p.cin + ci;
-                dst1[o] = select(t, t + dst1[o], add);
+    let n = gid.x;
+    if n >= p.n {
+        return;
+    }
+    let sh = i32(p.sh);
+    let sw = i32(p.sw);
+    let ph = i32(p.ph);
+    let pw = i32(p.pw);
+    let kh = i32(p.kh);
+    let acc = (p.flags & F_ACC) != 0u;
+    if !acc {
+        // Rows no kernel row reaches: the last dy row at or above r is too far up.
+        for (var r = 0; r < i32(p.h); r++) {
+            let oh = min((r + ph) / sh, i32(p.ho) - 1);
+            if r + ph - oh * sh >= kh {
+                for (var c = 0; c < i32(p.w); c++) {
+                    emit(n, r, c, 0.0, true, true);
+                }
             }
-            v = walk_next(v, p.h, p.w, true);
+        }
+    }
+    for (var co0 = 0u; co0 < p.cout; co0 += CD) {
+        // Taps past the kernel read clamped weights; these masks drop them.
+        let v0 = vec3(true, p.kw > 1u, p.kw > 2u);
+        let v1 = v0 & vec3(p.kh > 1u);
+        let v2 = v0 & vec3(p.kh > 2u);
+        let w0 = w_tap_row(co0, 0u);
+        let w1 = w_tap_row(co0, 1u);
+        let w2 = w_tap_row(co0, 2u);
+        let add = acc || co0 > 0u;
+        for (var oh = 0; oh < i32(p.ho); oh++) {
+            let r0 = oh * sh - ph;
+            // Whether dy row oh is the first to reach dx row r0 + i.
+            let f0 = !add && (oh == 0 || r0 - sh + kh <= r0);
+            let f1 = !add && (oh == 0 || r0 - sh + kh <= r0 + 1);
+            let f2 = !add && (oh == 0 || r0 - sh + kh <= r0 + 2);
+            var a0 = vec3(0.0);  // kernel row 0's window: columns c, c + 1, c + 2
+            var a1 = vec3(0.0);
+            var a2 = vec3(0.0);
+            var c = -pw;         // the window's first column
+            let m0 = (n * p.ho + u32(oh)) * p.wo;
+            for (var ow = 0u; ow < p.wo; ow++) {
+                let d = dy_row(m0 + ow, co0);
+                a0 += select(vec3(0.0), vec3(tap(d, w0[0]), tap(d, w0[1]), tap(d, w0[2])), v0);
+                a1 += select(vec3(0.0), vec3(tap(d, w1[0]), tap(d, w1[1]), tap(d, w1[2])), v1);
+                a2 += select(vec3(0.0), vec3(tap(d, w2[0]), tap(d, w2[1]), tap(d, w2[2])), v2);
+                for (var e = 0; e < sw; e++) {
+                    emit(n, r0, c, a0.x, f0, true);
+                    emit(n, r0 + 1, c, a1.x, f1, kh > 1);
+                    emit(n, r0 + 2, c, a2.x, f2, kh > 2);
+                    a0 = vec3(a0.yz, 0.0);
+                    a1 = vec3(a1.yz, 0.0);
+                    a2 = vec3(a2.yz, 0.0);
+                    c++;
+                }
+            }
+            // The columns right of the last window start.
+            for (; c < i32(p.w); c++) {
+                emit(n, r0, c, a0.x, f0, true);
+                emit(n, r0 + 1, c, a1.x, f1, kh > 1);
+                emit(n, r0 + 2, c, a2.x, f2, kh > 2);
+                a0 = vec3(a0.yz, 0.0);
+                a1 = vec3(a1.yz, 0.0);
+                a2 = vec3(a2.yz, 0.0);
+            }
         }
     }
 }

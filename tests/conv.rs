@@ -258,11 +258,11 @@ fn shape_errors_name_the_shapes() {
 
 #[test]
 fn direct_threshold() {
-    // Weight rows of at most 9 elements and output channels in vec4s take the direct kernels.
+    // One input channel, kernels up to 3×3 and output channels in vec4s take the direct kernels.
     assert!(geom(3, 3, 1, 1).is_direct(1, 32));
-    assert!(geom(3, 1, 2, 0).is_direct(3, 4));
-    assert!(geom(1, 1, 1, 0).is_direct(9, 8));
-    assert!(!geom(1, 1, 1, 0).is_direct(10, 8));
+    assert!(geom(1, 3, 2, 0).is_direct(1, 4));
+    assert!(!geom(3, 1, 2, 0).is_direct(3, 4));
+    assert!(!geom(1, 1, 1, 0).is_direct(9, 8));
     assert!(!geom(5, 2, 1, 0).is_direct(1, 8));
     assert!(!geom(3, 3, 1, 1).is_direct(2, 32));
     assert!(!geom(3, 3, 1, 1).is_direct(1, 30));
@@ -270,9 +270,10 @@ fn direct_threshold() {
 
 #[test]
 fn direct_paths_match_reference() {
-    // Both sides of the threshold: rows of 9 (direct) and 10 (GEMM) elements; channel blocks of
-    // 32 cut short (36 = 32 + 4, 4) and several (68); several input channels per row (3×1 on 3);
-    // strides and paddings that leave taps outside the image; batch 1; every scratch mode.
+    // Both sides of the threshold (one input channel up to 3×3: direct; more channels or a larger
+    // kernel: GEMM); channel blocks of 32 cut short (36 = 32 + 4, 4) and several (68); strides
+    // and paddings that leave taps outside the image, and strides past the kernel that leave dx
+    // rows and columns no tap reaches; kernels of one row or column; batch 1; every scratch mode.
     let gpu = gpu();
     let mut arena = Arena::for_gpu("test", &gpu);
     let mut seed = 200;
@@ -280,6 +281,10 @@ fn direct_paths_match_reference() {
         (2, 9, 7, 1, 36, 3, 3, 1, 1),
         (1, 8, 9, 1, 4, 3, 3, 2, 1),
         (3, 7, 6, 1, 68, 3, 3, 2, 0),
+        (2, 9, 10, 1, 8, 3, 3, 4, 1),
+        (2, 7, 8, 1, 12, 1, 1, 2, 0),
+        (1, 6, 7, 1, 8, 1, 3, 1, 2),
+        (2, 7, 5, 1, 4, 3, 2, 3, 1),
         (2, 6, 7, 3, 8, 3, 1, 1, 1),
         (1, 5, 6, 9, 12, 1, 1, 2, 0),
         (2, 7, 6, 1, 36, 5, 2, 1, 1),

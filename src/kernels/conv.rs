@@ -13,20 +13,23 @@
 //! multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores when only the input
 //! channels are odd).
 //!
-//! **Direct kernels.** A weight row of at most 9 elements (a 3×3 first layer on one channel, see
-//! [`Conv2d::is_direct`]) makes the GEMM's reduction too short to pay for its tile: its loads and
-//! epilogue dominate. Such layers run direct kernels instead: an invocation holds the weights of 32
-//! output channels at all 9 row positions in registers and walks a run of consecutive pixels,
-//! gathering 9 inputs per pixel. The weight gradient splits the pixels into runs whose partial sums
-//! a second pass adds up (deterministic, no atomics).
+//! **Direct kernels.** One input channel and a kernel of at most 3×3 (a first layer on grayscale
+//! images, see [`Conv2d::is_direct`]) make the GEMM's reduction (at most 9 long) too short to pay
+//! for its tile: its loads and epilogue dominate. Such layers run direct kernels instead, each
+//! holding the weights of 32 output channels in registers. The forward and the weight gradient walk
+//! runs of consecutive pixels, gathering 9 inputs per pixel; the weight gradient's runs give partial
+//! sums that a second pass adds up (deterministic, no atomics). The input gradient runs one
+//! invocation per image: it reads every dy pixel once and slides a window of partial dx sums along
+//! each row, so that each dx element is written about once and updated twice instead of gathering
+//! 9 dy rows.
 //!
 //! **Known limits.** In a direct layer every output element costs a storage access and only 9
 //! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
-//! arithmetic. The direct input gradient gathers a dy row per tap (it reuses nothing between
-//! neighbouring pixels) and with stride 2 gathers for taps that do not reach a pixel; it is never
-//! needed in training (images take no gradient). With 2–3 input channels and 3×3 kernels (27-long
-//! rows) the scalar GEMM runs, at a fraction of the vec4 rate. The large register tiles suit CPUs
-//! and spill on GPUs; a workgroup-memory variant for real GPUs is future work.
+//! arithmetic. The direct input gradient has only one invocation per image, which is plenty for a
+//! CPU adapter and few for a GPU; it is never needed in training (images take no gradient). With
+//! 2–3 input channels and 3×3 kernels (27-long rows) the scalar GEMM runs, at a fraction of the
+//! vec4 rate. The large register tiles suit CPUs and spill on GPUs; a workgroup-memory variant for
+//! real GPUs is future work.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
@@ -54,12 +57,11 @@ const WG: usize = 64;
 /// into chunks shorter than MIN_CHUNK pixels.
 const WGRAD_INVOCATIONS: usize = 4096;
 const MIN_CHUNK: usize = 64;
-/// Direct kernels (short weight rows): at most KD positions per weight row, CD output channels
-/// per invocation (the shader's KD and CD). The forward and input gradient split their pixels
-/// into runs, one per invocation, but no run is shorter than MIN_RUN pixels (each invocation
-/// first loads KD·CD weights). The weight gradient splits its pixels the same way; each split's
-/// KD·CD partial sums are added up afterwards. How many invocations: see [`direct_invocations`].
-const KD: usize = 9;
+/// Direct kernels: CD output channels per invocation (the shader's CD). The forward splits its
+/// pixels into runs, one per invocation, but no run is shorter than MIN_RUN pixels (each
+/// invocation first loads 9·CD weights). The weight gradient splits its pixels the same way; each
+/// split's 9·CD partial sums are added up afterwards. How many invocations: see
+/// [`direct_invocations`].
 const CD: usize = 32;
 const MIN_RUN: usize = 96;
 /// Direct-kernel invocations on a GPU (per channel block for the weight gradient).
@@ -138,9 +140,9 @@ impl Conv2d {
     }
 
     /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels (all
-    /// three passes): weight rows (kh·kw·cin) of at most 9 elements, `cout` a multiple of 4.
+    /// three passes): one input channel, a kernel of at most 3×3, `cout` a multiple of 4.
     pub fn is_direct(&self, cin: usize, cout: usize) -> bool {
-        self.kh * self.kw * cin <= KD && cout.is_multiple_of(4)
+        cin == 1 && self.kh <= 3 && self.kw <= 3 && cout.is_multiple_of(4)
     }
 
     /// Multiply-adds × 2 of one pass (forward, input gradient and weight gradient all cost the same).
@@ -302,8 +304,8 @@ fn direct_invocations(gpu: &Gpu, on_gpu: usize) -> usize {
     }
 }
 
-/// Parameters and workgroups of a direct forward or input gradient: runs of pixels out of `m`,
-/// one per invocation, times `blocks` channel blocks.
+/// Parameters and workgroups of a direct forward: runs of pixels out of `m`, one per invocation,
+/// times `blocks` channel blocks.
 fn direct_launch(
     gpu: &Gpu,
     d: &Dims,
@@ -382,12 +384,12 @@ pub fn backward_input(
     let d = Dims::check("conv2d backward_input", g, dx, w, dy)?;
     let flags = if accumulate { F_ACC } else { 0 };
     if d.direct(g) {
-        let (params, groups) = direct_launch(gpu, &d, g, d.n * d.h * d.w, flags, 1);
+        // One invocation per image (see the shader).
         return gpu.dispatch(
             &INPUT_GRAD_DIRECT,
-            &params,
+            &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
-            groups,
+            [d.n.div_ceil(WG) as u32, 1, 1],
         );
     }
     let (sh, sw) = g.stride;
