@@ -763,9 +763,12 @@ fn w_col(co0: u32, k: u32) -> Row {
                w_col4(co0 + 28u, k));
 }
 
+// fma, not `acc + a * r`: llvmpipe emits a separate multiply and add for the latter.
 fn axpy(acc: Row, a: f32, r: Row) -> Row {
-    return Row(acc[0] + a * r[0], acc[1] + a * r[1], acc[2] + a * r[2], acc[3] + a * r[3],
-               acc[4] + a * r[4], acc[5] + a * r[5], acc[6] + a * r[6], acc[7] + a * r[7]);
+    let v = vec4(a);
+    return Row(fma(v, r[0], acc[0]), fma(v, r[1], acc[1]), fma(v, r[2], acc[2]),
+               fma(v, r[3], acc[3]), fma(v, r[4], acc[4]), fma(v, r[5], acc[5]),
+               fma(v, r[6], acc[6]), fma(v, r[7], acc[7]));
 }
 
 // The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
@@ -880,13 +883,13 @@ fn weight_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
 
 // Input gradient: invocation n walks image n's dy once, in row-major order. A dy pixel's CD
 // channels times the weights give its tap values t(i, j), and tap (i, j) belongs to dx pixel
-// (oh*sh - ph + i, ow*sw - pw + j). Per kernel row i a window of three partial sums, one per dx
-// column the next taps can reach, slides along the row: after dy pixel ow the sw columns left of
-// the next pixel's window are complete and are written. A dx row collects its kernel rows from up
-// to three dy rows: the first one writes it, the others add to it (all add when accumulating or
-// for channel blocks after the first). Rows that no dy row reaches are zeroed at the start.
-// Every dy element is read once; dx costs about one write and two read-modify-writes per element
-// (stride 1), where a gather would read KD dy rows per dx element.
+// (oh*sh - ph + i, ow*sw - pw + j). Per kernel row i, partial dx sums sit in a window of two
+// 4-column groups (lo, hi) starting at a multiple of 4; once the next pixel's taps start right of
+// lo, lo is complete: it is written and the window moves on by 4. A dx row collects its kernel
+// rows from up to three dy rows: the first one writes it, the others add to it (all add when
+// accumulating or for channel blocks after the first). Rows that no dy row reaches are zeroed at
+// the start. Every dy element is read once; dx costs about one write and two read-modify-writes per
+// element (stride 1), four columns at a time, where a gather would read KD dy rows per element.
 
 alias Taps3 = array<Row, 3>;  // one kernel row's weights
 
@@ -896,22 +899,41 @@ fn w_tap_row(co0: u32, i: u32) -> Taps3 {
 }
 
 fn tap(d: Row, w: Row) -> f32 {
-    let s = d[0] * w[0] + d[1] * w[1] + d[2] * w[2] + d[3] * w[3] + d[4] * w[4] + d[5] * w[5]
-        + d[6] * w[6] + d[7] * w[7];
+    let s = fma(d[7], w[7], fma(d[6], w[6], fma(d[5], w[5], fma(d[4], w[4], fma(d[3], w[3],
+        fma(d[2], w[2], fma(d[1], w[1], d[0] * w[0])))))));
     return dot(s, vec4(1.0));
 }
 
-// Writes v to dx pixel (r, c) of image n: stores if `first`, adds otherwise. Pixels outside the
-// image (taps that land in the padding) and kernel rows past kh (`live` false) are dropped.
-fn emit(n: u32, r: i32, c: i32, v: f32, first: bool, live: bool) {
-    if live && u32(r) < p.h && u32(c) < p.w {
-        let o = (n * p.h + u32(r)) * p.w + u32(c);
+// A kernel row's window: columns c0 .. c0 + 8 of dx row r.
+struct Win { lo: vec4<f32>, hi: vec4<f32> }
+
+// Adds taps t to columns off .. off + 2 of the window (0 <= off < 4, so hi gets at most two); the
+// offset is the same in all lanes but not a constant, so each slot selects its tap.
+fn win_add(a: Win, t: vec3<f32>, off: i32) -> Win {
+    let q = vec4(0, 1, 2, 3) - vec4(off);
+    let z = vec4(0.0);
+    let lo = select(z, vec4(t.x), q == vec4(0)) + select(z, vec4(t.y), q == vec4(1))
+        + select(z, vec4(t.z), q == vec4(2));
+    let hi = select(z, vec4(t.y), q == vec4(-3)) + select(z, vec4(t.z), q == vec4(-2));
+    return Win(a.lo + lo, a.hi + hi);
+}
+
+// Writes the window's lo group to dx row r of image n from column c0: stores if `first`, adds
+// otherwise. Columns outside the image (taps in the padding) and kernel rows past kh (`live`
+// false) are dropped.
+fn emit(n: u32, r: i32, c0: i32, v: vec4<f32>, first: bool, live: bool) {
+    if live && u32(r) < p.h && u32(c0) < p.w {
+        let o = ((n * p.h + u32(r)) * p.w + u32(c0)) / 4u;
         if first {
-            dst1[o] = v;
+            dst4[o] = v;
         } else {
-            dst1[o] += v;
+            dst4[o] += v;
         }
     }
+}
+
+fn shift(a: Win) -> Win {
+    return Win(a.hi, vec4(0.0));
 }
 
 @compute @workgroup_size(64)
@@ -931,12 +953,14 @@ fn input_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         for (var r = 0; r < i32(p.h); r++) {
             let oh = min((r + ph) / sh, i32(p.ho) - 1);
             if r + ph - oh * sh >= kh {
-                for (var c = 0; c < i32(p.w); c++) {
-                    emit(n, r, c, 0.0, true, true);
+                for (var c = 0; c < i32(p.w); c += 4) {
+                    emit(n, r, c, vec4(0.0), true, true);
                 }
             }
         }
     }
+    // The first window starts at the multiple of 4 at or left of the first tap, column -pw.
+    let c_first = -4 * ((pw + 3) / 4);
     for (var co0 = 0u; co0 < p.cout; co0 += CD) {
         // Taps past the kernel read clamped weights; these masks drop them.
         let v0 = vec3(true, p.kw > 1u, p.kw > 2u);
@@ -952,34 +976,29 @@ fn input_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
             let f0 = !add && (oh == 0 || r0 - sh + kh <= r0);
             let f1 = !add && (oh == 0 || r0 - sh + kh <= r0 + 1);
             let f2 = !add && (oh == 0 || r0 - sh + kh <= r0 + 2);
-            var a0 = vec3(0.0);  // kernel row 0's window: columns c, c + 1, c + 2
-            var a1 = vec3(0.0);
-            var a2 = vec3(0.0);
-            var c = -pw;         // the window's first column
+            var a0: Win;
+            var a1: Win;
+            var a2: Win;
+            var c0 = c_first;
             let m0 = (n * p.ho + u32(oh)) * p.wo;
             for (var ow = 0u; ow < p.wo; ow++) {
                 let d = dy_row(m0 + ow, co0);
-                a0 += select(vec3(0.0), vec3(tap(d, w0[0]), tap(d, w0[1]), tap(d, w0[2])), v0);
-                a1 += select(vec3(0.0), vec3(tap(d, w1[0]), tap(d, w1[1]), tap(d, w1[2])), v1);
-                a2 += select(vec3(0.0), vec3(tap(d, w2[0]), tap(d, w2[1]), tap(d, w2[2])), v2);
-                for (var e = 0; e < sw; e++) {
-                    emit(n, r0, c, a0.x, f0, true);
-                    emit(n, r0 + 1, c, a1.x, f1, kh > 1);
-                    emit(n, r0 + 2, c, a2.x, f2, kh > 2);
-                    a0 = vec3(a0.yz, 0.0);
-                    a1 = vec3(a1.yz, 0.0);
-                    a2 = vec3(a2.yz, 0.0);
-                    c++;
+                let off = i32(ow) * sw - pw - c0;
+                let z = vec3(0.0);
+                a0 = win_add(a0, select(z, vec3(tap(d, w0[0]), tap(d, w0[1]), tap(d, w0[2])), v0), off);
+                a1 = win_add(a1, select(z, vec3(tap(d, w1[0]), tap(d, w1[1]), tap(d, w1[2])), v1), off);
+                a2 = win_add(a2, select(z, vec3(tap(d, w2[0]), tap(d, w2[1]), tap(d, w2[2])), v2), off);
+                // Move on while the next pixel's taps start right of lo (or past the row's end).
+                let next = select(i32(p.w) - c0 + 3, off + sw, ow + 1u < p.wo);
+                for (var q = next; q >= 4; q -= 4) {
+                    emit(n, r0, c0, a0.lo, f0, true);
+                    emit(n, r0 + 1, c0, a1.lo, f1, kh > 1);
+                    emit(n, r0 + 2, c0, a2.lo, f2, kh > 2);
+                    a0 = shift(a0);
+                    a1 = shift(a1);
+                    a2 = shift(a2);
+                    c0 += 4;
                 }
-            }
-            // The columns right of the last window start.
-            for (; c < i32(p.w); c++) {
-                emit(n, r0, c, a0.x, f0, true);
-                emit(n, r0 + 1, c, a1.x, f1, kh > 1);
-                emit(n, r0 + 2, c, a2.x, f2, kh > 2);
-                a0 = vec3(a0.yz, 0.0);
-                a1 = vec3(a1.yz, 0.0);
-                a2 = vec3(a2.yz, 0.0);
             }
         }
     }

@@ -271,25 +271,30 @@ fn direct_threshold() {
 #[test]
 fn direct_paths_match_reference() {
     // Both sides of the threshold (one input channel up to 3×3: direct; more channels or a larger
-    // kernel: GEMM); channel blocks of 32 cut short (36 = 32 + 4, 4) and several (68); strides
-    // and paddings that leave taps outside the image, and strides past the kernel that leave dx
-    // rows and columns no tap reaches; kernels of one row or column; batch 1; every scratch mode.
+    // kernel: GEMM); the direct input gradient (widths that are multiples of 4) and its GEMM
+    // fallback (other widths); channel blocks of 32 cut short (36 = 32 + 4, 4) and several (68);
+    // strides and paddings that leave taps outside the image, padding past a 4-column group, and
+    // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one row or
+    // column; batch 1; every scratch mode.
     let gpu = gpu();
     let mut arena = Arena::for_gpu("test", &gpu);
     let mut seed = 200;
     for &(n, h, w, cin, cout, kh, kw, st, pd) in &[
+        (2, 9, 8, 1, 36, 3, 3, 1, 1),
         (2, 9, 7, 1, 36, 3, 3, 1, 1),
+        (1, 8, 12, 1, 4, 3, 3, 2, 1),
         (1, 8, 9, 1, 4, 3, 3, 2, 1),
-        (3, 7, 6, 1, 68, 3, 3, 2, 0),
-        (2, 9, 10, 1, 8, 3, 3, 4, 1),
+        (3, 7, 8, 1, 68, 3, 3, 2, 0),
+        (2, 9, 12, 1, 8, 3, 3, 4, 1),
         (2, 7, 8, 1, 12, 1, 1, 2, 0),
-        (1, 6, 7, 1, 8, 1, 3, 1, 2),
-        (2, 7, 5, 1, 4, 3, 2, 3, 1),
+        (1, 6, 4, 1, 8, 1, 3, 1, 2),
+        (2, 7, 4, 1, 4, 3, 2, 3, 1),
+        (1, 6, 8, 1, 8, 3, 3, 1, 5),
         (2, 6, 7, 3, 8, 3, 1, 1, 1),
         (1, 5, 6, 9, 12, 1, 1, 2, 0),
         (2, 7, 6, 1, 36, 5, 2, 1, 1),
         (1, 7, 5, 2, 20, 1, 5, 3, 2),
-        (3, 30, 17, 1, 32, 3, 3, 1, 1),
+        (3, 30, 16, 1, 32, 3, 3, 1, 1),
     ] {
         for _ in 0..3 {
             seed += 1;

@@ -21,7 +21,8 @@
 //! sums that a second pass adds up (deterministic, no atomics). The input gradient runs one
 //! invocation per image: it reads every dy pixel once and slides a window of partial dx sums along
 //! each row, so that each dx element is written about once and updated twice instead of gathering
-//! 9 dy rows.
+//! 9 dy rows. It writes four columns at a time, so it needs a width that is a multiple of 4; other
+//! widths take the GEMM input gradient.
 //!
 //! **Known limits.** In a direct layer every output element costs a storage access and only 9
 //! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
@@ -383,8 +384,8 @@ pub fn backward_input(
 ) -> Result<()> {
     let d = Dims::check("conv2d backward_input", g, dx, w, dy)?;
     let flags = if accumulate { F_ACC } else { 0 };
-    if d.direct(g) {
-        // One invocation per image (see the shader).
+    // One invocation per image (see the shader); it writes dx four columns at a time.
+    if d.direct(g) && d.w.is_multiple_of(4) {
         return gpu.dispatch(
             &INPUT_GRAD_DIRECT,
             &d.params(g, d.n, flags),
