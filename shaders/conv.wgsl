@@ -763,12 +763,9 @@ fn w_col(co0: u32, k: u32) -> Row {
                w_col4(co0 + 28u, k));
 }
 
-// fma, not `acc + a * r`: llvmpipe emits a separate multiply and add for the latter.
 fn axpy(acc: Row, a: f32, r: Row) -> Row {
-    let v = vec4(a);
-    return Row(fma(v, r[0], acc[0]), fma(v, r[1], acc[1]), fma(v, r[2], acc[2]),
-               fma(v, r[3], acc[3]), fma(v, r[4], acc[4]), fma(v, r[5], acc[5]),
-               fma(v, r[6], acc[6]), fma(v, r[7], acc[7]));
+    return Row(acc[0] + a * r[0], acc[1] + a * r[1], acc[2] + a * r[2], acc[3] + a * r[3],
+               acc[4] + a * r[4], acc[5] + a * r[5], acc[6] + a * r[6], acc[7] + a * r[7]);
 }
 
 // The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
@@ -899,8 +896,8 @@ fn w_tap_row(co0: u32, i: u32) -> Taps3 {
 }
 
 fn tap(d: Row, w: Row) -> f32 {
-    let s = fma(d[7], w[7], fma(d[6], w[6], fma(d[5], w[5], fma(d[4], w[4], fma(d[3], w[3],
-        fma(d[2], w[2], fma(d[1], w[1], d[0] * w[0])))))));
+    let s = d[0] * w[0] + d[1] * w[1] + d[2] * w[2] + d[3] * w[3] + d[4] * w[4] + d[5] * w[5]
+        + d[6] * w[6] + d[7] * w[7];
     return dot(s, vec4(1.0));
 }
 
