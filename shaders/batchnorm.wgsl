@@ -31,7 +31,7 @@ struct Params {
     momentum: f32,
     flag: u32,       // normalize: 1 = stats are running mean/var (eval); grad_input: 1 = accumulate
     parts: u32,      // partials per scratch half: groups · (reduction chunks per group) · cols
-    _pad0: u32,
+    relu: u32,       // 1: y = max(bn(x), 0), and the backward passes mask dy where bn(x) <= 0
     _pad1: u32,
     _pad2: u32,
 }
@@ -67,6 +67,8 @@ const WG: u32 = 64u;
 @group(1) @binding(2) var<storage, read_write> gp_mean: array<V>;
 @group(1) @binding(3) var<storage, read_write> gp_invstd: array<V>;
 @group(1) @binding(4) var<storage, read_write> gp_scratch: array<V>;
+@group(1) @binding(5) var<storage, read_write> gp_gamma: array<V>;
+@group(1) @binding(6) var<storage, read_write> gp_beta: array<V>;
 
 // grad_finish
 @group(1) @binding(0) var<storage, read_write> gf_scratch: array<V>;
@@ -81,6 +83,7 @@ const WG: u32 = 64u;
 @group(1) @binding(4) var<storage, read_write> gi_invstd: array<V>;
 @group(1) @binding(5) var<storage, read_write> gi_scratch: array<V>;
 @group(1) @binding(6) var<storage, read_write> gi_dx: array<V>;
+@group(1) @binding(7) var<storage, read_write> gi_beta: array<V>;
 
 // Where thread `i` works: its column, its index s = group·cols + column into [groups, cols]
 // statistics, the first element it touches and how many rows it walks.
@@ -179,9 +182,16 @@ fn normalize(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgro
     let beta = nm_beta[ch.c];
     var idx = ch.start;
     for (var r = 0u; r < ch.n; r++) {
-        nm_y[idx] = (nm_x[idx] - mean) * scale + beta;
+        let y = (nm_x[idx] - mean) * scale + beta;
+        nm_y[idx] = select(y, max(y, V(0.0)), p.relu != 0u);
         idx += p.cols;
     }
+}
+
+// dy where the fused ReLU let bn(x) = xm·scale + beta through (xm = x - mean), zero elsewhere; the
+// same expression as `normalize`, so the mask matches the forward's exactly.
+fn relu_mask(dy: V, xm: V, scale: V, beta: V) -> V {
+    return select(dy, select(V(0.0), dy, xm * scale + beta > V(0.0)), p.relu != 0u);
 }
 
 // Per chunk: Σ dy and Σ dy·x̂.
@@ -193,13 +203,16 @@ fn grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     }
     let ch = chunk_of(i);
     let mean = gp_mean[ch.s];
+    let scale = gp_gamma[ch.c] * gp_invstd[ch.s];
+    let beta = gp_beta[ch.c];
     var idx = ch.start;
     var sdy = V(0.0);
     var sdyx = V(0.0);
     for (var r = 0u; r < ch.n; r++) {
-        let d = gp_dy[idx];
+        let xm = gp_x[idx] - mean;
+        let d = relu_mask(gp_dy[idx], xm, scale, beta);
         sdy += d;
-        sdyx += d * (gp_x[idx] - mean);
+        sdyx += d * xm;
         idx += p.cols;
     }
     gp_scratch[i] = sdy;
@@ -236,7 +249,8 @@ fn grad_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // dx = gamma·invstd·(dy - (Σ dy + x̂·Σ dy·x̂)/n) with sums over the row's group, rewritten as
-// dx = a·dy + b·(x - mean) + d with a, b, d constant per (group, column).
+// dx = a·dy + b·(x - mean) + d with a, b, d constant per (group, column) (dy masked by the fused
+// ReLU, as in the sums).
 @compute @workgroup_size(64)
 fn grad_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = gid.x + gid.y * nwg.x * WG;
@@ -253,15 +267,18 @@ fn grad_input(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgr
     let b = -a * sdyx * inv;
     let d = -a * sdy;
     let mean = gi_mean[ch.s];
+    let beta = gi_beta[ch.c];
     var idx = ch.start;
     if p.flag != 0u {
         for (var r = 0u; r < ch.n; r++) {
-            gi_dx[idx] += a * gi_dy[idx] + b * (gi_x[idx] - mean) + d;
+            let xm = gi_x[idx] - mean;
+            gi_dx[idx] += a * relu_mask(gi_dy[idx], xm, a, beta) + b * xm + d;
             idx += p.cols;
         }
     } else {
         for (var r = 0u; r < ch.n; r++) {
-            gi_dx[idx] = a * gi_dy[idx] + b * (gi_x[idx] - mean) + d;
+            let xm = gi_x[idx] - mean;
+            gi_dx[idx] = a * relu_mask(gi_dy[idx], xm, a, beta) + b * xm + d;
             idx += p.cols;
         }
     }

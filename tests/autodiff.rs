@@ -179,15 +179,53 @@ fn pooling() {
 fn batch_norm_train_mode() {
     for groups in [1, 2] {
         check(&[&[4, 3, 2, 5], &[5], &[5]], move |g, v| {
-            let gpu = g.gpu;
-            let rm = g.arena.tensor(gpu, [5])?;
-            let rv = g.arena.tensor(gpu, [5])?;
-            let bn = BatchNorm {
-                groups,
-                ..BatchNorm::default()
-            };
-            g.batch_norm(v[0], v[1], v[2], &rm, &rv, &bn, true)
+            batch_norm(g, v, groups, false)
         });
+    }
+}
+
+fn batch_norm(g: &mut Graph, v: &[Var], groups: usize, relu: bool) -> Result<Var> {
+    let gpu = g.gpu;
+    let rm = g.arena.tensor(gpu, [5])?;
+    let rv = g.arena.tensor(gpu, [5])?;
+    let bn = BatchNorm {
+        groups,
+        relu,
+        ..BatchNorm::default()
+    };
+    g.batch_norm(v[0], v[1], v[2], &rm, &rv, &bn, true)
+}
+
+/// BatchNorm's fused ReLU against BatchNorm then the ReLU op, each finite-difference checked on its
+/// own. (Finite differences through the pair are unreliable: a step on one input moves every
+/// output of its group, and an output near zero crosses the kink.)
+#[test]
+fn batch_norm_fused_relu_matches_batch_norm_then_relu() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let inputs = [input(&[4, 3, 2, 5], 10), input(&[5], 11), input(&[5], 12)];
+    let r = rand_vec(4 * 3 * 2 * 5, 13);
+    for groups in [1, 2] {
+        let fused = |g: &mut Graph, v: &[Var]| batch_norm(g, v, groups, true);
+        let parts = |g: &mut Graph, v: &[Var]| {
+            let y = batch_norm(g, v, groups, false)?;
+            g.relu(y)
+        };
+        let (y, grads) = gradcheck::evaluate(&gpu, &mut arena, &inputs, &fused, Some(&r)).unwrap();
+        let (y_ref, grads_ref) =
+            gradcheck::evaluate(&gpu, &mut arena, &inputs, &parts, Some(&r)).unwrap();
+        assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
+        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
+        assert_close(&format!("y groups={groups}"), &y, &f64s(&y_ref), 1e-6, 1e-6);
+        for (k, (a, b)) in grads.iter().zip(&grads_ref).enumerate() {
+            assert_close(
+                &format!("grad {k} groups={groups}"),
+                a,
+                &f64s(b),
+                1e-5,
+                1e-5,
+            );
+        }
     }
 }
 

@@ -79,15 +79,31 @@ fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
     gpu.read(t.region).unwrap()
 }
 
-/// Train forward, both backward modes and eval on one shape, all against the f64 references.
-/// `tol` scales every tolerance (large reductions and badly conditioned inputs need more).
+/// Train forward, both backward modes and eval on one shape, all against the f64 references, with
+/// and without the fused ReLU. `tol` scales every tolerance (large reductions and badly
+/// conditioned inputs need more).
 fn check(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host, tol: f64) {
+    for relu in [false, true] {
+        check_one(gpu, arena, dims, groups, h, tol, relu);
+    }
+}
+
+fn check_one(
+    gpu: &Gpu,
+    arena: &mut Arena,
+    dims: &[usize],
+    groups: usize,
+    h: &Host,
+    tol: f64,
+    relu: bool,
+) {
     let bn = BatchNorm {
         groups,
+        relu,
         ..BatchNorm::default()
     };
     let (rows, cols) = Shape::new(dims).rows_cols();
-    let what = format!("{dims:?} groups={groups}");
+    let what = format!("{dims:?} groups={groups} relu={relu}");
     let l = upload(gpu, arena, dims, groups, h);
     train(gpu, &l, &bn);
     let want = batchnorm::reference_forward_train(
@@ -131,7 +147,22 @@ fn check(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host, 
         tol,
     );
 
-    let dy = rand_vec(rows * cols, 11);
+    // With the ReLU, dy is zero where bn(x) is within 1e-3 of the kink: there f32 and f64 may
+    // disagree on its side, and the mask would differ by a whole element of dy.
+    let pre = batchnorm::reference_forward_train(
+        &h.x,
+        cols,
+        &h.gamma,
+        &h.beta,
+        &h.running_mean,
+        &h.running_var,
+        &BatchNorm { relu: false, ..bn },
+    );
+    let dy: Vec<f32> = rand_vec(rows * cols, 11)
+        .iter()
+        .zip(&pre.y)
+        .map(|(&d, &z)| if relu && z.abs() < 1e-3 { 0.0 } else { d })
+        .collect();
     let prev_dx = rand_vec(rows * cols, 12);
     let prev_dgamma = rand_vec(cols, 13);
     let prev_dbeta = rand_vec(cols, 14);
@@ -141,8 +172,8 @@ fn check(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host, 
         let dgamma = arena.upload(gpu, [cols], &prev_dgamma).unwrap();
         let dbeta = arena.upload(gpu, [cols], &prev_dbeta).unwrap();
         batchnorm::backward(
-            gpu, &l.x, &tdy, &l.gamma, &l.mean, &l.invstd, &dx, &dgamma, &dbeta, &l.scratch, &bn,
-            accumulate,
+            gpu, &l.x, &tdy, &l.gamma, &l.beta, &l.mean, &l.invstd, &dx, &dgamma, &dbeta,
+            &l.scratch, &bn, accumulate,
         )
         .unwrap();
         let want = batchnorm::reference_backward(
@@ -150,6 +181,7 @@ fn check(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host, 
             &dy,
             cols,
             &h.gamma,
+            &h.beta,
             &prev_dx,
             &prev_dgamma,
             &prev_dbeta,

@@ -50,7 +50,8 @@ pub fn run(b: &mut Bench) -> Result<()> {
             }
             b.run(&names[2], 12.0 * n, 20.0 * n, 1.0, || {
                 batchnorm::backward(
-                    gpu, &x, &dy, &gamma, &mean, &invstd, &y, &dgamma, &dbeta, &scratch, &bn, false,
+                    gpu, &x, &dy, &gamma, &beta, &mean, &invstd, &y, &dgamma, &dbeta, &scratch,
+                    &bn, false,
                 )
             })?;
             arena.reset();

@@ -67,8 +67,9 @@ impl Input {
 }
 
 /// Runs `f` on fresh leaves holding `xs`; returns the output's values and, with `r`, the
-/// gradients of `Σ r ⊙ y` with respect to every input.
-fn evaluate<F>(
+/// gradients of `Σ r ⊙ y` with respect to every input. Also useful on its own, to compare two
+/// formulations of one function (a fused op against its parts).
+pub fn evaluate<F>(
     gpu: &Gpu,
     arena: &mut Arena,
     xs: &[Input],

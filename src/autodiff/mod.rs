@@ -1028,15 +1028,15 @@ impl<'a> Graph<'a> {
                 invstd,
                 bn,
             } => {
-                let (xv, gv) = (self.value(x), self.value(gamma));
+                let (xv, gv, bv) = (self.value(x), self.value(gamma), self.value(beta));
                 let dgamma = self.param_grad(gamma)?;
                 let dbeta = self.param_grad(beta)?;
                 let (rows, c) = xv.shape.rows_cols();
                 let scratch = self.alloc([batchnorm::scratch_len(rows, c, bn.groups)])?;
                 let run = |gpu: &Gpu, dx: &Tensor, acc: bool| {
                     batchnorm::backward(
-                        gpu, &xv, &dout, &gv, &mean, &invstd, dx, &dgamma, &dbeta, &scratch, &bn,
-                        acc,
+                        gpu, &xv, &dout, &gv, &bv, &mean, &invstd, dx, &dgamma, &dbeta, &scratch,
+                        &bn, acc,
                     )
                 };
                 if self.nodes[x.0].needs_grad {

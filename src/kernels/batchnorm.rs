@@ -72,9 +72,9 @@ pub(crate) use lanes;
 const STATS_PARTIAL: Lanes = lanes!("batchnorm.wgsl", "stats_partial", 2);
 const STATS_FINISH: Lanes = lanes!("batchnorm.wgsl", "stats_finish", 5);
 const NORMALIZE: Lanes = lanes!("batchnorm.wgsl", "normalize", 6);
-const GRAD_PARTIAL: Lanes = lanes!("batchnorm.wgsl", "grad_partial", 5);
+const GRAD_PARTIAL: Lanes = lanes!("batchnorm.wgsl", "grad_partial", 7);
 const GRAD_FINISH: Lanes = lanes!("batchnorm.wgsl", "grad_finish", 3);
-const GRAD_INPUT: Lanes = lanes!("batchnorm.wgsl", "grad_input", 7);
+const GRAD_INPUT: Lanes = lanes!("batchnorm.wgsl", "grad_input", 8);
 
 const WG: u32 = 64;
 
@@ -87,6 +87,9 @@ pub struct BatchNorm {
     pub momentum: f32,
     /// Number of row groups with separate statistics (split BN); 1 is ordinary BN.
     pub groups: usize,
+    /// A ReLU fused after the normalisation (`y = max(bn(x), 0)`; the backward masks dy), which
+    /// saves an elementwise pass each way.
+    pub relu: bool,
 }
 
 impl Default for BatchNorm {
@@ -95,6 +98,7 @@ impl Default for BatchNorm {
             eps: 1e-5,
             momentum: 0.1,
             groups: 1,
+            relu: false,
         }
     }
 }
@@ -111,7 +115,8 @@ struct Params {
     momentum: f32,
     flag: u32,
     parts: u32,
-    _pad: [u32; 3],
+    relu: u32,
+    _pad: [u32; 2],
 }
 
 /// Rows reduced by one partial-sum thread, and the resulting chunks per group. Chunks are long
@@ -222,7 +227,8 @@ impl BatchNorm {
                 momentum: self.momentum,
                 flag: 0,
                 parts: (groups * chunks * vcols) as u32,
-                _pad: [0; 3],
+                relu: self.relu as u32,
+                _pad: [0; 2],
             },
         })
     }
@@ -245,7 +251,7 @@ fn check_len(op: &'static str, x: &Tensor, want: usize, named: &[(&str, &Tensor)
 }
 
 /// Train mode. Per (group, channel) mean and biased variance over the group's rows;
-/// `y = gamma·(x - mean)·invstd + beta`. Saves `mean` and `invstd = 1/sqrt(var + eps)` as
+/// `y = gamma·(x - mean)·invstd + beta` (then `max(y, 0)` with `bn.relu`). Saves `mean` and `invstd = 1/sqrt(var + eps)` as
 /// `[groups, cols]` for [`backward`] and updates `running_mean`/`running_var` `[cols]` with the
 /// average over groups of the group mean and the group's UNBIASED variance (PyTorch's convention;
 /// a one-row group contributes its biased variance, 0, instead of dividing by zero). `y` may be `x`.
@@ -319,8 +325,8 @@ pub fn forward_train(
     )
 }
 
-/// Eval mode: `y = gamma·(x - running_mean)/sqrt(running_var + eps) + beta` (groups play no part).
-/// `y` may be `x`.
+/// Eval mode: `y = gamma·(x - running_mean)/sqrt(running_var + eps) + beta` (then `max(y, 0)`
+/// with `bn.relu`; groups play no part). `y` may be `x`.
 #[allow(clippy::too_many_arguments)]
 pub fn forward_eval(
     gpu: &Gpu,
@@ -366,13 +372,15 @@ pub fn forward_eval(
 /// Backward of [`forward_train`] (batch statistics, `save_mean`/`save_invstd` from it):
 /// `dx (+)= gamma·invstd·(dy - mean_g(dy) - x̂·mean_g(dy·x̂))` with means over the row's group,
 /// `dgamma += Σ dy·x̂`, `dbeta += Σ dy` per channel over all rows (always accumulated: they are
-/// parameter gradients). `dx` honours `accumulate`.
+/// parameter gradients). `dx` honours `accumulate`. With `bn.relu`, dy is first zeroed where the
+/// forward's ReLU clipped (recomputed from x, gamma and beta).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     gpu: &Gpu,
     x: &Tensor,
     dy: &Tensor,
     gamma: &Tensor,
+    beta: &Tensor,
     save_mean: &Tensor,
     save_invstd: &Tensor,
     dx: &Tensor,
@@ -389,7 +397,12 @@ pub fn backward(
         OP,
         x,
         c,
-        &[("gamma", gamma), ("dgamma", dgamma), ("dbeta", dbeta)],
+        &[
+            ("gamma", gamma),
+            ("beta", beta),
+            ("dgamma", dgamma),
+            ("dbeta", dbeta),
+        ],
     )?;
     check_len(
         OP,
@@ -408,6 +421,8 @@ pub fn backward(
             save_mean.region,
             save_invstd.region,
             scratch,
+            gamma.region,
+            beta.region,
         ],
         g.reduce_grid(),
     )?;
@@ -429,6 +444,7 @@ pub fn backward(
             save_invstd.region,
             scratch,
             dx.region,
+            beta.region,
         ],
         grid,
     )
@@ -463,6 +479,15 @@ fn group_stats(x: &[f32], cols: usize, groups: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
+/// The fused ReLU of the references.
+fn relu(bn: &BatchNorm, v: f64) -> f64 {
+    if bn.relu {
+        v.max(0.0)
+    } else {
+        v
+    }
+}
+
 /// CPU reference of [`forward_train`] for `x` `[rows, cols]` (rows divisible by `bn.groups`).
 pub fn reference_forward_train(
     x: &[f32],
@@ -484,7 +509,10 @@ pub fn reference_forward_train(
         .map(|(i, &v)| {
             let c = i % cols;
             let s = i / cols / group_rows * cols + c;
-            gamma[c] as f64 * (v as f64 - mean[s]) * invstd[s] + beta[c] as f64
+            relu(
+                bn,
+                gamma[c] as f64 * (v as f64 - mean[s]) * invstd[s] + beta[c] as f64,
+            )
         })
         .collect();
     let m = bn.momentum as f64;
@@ -521,7 +549,10 @@ pub fn reference_forward_eval(
         .map(|(i, &v)| {
             let c = i % cols;
             let inv = 1.0 / (running_var[c] as f64 + bn.eps as f64).sqrt();
-            gamma[c] as f64 * (v as f64 - running_mean[c] as f64) * inv + beta[c] as f64
+            relu(
+                bn,
+                gamma[c] as f64 * (v as f64 - running_mean[c] as f64) * inv + beta[c] as f64,
+            )
         })
         .collect()
 }
@@ -542,6 +573,7 @@ pub fn reference_backward(
     dy: &[f32],
     cols: usize,
     gamma: &[f32],
+    beta: &[f32],
     dx: &[f32],
     dgamma: &[f32],
     dbeta: &[f32],
@@ -559,19 +591,33 @@ pub fn reference_backward(
         let s = i / cols / group_rows * cols + i % cols;
         (x[i] as f64 - mean[s]) * invstd[s]
     };
+    // dy through the fused ReLU's mask.
+    let dy: Vec<f64> = dy
+        .iter()
+        .enumerate()
+        .map(|(i, &d)| {
+            let c = i % cols;
+            let open = !bn.relu || gamma[c] as f64 * xhat(i) + beta[c] as f64 > 0.0;
+            if open {
+                d as f64
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let mut sdy = vec![0.0; groups * cols];
     let mut sdyx = vec![0.0; groups * cols];
     for (i, &d) in dy.iter().enumerate() {
         let s = i / cols / group_rows * cols + i % cols;
-        sdy[s] += d as f64;
-        sdyx[s] += d as f64 * xhat(i);
+        sdy[s] += d;
+        sdyx[s] += d * xhat(i);
     }
     let n = group_rows as f64;
     let dxs = (0..x.len())
         .map(|i| {
             let c = i % cols;
             let s = i / cols / group_rows * cols + c;
-            let v = gamma[c] as f64 * invstd[s] * (dy[i] as f64 - (sdy[s] + xhat(i) * sdyx[s]) / n);
+            let v = gamma[c] as f64 * invstd[s] * (dy[i] - (sdy[s] + xhat(i) * sdyx[s]) / n);
             if accumulate {
                 dx[i] as f64 + v
             } else {

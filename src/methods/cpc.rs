@@ -235,15 +235,11 @@ impl Cpc {
                 let mut h = g.reshape(x, [b, 1, l, 1])?;
                 for (conv, bn) in layers {
                     h = conv.forward(g, &self.params, h, false)?;
-                    h = bn.forward(
-                        g,
-                        &self.params,
-                        &self.buffers,
-                        h,
-                        &BatchNorm::default(),
-                        train,
-                    )?;
-                    h = g.relu(h)?;
+                    let bn_relu = BatchNorm {
+                        relu: true,
+                        ..BatchNorm::default()
+                    };
+                    h = bn.forward(g, &self.params, &self.buffers, h, &bn_relu, train)?;
                 }
                 let d = g.shape(h).dims().to_vec();
                 g.reshape(h, [b, d[2], d[3]])

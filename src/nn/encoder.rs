@@ -78,12 +78,8 @@ impl ConvBn {
         relu: bool,
     ) -> Result<Var> {
         let y = self.conv.forward(g, ps, x, false)?;
-        let y = self.bn.forward(g, ps, bs, y, bn, train)?;
-        if relu {
-            g.relu(y)
-        } else {
-            Ok(y)
-        }
+        self.bn
+            .forward(g, ps, bs, y, &BatchNorm { relu, ..*bn }, train)
     }
 }
 
