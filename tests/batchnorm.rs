@@ -106,15 +106,18 @@ fn check_one(
     let what = format!("{dims:?} groups={groups} relu={relu}");
     let l = upload(gpu, arena, dims, groups, h);
     train(gpu, &l, &bn);
-    let want = batchnorm::reference_forward_train(
-        &h.x,
-        cols,
-        &h.gamma,
-        &h.beta,
-        &h.running_mean,
-        &h.running_var,
-        &bn,
-    );
+    let reference = |bn: &BatchNorm| {
+        batchnorm::reference_forward_train(
+            &h.x,
+            cols,
+            &h.gamma,
+            &h.beta,
+            &h.running_mean,
+            &h.running_var,
+            bn,
+        )
+    };
+    let want = reference(&bn);
     assert_close(&format!("y {what}"), &read(gpu, &l.y), &want.y, tol, tol);
     assert_close(
         &format!("mean {what}"),
@@ -149,15 +152,7 @@ fn check_one(
 
     // With the ReLU, dy is zero where bn(x) is within 1e-3 of the kink: there f32 and f64 may
     // disagree on its side, and the mask would differ by a whole element of dy.
-    let pre = batchnorm::reference_forward_train(
-        &h.x,
-        cols,
-        &h.gamma,
-        &h.beta,
-        &h.running_mean,
-        &h.running_var,
-        &BatchNorm { relu: false, ..bn },
-    );
+    let pre = reference(&BatchNorm { relu: false, ..bn });
     let dy: Vec<f32> = rand_vec(rows * cols, 11)
         .iter()
         .zip(&pre.y)
