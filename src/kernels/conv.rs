@@ -140,8 +140,9 @@ impl Conv2d {
         }
     }
 
-    /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels (all
-    /// three passes): one input channel, a kernel of at most 3×3, `cout` a multiple of 4.
+    /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels: one
+    /// input channel, a kernel of at most 3×3, `cout` a multiple of 4 (the input gradient also
+    /// needs an input width that is a multiple of 4, else it runs the GEMM).
     pub fn is_direct(&self, cin: usize, cout: usize) -> bool {
         cin == 1 && self.kh <= 3 && self.kw <= 3 && cout.is_multiple_of(4)
     }
