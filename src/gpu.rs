@@ -80,6 +80,17 @@ impl Region {
         self.len as u64 * 4
     }
 
+    /// The region grown to a whole number of vec4s, for binding a short operand (a scalar, a
+    /// column of `rows` values) as `array<vec4<f32>>`. Safe to read: a bindable region starts at a
+    /// multiple of the offset alignment (at least 16 bytes) and buffer sizes are multiples of 16
+    /// bytes, so the added words are padding or other data, never past the buffer.
+    pub fn padded_to_vec4(&self) -> Region {
+        Region {
+            len: self.len.max(1).next_multiple_of(4),
+            ..*self
+        }
+    }
+
     /// A sub-range of `len` words starting `start` words in. `start` words must keep the storage
     /// offset alignment if the result is bound to a kernel.
     pub fn slice(&self, start: usize, len: usize) -> Region {

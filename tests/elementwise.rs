@@ -24,7 +24,8 @@ const MAPS: [Map; 7] = [
 fn every_map_and_broadcast_matches_reference() {
     let gpu = gpu();
     let mut arena = Arena::for_gpu("test", &gpu);
-    // (8, 12) and (129, 64) take the vec4 path for every broadcast they can; the rest the scalar one.
+    // (8, 12) and (129, 64) take the vec4 path for every broadcast (a scalar b, or the 129-long
+    // column, bound padded to whole vec4s); the rest the scalar one.
     for &(rows, cols) in &[(1, 1), (1, 3), (17, 31), (129, 64), (3, 257), (8, 12)] {
         for (bi, bcast) in [
             Broadcast::Full,

@@ -131,19 +131,17 @@ pub fn map(
         _pad: 0,
     };
     let n = out.numel();
-    // The vec4 variant binds every operand (read or not) as whole vec4s, and four lanes must
-    // never straddle two rows of a broadcast.
+    // The vec4 variant binds every operand (read or not) as whole vec4s (a short broadcast operand,
+    // such as a scalar, padded), and four lanes must never straddle two rows of a broadcast.
     let whole = |t: &Tensor| t.numel() >= 4 && t.numel().is_multiple_of(4);
-    let vec4 = n.is_multiple_of(4)
-        && whole(a)
-        && whole(b)
-        && (bcast == Broadcast::Full || cols.is_multiple_of(4));
+    let vec4 =
+        n.is_multiple_of(4) && whole(a) && (bcast == Broadcast::Full || cols.is_multiple_of(4));
     if vec4 {
         let threads = (n / 4).div_ceil(MAP4_PER_INVOCATION);
         gpu.dispatch(
             &MAP4,
             &params,
-            &[a.region, b.region, out.region],
+            &[a.region, b.region.padded_to_vec4(), out.region],
             grid_1d(threads, 256),
         )
     } else {
