@@ -137,7 +137,7 @@ fn no_examples(crop: Option<usize>) -> Error {
     ))
 }
 
-/// Features of every evaluation example of `set` (see [`examples`]) from a frozen model: `f`
+/// Features of every evaluation example of `set` (see `examples`) from a frozen model: `f`
 /// records the features of a batch `[n, frames, dim]` (`[n, frames]` for one channel).
 pub fn sequence_features(
     gpu: &Gpu,

@@ -1,7 +1,7 @@
 //! Tensors and the arenas they live in.
 //!
 //! The memory plan of a training run, in one place:
-//! - **parameters**: one buffer per model ([`crate::nn::Params`]), gradients and optimiser state in
+//! - **parameters**: one buffer per model ([`crate::nn::Store`]), gradients and optimiser state in
 //!   buffers of the same layout, so an optimiser or EMA update is one dispatch over all of them;
 //! - **persistent**: datasets, queues, running statistics — allocated once, never reset;
 //! - **step**: activations and their gradients — a bump [`Arena`] reset at the start of every step.

@@ -450,22 +450,22 @@ impl<'a> Graph<'a> {
         Ok(self.push(out, Some(Op::Reduce { x, mean, axis }), g))
     }
 
-    /// Sum of each row: [rows, cols] → [rows].
+    /// Sum of each row: `[rows, cols]` → `[rows]`.
     pub fn sum_rows(&mut self, x: Var) -> Result<Var> {
         self.reduce_op(x, false, Axis::Rows)
     }
 
-    /// Mean of each row: [rows, cols] → [rows].
+    /// Mean of each row: `[rows, cols]` → `[rows]`.
     pub fn mean_rows(&mut self, x: Var) -> Result<Var> {
         self.reduce_op(x, true, Axis::Rows)
     }
 
-    /// Sum over the rows: [rows, cols] → [cols].
+    /// Sum over the rows: `[rows, cols]` → `[cols]`.
     pub fn sum_cols(&mut self, x: Var) -> Result<Var> {
         self.reduce_op(x, false, Axis::Cols)
     }
 
-    /// Mean over the rows: [rows, cols] → [cols]. On a vector, the scalar mean.
+    /// Mean over the rows: `[rows, cols]` → `[cols]`. On a vector, the scalar mean.
     pub fn mean_cols(&mut self, x: Var) -> Result<Var> {
         self.reduce_op(x, true, Axis::Cols)
     }
@@ -490,7 +490,7 @@ impl<'a> Graph<'a> {
     }
 
     /// Per-row softmax cross-entropy of `logits / temperature` against the positive column given
-    /// by `targets` (u32 per row). Returns (per-row loss [N], per-row hit [N]: 1 where the positive
+    /// by `targets` (u32 per row). Returns (per-row loss `[N]`, per-row hit `[N]`: 1 where the positive
     /// has the largest logit). The hit vector gets no gradient.
     pub fn softmax_xent(&mut self, logits: Var, targets: Var, spec: &Xent) -> Result<(Var, Var)> {
         let _scope = self.scope("softmax_xent");
@@ -660,7 +660,7 @@ impl<'a> Graph<'a> {
         Ok(self.push(out, Some(op), g))
     }
 
-    /// Mean over H and W: [N,H,W,C] → [N,C].
+    /// Mean over H and W: `[N,H,W,C]` → `[N,C]`.
     pub fn avg_pool_global(&mut self, x: Var) -> Result<Var> {
         let _scope = self.scope("avg_pool_global");
         let xv = self.value(x);

@@ -68,7 +68,7 @@ struct Params {
 /// is added to `out` (for every op, max included), otherwise it replaces it.
 ///
 /// One dispatch whatever the shape. Row reductions give each row an invocation or a workgroup
-/// (see [`invocation_per_output`]). Column reductions give each workgroup a tile of up to 8
+/// (see `invocation_per_output`). Column reductions give each workgroup a tile of up to 8
 /// adjacent columns (one 32-byte sector per row, so loads stay contiguous) and 256 / tile row
 /// lanes merged by a tree: a single tall column is read by 256 invocations, and narrow tiles
 /// make as many workgroups as the columns allow. Where an invocation per output is preferred the
