@@ -75,6 +75,19 @@ fn train(gpu: &Gpu, l: &Layer, bn: &BatchNorm) {
     .unwrap();
 }
 
+/// The f64 train-mode reference for the host data.
+fn train_reference(h: &Host, cols: usize, bn: &BatchNorm) -> batchnorm::TrainReference {
+    batchnorm::reference_forward_train(
+        &h.x,
+        cols,
+        &h.gamma,
+        &h.beta,
+        &h.running_mean,
+        &h.running_var,
+        bn,
+    )
+}
+
 fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
     gpu.read(t.region).unwrap()
 }
@@ -106,18 +119,7 @@ fn check_one(
     let what = format!("{dims:?} groups={groups} relu={relu}");
     let l = upload(gpu, arena, dims, groups, h);
     train(gpu, &l, &bn);
-    let reference = |bn: &BatchNorm| {
-        batchnorm::reference_forward_train(
-            &h.x,
-            cols,
-            &h.gamma,
-            &h.beta,
-            &h.running_mean,
-            &h.running_var,
-            bn,
-        )
-    };
-    let want = reference(&bn);
+    let want = train_reference(h, cols, &bn);
     assert_close(&format!("y {what}"), &read(gpu, &l.y), &want.y, tol, tol);
     assert_close(
         &format!("mean {what}"),
@@ -152,7 +154,7 @@ fn check_one(
 
     // With the ReLU, dy is zero where bn(x) is within 1e-3 of the kink: there f32 and f64 may
     // disagree on its side, and the mask would differ by a whole element of dy.
-    let pre = reference(&BatchNorm { relu: false, ..bn });
+    let pre = train_reference(h, cols, &BatchNorm { relu: false, ..bn });
     let dy: Vec<f32> = rand_vec(rows * cols, 11)
         .iter()
         .zip(&pre.y)
@@ -366,15 +368,7 @@ fn running_stats_follow_momentum_and_eval_uses_them() {
         &bn,
     );
     assert_close("eval", &got, &want, 1e-5, 1e-5);
-    let with_batch_stats = batchnorm::reference_forward_train(
-        &h.x,
-        cols,
-        &h.gamma,
-        &h.beta,
-        &h.running_mean,
-        &h.running_var,
-        &bn,
-    );
+    let with_batch_stats = train_reference(&h, cols, &bn);
     assert!(
         contrastive::kernels::check_close(&got, &with_batch_stats.y, 1e-2, 0.0).is_err(),
         "eval output equals the train output: running statistics were not used"

@@ -7,6 +7,8 @@
 //! a falling loss and non-collapsed features (its short-run kNN is below its initialisation's).
 //! CPC's per-offset contrastive accuracy must rise far above chance on JapaneseVowels.
 
+mod common;
+
 use std::sync::atomic::AtomicBool;
 
 use contrastive::data;
@@ -22,10 +24,6 @@ use contrastive::train::{self, TrainConfig};
 use contrastive::{Arena, Gpu};
 
 const BATCH: usize = 64;
-
-fn gpu() -> Gpu {
-    Gpu::new().unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"))
-}
 
 struct Data {
     split: data::Split,
@@ -66,19 +64,15 @@ fn encoder() -> EncoderConfig {
     }
 }
 
+/// The shared SGD settings on a cosine schedule with 5 warm-up steps.
 fn sgd(lr: f32, steps: u64) -> OptimConfig {
     OptimConfig {
-        kind: Optimizer::Sgd {
-            momentum: 0.9,
-            nesterov: false,
-        },
-        lr,
-        weight_decay: 5e-4,
         schedule: Schedule::Cosine {
             warmup: 5,
             total: steps,
             min_lr: 0.0,
         },
+        ..common::sgd(lr)
     }
 }
 
@@ -118,7 +112,7 @@ fn mean(v: &[f32]) -> f32 {
 
 #[test]
 fn moco_learns_on_a_small_slice() {
-    let gpu = gpu();
+    let gpu = common::gpu();
     let d = data(&gpu);
     let steps = 80;
     let config = MocoConfig {
@@ -138,7 +132,7 @@ fn moco_learns_on_a_small_slice() {
 
 #[test]
 fn deep_infomax_and_two_view_learn() {
-    let gpu = gpu();
+    let gpu = common::gpu();
     let d = data(&gpu);
     let steps = 60;
     let adam = OptimConfig {
@@ -197,7 +191,7 @@ fn adam(lr: f32, steps: u64) -> OptimConfig {
 /// k = 1, 2, 3), and the first offset — the easiest — must end at least as high as the last.
 #[test]
 fn cpc_predicts_every_offset_well_above_chance() {
-    let gpu = gpu();
+    let gpu = common::gpu();
     let split = data::sequence::load(data::SequenceData::JapaneseVowels, None).unwrap();
     let window = 10;
     let long: Vec<usize> = (0..split.train.len())

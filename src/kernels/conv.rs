@@ -306,25 +306,6 @@ fn direct_invocations(gpu: &Gpu, on_gpu: usize) -> usize {
     }
 }
 
-/// Parameters and workgroups of a direct forward: runs of pixels out of `m`, one per invocation,
-/// times `blocks` channel blocks.
-fn direct_launch(
-    gpu: &Gpu,
-    d: &Dims,
-    g: &Conv2d,
-    m: usize,
-    flags: u32,
-    blocks: usize,
-) -> (Params, [u32; 3]) {
-    let chunk = m
-        .div_ceil(direct_invocations(gpu, DIRECT_INVOCATIONS))
-        .max(MIN_RUN);
-    let mut params = d.params(g, m, flags);
-    params.chunk = chunk as u32;
-    let groups = [m.div_ceil(chunk).div_ceil(WG) as u32, blocks as u32, 1];
-    (params, groups)
-}
-
 /// Workgroups for `row_tiles` tiles of TM rows by `cols` channels.
 fn tile_groups(row_tiles: usize, cols: usize) -> [u32; 3] {
     [row_tiles.div_ceil(WG) as u32, cols.div_ceil(TN) as u32, 1]
@@ -354,7 +335,17 @@ pub fn forward(
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
     let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
     if d.direct(g) {
-        let (params, groups) = direct_launch(gpu, &d, g, m, flags, d.cout.div_ceil(CD));
+        // Runs of pixels, one per invocation, times the channel blocks.
+        let chunk = m
+            .div_ceil(direct_invocations(gpu, DIRECT_INVOCATIONS))
+            .max(MIN_RUN);
+        let mut params = d.params(g, m, flags);
+        params.chunk = chunk as u32;
+        let groups = [
+            m.div_ceil(chunk).div_ceil(WG) as u32,
+            d.cout.div_ceil(CD) as u32,
+            1,
+        ];
         return gpu.dispatch(&FORWARD_DIRECT, &params, &regions, groups);
     }
     let kernel = if d.vec4() {
