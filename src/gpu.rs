@@ -133,6 +133,14 @@ pub struct AdapterSummary {
     pub driver: String,
 }
 
+impl AdapterSummary {
+    /// A software rasteriser such as llvmpipe: a few SIMD cores, each running a workgroup as one
+    /// thread, where barriers are slow and a few long-running invocations beat many short ones.
+    pub fn is_cpu(&self) -> bool {
+        self.device_type == "Cpu"
+    }
+}
+
 impl std::fmt::Display for AdapterSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;

@@ -164,7 +164,7 @@ fn leading_dimensions_fold_into_rows() {
 #[test]
 fn auto_variant_follows_the_adapter_type() {
     let gpu = gpu();
-    let want = if gpu.adapter.device_type == "Cpu" {
+    let want = if gpu.adapter.is_cpu() {
         Variant::Vec4
     } else {
         Variant::Shared

@@ -78,7 +78,7 @@ pub enum Variant {
 impl Variant {
     /// Register tiles on CPU adapters, shared-memory tiles on GPUs.
     pub fn for_adapter(gpu: &Gpu) -> Variant {
-        if gpu.adapter.device_type == "Cpu" {
+        if gpu.adapter.is_cpu() {
             Variant::Vec4
         } else {
             Variant::Shared

@@ -17,6 +17,15 @@ pub fn gpu() -> Gpu {
     }
 }
 
+/// The adapter, and the adapter again with every launch decision taken as for a discrete GPU
+/// (kernel variants, invocation counts, reduction splits), so that CI on a CPU adapter also covers
+/// the code paths that only GPUs take.
+pub fn gpus() -> [Gpu; 2] {
+    let mut shaped = gpu();
+    shaped.adapter.device_type = "DiscreteGpu".into();
+    [gpu(), shaped]
+}
+
 /// Uniform values in [-1, 1), seeded.
 pub fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
