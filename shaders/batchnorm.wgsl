@@ -7,14 +7,16 @@
 // (`cols` included) is in units of V, so one thread handles four channels with 16-byte loads.
 // (On llvmpipe this halves the time of the elementwise passes.)
 //
-// Every pass is laid out the same way, with no workgroup memory or barriers (barriers are very slow
-// on software rasterisers): thread (chunk, column) walks `chunk` consecutive rows of one column,
-// never crossing a group boundary. Neighbouring threads touch neighbouring columns of the same row,
-// so accesses coalesce, and the integer divisions that locate a thread's column and group are paid
-// once per chunk rather than once per element (per-element division dominated on llvmpipe).
-// Reductions write one partial per (chunk, column) into the scratch area and a finishing pass with
-// one thread per column merges them; the elementwise passes use shorter chunks.
-//
+// The row-walking passes are laid out the same way, with no workgroup memory or barriers (barriers
+// are slow on software rasterisers): thread (chunk, column) walks `chunk` consecutive rows of one
+// column, never crossing a group boundary. Neighbouring threads touch neighbouring columns of the
+// same row, so accesses coalesce, and the integer divisions that locate a thread's column and group
+// are paid once per chunk rather than once per element (per-element division dominated on
+// llvmpipe). Reductions write one partial per (chunk, column) into the scratch area; a finishing
+// pass merges them with `split` threads per column, which share the chunks and combine their
+// results by a tree in workgroup memory: split = 64 on GPUs, where one thread looping over the
+// chunks is latency-bound, and 1 on CPU adapters, where the tree (and its barriers) is skipped. The elementwise passes use shorter chunks.
+
 // Scratch layout, with Q = groups·chunks partial rows of `cols` values (parts = Q·cols):
 //   [0, parts)                   partial A (forward: chunk mean;  backward: Σ dy)
 //   [parts, 2·parts)             partial B (forward: chunk M2;    backward: Σ dy·x̂)
@@ -32,8 +34,8 @@ struct Params {
     flag: u32,       // normalize: 1 = stats are running mean/var (eval); grad_input: 1 = accumulate
     parts: u32,      // partials per scratch half: groups · (reduction chunks per group) · cols
     relu: u32,       // 1: y = max(bn(x), 0), and the backward passes mask dy where bn(x) <= 0
-    _pad1: u32,
-    _pad2: u32,
+    split: u32,      // finishing passes: threads per column sharing its chunks (1 or WG)
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -127,41 +129,105 @@ fn stats_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
     sp_scratch[p.parts + i] = max(s2 - s1 * m, V(0.0));
 }
 
-// One thread per column: merges the chunks of each group (Chan et al.), writes the group's mean and
-// 1/sqrt(biased var + eps), and moves the running statistics toward the average over groups of the
-// group mean and UNBIASED group variance (PyTorch's convention).
-@compute @workgroup_size(64)
-fn stats_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.cols {
-        return;
+// Count, mean and M2 = Σ (x - mean)² of a set of rows.
+struct Moments {
+    n: f32,
+    mean: V,
+    m2: V,
+}
+
+// The moments of the union of two disjoint sets (Chan et al.).
+fn merge(a: Moments, b: Moments) -> Moments {
+    let n = a.n + b.n;
+    if n == 0.0 {
+        return a;
     }
+    let d = b.mean - a.mean;
+    let f = b.n / n;
+    return Moments(n, a.mean + d * f, a.m2 + b.m2 + d * d * (a.n * f));
+}
+
+var<workgroup> wg_n: array<f32, WG>;
+var<workgroup> wg_a: array<V, WG>;
+var<workgroup> wg_b: array<V, WG>;
+
+// Merges the moments held by the `split` threads of one column (consecutive local indices) by a
+// tree in workgroup memory; the column's first thread gets the result. With split = 1 there is
+// nothing to merge and no barrier to pay for.
+fn column_merge(lid: u32, m: Moments) -> Moments {
+    if p.split == 1u {
+        return m;
+    }
+    wg_n[lid] = m.n;
+    wg_a[lid] = m.mean;
+    wg_b[lid] = m.m2;
+    workgroupBarrier();
+    let lane = lid % p.split;
+    for (var s = p.split / 2u; s > 0u; s >>= 1u) {
+        if lane < s {
+            let r = merge(Moments(wg_n[lid], wg_a[lid], wg_b[lid]),
+                          Moments(wg_n[lid + s], wg_a[lid + s], wg_b[lid + s]));
+            wg_n[lid] = r.n;
+            wg_a[lid] = r.mean;
+            wg_b[lid] = r.m2;
+        }
+        workgroupBarrier();
+    }
+    let out = Moments(wg_n[lid], wg_a[lid], wg_b[lid]);
+    // The next call overwrites the slots.
+    workgroupBarrier();
+    return out;
+}
+
+// Where a finishing thread works: its column (possibly past the last one: such threads only take
+// part in the barriers), its lane among the column's `split` threads, and the first chunk it
+// merges (every split-th chunk from there on).
+struct Finish {
+    c: u32,
+    lane: u32,
+    first: u32,
+    writes: bool,
+}
+
+fn finish_of(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> Finish {
+    let c = (wid.x + wid.y * nwg.x) * (WG / p.split) + lid / p.split;
+    let lane = lid % p.split;
+    let valid = c < p.cols;
+    return Finish(c, lane, select(p.chunks, lane, valid), valid && lane == 0u);
+}
+
+// Merges the chunks of each group, writes the group's mean and 1/sqrt(biased var + eps), and moves
+// the running statistics toward the average over groups of the group mean and UNBIASED group
+// variance (PyTorch's convention).
+@compute @workgroup_size(64)
+fn stats_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) lid: u32) {
+    let f = finish_of(wid, nwg, lid);
     let n = f32(p.group_rows);
     var mean_sum = V(0.0);
     var var_sum = V(0.0);
     for (var g = 0u; g < p.groups; g++) {
-        var count = 0.0;
-        var mean = V(0.0);
-        var m2 = V(0.0);
-        for (var k = 0u; k < p.chunks; k++) {
-            let j = (g * p.chunks + k) * p.cols + c;
+        var m = Moments(0.0, V(0.0), V(0.0));
+        for (var k = f.first; k < p.chunks; k += p.split) {
+            let j = (g * p.chunks + k) * p.cols + f.c;
             let nb = f32(min(p.chunk, p.group_rows - k * p.chunk));
-            let total = count + nb;
-            let d = sf_scratch[j] - mean;
-            mean += d * (nb / total);
-            m2 += sf_scratch[p.parts + j] + d * d * (count * nb / total);
-            count = total;
+            m = merge(m, Moments(nb, sf_scratch[j], sf_scratch[p.parts + j]));
         }
-        sf_mean[g * p.cols + c] = mean;
-        sf_invstd[g * p.cols + c] = inverseSqrt(m2 / n + p.eps);
-        mean_sum += mean;
+        let t = column_merge(lid, m);
+        if f.writes {
+            sf_mean[g * p.cols + f.c] = t.mean;
+            sf_invstd[g * p.cols + f.c] = inverseSqrt(t.m2 / n + p.eps);
+        }
+        mean_sum += t.mean;
         // A one-row group has no unbiased variance; its (zero) biased variance is used instead.
-        var_sum += m2 / max(n - 1.0, 1.0);
+        var_sum += t.m2 / max(n - 1.0, 1.0);
     }
-    let inv_g = 1.0 / f32(p.groups);
-    let m = p.momentum;
-    sf_running_mean[c] = (1.0 - m) * sf_running_mean[c] + m * mean_sum * inv_g;
-    sf_running_var[c] = (1.0 - m) * sf_running_var[c] + m * var_sum * inv_g;
+    if f.writes {
+        let inv_g = 1.0 / f32(p.groups);
+        let m = p.momentum;
+        sf_running_mean[f.c] = (1.0 - m) * sf_running_mean[f.c] + m * mean_sum * inv_g;
+        sf_running_var[f.c] = (1.0 - m) * sf_running_var[f.c] + m * var_sum * inv_g;
+    }
 }
 
 // y = (x - mean)·scale + beta with scale = gamma·invstd (subtracting first keeps precision when
@@ -219,14 +285,13 @@ fn grad_partial(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_work
     gp_scratch[p.parts + i] = sdyx * gp_invstd[ch.s];
 }
 
-// One thread per column: per-group sums for grad_input, and dgamma += Σ dy·x̂, dbeta += Σ dy over
-// all groups (parameter gradients always accumulate).
+// Per-group sums for grad_input, and dgamma += Σ dy·x̂, dbeta += Σ dy over all groups (parameter
+// gradients always accumulate). The sums reuse the moments tree with zero means, where a merge
+// adds the M2 slots.
 @compute @workgroup_size(64)
-fn grad_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let c = gid.x;
-    if c >= p.cols {
-        return;
-    }
+fn grad_finish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let f = finish_of(wid, nwg, lid);
     let sums = 2u * p.parts;
     let gc = p.groups * p.cols;
     var dbeta = V(0.0);
@@ -234,18 +299,24 @@ fn grad_finish(@builtin(global_invocation_id) gid: vec3<u32>) {
     for (var g = 0u; g < p.groups; g++) {
         var sdy = V(0.0);
         var sdyx = V(0.0);
-        for (var k = 0u; k < p.chunks; k++) {
-            let j = (g * p.chunks + k) * p.cols + c;
+        for (var k = f.first; k < p.chunks; k += p.split) {
+            let j = (g * p.chunks + k) * p.cols + f.c;
             sdy += gf_scratch[j];
             sdyx += gf_scratch[p.parts + j];
         }
-        gf_scratch[sums + g * p.cols + c] = sdy;
-        gf_scratch[sums + gc + g * p.cols + c] = sdyx;
-        dbeta += sdy;
-        dgamma += sdyx;
+        let t = column_merge(lid, Moments(1.0, V(0.0), sdy)).m2;
+        let u = column_merge(lid, Moments(1.0, V(0.0), sdyx)).m2;
+        if f.writes {
+            gf_scratch[sums + g * p.cols + f.c] = t;
+            gf_scratch[sums + gc + g * p.cols + f.c] = u;
+        }
+        dbeta += t;
+        dgamma += u;
     }
-    gf_dgamma[c] += dgamma;
-    gf_dbeta[c] += dbeta;
+    if f.writes {
+        gf_dgamma[f.c] += dgamma;
+        gf_dbeta[f.c] += dbeta;
+    }
 }
 
 // dx = gamma·invstd·(dy - (Σ dy + x̂·Σ dy·x̂)/n) with sums over the row's group, rewritten as

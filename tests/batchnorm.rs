@@ -116,7 +116,10 @@ fn check_one(
         ..BatchNorm::default()
     };
     let (rows, cols) = Shape::new(dims).rows_cols();
-    let what = format!("{dims:?} groups={groups} relu={relu}");
+    let what = format!(
+        "{dims:?} groups={groups} relu={relu} ({} launches)",
+        gpu.adapter.device_type
+    );
     let l = upload(gpu, arena, dims, groups, h);
     train(gpu, &l, &bn);
     let want = train_reference(h, cols, &bn);
@@ -231,27 +234,28 @@ fn check_one(
 
 #[test]
 fn small_and_nhwc_shapes_match_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    let cases: &[(&[usize], &[usize])] = &[
-        (&[1, 1], &[1]),
-        (&[3, 5], &[1, 3]),
-        (&[17, 3], &[1, 17]),
-        (&[2, 5, 3, 7], &[1, 2]),
-        (&[4, 3, 2, 5], &[1, 2, 4]),
-        (&[129, 64], &[1, 3]),
-        (&[1000, 3], &[1, 2, 4, 8]),
-        (&[8, 2, 2, 131], &[1, 4, 8]),
-        // Channel counts divisible by 4 run the vec4 build.
-        (&[17, 4], &[1]),
-        (&[6, 3, 3, 12], &[1, 2, 3, 6]),
-        (&[1000, 8], &[1, 8]),
-    ];
-    for (seed, &(dims, groups)) in cases.iter().enumerate() {
-        let (rows, cols) = Shape::new(dims).rows_cols();
-        let h = host(rows, cols, 100 * seed as u64);
-        for &g in groups {
-            check(&gpu, &mut arena, dims, g, &h, 1e-4);
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        let cases: &[(&[usize], &[usize])] = &[
+            (&[1, 1], &[1]),
+            (&[3, 5], &[1, 3]),
+            (&[17, 3], &[1, 17]),
+            (&[2, 5, 3, 7], &[1, 2]),
+            (&[4, 3, 2, 5], &[1, 2, 4]),
+            (&[129, 64], &[1, 3]),
+            (&[1000, 3], &[1, 2, 4, 8]),
+            (&[8, 2, 2, 131], &[1, 4, 8]),
+            // Channel counts divisible by 4 run the vec4 build.
+            (&[17, 4], &[1]),
+            (&[6, 3, 3, 12], &[1, 2, 3, 6]),
+            (&[1000, 8], &[1, 8]),
+        ];
+        for (seed, &(dims, groups)) in cases.iter().enumerate() {
+            let (rows, cols) = Shape::new(dims).rows_cols();
+            let h = host(rows, cols, 100 * seed as u64);
+            for &g in groups {
+                check(&gpu, &mut arena, dims, g, &h, 1e-4);
+            }
         }
     }
 }
@@ -259,27 +263,29 @@ fn small_and_nhwc_shapes_match_reference() {
 #[test]
 fn large_batch_reduction_matches_reference() {
     // A ResNet stage-1 activation at batch 32: 25088 rows of 32 channels, many chunks per group.
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    let dims = [32, 28, 28, 32];
-    let h = host(32 * 28 * 28, 32, 7);
-    for groups in [1, 4] {
-        check(&gpu, &mut arena, &dims, groups, &h, 2e-4);
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        let dims = [32, 28, 28, 32];
+        let h = host(32 * 28 * 28, 32, 7);
+        for groups in [1, 4] {
+            check(&gpu, &mut arena, &dims, groups, &h, 2e-4);
+        }
     }
 }
 
 #[test]
 fn variance_is_sound_for_large_means() {
     // x = 100 + 0.1·u: E[x²] - E[x]² in f32 would lose most of the variance (1e4 vs 3e-3).
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    for (rows, cols) in [(3000, 2), (3000, 8)] {
-        let mut h = host(rows, cols, 21);
-        h.x = rand_vec(rows * cols, 22)
-            .iter()
-            .map(|v| 100.0 + 0.1 * v)
-            .collect();
-        check(&gpu, &mut arena, &[rows, cols], 1, &h, 2e-3);
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        for (rows, cols) in [(3000, 2), (3000, 8)] {
+            let mut h = host(rows, cols, 21);
+            h.x = rand_vec(rows * cols, 22)
+                .iter()
+                .map(|v| 100.0 + 0.1 * v)
+                .collect();
+            check(&gpu, &mut arena, &[rows, cols], 1, &h, 2e-3);
+        }
     }
 }
 

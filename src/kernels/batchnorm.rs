@@ -116,15 +116,34 @@ struct Params {
     flag: u32,
     parts: u32,
     relu: u32,
-    _pad: [u32; 2],
+    split: u32,
+    _pad: u32,
 }
 
-/// Rows reduced by one partial-sum thread, and the resulting chunks per group. Chunks are long
-/// enough that the finishing pass (one thread per column, looping over chunks) stays short, and
-/// short enough that a big batch yields tens of thousands of partial-sum threads.
-fn chunking(group_rows: usize) -> (usize, usize) {
-    let chunk = group_rows.div_ceil(256).max(64).min(group_rows.max(1));
+/// Rows reduced by one partial-sum thread, and the resulting chunks per group, on a GPU (`cpu`
+/// false) or a CPU adapter. GPUs get many short chunks, which keep them busy (with at most 256
+/// chunks per group a [200704, 32] forward ran 2048 threads of 784 rows each, at 206 GB/s on an
+/// H100); the finishing pass then has more to merge, which its split threads share. On llvmpipe
+/// those short chunks cost 5–15 % more than fewer long ones.
+fn chunking(group_rows: usize, cpu: bool) -> (usize, usize) {
+    let (max_chunks, min_rows) = if cpu { (256, 64) } else { (2048, 32) };
+    let chunk = group_rows
+        .div_ceil(max_chunks)
+        .max(min_rows)
+        .min(group_rows.max(1));
     (chunk, group_rows.div_ceil(chunk))
+}
+
+/// Threads of a finishing workgroup that share a column's chunks. On GPUs a single thread looping
+/// over up to 256 chunks was latency-bound (0.25 ms per BatchNorm on an H100, more than all its
+/// other passes); on CPU adapters the tree's barriers cost more than the loop (a G=8 backward on
+/// [12544, 128] went from 8.0 to 12.5 ms with 64 threads on llvmpipe).
+fn finish_split(gpu: &Gpu) -> usize {
+    if gpu.adapter.is_cpu() {
+        1
+    } else {
+        WG as usize
+    }
 }
 
 /// Rows one thread of an elementwise pass walks: enough to amortise locating its column and group,
@@ -134,7 +153,8 @@ const MAP_CHUNK: usize = 16;
 /// Floats of scratch the train forward and the backward need for a `[rows, cols]` input.
 pub fn scratch_len(rows: usize, cols: usize, groups: usize) -> usize {
     let groups = groups.max(1);
-    let (_, chunks) = chunking(rows / groups);
+    // The GPU chunking has the most chunks.
+    let (_, chunks) = chunking(rows / groups, false);
     2 * groups * chunks * cols + 2 * groups * cols
 }
 
@@ -158,8 +178,9 @@ impl Geometry {
         grid_1d(self.params.parts as usize, WG)
     }
 
+    /// `split` threads per column.
     fn finish_grid(&self) -> [u32; 3] {
-        grid_1d(self.params.cols as usize, WG)
+        grid_1d((self.params.cols * self.params.split) as usize, WG)
     }
 
     /// Parameters and grid of an elementwise pass.
@@ -195,7 +216,7 @@ impl Geometry {
 }
 
 impl BatchNorm {
-    fn geometry(&self, op: &'static str, x: &Tensor) -> Result<Geometry> {
+    fn geometry(&self, gpu: &Gpu, op: &'static str, x: &Tensor) -> Result<Geometry> {
         let (rows, cols) = x.shape.rows_cols();
         if rows == 0 || cols == 0 {
             return Err(Error::shape(op, format!("empty input {:?}", x.shape)));
@@ -209,7 +230,7 @@ impl BatchNorm {
             )));
         }
         let group_rows = rows / groups;
-        let (chunk, chunks) = chunking(group_rows);
+        let (chunk, chunks) = chunking(group_rows, gpu.adapter.is_cpu());
         let lanes = if cols.is_multiple_of(4) { 4 } else { 1 };
         let vcols = cols / lanes;
         Ok(Geometry {
@@ -228,7 +249,8 @@ impl BatchNorm {
                 flag: 0,
                 parts: (groups * chunks * vcols) as u32,
                 relu: self.relu as u32,
-                _pad: [0; 2],
+                split: finish_split(gpu) as u32,
+                _pad: 0,
             },
         })
     }
@@ -270,7 +292,7 @@ pub fn forward_train(
     bn: &BatchNorm,
 ) -> Result<()> {
     const OP: &str = "batchnorm forward";
-    let g = bn.geometry(OP, x)?;
+    let g = bn.geometry(gpu, OP, x)?;
     let c = g.cols;
     check_len(
         OP,
@@ -340,7 +362,7 @@ pub fn forward_eval(
 ) -> Result<()> {
     const OP: &str = "batchnorm eval";
     let one = BatchNorm { groups: 1, ..*bn };
-    let g = one.geometry(OP, x)?;
+    let g = one.geometry(gpu, OP, x)?;
     check_len(
         OP,
         x,
@@ -391,7 +413,7 @@ pub fn backward(
     accumulate: bool,
 ) -> Result<()> {
     const OP: &str = "batchnorm backward";
-    let g = bn.geometry(OP, x)?;
+    let g = bn.geometry(gpu, OP, x)?;
     let c = g.cols;
     check_len(
         OP,
