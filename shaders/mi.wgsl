@@ -3,9 +3,12 @@
 // `scores` is [N, N·L]: row n holds u(n, n', i) = G(n)·L_i(n') for every image n' and location i
 // (column n'·L + i). Positives are the columns of the row's own image (n' = n).
 //
-// JSD (one thread per row, fused forward/backward):
+// JSD (fused forward/backward): `parts` threads per row, thread `part` taking every parts-th column
+// from `part` on, so that neighbouring threads read neighbouring scores and a long row is spread
+// over many threads (one thread per row was latency-bound on GPUs: a DIM step with 256 rows of
+// 50176 scores took 58 ms on an H100, against 9 ms for a MoCo step):
 //   loss = E_neg softplus(u) + E_pos softplus(−u)  (the −2 ln 2 constant dropped),
-//   means over all N·L positives and N·(N−1)·L negatives of the batch; the row's share is written
+//   means over all N·L positives and N·(N−1)·L negatives of the batch; each thread writes its share
 //   to `loss` so the total is their sum; d/du = σ(u)/#neg for negatives, −σ(−u)/#pos for positives.
 //
 // NCE: for each (image n, location i) a softmax over its positive u(n, n, i) and the (N−1)·L
@@ -14,10 +17,10 @@
 // (a negative sits in the L rows of its image n; a positive only in its own).
 
 struct Params {
-    n: u32,    // images N
-    locs: u32, // locations per image L
+    n: u32,     // images N
+    locs: u32,  // locations per image L
     accumulate: u32,
-    _pad: u32,
+    parts: u32, // JSD: threads per row
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -42,26 +45,31 @@ fn store(i: u32, v: f32) {
 }
 
 @compute @workgroup_size(64)
-fn jsd(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let row = gid.x;
-    if row >= p.n {
+fn jsd(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * WG;
+    if i >= p.n * p.parts {
         return;
     }
+    let row = i / p.parts;
     let cols = p.n * p.locs;
+    // The row's positives are the columns of its own image.
+    let pos_lo = row * p.locs;
+    let pos_hi = pos_lo + p.locs;
     let n_pos = f32(cols);
     let n_neg = max(f32(cols) * f32(p.n - 1u), 1.0);
     var total = 0.0;
-    for (var j = 0u; j < cols; j++) {
-        let u = scores[row * cols + j];
-        if j / p.locs == row {
+    for (var j = i % p.parts; j < cols; j += p.parts) {
+        let e = row * cols + j;
+        let u = scores[e];
+        if j >= pos_lo && j < pos_hi {
             total += softplus(-u) / n_pos;
-            store(row * cols + j, -sigmoid(-u) / n_pos);
+            store(e, -sigmoid(-u) / n_pos);
         } else {
             total += softplus(u) / n_neg;
-            store(row * cols + j, sigmoid(u) / n_neg);
+            store(e, sigmoid(u) / n_neg);
         }
     }
-    loss[row] = total;
+    loss[i] = total;
 }
 
 // `loss` here holds 2·N·L words: the per-row losses, then the per-row log-sum-exps.

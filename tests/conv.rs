@@ -26,7 +26,10 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let wn = s.cout * g.kh * g.kw * s.cin;
     let prev_dw = rand_vec(wn, seed + 5);
     let (bias, relu, acc) = (seed.is_multiple_of(2), seed.is_multiple_of(3), seed % 4 < 2);
-    let what = format!("{s:?} {g:?} seed {seed}");
+    let what = format!(
+        "{s:?} {g:?} seed {seed} ({} launches)",
+        gpu.adapter.device_type
+    );
 
     let tx = arena.upload(gpu, [s.n, s.h, s.w, s.cin], &x).unwrap();
     let tw = arena.upload(gpu, [s.cout, g.kh, g.kw, s.cin], &w).unwrap();
@@ -41,7 +44,7 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let scratch_len = match seed % 3 {
         0 => 0,
         1 => 2 * wn + 1,
-        _ => g.weight_grad_scratch(s.n, s.h, s.w, s.cin, s.cout),
+        _ => g.weight_grad_scratch(gpu, s.n, s.h, s.w, s.cin, s.cout),
     };
     let scratch = arena.tensor(gpu, [scratch_len.max(1)]).unwrap();
 
@@ -94,49 +97,51 @@ const GEOMS: [(usize, usize, usize, usize); 6] = [
 fn scalar_paths_match_reference() {
     // Channel counts that are not multiples of 4 take the scalar kernels (with vec4 stores when
     // only the input channels are odd, as in a first layer).
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    let mut seed = 0;
-    for &(n, h, w, cin, cout) in &[
-        (1, 7, 5, 1, 17),
-        (2, 6, 5, 3, 5),
-        (1, 5, 7, 5, 1),
-        (2, 5, 6, 17, 3),
-        (1, 6, 6, 4, 5),
-        (2, 7, 5, 3, 8),
-        (1, 6, 5, 1, 20),
-    ] {
-        for &(kh, kw, st, pd) in &GEOMS {
-            seed += 1;
-            check(
-                &gpu,
-                &mut arena,
-                RefShape { n, h, w, cin, cout },
-                geom(kh, kw, st, pd),
-                seed,
-            );
-            arena.reset();
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        let mut seed = 0;
+        for &(n, h, w, cin, cout) in &[
+            (1, 7, 5, 1, 17),
+            (2, 6, 5, 3, 5),
+            (1, 5, 7, 5, 1),
+            (2, 5, 6, 17, 3),
+            (1, 6, 6, 4, 5),
+            (2, 7, 5, 3, 8),
+            (1, 6, 5, 1, 20),
+        ] {
+            for &(kh, kw, st, pd) in &GEOMS {
+                seed += 1;
+                check(
+                    &gpu,
+                    &mut arena,
+                    RefShape { n, h, w, cin, cout },
+                    geom(kh, kw, st, pd),
+                    seed,
+                );
+                arena.reset();
+            }
         }
     }
 }
 
 #[test]
 fn vec4_paths_match_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    let mut seed = 100;
-    // Rows and channels that are not multiples of the 16×16 tile, one batch of 1.
-    for &(n, h, w, cin, cout) in &[(1, 7, 5, 4, 20), (2, 6, 7, 8, 4), (3, 5, 5, 20, 36)] {
-        for &(kh, kw, st, pd) in &GEOMS {
-            seed += 1;
-            check(
-                &gpu,
-                &mut arena,
-                RefShape { n, h, w, cin, cout },
-                geom(kh, kw, st, pd),
-                seed,
-            );
-            arena.reset();
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        let mut seed = 100;
+        // Rows and channels that are not multiples of the 16×16 tile, one batch of 1.
+        for &(n, h, w, cin, cout) in &[(1, 7, 5, 4, 20), (2, 6, 7, 8, 4), (3, 5, 5, 20, 36)] {
+            for &(kh, kw, st, pd) in &GEOMS {
+                seed += 1;
+                check(
+                    &gpu,
+                    &mut arena,
+                    RefShape { n, h, w, cin, cout },
+                    geom(kh, kw, st, pd),
+                    seed,
+                );
+                arena.reset();
+            }
         }
     }
 }
@@ -186,25 +191,26 @@ fn stride_larger_than_kernel_leaves_unreached_pixels_zero() {
 #[test]
 fn weight_grad_reduction_splits_match_reference() {
     // Enough pixels for several chunks: every scratch mode of `check` runs a different split count.
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    for (seed, cin, cout) in [
-        (30, 8, 12),
-        (31, 8, 12),
-        (32, 8, 12),
-        (33, 3, 5),
-        (34, 3, 5),
-        (35, 3, 5),
-    ] {
-        let s = RefShape {
-            n: 3,
-            h: 17,
-            w: 13,
-            cin,
-            cout,
-        };
-        check(&gpu, &mut arena, s, geom(3, 3, 1, 1), seed);
-        arena.reset();
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        for (seed, cin, cout) in [
+            (30, 8, 12),
+            (31, 8, 12),
+            (32, 8, 12),
+            (33, 3, 5),
+            (34, 3, 5),
+            (35, 3, 5),
+        ] {
+            let s = RefShape {
+                n: 3,
+                h: 17,
+                w: 13,
+                cin,
+                cout,
+            };
+            check(&gpu, &mut arena, s, geom(3, 3, 1, 1), seed);
+            arena.reset();
+        }
     }
 }
 
@@ -258,14 +264,18 @@ fn shape_errors_name_the_shapes() {
 
 #[test]
 fn direct_threshold() {
-    // One input channel, kernels up to 3×3 and output channels in vec4s take the direct kernels.
-    assert!(geom(3, 3, 1, 1).is_direct(1, 32));
-    assert!(geom(1, 3, 2, 0).is_direct(1, 4));
-    assert!(!geom(3, 1, 2, 0).is_direct(3, 4));
-    assert!(!geom(1, 1, 1, 0).is_direct(9, 8));
-    assert!(!geom(5, 2, 1, 0).is_direct(1, 8));
-    assert!(!geom(3, 3, 1, 1).is_direct(2, 32));
-    assert!(!geom(3, 3, 1, 1).is_direct(1, 30));
+    // On a CPU adapter, one input channel, kernels up to 3×3 and output channels in vec4s take the
+    // direct kernels; GPUs always run the GEMM.
+    let [native, shaped] = gpus();
+    let cpu = native.adapter.is_cpu();
+    assert_eq!(geom(3, 3, 1, 1).is_direct(&native, 1, 32), cpu);
+    assert_eq!(geom(1, 3, 2, 0).is_direct(&native, 1, 4), cpu);
+    assert!(!geom(3, 3, 1, 1).is_direct(&shaped, 1, 32));
+    assert!(!geom(3, 1, 2, 0).is_direct(&native, 3, 4));
+    assert!(!geom(1, 1, 1, 0).is_direct(&native, 9, 8));
+    assert!(!geom(5, 2, 1, 0).is_direct(&native, 1, 8));
+    assert!(!geom(3, 3, 1, 1).is_direct(&native, 2, 32));
+    assert!(!geom(3, 3, 1, 1).is_direct(&native, 1, 30));
 }
 
 #[test]
@@ -276,36 +286,37 @@ fn direct_paths_match_reference() {
     // strides and paddings that leave taps outside the image, padding past a 4-column group, and
     // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one row or
     // column; batch 1; every scratch mode.
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    let mut seed = 200;
-    for &(n, h, w, cin, cout, kh, kw, st, pd) in &[
-        (2, 9, 8, 1, 36, 3, 3, 1, 1),
-        (2, 9, 7, 1, 36, 3, 3, 1, 1),
-        (1, 8, 12, 1, 4, 3, 3, 2, 1),
-        (1, 8, 9, 1, 4, 3, 3, 2, 1),
-        (3, 7, 8, 1, 68, 3, 3, 2, 0),
-        (2, 9, 12, 1, 8, 3, 3, 4, 1),
-        (2, 7, 8, 1, 12, 1, 1, 2, 0),
-        (1, 6, 4, 1, 8, 1, 3, 1, 2),
-        (2, 7, 4, 1, 4, 3, 2, 3, 1),
-        (1, 6, 8, 1, 8, 3, 3, 1, 5),
-        (2, 6, 7, 3, 8, 3, 1, 1, 1),
-        (1, 5, 6, 9, 12, 1, 1, 2, 0),
-        (2, 7, 6, 1, 36, 5, 2, 1, 1),
-        (1, 7, 5, 2, 20, 1, 5, 3, 2),
-        (3, 30, 16, 1, 32, 3, 3, 1, 1),
-    ] {
-        for _ in 0..3 {
-            seed += 1;
-            check(
-                &gpu,
-                &mut arena,
-                RefShape { n, h, w, cin, cout },
-                geom(kh, kw, st, pd),
-                seed,
-            );
-            arena.reset();
+    for gpu in gpus() {
+        let mut arena = Arena::for_gpu("test", &gpu);
+        let mut seed = 200;
+        for &(n, h, w, cin, cout, kh, kw, st, pd) in &[
+            (2, 9, 8, 1, 36, 3, 3, 1, 1),
+            (2, 9, 7, 1, 36, 3, 3, 1, 1),
+            (1, 8, 12, 1, 4, 3, 3, 2, 1),
+            (1, 8, 9, 1, 4, 3, 3, 2, 1),
+            (3, 7, 8, 1, 68, 3, 3, 2, 0),
+            (2, 9, 12, 1, 8, 3, 3, 4, 1),
+            (2, 7, 8, 1, 12, 1, 1, 2, 0),
+            (1, 6, 4, 1, 8, 1, 3, 1, 2),
+            (2, 7, 4, 1, 4, 3, 2, 3, 1),
+            (1, 6, 8, 1, 8, 3, 3, 1, 5),
+            (2, 6, 7, 3, 8, 3, 1, 1, 1),
+            (1, 5, 6, 9, 12, 1, 1, 2, 0),
+            (2, 7, 6, 1, 36, 5, 2, 1, 1),
+            (1, 7, 5, 2, 20, 1, 5, 3, 2),
+            (3, 30, 16, 1, 32, 3, 3, 1, 1),
+        ] {
+            for _ in 0..3 {
+                seed += 1;
+                check(
+                    &gpu,
+                    &mut arena,
+                    RefShape { n, h, w, cin, cout },
+                    geom(kh, kw, st, pd),
+                    seed,
+                );
+                arena.reset();
+            }
         }
     }
 }

@@ -62,7 +62,8 @@ pub fn run(b: &mut Bench) -> Result<()> {
             let y = arena.tensor(gpu, [BATCH, ho, wo, cout])?;
             let scratch = arena.tensor(
                 gpu,
-                [g.weight_grad_scratch(BATCH, side, side, cin, cout).max(1)],
+                [g.weight_grad_scratch(gpu, BATCH, side, side, cin, cout)
+                    .max(1)],
             )?;
             let flops = g.flops(BATCH, side, side, cin, cout);
             // The reference: a square matmul whose side (a multiple of 32, the register tile)

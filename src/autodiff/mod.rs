@@ -558,7 +558,7 @@ impl<'a> Graph<'a> {
         let terms = self.alloc([mi::loss_len(est, n, locs)])?;
         let dscores = self.alloc(sv.shape)?;
         mi::estimate(self.gpu, est, &sv, locs, &terms, &dscores, false)?;
-        let rows = if est == Estimator::Jsd { n } else { n * locs };
+        let rows = mi::loss_terms(est, n, locs);
         let out = self.alloc([1])?;
         let used = Tensor {
             region: terms.region.slice(0, rows),
@@ -1005,6 +1005,7 @@ impl<'a> Graph<'a> {
                 })?;
                 let d = xv.shape.dims();
                 let scratch = self.alloc([geom.weight_grad_scratch(
+                    self.gpu,
                     d[0],
                     d[1],
                     d[2],

@@ -13,9 +13,10 @@
 //! multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores when only the input
 //! channels are odd).
 //!
-//! **Direct kernels.** One input channel and a kernel of at most 3×3 (a first layer on grayscale
-//! images, see [`Conv2d::is_direct`]) make the GEMM's reduction (at most 9 long) too short to pay
-//! for its tile: its loads and epilogue dominate. Such layers run direct kernels instead, each
+//! **Direct kernels.** On a CPU adapter, one input channel and a kernel of at most 3×3 (a first
+//! layer on grayscale images, see [`Conv2d::is_direct`]) make the GEMM's reduction (at most 9 long)
+//! too short to pay for its tile: its loads and epilogue dominate. Such layers run direct kernels
+//! instead, each
 //! holding the weights of 32 output channels in registers. The forward and the weight gradient walk
 //! runs of consecutive pixels, gathering 9 inputs per pixel; the weight gradient's runs give partial
 //! sums that a second pass adds up (deterministic, no atomics). The input gradient runs one
@@ -24,10 +25,14 @@
 //! 9 dy rows. It writes four columns at a time, so it needs a width that is a multiple of 4; other
 //! widths take the GEMM input gradient.
 //!
+//! GPUs run the GEMM for these layers too: there the direct kernels' 288 weights per invocation
+//! spill from registers, and their few long runs leave most of the chip idle (on an H100, 1→32 at
+//! batch 256 ran at 0.28 (forward), 0.04 (input gradient) and 0.06 (weight gradient) of the matmul
+//! rate).
+//!
 //! **Known limits.** In a direct layer every output element costs a storage access and only 9
 //! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
-//! arithmetic. The direct input gradient has only one invocation per image, which is plenty for a
-//! CPU adapter and few for a GPU; it is never needed in training (images take no gradient). With
+//! arithmetic. With
 //! 2–3 input channels and 3×3 kernels (27-long rows) the scalar GEMM runs, at a fraction of the
 //! vec4 rate. The large register tiles suit CPUs and spill on GPUs; a workgroup-memory variant for
 //! real GPUs is future work.
@@ -65,9 +70,6 @@ const MIN_CHUNK: usize = 64;
 /// [`direct_invocations`].
 const CD: usize = 32;
 const MIN_RUN: usize = 96;
-/// Direct-kernel invocations on a GPU (per channel block for the weight gradient).
-const DIRECT_INVOCATIONS: usize = 1024;
-const DIRECT_WGRAD_SPLITS: usize = 512;
 
 const F_BIAS: u32 = 1;
 const F_RELU: u32 = 2;
@@ -108,10 +110,12 @@ impl Conv2d {
         ))
     }
 
-    /// Scratch (in f32 elements) with which [`backward_weight`] reaches full parallelism for an
-    /// input `[n, h, w, cin]` and `cout` output channels. Smaller scratch works too (fewer splits).
+    /// Scratch (in f32 elements) with which [`backward_weight`] reaches full parallelism on `gpu`
+    /// for an input `[n, h, w, cin]` and `cout` output channels. Smaller scratch works too (fewer
+    /// splits).
     pub fn weight_grad_scratch(
         &self,
+        gpu: &Gpu,
         n: usize,
         h: usize,
         w: usize,
@@ -128,8 +132,9 @@ impl Conv2d {
                     ho,
                     wo,
                     cout,
+                    direct: self.is_direct(gpu, cin, cout),
                 };
-                let splits = d.wgrad_splits(self, DIRECT_WGRAD_SPLITS, usize::MAX).0;
+                let splits = d.wgrad_splits(self, usize::MAX).0;
                 if splits > 1 {
                     splits * cout * self.kh * self.kw * cin
                 } else {
@@ -140,11 +145,12 @@ impl Conv2d {
         }
     }
 
-    /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels: one
-    /// input channel, a kernel of at most 3×3, `cout` a multiple of 4 (the input gradient also
-    /// needs an input width that is a multiple of 4, else it runs the GEMM).
-    pub fn is_direct(&self, cin: usize, cout: usize) -> bool {
-        cin == 1 && self.kh <= 3 && self.kw <= 3 && cout.is_multiple_of(4)
+    /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels on
+    /// `gpu`: a CPU adapter, one input channel, a kernel of at most 3×3, `cout` a multiple of 4
+    /// (the input gradient also needs an input width that is a multiple of 4, else it runs the
+    /// GEMM).
+    pub fn is_direct(&self, gpu: &Gpu, cin: usize, cout: usize) -> bool {
+        gpu.adapter.is_cpu() && cin == 1 && self.kh <= 3 && self.kw <= 3 && cout.is_multiple_of(4)
     }
 
     /// Multiply-adds × 2 of one pass (forward, input gradient and weight gradient all cost the same).
@@ -178,7 +184,7 @@ struct Params {
     splits: u32,
     chunk: u32,
     total: u32,
-    _pad: u32,
+    rsplit: u32,
 }
 
 /// Sizes of one convolution, checked against the tensors' shapes.
@@ -191,11 +197,20 @@ struct Dims {
     ho: usize,
     wo: usize,
     cout: usize,
+    /// The layer runs the direct kernels ([`Conv2d::is_direct`]).
+    direct: bool,
 }
 
 impl Dims {
     /// Checks `x [N,H,W,Cin]`, `w [Cout,KH,KW,Cin]` and `y [N,Ho,Wo,Cout]` against each other.
-    fn check(op: &'static str, g: &Conv2d, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<Dims> {
+    fn check(
+        gpu: &Gpu,
+        op: &'static str,
+        g: &Conv2d,
+        x: &Tensor,
+        w: &Tensor,
+        y: &Tensor,
+    ) -> Result<Dims> {
         let (xs, ws, ys) = (x.shape.dims(), w.shape.dims(), y.shape.dims());
         let bad = |what: &str| {
             Err(Error::shape(
@@ -219,6 +234,7 @@ impl Dims {
             ho,
             wo,
             cout: ws[0],
+            direct: g.is_direct(gpu, xs[3], ws[0]),
         };
         if ws[1] != g.kh || ws[2] != g.kw || ws[3] != d.cin {
             return bad("the weight does not match the kernel size or input channels");
@@ -253,7 +269,7 @@ impl Dims {
             splits: 0,
             chunk: 0,
             total: 0,
-            _pad: 0,
+            rsplit: 0,
         }
     }
 
@@ -268,11 +284,11 @@ impl Dims {
     }
 
     /// (splits, chunk) of the weight-gradient reduction over n·ho·wo pixels, with at most
-    /// `max_splits` splits; a direct layer aims at `direct_splits` invocations in all.
-    fn wgrad_splits(&self, g: &Conv2d, direct_splits: usize, max_splits: usize) -> (usize, usize) {
+    /// `max_splits` splits.
+    fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
         let pixels = self.n * self.ho * self.wo;
-        let want = if self.direct(g) {
-            direct_splits / self.cout.div_ceil(CD)
+        let want = if self.direct {
+            direct_invocations() / self.cout.div_ceil(CD)
         } else {
             WGRAD_INVOCATIONS / (self.wgrad_col_tiles(g) * self.cout.div_ceil(TM))
         };
@@ -281,29 +297,20 @@ impl Dims {
         (pixels.div_ceil(chunk), chunk)
     }
 
-    /// See [`Conv2d::is_direct`].
-    fn direct(&self, g: &Conv2d) -> bool {
-        g.is_direct(self.cin, self.cout)
-    }
-
     /// Both channel counts are multiples of 4: the vec4 kernels apply.
     fn vec4(&self) -> bool {
         self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4)
     }
 }
 
-/// Invocations of a direct kernel (`on_gpu` on a GPU). llvmpipe runs each workgroup on one
-/// thread, one SIMD group after another, and each invocation pays for loading its weights before
-/// its run: on a CPU adapter one workgroup per core keeps every core busy with the fewest, longest
+/// Invocations of a direct kernel (per channel block for the weight gradient). llvmpipe runs each
+/// workgroup on one thread, one SIMD group after another, and each invocation pays for loading its
+/// weights before its run: one workgroup per core keeps every core busy with the fewest, longest
 /// runs. Measured on 2 cores at batch 256, 1→32 channels: the forward went from 0.53–0.58 to
 /// 0.62–0.69 of the matmul rate and the weight gradient from 0.44–0.49 to 0.50–0.62 (s1) against
 /// 1024 and 512 invocations.
-fn direct_invocations(gpu: &Gpu, on_gpu: usize) -> usize {
-    if gpu.adapter.device_type == "Cpu" {
-        WG * std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        on_gpu
-    }
+fn direct_invocations() -> usize {
+    WG * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Workgroups for `row_tiles` tiles of TM rows by `cols` channels.
@@ -322,7 +329,7 @@ pub fn forward(
     g: &Conv2d,
     relu: bool,
 ) -> Result<()> {
-    let d = Dims::check("conv2d forward", g, x, w, y)?;
+    let d = Dims::check(gpu, "conv2d forward", g, x, w, y)?;
     if let Some(b) = bias {
         if b.numel() != d.cout {
             return Err(Error::shape(
@@ -334,11 +341,9 @@ pub fn forward(
     let m = d.n * d.ho * d.wo;
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
     let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
-    if d.direct(g) {
+    if d.direct {
         // Runs of pixels, one per invocation, times the channel blocks.
-        let chunk = m
-            .div_ceil(direct_invocations(gpu, DIRECT_INVOCATIONS))
-            .max(MIN_RUN);
+        let chunk = m.div_ceil(direct_invocations()).max(MIN_RUN);
         let mut params = d.params(g, m, flags);
         params.chunk = chunk as u32;
         let groups = [
@@ -374,10 +379,10 @@ pub fn backward_input(
     g: &Conv2d,
     accumulate: bool,
 ) -> Result<()> {
-    let d = Dims::check("conv2d backward_input", g, dx, w, dy)?;
+    let d = Dims::check(gpu, "conv2d backward_input", g, dx, w, dy)?;
     let flags = if accumulate { F_ACC } else { 0 };
     // One invocation per image (see the shader); it writes dx four columns at a time.
-    if d.direct(g) && d.w.is_multiple_of(4) {
+    if d.direct && d.w.is_multiple_of(4) {
         return gpu.dispatch(
             &INPUT_GRAD_DIRECT,
             &d.params(g, d.n, flags),
@@ -416,11 +421,10 @@ pub fn backward_weight(
     g: &Conv2d,
     accumulate: bool,
 ) -> Result<()> {
-    let d = Dims::check("conv2d backward_weight", g, x, dw, dy)?;
+    let d = Dims::check(gpu, "conv2d backward_weight", g, x, dw, dy)?;
     let total = dw.numel();
     let room = scratch.map_or(0, |t| t.numel() / total);
-    let direct_splits = direct_invocations(gpu, DIRECT_WGRAD_SPLITS);
-    let (splits, chunk) = d.wgrad_splits(g, direct_splits, room.max(1));
+    let (splits, chunk) = d.wgrad_splits(g, room.max(1));
     let one_pass = splits == 1;
     let acc_flag = if accumulate { F_ACC } else { 0 };
     let mut params = d.params(g, d.n * d.ho * d.wo, if one_pass { acc_flag } else { 0 });
@@ -431,7 +435,7 @@ pub fn backward_weight(
         Some(t) if !one_pass => t.region,
         _ => dw.region,
     };
-    let (kernel, groups) = if d.direct(g) {
+    let (kernel, groups) = if d.direct {
         (
             &WEIGHT_GRAD_DIRECT,
             [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
@@ -460,11 +464,13 @@ pub fn backward_weight(
         return Ok(());
     }
     params.flags = acc_flag;
+    // Threads per weight in the reduce (see the shader).
+    params.rsplit = if gpu.adapter.is_cpu() { 1 } else { 64 };
     gpu.dispatch(
         &WEIGHT_GRAD_REDUCE,
         &params,
         &[dst, dy.region, dy.region, dw.region],
-        super::grid_1d(total, 256),
+        super::grid_1d(total * params.rsplit as usize, 256),
     )
 }
 

@@ -29,19 +29,36 @@ struct Params {
     n: u32,
     locs: u32,
     accumulate: u32,
-    _pad: u32,
+    parts: u32,
 }
 
-/// Words of `loss` each estimator needs: JSD one per image, NCE two per (image, location).
+/// Most JSD threads per score row: enough to spread a DIM row (N·L = 50176 scores at batch 256 on
+/// 14×14 maps) over 65536 threads.
+const JSD_PARTS: usize = 256;
+
+fn jsd_parts(n: usize, locs: usize) -> usize {
+    (n * locs).min(JSD_PARTS)
+}
+
+/// Words of `loss` each estimator needs: JSD one per thread, NCE two per (image, location).
 pub fn loss_len(est: Estimator, n: usize, locs: usize) -> usize {
     match est {
-        Estimator::Jsd => n,
+        Estimator::Jsd => n * jsd_parts(n, locs),
         Estimator::Nce => 2 * n * locs,
     }
 }
 
-/// Writes the per-row loss terms (their sum is the loss: the first `n` words for JSD, the first
-/// `n·locs` for NCE) and `dscores` (+)= dloss/dscores.
+/// How many leading words of `loss` sum to the loss: all of them for JSD, the per-row losses
+/// (`n·locs`; the log-sum-exps follow) for NCE.
+pub fn loss_terms(est: Estimator, n: usize, locs: usize) -> usize {
+    match est {
+        Estimator::Jsd => loss_len(est, n, locs),
+        Estimator::Nce => n * locs,
+    }
+}
+
+/// Writes the loss terms (the first [`loss_terms`] words of `loss` sum to the loss) and
+/// `dscores` (+)= dloss/dscores.
 pub fn estimate(
     gpu: &Gpu,
     est: Estimator,
@@ -69,11 +86,13 @@ pub fn estimate(
         n: n as u32,
         locs: locs as u32,
         accumulate: accumulate as u32,
-        _pad: 0,
+        parts: jsd_parts(n, locs) as u32,
     };
     let bufs = [scores.region, loss.region, dscores.region];
     match est {
-        Estimator::Jsd => gpu.dispatch(&JSD, &params, &bufs, [n.div_ceil(64) as u32, 1, 1]),
+        Estimator::Jsd => {
+            gpu.dispatch(&JSD, &params, &bufs, grid_1d(n * params.parts as usize, 64))
+        }
         Estimator::Nce => {
             gpu.dispatch(
                 &NCE_ROWS,
