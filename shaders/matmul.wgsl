@@ -30,7 +30,9 @@ struct Params {
     b_k: u32,
     b_col: u32,
     mode: u32, // 0 NN, NT or TN (`tile4`)
-    _pad: u32,
+    // `smem`: K is cut into slices of `kchunk`, one per workgroup along z; slice z writes its
+    // partial product to c[z·M·N ..] (the launcher then sums the slices). kchunk ≥ K: no split.
+    kchunk: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1u;
@@ -87,6 +89,9 @@ fn store4(row: u32, col4: u32, v: vec4<f32>, b: vec4<f32>) {
     c4[i] = finish(v, old, b);
 }
 
+// Where in c this invocation's [M, N] block starts: 0, or its K slice's partial in `smem`.
+var<private> c_base: u32 = 0u;
+
 // Stores v into c[row, col .. col+4], any N: the columns past N are dropped.
 fn store1(row: u32, col: u32, v: vec4<f32>) {
     if row >= p.m {
@@ -94,7 +99,7 @@ fn store1(row: u32, col: u32, v: vec4<f32>) {
     }
     for (var j = 0u; j < 4u; j++) {
         if col + j < p.n {
-            let i = row * p.n + col + j;
+            let i = c_base + row * p.n + col + j;
             var old = 0.0;
             if (p.flags & FLAG_ACCUMULATE) != 0u {
                 old = c1[i];
@@ -370,11 +375,14 @@ fn smem(
 ) {
     let row0 = wg.y * TILE;
     let col0 = wg.x * TILE;
+    let kbeg = wg.z * p.kchunk;
+    let kend = min(p.k, kbeg + p.kchunk);
+    c_base = wg.z * p.m * p.n;
     var acc0 = vec4(0.0);
     var acc1 = vec4(0.0);
     var acc2 = vec4(0.0);
     var acc3 = vec4(0.0);
-    for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
+    for (var k0 = kbeg; k0 < kend; k0 += SLICE) {
         // Each invocation stages 4 elements of each slice; consecutive invocations read
         // consecutive addresses along whichever dimension is contiguous in memory.
         for (var s = 0u; s < 4u; s++) {
@@ -386,7 +394,7 @@ fn smem(
                 ka = e % SLICE;
             }
             var va = 0.0;
-            if row0 + row < p.m && k0 + ka < p.k {
+            if row0 + row < p.m && k0 + ka < kend {
                 va = a1[(row0 + row) * p.a_row + (k0 + ka) * p.a_k];
             }
             sa[ka * PITCH + row / 4u][row % 4u] = va;
@@ -397,7 +405,7 @@ fn smem(
                 kb = e % SLICE;
             }
             var vb = 0.0;
-            if col0 + col < p.n && k0 + kb < p.k {
+            if col0 + col < p.n && k0 + kb < kend {
                 vb = b1[(k0 + kb) * p.b_k + (col0 + col) * p.b_col];
             }
             sb[kb * PITCH + col / 4u][col % 4u] = vb;

@@ -41,6 +41,8 @@ struct Case {
     bias: bool,
     relu: bool,
     accumulate: bool,
+    /// Give the matmul split-K scratch (the shared-memory variant then splits long K loops).
+    split: bool,
 }
 
 impl Case {
@@ -54,6 +56,7 @@ impl Case {
             bias: false,
             relu: false,
             accumulate: false,
+            split: false,
         }
     }
 
@@ -73,12 +76,15 @@ impl Case {
         let tb = arena.upload(gpu, b_shape, &b).unwrap();
         let tc = arena.upload(gpu, [m, n], &prev).unwrap();
         let tbias = arena.upload(gpu, [n], &bias).unwrap();
+        let room = matmul::split_k_scratch(variant, m, n, k);
+        let scratch = arena.tensor(gpu, [room.max(1)]).unwrap();
         let spec = Matmul {
             trans: self.trans,
             alpha: self.alpha,
             bias: self.bias.then_some(&tbias),
             relu: self.relu,
             accumulate: self.accumulate,
+            scratch: self.split.then_some(&scratch),
         };
         matmul::matmul_with(gpu, &ta, &tb, &tc, &spec, variant).unwrap();
         let got: Vec<f32> = gpu.read(tc.region).unwrap();
@@ -95,8 +101,8 @@ impl Case {
         let (tol, eps) = tolerance(k);
         assert_close(
             &format!(
-                "{variant:?} {:?} {m}x{n}x{k} alpha={} bias={} relu={} acc={}",
-                self.trans, self.alpha, self.bias, self.relu, self.accumulate
+                "{variant:?} {:?} {m}x{n}x{k} alpha={} bias={} relu={} acc={} split={}",
+                self.trans, self.alpha, self.bias, self.relu, self.accumulate, self.split
             ),
             &got,
             &want,
@@ -134,6 +140,52 @@ fn every_variant_mode_shape_and_epilogue_matches_reference() {
                     let case = Case {
                         alpha,
                         accumulate: true,
+                        ..Case::plain(trans, shape)
+                    };
+                    case.check(&gpu, &mut arena, variant, seed + 1);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn split_k_matches_reference() {
+    // Few output tiles over a long K: the shared-memory variant splits K (2, 7 and 4 slices here,
+    // the last one short), with alpha, accumulation and an epilogue (which is not split).
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    assert_eq!(
+        matmul::split_k_scratch(Variant::Shared, 4, 96, 512),
+        2 * 4 * 96
+    );
+    assert_eq!(
+        matmul::split_k_scratch(Variant::Shared, 17, 3, 2000),
+        7 * 17 * 3
+    );
+    assert_eq!(matmul::split_k_scratch(Variant::Vec4, 17, 3, 2000), 0);
+    assert_eq!(
+        matmul::split_k_scratch(Variant::Shared, 1024, 1024, 4096),
+        0
+    );
+    for variant in VARIANTS {
+        for trans in MODES {
+            for (i, &shape) in [(4, 96, 512), (17, 3, 2000), (70, 65, 1100)]
+                .iter()
+                .enumerate()
+            {
+                let seed = 300 + 10 * i as u64;
+                let split = Case {
+                    split: true,
+                    ..Case::plain(trans, shape)
+                };
+                split.check(&gpu, &mut arena, variant, seed);
+                for (alpha, accumulate, bias) in [(0.5, true, false), (-0.75, false, true)] {
+                    let case = Case {
+                        alpha,
+                        accumulate,
+                        bias,
+                        split: true,
                         ..Case::plain(trans, shape)
                     };
                     case.check(&gpu, &mut arena, variant, seed + 1);

@@ -800,6 +800,37 @@ impl<'a> Graph<'a> {
     }
 
     /// `grad(v) += map(a, b)` elementwise.
+    /// `grad(v) (+)= alpha · op(x) · op(y)`, with scratch for a split K loop where the matmul
+    /// would use one.
+    fn contribute_matmul(
+        &mut self,
+        v: Var,
+        x: Tensor,
+        y: Tensor,
+        trans: Trans,
+        alpha: f32,
+    ) -> Result<()> {
+        if !self.nodes[v.0].needs_grad {
+            return Ok(());
+        }
+        let room = matmul::split_k_scratch_for(self.gpu, &x, &y, trans);
+        let scratch = if room > 0 {
+            Some(self.alloc([room])?)
+        } else {
+            None
+        };
+        self.contribute(v, |gpu, g, acc| {
+            let spec = Matmul {
+                trans,
+                alpha,
+                accumulate: acc,
+                scratch: scratch.as_ref(),
+                ..Default::default()
+            };
+            matmul::matmul(gpu, &x, &y, g, &spec)
+        })
+    }
+
     fn contribute_map(
         &mut self,
         v: Var,
@@ -881,46 +912,14 @@ impl<'a> Graph<'a> {
                     Trans::TN => ((bv, dout, Trans::NT), (av, dout, Trans::NN)),
                 };
                 for (v, (x, y, t)) in [(a, da), (b, db)] {
-                    self.contribute(v, |gpu, g, acc| {
-                        let spec = Matmul {
-                            trans: t,
-                            alpha,
-                            accumulate: acc,
-                            ..Default::default()
-                        };
-                        matmul::matmul(gpu, &x, &y, g, &spec)
-                    })?;
+                    self.contribute_matmul(v, x, y, t, alpha)?;
                 }
             }
             Op::Linear { x, w, b, relu } => {
                 let dpre = self.masked(out, dout, relu)?;
                 let (xv, wv) = (self.value(x), self.value(w));
-                self.contribute(x, |gpu, g, acc| {
-                    matmul::matmul(
-                        gpu,
-                        &dpre,
-                        &wv,
-                        g,
-                        &Matmul {
-                            trans: Trans::NN,
-                            accumulate: acc,
-                            ..Default::default()
-                        },
-                    )
-                })?;
-                self.contribute(w, |gpu, g, acc| {
-                    matmul::matmul(
-                        gpu,
-                        &dpre,
-                        &xv,
-                        g,
-                        &Matmul {
-                            trans: Trans::TN,
-                            accumulate: acc,
-                            ..Default::default()
-                        },
-                    )
-                })?;
+                self.contribute_matmul(x, dpre, wv, Trans::NN, 1.0)?;
+                self.contribute_matmul(w, dpre, xv, Trans::TN, 1.0)?;
                 if let Some(b) = b {
                     self.contribute(b, |gpu, g, acc| {
                         reduce::reduce(gpu, &dpre, g, Reduce::Sum, Axis::Cols, acc)

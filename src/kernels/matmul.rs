@@ -7,11 +7,16 @@
 //!   vec4s of `a` and `b` straight from storage ([`Variant::Vec4`]); shapes that cannot be read as
 //!   vec4s use a scalar-load version ([`Variant::Scalar`]);
 //! - shared-memory tiles for GPUs ([`Variant::Shared`]): 64×64 per workgroup, 4×4 per invocation,
-//!   K in slices of 16 staged in workgroup memory.
+//!   K in slices of 16 staged in workgroup memory. A product with few output tiles and a long K
+//!   (a weight gradient summed over a batch of locations) splits K across workgroups when the
+//!   caller gives scratch for the partial products ([`split_k_scratch`]); the reduction kernel
+//!   then adds them up. Without the split, DIM's 256×64 score gradient over K = 50176 ran on 4
+//!   workgroups and took 88 % of its step on an H100.
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel, Region};
 use crate::kernel;
+use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::memory::Tensor;
 
 const TILE4: Kernel = kernel!("matmul.wgsl", "tile4", 4);
@@ -25,6 +30,10 @@ const TILE1_SIDE: usize = 16;
 const SMEM_TILE: usize = 64;
 /// Invocations per workgroup in the register-tile kernels: one SIMD vector on llvmpipe.
 const LANES: usize = 8;
+/// Split-K (shared-memory kernel): split K until about this many workgroups run, in slices of at
+/// least SPLIT_MIN_K (a multiple of the kernel's 16-long K slices).
+const SPLIT_WORKGROUPS: usize = 256;
+const SPLIT_MIN_K: usize = 256;
 
 /// Which operand is transposed. (The discriminants are the kernels' mode codes.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +57,9 @@ pub struct Matmul<'a> {
     pub relu: bool,
     /// `c += alpha · op(a) · op(b)` instead of `c = ...`; excludes `bias` and `relu`.
     pub accumulate: bool,
+    /// Room for the partial products of a split K loop ([`split_k_scratch`] floats). Without
+    /// it, or with a bias or ReLU epilogue, K is not split.
+    pub scratch: Option<&'a Tensor>,
 }
 
 impl Default for Matmul<'_> {
@@ -58,6 +70,7 @@ impl Default for Matmul<'_> {
             bias: None,
             relu: false,
             accumulate: false,
+            scratch: None,
         }
     }
 }
@@ -100,7 +113,7 @@ struct Params {
     b_k: u32,
     b_col: u32,
     mode: u32,
-    _pad: u32,
+    kchunk: u32,
 }
 
 const FLAG_ACCUMULATE: u32 = 1;
@@ -195,16 +208,90 @@ pub fn matmul_with(
         b_k: b_k as u32,
         b_col: b_col as u32,
         mode: spec.trans as u32,
-        _pad: 0,
+        kchunk: k as u32,
     };
     // Without a bias, `c` fills the slot; the kernel does not read it.
     let bias = spec.bias.map_or(c.region, |t| t.region);
+    let room = spec.scratch.map_or(0, |t| t.numel() / (m * n));
+    let splits = if spec.bias.is_none() && !spec.relu {
+        k_splits(variant, m, n, k).min(room)
+    } else {
+        1
+    };
+    if splits <= 1 {
+        return gpu.dispatch(
+            kernel,
+            &params,
+            &[a.region, b.region, c.region, bias],
+            groups,
+        );
+    }
+    // Split K: slice z stores alpha · (its partial product) into scratch[z]; a column sum of
+    // the [splits, M·N] partials then writes (or adds to) c.
+    let kchunk = k.div_ceil(splits).next_multiple_of(16);
+    let splits = k.div_ceil(kchunk);
+    let partials = Tensor {
+        region: spec
+            .scratch
+            .expect("room > 0")
+            .region
+            .slice(0, splits * m * n),
+        shape: [splits, m * n].into(),
+    };
+    let params = Params {
+        flags: 0,
+        kchunk: kchunk as u32,
+        ..params
+    };
     gpu.dispatch(
         kernel,
         &params,
-        &[a.region, b.region, c.region, bias],
-        groups,
+        &[a.region, b.region, partials.region, partials.region],
+        [groups[0], groups[1], splits as u32],
+    )?;
+    let flat_c = Tensor {
+        region: c.region,
+        shape: [m * n].into(),
+    };
+    reduce::reduce(
+        gpu,
+        &partials,
+        &flat_c,
+        Reduce::Sum,
+        Axis::Cols,
+        spec.accumulate,
     )
+}
+
+/// K slices a product runs in on `variant`: only the shared-memory kernel splits, when it would
+/// run fewer than SPLIT_WORKGROUPS workgroups and K is long enough.
+fn k_splits(variant: Variant, m: usize, n: usize, k: usize) -> usize {
+    let tiles = m.div_ceil(SMEM_TILE) * n.div_ceil(SMEM_TILE);
+    if variant != Variant::Shared || tiles >= SPLIT_WORKGROUPS {
+        return 1;
+    }
+    SPLIT_WORKGROUPS.div_ceil(tiles).min(k / SPLIT_MIN_K).max(1)
+}
+
+/// [`split_k_scratch`] for `op(a) · op(b)` on `gpu`'s own variant (zero for operands whose
+/// shapes do not multiply; [`matmul`] reports those).
+pub fn split_k_scratch_for(gpu: &Gpu, a: &Tensor, b: &Tensor, trans: Trans) -> usize {
+    let ((ar, ac), (br, bc)) = (a.shape.rows_cols(), b.shape.rows_cols());
+    let (m, k, n) = match trans {
+        Trans::NN => (ar, ac, bc),
+        Trans::NT => (ar, ac, br),
+        Trans::TN => (ac, ar, bc),
+    };
+    split_k_scratch(Variant::for_adapter(gpu), m, n, k)
+}
+
+/// Floats of scratch with which [`matmul_with`] on `variant` (see [`Variant::for_adapter`])
+/// splits the K loop of an `m×n` product over `k`; 0 when it would not split.
+pub fn split_k_scratch(variant: Variant, m: usize, n: usize, k: usize) -> usize {
+    match k_splits(variant, m, n, k) {
+        1 => 0,
+        s => s * m * n,
+    }
 }
 
 /// (M, N, K) of the product, or a shape error naming all shapes and the mode.
