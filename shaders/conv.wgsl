@@ -684,6 +684,176 @@ fn dy4(yb: u32, co: u32) -> vec4<f32> {
     return vec4(opd1[yb + c.x], opd1[yb + c.y], opd1[yb + c.z], opd1[yb + c.w]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Shared-memory kernels (GPUs, any channel counts). The register tiles above keep a 16 x 16 tile
+// per invocation, which spills on GPUs (on an H100, 32->64 ran its forward at 0.52 and its weight
+// gradient at 0.15 of the matmul's GFLOP/s). Here a 16 x 16 workgroup owns a 64 x 64 output tile
+// and walks the reduction in slices of 16: both operands' slices are staged in workgroup memory
+// (gathered through the convolution's indexing), then every invocation adds their outer products
+// into its 4 x 4 block, as in the matmul's `smem`. Slices are stored reduction-major as vec4s:
+// ws_a[j * WS_PITCH + r / 4][r % 4] holds row r at reduction step j (ws_b: column r).
+
+const WS_TILE: u32 = 64u;
+const WS_SLICE: u32 = 16u;
+const WS_PITCH: u32 = 17u;  // vec4s per reduction step; the 17th spreads the writes over banks
+var<workgroup> ws_a: array<vec4<f32>, 272>;
+var<workgroup> ws_b: array<vec4<f32>, 272>;
+
+// Forward: y[pixel, co] over k = (tap, ci). Invocation tid stages reduction step tid % 16 for the
+// tile's pixels (tid / 16 + 16 s) and output channels (likewise), so that consecutive invocations
+// read consecutive weights and input channels.
+@compute @workgroup_size(16, 16, 1)
+fn forward_smem(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let m0 = wg.y * WS_TILE;
+    let co0 = wg.x * WS_TILE;
+    let j = tid % WS_SLICE;
+    // The four pixels this invocation stages: image (p.n past the end) and the source row and
+    // column of tap (0, 0).
+    var pn: vec4<u32>;
+    var ph: vec4<i32>;
+    var pw: vec4<i32>;
+    for (var s = 0u; s < 4u; s++) {
+        let m = m0 + tid / WS_SLICE + 16u * s;
+        let v = walk_start(min(m, p.m - 1u), p.ho, p.wo);
+        pn[s] = select(p.n, v.n, m < p.m);
+        ph[s] = i32(v.r * p.sh) - i32(p.ph);
+        pw[s] = i32(v.c * p.sw) - i32(p.pw);
+    }
+    var acc0 = vec4(0.0);
+    var acc1 = vec4(0.0);
+    var acc2 = vec4(0.0);
+    var acc3 = vec4(0.0);
+    for (var k0 = 0u; k0 < p.k; k0 += WS_SLICE) {
+        let k = k0 + j;
+        let tap = k / p.cin;
+        let ci = k - tap * p.cin;
+        let kh = tap / p.kw;
+        let kw = tap - kh * p.kw;
+        for (var s = 0u; s < 4u; s++) {
+            let r = tid / WS_SLICE + 16u * s;
+            let hi = ph[s] + i32(kh);
+            let wi = pw[s] + i32(kw);
+            var vx = 0.0;
+            if pn[s] < p.n && k < p.k && u32(hi) < p.h && u32(wi) < p.w {
+                vx = src1[((pn[s] * p.h + u32(hi)) * p.w + u32(wi)) * p.cin + ci];
+            }
+            ws_a[j * WS_PITCH + r / 4u][r % 4u] = vx;
+            var vw = 0.0;
+            if co0 + r < p.cout && k < p.k {
+                vw = opd1[(co0 + r) * p.k + k];
+            }
+            ws_b[j * WS_PITCH + r / 4u][r % 4u] = vw;
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < WS_SLICE; q++) {
+            let a = ws_a[q * WS_PITCH + lid.y];
+            let b = ws_b[q * WS_PITCH + lid.x];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let c = co0 + 4u * lid.x;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var t = 0u; t < 4u; t++) {
+        let m = m0 + 4u * lid.y + t;
+        for (var q = 0u; q < 4u; q++) {
+            if m < p.m && c + q < p.cout {
+                var v = accs[t][q];
+                if (p.flags & F_BIAS) != 0u {
+                    v += bias1[c + q];
+                }
+                dst1[m * p.cout + c + q] = select(v, max(v, 0.0), (p.flags & F_RELU) != 0u);
+            }
+        }
+    }
+}
+
+// Weight gradient: dw[co, kc] over the output pixels of one split's chunk. Invocation tid stages,
+// for pixels tid / 64 + 4 s of the slice, dy at output channel co0 + tid % 64 and x at weight-row
+// position kc0 + tid % 64.
+// The slice's pixels: their image (p.n past the chunk) and the source row and column of tap (0, 0).
+var<workgroup> ws_pn: array<u32, 16>;
+var<workgroup> ws_ph: array<i32, 16>;
+var<workgroup> ws_pw: array<i32, 16>;
+
+@compute @workgroup_size(16, 16, 1)
+fn weight_grad_smem(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let co0 = wg.y * WS_TILE;
+    let kc0 = wg.x * WS_TILE;
+    let m0 = wg.z * p.chunk;
+    let m1 = min(m0 + p.chunk, p.m);
+    // The weight-row position whose x values this invocation stages: tap (kh, kw), channel ci.
+    let col = tid % WS_TILE;
+    let kc = kc0 + col;
+    let tap = kc / p.cin;
+    let ci = kc - tap * p.cin;
+    let kh = tap / p.kw;
+    let kw = tap - kh * p.kw;
+    var acc0 = vec4(0.0);
+    var acc1 = vec4(0.0);
+    var acc2 = vec4(0.0);
+    var acc3 = vec4(0.0);
+    for (var ms = m0; ms < m1; ms += WS_SLICE) {
+        if tid < WS_SLICE {
+            let m = ms + tid;
+            let v = walk_start(min(m, p.m - 1u), p.ho, p.wo);
+            ws_pn[tid] = select(p.n, v.n, m < m1);
+            ws_ph[tid] = i32(v.r * p.sh) - i32(p.ph);
+            ws_pw[tid] = i32(v.c * p.sw) - i32(p.pw);
+        }
+        workgroupBarrier();
+        for (var s = 0u; s < 4u; s++) {
+            // Invocation tid stages pixel j of the slice: dy at output channel co0 + col, and x
+            // at weight-row position kc (e % WS_TILE == col for every s).
+            let j = tid / WS_TILE + 4u * s;
+            var vdy = 0.0;
+            if ms + j < m1 && co0 + col < p.cout {
+                vdy = opd1[(ms + j) * p.cout + co0 + col];
+            }
+            ws_a[j * WS_PITCH + col / 4u][col % 4u] = vdy;
+            let hi = ws_ph[j] + i32(kh);
+            let wi = ws_pw[j] + i32(kw);
+            var vx = 0.0;
+            if ws_pn[j] < p.n && kc < p.k && u32(hi) < p.h && u32(wi) < p.w {
+                vx = src1[((ws_pn[j] * p.h + u32(hi)) * p.w + u32(wi)) * p.cin + ci];
+            }
+            ws_b[j * WS_PITCH + col / 4u][col % 4u] = vx;
+        }
+        workgroupBarrier();
+        for (var j = 0u; j < WS_SLICE; j++) {
+            let a = ws_a[j * WS_PITCH + lid.y];
+            let b = ws_b[j * WS_PITCH + lid.x];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let base = select(0u, wg.z * p.total, p.splits > 1u);
+    let c = kc0 + 4u * lid.x;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var t = 0u; t < 4u; t++) {
+        let co = co0 + 4u * lid.y + t;
+        for (var q = 0u; q < 4u; q++) {
+            if co < p.cout && c + q < p.k {
+                put_w(base + co * p.k + c + q, accs[t][q]);
+            }
+        }
+    }
+}
+
 // dw (+)= the sum of the partial sums over splits. src: scratch, dst: dw. `rsplit` consecutive
 // threads share one weight's splits and add their sums by a tree in workgroup memory: 64 on GPUs,
 // where one thread summing up to 2048 splits alone was latency-bound (0.7 ms of a 6 ms MoCo step on

@@ -50,6 +50,8 @@ const INPUT_GRAD1: Kernel = kernel!("conv.wgsl", "input_grad1", 4);
 const WEIGHT_GRAD4: Kernel = kernel!("conv.wgsl", "weight_grad4", 4);
 const WEIGHT_GRAD1: Kernel = kernel!("conv.wgsl", "weight_grad1", 4);
 const WEIGHT_GRAD_REDUCE: Kernel = kernel!("conv.wgsl", "weight_grad_reduce", 4);
+const WEIGHT_GRAD_SMEM: Kernel = kernel!("conv.wgsl", "weight_grad_smem", 4);
+const FORWARD_SMEM: Kernel = kernel!("conv.wgsl", "forward_smem", 4);
 const FORWARD_DIRECT: Kernel = kernel!("conv.wgsl", "forward_direct", 4);
 const INPUT_GRAD_DIRECT: Kernel = kernel!("conv.wgsl", "input_grad_direct", 4);
 const WEIGHT_GRAD_DIRECT: Kernel = kernel!("conv.wgsl", "weight_grad_direct", 4);
@@ -63,6 +65,10 @@ const WG: usize = 64;
 /// into chunks shorter than MIN_CHUNK pixels.
 const WGRAD_INVOCATIONS: usize = 4096;
 const MIN_CHUNK: usize = 64;
+/// Shared-memory kernels (GPUs): 64×64 output tiles per workgroup; the weight gradient splits its
+/// pixel reduction until about SMEM_WGRAD_WORKGROUPS workgroups run.
+const SMEM_TILE: usize = 64;
+const SMEM_WGRAD_WORKGROUPS: usize = 512;
 /// Direct kernels: CD output channels per invocation (the shader's CD). The forward splits its
 /// pixels into runs, one per invocation, but no run is shorter than MIN_RUN pixels (each
 /// invocation first loads 9·CD weights). The weight gradient splits its pixels the same way; each
@@ -133,6 +139,7 @@ impl Conv2d {
                     wo,
                     cout,
                     direct: self.is_direct(gpu, cin, cout),
+                    shared: !gpu.adapter.is_cpu(),
                 };
                 let splits = d.wgrad_splits(self, usize::MAX).0;
                 if splits > 1 {
@@ -199,6 +206,8 @@ struct Dims {
     cout: usize,
     /// The layer runs the direct kernels ([`Conv2d::is_direct`]).
     direct: bool,
+    /// A GPU: the forward and the weight gradient run the shared-memory kernels.
+    shared: bool,
 }
 
 impl Dims {
@@ -235,6 +244,7 @@ impl Dims {
             wo,
             cout: ws[0],
             direct: g.is_direct(gpu, xs[3], ws[0]),
+            shared: !gpu.adapter.is_cpu(),
         };
         if ws[1] != g.kh || ws[2] != g.kw || ws[3] != d.cin {
             return bad("the weight does not match the kernel size or input channels");
@@ -289,6 +299,9 @@ impl Dims {
         let pixels = self.n * self.ho * self.wo;
         let want = if self.direct {
             direct_invocations() / self.cout.div_ceil(CD)
+        } else if self.shared {
+            let k = g.kh * g.kw * self.cin;
+            SMEM_WGRAD_WORKGROUPS / (k.div_ceil(SMEM_TILE) * self.cout.div_ceil(SMEM_TILE))
         } else {
             WGRAD_INVOCATIONS / (self.wgrad_col_tiles(g) * self.cout.div_ceil(TM))
         };
@@ -352,6 +365,19 @@ pub fn forward(
             1,
         ];
         return gpu.dispatch(&FORWARD_DIRECT, &params, &regions, groups);
+    }
+    // (The grid's y dimension holds the pixel tiles: at most 65535 of them.)
+    if d.shared && m.div_ceil(SMEM_TILE) <= 65535 {
+        return gpu.dispatch(
+            &FORWARD_SMEM,
+            &d.params(g, m, flags),
+            &regions,
+            [
+                d.cout.div_ceil(SMEM_TILE) as u32,
+                m.div_ceil(SMEM_TILE) as u32,
+                1,
+            ],
+        );
     }
     let kernel = if d.vec4() {
         &FORWARD4
@@ -439,6 +465,15 @@ pub fn backward_weight(
         (
             &WEIGHT_GRAD_DIRECT,
             [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
+        )
+    } else if d.shared {
+        (
+            &WEIGHT_GRAD_SMEM,
+            [
+                (g.kh * g.kw * d.cin).div_ceil(SMEM_TILE) as u32,
+                d.cout.div_ceil(SMEM_TILE) as u32,
+                splits as u32,
+            ],
         )
     } else {
         (
