@@ -775,6 +775,106 @@ fn forward_smem(
     }
 }
 
+// The reduction steps of an input-gradient slice: output channel (cout past the end), tap row and
+// column, and where w[co, tap, 0] starts.
+var<workgroup> ws_co: array<u32, 16>;
+var<workgroup> ws_kh: array<i32, 16>;
+var<workgroup> ws_kw: array<i32, 16>;
+var<workgroup> ws_wo: array<u32, 16>;
+
+// Input gradient: dx[pixel, ci] over k = (tap, co) as a gather: input pixel (ih, iw) takes dy at
+// ((ih + ph - kh) / sh, (iw + pw - kw) / sw) where that divides exactly and lies in the output.
+// Invocation tid stages dy for reduction step tid % 16 and pixels tid / 16 + 16 s, and w for steps
+// tid / 64 + 4 s at input channel ci0 + tid % 64.
+@compute @workgroup_size(16, 16, 1)
+fn input_grad_smem(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let m0 = wg.y * WS_TILE;
+    let ci0 = wg.x * WS_TILE;
+    let j = tid % WS_SLICE;
+    let col = tid % WS_TILE;
+    let kk = p.kh * p.kw * p.cout;
+    // The four input pixels this invocation stages: image (p.n past the end), ih + ph, iw + pw.
+    var pn: vec4<u32>;
+    var ph: vec4<i32>;
+    var pw: vec4<i32>;
+    for (var s = 0u; s < 4u; s++) {
+        let m = m0 + tid / WS_SLICE + 16u * s;
+        let v = walk_start(min(m, p.m - 1u), p.h, p.w);
+        pn[s] = select(p.n, v.n, m < p.m);
+        ph[s] = i32(v.r + p.ph);
+        pw[s] = i32(v.c + p.pw);
+    }
+    var acc0 = vec4(0.0);
+    var acc1 = vec4(0.0);
+    var acc2 = vec4(0.0);
+    var acc3 = vec4(0.0);
+    for (var k0 = 0u; k0 < kk; k0 += WS_SLICE) {
+        if tid < WS_SLICE {
+            let k = k0 + tid;
+            let tap = k / p.cout;
+            let co = k - tap * p.cout;
+            let kh = tap / p.kw;
+            ws_co[tid] = select(p.cout, co, k < kk);
+            ws_kh[tid] = i32(kh);
+            ws_kw[tid] = i32(tap - kh * p.kw);
+            ws_wo[tid] = (co * p.kh * p.kw + tap) * p.cin;
+        }
+        workgroupBarrier();
+        let co = ws_co[j];
+        for (var s = 0u; s < 4u; s++) {
+            let r = tid / WS_SLICE + 16u * s;
+            let th = ph[s] - ws_kh[j];
+            let tw = pw[s] - ws_kw[j];
+            var ok = pn[s] < p.n && co < p.cout && th >= 0 && tw >= 0;
+            var oh = th;
+            var ow = tw;
+            if p.sh != 1u || p.sw != 1u {
+                ok = ok && th % i32(p.sh) == 0 && tw % i32(p.sw) == 0;
+                oh = th / i32(p.sh);
+                ow = tw / i32(p.sw);
+            }
+            var v = 0.0;
+            if ok && u32(oh) < p.ho && u32(ow) < p.wo {
+                v = src1[((pn[s] * p.ho + u32(oh)) * p.wo + u32(ow)) * p.cout + co];
+            }
+            ws_a[j * WS_PITCH + r / 4u][r % 4u] = v;
+        }
+        for (var s = 0u; s < 4u; s++) {
+            let kb = tid / WS_TILE + 4u * s;
+            var v = 0.0;
+            if ws_co[kb] < p.cout && ci0 + col < p.cin {
+                v = opd1[ws_wo[kb] + ci0 + col];
+            }
+            ws_b[kb * WS_PITCH + col / 4u][col % 4u] = v;
+        }
+        workgroupBarrier();
+        for (var q = 0u; q < WS_SLICE; q++) {
+            let a = ws_a[q * WS_PITCH + lid.y];
+            let b = ws_b[q * WS_PITCH + lid.x];
+            acc0 += a.x * b;
+            acc1 += a.y * b;
+            acc2 += a.z * b;
+            acc3 += a.w * b;
+        }
+        workgroupBarrier();
+    }
+    let c = ci0 + 4u * lid.x;
+    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
+    for (var t = 0u; t < 4u; t++) {
+        let m = m0 + 4u * lid.y + t;
+        for (var q = 0u; q < 4u; q++) {
+            if m < p.m && c + q < p.cin {
+                let i = m * p.cin + c + q;
+                dst1[i] = select(accs[t][q], accs[t][q] + dst1[i], (p.flags & F_ACC) != 0u);
+            }
+        }
+    }
+}
+
 // Weight gradient: dw[co, kc] over the output pixels of one split's chunk. Invocation tid stages,
 // for pixels tid / 64 + 4 s of the slice, dy at output channel co0 + tid % 64 and x at weight-row
 // position kc0 + tid % 64.

@@ -8,10 +8,11 @@
 //! checkpoint export permutes them to PyTorch's `[Cout, Cin, KH, KW]`.
 //!
 //! **Kernels.** No im2col matrix is ever materialised: the gather is folded into the GEMM's loads.
-//! Each invocation computes a 16-pixel × 16-channel register tile without workgroup memory or
-//! barriers (the fast shape on llvmpipe, see the shader's header). When both channel counts are
-//! multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores when only the input
-//! channels are odd).
+//! On CPU adapters each invocation computes a 16-pixel × 16-channel register tile without
+//! workgroup memory or barriers (the fast shape on llvmpipe, see the shader's header). When both
+//! channel counts are multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores
+//! when only the input channels are odd). Those tiles spill on GPUs, which run shared-memory
+//! kernels instead: a 64×64 output tile per workgroup, the reduction staged in slices of 16.
 //!
 //! **Direct kernels.** On a CPU adapter, one input channel and a kernel of at most 3×3 (a first
 //! layer on grayscale images, see [`Conv2d::is_direct`]) make the GEMM's reduction (at most 9 long)
@@ -32,10 +33,9 @@
 //!
 //! **Known limits.** In a direct layer every output element costs a storage access and only 9
 //! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
-//! arithmetic. With
-//! 2–3 input channels and 3×3 kernels (27-long rows) the scalar GEMM runs, at a fraction of the
-//! vec4 rate. The large register tiles suit CPUs and spill on GPUs; a workgroup-memory variant for
-//! real GPUs is future work.
+//! arithmetic. With 2–3 input channels and 3×3 kernels (27-long rows) the scalar GEMM runs, at a
+//! fraction of the vec4 rate. The shared-memory input gradient treats a strided convolution as a
+//! masked gather over every tap (at stride 2 about 3/4 of its multiply-adds are on zeros).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
@@ -52,6 +52,7 @@ const WEIGHT_GRAD1: Kernel = kernel!("conv.wgsl", "weight_grad1", 4);
 const WEIGHT_GRAD_REDUCE: Kernel = kernel!("conv.wgsl", "weight_grad_reduce", 4);
 const WEIGHT_GRAD_SMEM: Kernel = kernel!("conv.wgsl", "weight_grad_smem", 4);
 const FORWARD_SMEM: Kernel = kernel!("conv.wgsl", "forward_smem", 4);
+const INPUT_GRAD_SMEM: Kernel = kernel!("conv.wgsl", "input_grad_smem", 4);
 const FORWARD_DIRECT: Kernel = kernel!("conv.wgsl", "forward_direct", 4);
 const INPUT_GRAD_DIRECT: Kernel = kernel!("conv.wgsl", "input_grad_direct", 4);
 const WEIGHT_GRAD_DIRECT: Kernel = kernel!("conv.wgsl", "weight_grad_direct", 4);
@@ -206,7 +207,7 @@ struct Dims {
     cout: usize,
     /// The layer runs the direct kernels ([`Conv2d::is_direct`]).
     direct: bool,
-    /// A GPU: the forward and the weight gradient run the shared-memory kernels.
+    /// A GPU: the shared-memory kernels run.
     shared: bool,
 }
 
@@ -414,6 +415,19 @@ pub fn backward_input(
             &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
             [d.n.div_ceil(WG) as u32, 1, 1],
+        );
+    }
+    let pixels = d.n * d.h * d.w;
+    if d.shared && pixels.div_ceil(SMEM_TILE) <= 65535 {
+        return gpu.dispatch(
+            &INPUT_GRAD_SMEM,
+            &d.params(g, pixels, flags),
+            &[dy.region, w.region, w.region, dx.region],
+            [
+                d.cin.div_ceil(SMEM_TILE) as u32,
+                pixels.div_ceil(SMEM_TILE) as u32,
+                1,
+            ],
         );
     }
     let (sh, sw) = g.stride;
