@@ -782,8 +782,9 @@ var<workgroup> ws_kh: array<i32, 16>;
 var<workgroup> ws_kw: array<i32, 16>;
 var<workgroup> ws_wo: array<u32, 16>;
 
-// Input gradient: dx[pixel, ci] over k = (tap, co) as a gather: input pixel (ih, iw) takes dy at
-// ((ih + ph - kh) / sh, (iw + pw - kw) / sw) where that divides exactly and lies in the output.
+// Input gradient at stride 1: dx[pixel, ci] over k = (tap, co) as a gather: input pixel (ih, iw)
+// takes dy at (ih + ph - kh, iw + pw - kw) where that lies in the output. (Strided layers run the
+// register tiles above, which skip the taps that cannot reach a pixel.)
 // Invocation tid stages dy for reduction step tid % 16 and pixels tid / 16 + 16 s, and w for steps
 // tid / 64 + 4 s at input channel ci0 + tid % 64.
 @compute @workgroup_size(16, 16, 1)
@@ -829,17 +830,9 @@ fn input_grad_smem(
             let r = tid / WS_SLICE + 16u * s;
             let th = ph[s] - ws_kh[j];
             let tw = pw[s] - ws_kw[j];
-            var ok = pn[s] < p.n && co < p.cout && th >= 0 && tw >= 0;
-            var oh = th;
-            var ow = tw;
-            if p.sh != 1u || p.sw != 1u {
-                ok = ok && th % i32(p.sh) == 0 && tw % i32(p.sw) == 0;
-                oh = th / i32(p.sh);
-                ow = tw / i32(p.sw);
-            }
             var v = 0.0;
-            if ok && u32(oh) < p.ho && u32(ow) < p.wo {
-                v = src1[((pn[s] * p.ho + u32(oh)) * p.wo + u32(ow)) * p.cout + co];
+            if pn[s] < p.n && co < p.cout && u32(th) < p.ho && u32(tw) < p.wo {
+                v = src1[((pn[s] * p.ho + u32(th)) * p.wo + u32(tw)) * p.cout + co];
             }
             ws_a[j * WS_PITCH + r / 4u][r % 4u] = v;
         }

@@ -34,8 +34,8 @@
 //! **Known limits.** In a direct layer every output element costs a storage access and only 9
 //! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
 //! arithmetic. With 2–3 input channels and 3×3 kernels (27-long rows) the scalar GEMM runs, at a
-//! fraction of the vec4 rate. The shared-memory input gradient treats a strided convolution as a
-//! masked gather over every tap (at stride 2 about 3/4 of its multiply-adds are on zeros).
+//! fraction of the vec4 rate. On GPUs, strided input gradients and reductions shorter than 32
+//! keep the register tiles (see [`forward`] and [`backward_input`] for the measurements).
 
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
@@ -69,6 +69,7 @@ const MIN_CHUNK: usize = 64;
 /// Shared-memory kernels (GPUs): 64×64 output tiles per workgroup; the weight gradient splits its
 /// pixel reduction until about SMEM_WGRAD_WORKGROUPS workgroups run.
 const SMEM_TILE: usize = 64;
+const SMEM_SLICE: usize = 16;
 const SMEM_WGRAD_WORKGROUPS: usize = 512;
 /// Direct kernels: CD output channels per invocation (the shader's CD). The forward splits its
 /// pixels into runs, one per invocation, but no run is shorter than MIN_RUN pixels (each
@@ -367,8 +368,10 @@ pub fn forward(
         ];
         return gpu.dispatch(&FORWARD_DIRECT, &params, &regions, groups);
     }
-    // (The grid's y dimension holds the pixel tiles: at most 65535 of them.)
-    if d.shared && m.div_ceil(SMEM_TILE) <= 65535 {
+    // A reduction shorter than two staged slices leaves most of the shared tile empty: on an
+    // H100, 1→32 (k = 9) ran at 789 GFLOP/s there and at 2,539 on the register tiles. (The grid's
+    // y dimension holds the pixel tiles: at most 65535 of them.)
+    if d.shared && g.kh * g.kw * d.cin >= 2 * SMEM_SLICE && m.div_ceil(SMEM_TILE) <= 65535 {
         return gpu.dispatch(
             &FORWARD_SMEM,
             &d.params(g, m, flags),
@@ -418,7 +421,11 @@ pub fn backward_input(
         );
     }
     let pixels = d.n * d.h * d.w;
-    if d.shared && pixels.div_ceil(SMEM_TILE) <= 65535 {
+    // Stride 1 only: a version for any stride, as a gather masked at the taps that cannot reach
+    // a pixel, multiplied zeros for 3 of 4 taps at stride 2 (on an H100, 32→64 s2 ran at 1,005
+    // GFLOP/s there and 1,616 on the register tiles). One input channel fills 1 of the tile's 64
+    // columns (1→32 s1: 186 against 229).
+    if d.shared && g.stride == (1, 1) && d.cin >= 4 && pixels.div_ceil(SMEM_TILE) <= 65535 {
         return gpu.dispatch(
             &INPUT_GRAD_SMEM,
             &d.params(g, pixels, flags),
