@@ -699,6 +699,19 @@ const WS_PITCH: u32 = 17u;  // vec4s per reduction step; the 17th spreads the wr
 var<workgroup> ws_a: array<vec4<f32>, 272>;
 var<workgroup> ws_b: array<vec4<f32>, 272>;
 
+// acc[t] += a[t] * b over the staged slice, where a holds this invocation's 4 rows and b its 4
+// columns at one reduction step.
+fn ws_multiply(lid: vec3<u32>, acc: ptr<function, Acc>) {
+    for (var j = 0u; j < WS_SLICE; j++) {
+        let a = ws_a[j * WS_PITCH + lid.y];
+        let b = ws_b[j * WS_PITCH + lid.x];
+        (*acc)[0] += a.x * b;
+        (*acc)[1] += a.y * b;
+        (*acc)[2] += a.z * b;
+        (*acc)[3] += a.w * b;
+    }
+}
+
 // Forward: y[pixel, co] over k = (tap, ci). Invocation tid stages reduction step tid % 16 for the
 // tile's pixels (tid / 16 + 16 s) and output channels (likewise), so that consecutive invocations
 // read consecutive weights and input channels.
@@ -723,10 +736,7 @@ fn forward_smem(
         ph[s] = i32(v.r * p.sh) - i32(p.ph);
         pw[s] = i32(v.c * p.sw) - i32(p.pw);
     }
-    var acc0 = vec4(0.0);
-    var acc1 = vec4(0.0);
-    var acc2 = vec4(0.0);
-    var acc3 = vec4(0.0);
+    var acc: Acc;
     for (var k0 = 0u; k0 < p.k; k0 += WS_SLICE) {
         let k = k0 + j;
         let tap = k / p.cin;
@@ -749,23 +759,15 @@ fn forward_smem(
             ws_b[j * WS_PITCH + r / 4u][r % 4u] = vw;
         }
         workgroupBarrier();
-        for (var q = 0u; q < WS_SLICE; q++) {
-            let a = ws_a[q * WS_PITCH + lid.y];
-            let b = ws_b[q * WS_PITCH + lid.x];
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
-        }
+        ws_multiply(lid, &acc);
         workgroupBarrier();
     }
     let c = co0 + 4u * lid.x;
-    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var t = 0u; t < 4u; t++) {
         let m = m0 + 4u * lid.y + t;
         for (var q = 0u; q < 4u; q++) {
             if m < p.m && c + q < p.cout {
-                var v = accs[t][q];
+                var v = acc[t][q];
                 if (p.flags & F_BIAS) != 0u {
                     v += bias1[c + q];
                 }
@@ -809,10 +811,7 @@ fn input_grad_smem(
         ph[s] = i32(v.r + p.ph);
         pw[s] = i32(v.c + p.pw);
     }
-    var acc0 = vec4(0.0);
-    var acc1 = vec4(0.0);
-    var acc2 = vec4(0.0);
-    var acc3 = vec4(0.0);
+    var acc: Acc;
     for (var k0 = 0u; k0 < kk; k0 += WS_SLICE) {
         if tid < WS_SLICE {
             let k = k0 + tid;
@@ -845,24 +844,16 @@ fn input_grad_smem(
             ws_b[kb * WS_PITCH + col / 4u][col % 4u] = v;
         }
         workgroupBarrier();
-        for (var q = 0u; q < WS_SLICE; q++) {
-            let a = ws_a[q * WS_PITCH + lid.y];
-            let b = ws_b[q * WS_PITCH + lid.x];
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
-        }
+        ws_multiply(lid, &acc);
         workgroupBarrier();
     }
     let c = ci0 + 4u * lid.x;
-    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var t = 0u; t < 4u; t++) {
         let m = m0 + 4u * lid.y + t;
         for (var q = 0u; q < 4u; q++) {
             if m < p.m && c + q < p.cin {
                 let i = m * p.cin + c + q;
-                dst1[i] = select(accs[t][q], accs[t][q] + dst1[i], (p.flags & F_ACC) != 0u);
+                dst1[i] = select(acc[t][q], acc[t][q] + dst1[i], (p.flags & F_ACC) != 0u);
             }
         }
     }
@@ -893,10 +884,7 @@ fn weight_grad_smem(
     let ci = kc - tap * p.cin;
     let kh = tap / p.kw;
     let kw = tap - kh * p.kw;
-    var acc0 = vec4(0.0);
-    var acc1 = vec4(0.0);
-    var acc2 = vec4(0.0);
-    var acc3 = vec4(0.0);
+    var acc: Acc;
     for (var ms = m0; ms < m1; ms += WS_SLICE) {
         if tid < WS_SLICE {
             let m = ms + tid;
@@ -924,24 +912,16 @@ fn weight_grad_smem(
             ws_b[j * WS_PITCH + col / 4u][col % 4u] = vx;
         }
         workgroupBarrier();
-        for (var j = 0u; j < WS_SLICE; j++) {
-            let a = ws_a[j * WS_PITCH + lid.y];
-            let b = ws_b[j * WS_PITCH + lid.x];
-            acc0 += a.x * b;
-            acc1 += a.y * b;
-            acc2 += a.z * b;
-            acc3 += a.w * b;
-        }
+        ws_multiply(lid, &acc);
         workgroupBarrier();
     }
     let base = select(0u, wg.z * p.total, p.splits > 1u);
     let c = kc0 + 4u * lid.x;
-    let accs = array<vec4<f32>, 4>(acc0, acc1, acc2, acc3);
     for (var t = 0u; t < 4u; t++) {
         let co = co0 + 4u * lid.y + t;
         for (var q = 0u; q < 4u; q++) {
             if co < p.cout && c + q < p.k {
-                put_w(base + co * p.k + c + q, accs[t][q]);
+                put_w(base + co * p.k + c + q, acc[t][q]);
             }
         }
     }
