@@ -9,6 +9,7 @@ use crate::memory::Tensor;
 use super::grid_1d;
 
 const JSD: crate::gpu::Kernel = kernel!("mi.wgsl", "jsd", 3);
+const NCE_PARTIAL: crate::gpu::Kernel = kernel!("mi.wgsl", "nce_partial", 3);
 const NCE_ROWS: crate::gpu::Kernel = kernel!("mi.wgsl", "nce_rows", 3);
 const NCE_GRAD: crate::gpu::Kernel = kernel!("mi.wgsl", "nce_grad", 3);
 
@@ -32,19 +33,20 @@ struct Params {
     parts: u32,
 }
 
-/// Most JSD threads per score row: enough to spread a DIM row (N·L = 50176 scores at batch 256 on
+/// Most threads per score row: enough to spread a DIM row (N·L = 50176 scores at batch 256 on
 /// 14×14 maps) over 65536 threads.
-const JSD_PARTS: usize = 256;
+const ROW_PARTS: usize = 256;
 
-fn jsd_parts(n: usize, locs: usize) -> usize {
-    (n * locs).min(JSD_PARTS)
+fn row_parts(n: usize, locs: usize) -> usize {
+    (n * locs).min(ROW_PARTS)
 }
 
-/// Words of `loss` each estimator needs: JSD one per thread, NCE two per (image, location).
+/// Words of `loss` each estimator needs: JSD one per thread; NCE two per (image, location), two
+/// per partial sum and two per image (the layout is in the shader).
 pub fn loss_len(est: Estimator, n: usize, locs: usize) -> usize {
     match est {
-        Estimator::Jsd => n * jsd_parts(n, locs),
-        Estimator::Nce => 2 * n * locs,
+        Estimator::Jsd => n * row_parts(n, locs),
+        Estimator::Nce => 2 * n * locs + 2 * n * row_parts(n, locs) + 2 * n,
     }
 }
 
@@ -86,7 +88,7 @@ pub fn estimate(
         n: n as u32,
         locs: locs as u32,
         accumulate: accumulate as u32,
-        parts: jsd_parts(n, locs) as u32,
+        parts: row_parts(n, locs) as u32,
     };
     let bufs = [scores.region, loss.region, dscores.region];
     match est {
@@ -95,11 +97,12 @@ pub fn estimate(
         }
         Estimator::Nce => {
             gpu.dispatch(
-                &NCE_ROWS,
+                &NCE_PARTIAL,
                 &params,
                 &bufs,
-                [(n * locs).div_ceil(64) as u32, 1, 1],
+                grid_1d(n * params.parts as usize, 64),
             )?;
+            gpu.dispatch(&NCE_ROWS, &params, &bufs, [n.div_ceil(64) as u32, 1, 1])?;
             gpu.dispatch(&NCE_GRAD, &params, &bufs, grid_1d(scores.numel(), 64))
         }
     }
