@@ -699,6 +699,37 @@ const WS_PITCH: u32 = 17u;  // vec4s per reduction step; the 17th spreads the wr
 var<workgroup> ws_a: array<vec4<f32>, 272>;
 var<workgroup> ws_b: array<vec4<f32>, 272>;
 
+// Row (or column) r of reduction step `step` in the staged slices.
+fn put_a(step: u32, r: u32, v: f32) {
+    ws_a[step * WS_PITCH + r / 4u][r % 4u] = v;
+}
+
+fn put_b(step: u32, r: u32, v: f32) {
+    ws_b[step * WS_PITCH + r / 4u][r % 4u] = v;
+}
+
+// A staged pixel: its image (p.n when the pixel does not exist) and the source row and column
+// that tap (0, 0) reads.
+struct Origin { n: u32, h: i32, w: i32 }
+
+// Pixel m of an [N, rows, cols] grid, which exists when m < end; its origin is (r·s + off,
+// c·s + off) for grid position (r, c).
+fn origin(m: u32, end: u32, rows: u32, cols: u32, s: vec2<u32>, off: vec2<i32>) -> Origin {
+    let v = walk_start(min(m, p.m - 1u), rows, cols);
+    return Origin(select(p.n, v.n, m < end), i32(v.r * s.x) + off.x, i32(v.c * s.y) + off.y);
+}
+
+// Channel c at (o.h + dh, o.w + dw) of the [N, rows, cols, chans] image in src1: zero outside the
+// image, for a pixel that does not exist, or unless `ok`.
+fn gather(o: Origin, dh: i32, dw: i32, c: u32, rows: u32, cols: u32, chans: u32, ok: bool) -> f32 {
+    let h = o.h + dh;
+    let w = o.w + dw;
+    if ok && o.n < p.n && u32(h) < rows && u32(w) < cols {
+        return src1[((o.n * rows + u32(h)) * cols + u32(w)) * chans + c];
+    }
+    return 0.0;
+}
+
 // acc[t] += a[t] * b over the staged slice, where a holds this invocation's 4 rows and b its 4
 // columns at one reduction step.
 fn ws_multiply(lid: vec3<u32>, acc: ptr<function, Acc>) {
@@ -724,17 +755,11 @@ fn forward_smem(
     let m0 = wg.y * WS_TILE;
     let co0 = wg.x * WS_TILE;
     let j = tid % WS_SLICE;
-    // The four pixels this invocation stages: image (p.n past the end) and the source row and
-    // column of tap (0, 0).
-    var pn: vec4<u32>;
-    var ph: vec4<i32>;
-    var pw: vec4<i32>;
+    // The four output pixels this invocation stages.
+    var px: array<Origin, 4>;
     for (var s = 0u; s < 4u; s++) {
         let m = m0 + tid / WS_SLICE + 16u * s;
-        let v = walk_start(min(m, p.m - 1u), p.ho, p.wo);
-        pn[s] = select(p.n, v.n, m < p.m);
-        ph[s] = i32(v.r * p.sh) - i32(p.ph);
-        pw[s] = i32(v.c * p.sw) - i32(p.pw);
+        px[s] = origin(m, p.m, p.ho, p.wo, vec2(p.sh, p.sw), -vec2(i32(p.ph), i32(p.pw)));
     }
     var acc: Acc;
     for (var k0 = 0u; k0 < p.k; k0 += WS_SLICE) {
@@ -745,18 +770,12 @@ fn forward_smem(
         let kw = tap - kh * p.kw;
         for (var s = 0u; s < 4u; s++) {
             let r = tid / WS_SLICE + 16u * s;
-            let hi = ph[s] + i32(kh);
-            let wi = pw[s] + i32(kw);
-            var vx = 0.0;
-            if pn[s] < p.n && k < p.k && u32(hi) < p.h && u32(wi) < p.w {
-                vx = src1[((pn[s] * p.h + u32(hi)) * p.w + u32(wi)) * p.cin + ci];
-            }
-            ws_a[j * WS_PITCH + r / 4u][r % 4u] = vx;
+            put_a(j, r, gather(px[s], i32(kh), i32(kw), ci, p.h, p.w, p.cin, k < p.k));
             var vw = 0.0;
             if co0 + r < p.cout && k < p.k {
                 vw = opd1[(co0 + r) * p.k + k];
             }
-            ws_b[j * WS_PITCH + r / 4u][r % 4u] = vw;
+            put_b(j, r, vw);
         }
         workgroupBarrier();
         ws_multiply(lid, &acc);
@@ -800,16 +819,12 @@ fn input_grad_smem(
     let j = tid % WS_SLICE;
     let col = tid % WS_TILE;
     let kk = p.kh * p.kw * p.cout;
-    // The four input pixels this invocation stages: image (p.n past the end), ih + ph, iw + pw.
-    var pn: vec4<u32>;
-    var ph: vec4<i32>;
-    var pw: vec4<i32>;
+    // The four input pixels this invocation stages; tap (kh, kw) reads dy at (ih + ph - kh,
+    // iw + pw - kw).
+    var px: array<Origin, 4>;
     for (var s = 0u; s < 4u; s++) {
         let m = m0 + tid / WS_SLICE + 16u * s;
-        let v = walk_start(min(m, p.m - 1u), p.h, p.w);
-        pn[s] = select(p.n, v.n, m < p.m);
-        ph[s] = i32(v.r + p.ph);
-        pw[s] = i32(v.c + p.pw);
+        px[s] = origin(m, p.m, p.h, p.w, vec2(1u), vec2(i32(p.ph), i32(p.pw)));
     }
     var acc: Acc;
     for (var k0 = 0u; k0 < kk; k0 += WS_SLICE) {
@@ -827,13 +842,7 @@ fn input_grad_smem(
         let co = ws_co[j];
         for (var s = 0u; s < 4u; s++) {
             let r = tid / WS_SLICE + 16u * s;
-            let th = ph[s] - ws_kh[j];
-            let tw = pw[s] - ws_kw[j];
-            var v = 0.0;
-            if pn[s] < p.n && co < p.cout && u32(th) < p.ho && u32(tw) < p.wo {
-                v = src1[((pn[s] * p.ho + u32(th)) * p.wo + u32(tw)) * p.cout + co];
-            }
-            ws_a[j * WS_PITCH + r / 4u][r % 4u] = v;
+            put_a(j, r, gather(px[s], -ws_kh[j], -ws_kw[j], co, p.ho, p.wo, p.cout, co < p.cout));
         }
         for (var s = 0u; s < 4u; s++) {
             let kb = tid / WS_TILE + 4u * s;
@@ -841,7 +850,7 @@ fn input_grad_smem(
             if ws_co[kb] < p.cout && ci0 + col < p.cin {
                 v = opd1[ws_wo[kb] + ci0 + col];
             }
-            ws_b[kb * WS_PITCH + col / 4u][col % 4u] = v;
+            put_b(kb, col, v);
         }
         workgroupBarrier();
         ws_multiply(lid, &acc);
@@ -862,10 +871,8 @@ fn input_grad_smem(
 // Weight gradient: dw[co, kc] over the output pixels of one split's chunk. Invocation tid stages,
 // for pixels tid / 64 + 4 s of the slice, dy at output channel co0 + tid % 64 and x at weight-row
 // position kc0 + tid % 64.
-// The slice's pixels: their image (p.n past the chunk) and the source row and column of tap (0, 0).
-var<workgroup> ws_pn: array<u32, 16>;
-var<workgroup> ws_ph: array<i32, 16>;
-var<workgroup> ws_pw: array<i32, 16>;
+// The slice's output pixels (not existing past the chunk).
+var<workgroup> ws_px: array<Origin, 16>;
 
 @compute @workgroup_size(16, 16, 1)
 fn weight_grad_smem(
@@ -887,11 +894,8 @@ fn weight_grad_smem(
     var acc: Acc;
     for (var ms = m0; ms < m1; ms += WS_SLICE) {
         if tid < WS_SLICE {
-            let m = ms + tid;
-            let v = walk_start(min(m, p.m - 1u), p.ho, p.wo);
-            ws_pn[tid] = select(p.n, v.n, m < m1);
-            ws_ph[tid] = i32(v.r * p.sh) - i32(p.ph);
-            ws_pw[tid] = i32(v.c * p.sw) - i32(p.pw);
+            let stride = vec2(p.sh, p.sw);
+            ws_px[tid] = origin(ms + tid, m1, p.ho, p.wo, stride, -vec2(i32(p.ph), i32(p.pw)));
         }
         workgroupBarrier();
         for (var s = 0u; s < 4u; s++) {
@@ -902,14 +906,8 @@ fn weight_grad_smem(
             if ms + j < m1 && co0 + col < p.cout {
                 vdy = opd1[(ms + j) * p.cout + co0 + col];
             }
-            ws_a[j * WS_PITCH + col / 4u][col % 4u] = vdy;
-            let hi = ws_ph[j] + i32(kh);
-            let wi = ws_pw[j] + i32(kw);
-            var vx = 0.0;
-            if ws_pn[j] < p.n && kc < p.k && u32(hi) < p.h && u32(wi) < p.w {
-                vx = src1[((ws_pn[j] * p.h + u32(hi)) * p.w + u32(wi)) * p.cin + ci];
-            }
-            ws_b[j * WS_PITCH + col / 4u][col % 4u] = vx;
+            put_a(j, col, vdy);
+            put_b(j, col, gather(ws_px[j], i32(kh), i32(kw), ci, p.h, p.w, p.cin, kc < p.k));
         }
         workgroupBarrier();
         ws_multiply(lid, &acc);

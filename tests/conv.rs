@@ -93,22 +93,13 @@ const GEOMS: [(usize, usize, usize, usize); 6] = [
     (1, 1, 2, 0),
 ];
 
-#[test]
-fn scalar_paths_match_reference() {
-    // Channel counts that are not multiples of 4 take the scalar kernels (with vec4 stores when
-    // only the input channels are odd, as in a first layer).
+/// Every shape `(n, h, w, cin, cout)` with every geometry of GEOMS, on both launch modes; seeds
+/// count up from `first_seed` (+1 before each case).
+fn check_shapes_and_geoms(shapes: &[(usize, usize, usize, usize, usize)], first_seed: u64) {
     for gpu in gpus() {
         let mut arena = Arena::for_gpu("test", &gpu);
-        let mut seed = 0;
-        for &(n, h, w, cin, cout) in &[
-            (1, 7, 5, 1, 17),
-            (2, 6, 5, 3, 5),
-            (1, 5, 7, 5, 1),
-            (2, 5, 6, 17, 3),
-            (1, 6, 6, 4, 5),
-            (2, 7, 5, 3, 8),
-            (1, 6, 5, 1, 20),
-        ] {
+        let mut seed = first_seed;
+        for &(n, h, w, cin, cout) in shapes {
             for &(kh, kw, st, pd) in &GEOMS {
                 seed += 1;
                 check(
@@ -125,25 +116,27 @@ fn scalar_paths_match_reference() {
 }
 
 #[test]
+fn scalar_paths_match_reference() {
+    // Channel counts that are not multiples of 4 take the scalar kernels (with vec4 stores when
+    // only the input channels are odd, as in a first layer).
+    check_shapes_and_geoms(
+        &[
+            (1, 7, 5, 1, 17),
+            (2, 6, 5, 3, 5),
+            (1, 5, 7, 5, 1),
+            (2, 5, 6, 17, 3),
+            (1, 6, 6, 4, 5),
+            (2, 7, 5, 3, 8),
+            (1, 6, 5, 1, 20),
+        ],
+        0,
+    );
+}
+
+#[test]
 fn vec4_paths_match_reference() {
-    for gpu in gpus() {
-        let mut arena = Arena::for_gpu("test", &gpu);
-        let mut seed = 100;
-        // Rows and channels that are not multiples of the 16×16 tile, one batch of 1.
-        for &(n, h, w, cin, cout) in &[(1, 7, 5, 4, 20), (2, 6, 7, 8, 4), (3, 5, 5, 20, 36)] {
-            for &(kh, kw, st, pd) in &GEOMS {
-                seed += 1;
-                check(
-                    &gpu,
-                    &mut arena,
-                    RefShape { n, h, w, cin, cout },
-                    geom(kh, kw, st, pd),
-                    seed,
-                );
-                arena.reset();
-            }
-        }
-    }
+    // Rows and channels that are not multiples of the 16×16 tile, one batch of 1.
+    check_shapes_and_geoms(&[(1, 7, 5, 4, 20), (2, 6, 7, 8, 4), (3, 5, 5, 20, 36)], 100);
 }
 
 #[test]

@@ -520,7 +520,7 @@ pub fn backward_weight(
     }
     params.flags = acc_flag;
     // Threads per weight in the reduce (see the shader).
-    params.rsplit = if gpu.adapter.is_cpu() { 1 } else { 64 };
+    params.rsplit = if d.shared { 64 } else { 1 };
     gpu.dispatch(
         &WEIGHT_GRAD_REDUCE,
         &params,

@@ -28,6 +28,8 @@ const SMEM: Kernel = kernel!("matmul.wgsl", "smem", 4);
 const TILE4_SIDE: usize = 32;
 const TILE1_SIDE: usize = 16;
 const SMEM_TILE: usize = 64;
+/// K slice staged per step by the shared-memory kernel (its SLICE).
+const SMEM_SLICE: usize = 16;
 /// Invocations per workgroup in the register-tile kernels: one SIMD vector on llvmpipe.
 const LANES: usize = 8;
 /// Split-K (shared-memory kernel): split K until about this many workgroups run, in slices of at
@@ -212,30 +214,26 @@ pub fn matmul_with(
     };
     // Without a bias, `c` fills the slot; the kernel does not read it.
     let bias = spec.bias.map_or(c.region, |t| t.region);
-    let room = spec.scratch.map_or(0, |t| t.numel() / (m * n));
-    let splits = if spec.bias.is_none() && !spec.relu {
-        k_splits(variant, m, n, k).min(room)
-    } else {
-        1
-    };
-    if splits <= 1 {
+    // Split K only without an epilogue and with room for at least two partial products.
+    let split = spec
+        .scratch
+        .filter(|_| spec.bias.is_none() && !spec.relu)
+        .map(|t| (t, k_splits(variant, m, n, k).min(t.numel() / (m * n))))
+        .filter(|&(_, splits)| splits > 1);
+    let Some((scratch, splits)) = split else {
         return gpu.dispatch(
             kernel,
             &params,
             &[a.region, b.region, c.region, bias],
             groups,
         );
-    }
+    };
     // Split K: slice z stores alpha · (its partial product) into scratch[z]; a column sum of
     // the [splits, M·N] partials then writes (or adds to) c.
-    let kchunk = k.div_ceil(splits).next_multiple_of(16);
+    let kchunk = k.div_ceil(splits).next_multiple_of(SMEM_SLICE);
     let splits = k.div_ceil(kchunk);
     let partials = Tensor {
-        region: spec
-            .scratch
-            .expect("room > 0")
-            .region
-            .slice(0, splits * m * n),
+        region: scratch.region.slice(0, splits * m * n),
         shape: [splits, m * n].into(),
     };
     let params = Params {
