@@ -966,7 +966,8 @@ fn weight_grad_reduce(@builtin(workgroup_id) wid: vec3<u32>,
 // CD = 32 output channels at all KD row positions into registers once. The forward and the weight
 // gradient then walk a run of `chunk` consecutive output pixels; per pixel, KD gathered inputs feed
 // KD x CD multiply-adds. Row positions past k gather zeros. The output channels must be a multiple
-// of 4 (rows of y and dy are read and written as vec4s).
+// of 4. Rows of y and dy are read and written by `dy_row` and `put_row`, defined by the prelude this
+// file is built behind: conv_words32.wgsl (vec4<f32>) or conv_words64.wgsl (vec4<u64>).
 
 const KD: u32 = 9u;
 const CD: u32 = 32u;
@@ -1029,31 +1030,16 @@ fn axpy(acc: Row, a: f32, r: Row) -> Row {
                acc[4] + a * r[4], acc[5] + a * r[5], acc[6] + a * r[6], acc[7] + a * r[7]);
 }
 
-// The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
-fn dy_row(m: u32, co0: u32) -> Row {
-    let o4 = p.cout / 4u;
-    let b = m * o4;
-    let c = co0 / 4u;
-    return Row(dy_at(b, c, o4), dy_at(b, c + 1u, o4), dy_at(b, c + 2u, o4), dy_at(b, c + 3u, o4),
-               dy_at(b, c + 4u, o4), dy_at(b, c + 5u, o4), dy_at(b, c + 6u, o4), dy_at(b, c + 7u, o4));
-}
-
-fn dy_at(b: u32, c: u32, o4: u32) -> vec4<f32> {
-    return select(vec4(0.0), bias4[b + min(c, o4 - 1u)], c < o4);
-}
-
 // Pixels [m0, m1) of this invocation's run.
 fn run_of(i: u32) -> vec2<u32> {
     let m0 = min(i * p.chunk, p.m);
     return vec2(m0, min(m0 + p.chunk, p.m));
 }
 
-// Channels co.. of y, through the ReLU, at vec4 index o. (Not put4: a forward never accumulates,
-// and llvmpipe runs the load of put4's accumulation even when its flag is off.)
-fn put_y(o: u32, co: u32, v: vec4<f32>) {
-    if co < p.cout {
-        dst4[o] = select(v, max(v, vec4(0.0)), (p.flags & F_RELU) != 0u);
-    }
+// A forward output through the ReLU when `relu`. (Not put4: a forward never accumulates, and
+// llvmpipe runs the load of put4's accumulation even when its flag is off.)
+fn out(v: vec4<f32>, relu: bool) -> vec4<f32> {
+    return select(v, max(v, vec4(0.0)), relu);
 }
 
 @compute @workgroup_size(64)
@@ -1066,6 +1052,7 @@ fn forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
                 bias_of(co0 + 12u, p.cout), bias_of(co0 + 16u, p.cout),
                 bias_of(co0 + 20u, p.cout), bias_of(co0 + 24u, p.cout),
                 bias_of(co0 + 28u, p.cout));
+    let relu = (p.flags & F_RELU) != 0u;
     let run = run_of(gid.x);
     var v = walk_start(min(run.x, p.m - 1u), p.ho, p.wo);
     for (var m = run.x; m < run.y; m++) {
@@ -1080,15 +1067,10 @@ fn forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         acc = axpy(acc, x[6], w[6]);
         acc = axpy(acc, x[7], w[7]);
         acc = axpy(acc, x[8], w[8]);
-        let o = m * (p.cout / 4u) + co0 / 4u;
-        put_y(o, co0, acc[0] + b[0]);
-        put_y(o + 1u, co0 + 4u, acc[1] + b[1]);
-        put_y(o + 2u, co0 + 8u, acc[2] + b[2]);
-        put_y(o + 3u, co0 + 12u, acc[3] + b[3]);
-        put_y(o + 4u, co0 + 16u, acc[4] + b[4]);
-        put_y(o + 5u, co0 + 20u, acc[5] + b[5]);
-        put_y(o + 6u, co0 + 24u, acc[6] + b[6]);
-        put_y(o + 7u, co0 + 28u, acc[7] + b[7]);
+        put_row(m, co0, Row(out(acc[0] + b[0], relu), out(acc[1] + b[1], relu),
+                            out(acc[2] + b[2], relu), out(acc[3] + b[3], relu),
+                            out(acc[4] + b[4], relu), out(acc[5] + b[5], relu),
+                            out(acc[6] + b[6], relu), out(acc[7] + b[7], relu)));
         v = walk_next(v, p.ho, p.wo, true);
     }
 }

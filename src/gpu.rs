@@ -185,7 +185,7 @@ pub struct Gpu {
     pub queue: wgpu::Queue,
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
-    timestamps: bool,
+    features: wgpu::Features,
     /// Alignment, in bytes, of every region start (storage offsets must be multiples of it).
     pub align: u64,
     buffers: RefCell<Vec<Option<wgpu::Buffer>>>,
@@ -343,12 +343,9 @@ impl Gpu {
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = AdapterSummary::from(&adapter.get_info());
         let limits = adapter.limits();
-        let timestamps = adapter.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-        let required_features = if timestamps {
-            wgpu::Features::TIMESTAMP_QUERY
-        } else {
-            wgpu::Features::empty()
-        };
+        // Optional features, requested where the adapter has them.
+        let required_features =
+            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_INT64);
         let desc = wgpu::DeviceDescriptor {
             label: Some("contrastive"),
             required_features,
@@ -422,7 +419,7 @@ impl Gpu {
             queue,
             adapter: info,
             limits,
-            timestamps,
+            features: required_features,
             align,
             buffers: RefCell::new(vec![]),
             param_layout,
@@ -456,7 +453,13 @@ impl Gpu {
     }
 
     pub fn has_timestamps(&self) -> bool {
-        self.timestamps
+        self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// Whether kernels may use 64-bit integers (Vulkan on llvmpipe has them, wgpu's GL backend
+    /// does not).
+    pub fn has_int64(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_INT64)
     }
 
     /// Largest single binding in bytes: no tensor may be bigger.
@@ -1075,7 +1078,7 @@ impl Gpu {
     /// dispatches (in a compute pass of its own, then waits for the result). Needs timestamp
     /// queries; slows the work down, so the times are for comparing kernels, not for throughput.
     pub fn begin_profile(&self) -> Result<()> {
-        if !self.timestamps {
+        if !self.has_timestamps() {
             return Err(Error::Gpu(format!(
                 "profiling needs timestamp queries, which {} does not offer",
                 self.adapter
@@ -1165,7 +1168,7 @@ impl Gpu {
     /// Submits the recorded work, waits, and returns the GPU time it took in seconds: the sum of
     /// per-pass timestamps where the adapter has them, otherwise the wall time of submit + wait.
     pub fn sync_timed(&self) -> Result<f64> {
-        if !self.timestamps {
+        if !self.has_timestamps() {
             let t = Instant::now();
             self.sync()?;
             return Ok(t.elapsed().as_secs_f64());

@@ -278,7 +278,9 @@ fn direct_paths_match_reference() {
     // fallback (other widths); channel blocks of 32 cut short (36 = 32 + 4, 4) and several (68);
     // strides and paddings that leave taps outside the image, padding past a 4-column group, and
     // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one row or
-    // column; batch 1; every scratch mode.
+    // column; batch 1; every scratch mode. Where the adapter has 64-bit integers, output channels
+    // that are a multiple of 8 (8, 32, 40) take the kernels' 64-bit build, the others the 32-bit
+    // one.
     for gpu in gpus() {
         let mut arena = Arena::for_gpu("test", &gpu);
         let mut seed = 200;
@@ -298,6 +300,7 @@ fn direct_paths_match_reference() {
             (2, 7, 6, 1, 36, 5, 2, 1, 1),
             (1, 7, 5, 2, 20, 1, 5, 3, 2),
             (3, 30, 16, 1, 32, 3, 3, 1, 1),
+            (2, 9, 8, 1, 40, 3, 3, 2, 1),
         ] {
             for _ in 0..3 {
                 seed += 1;

@@ -1,0 +1,34 @@
+// Prelude of conv.wgsl: the direct kernels' rows of CD channels, moved as vec4<f32>. Used where the
+// adapter has no 64-bit integers (see conv_words64.wgsl) or the channels are not a multiple of 8.
+
+// The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
+fn dy_row(m: u32, co0: u32) -> Row {
+    let o4 = p.cout / 4u;
+    let b = m * o4;
+    let c = co0 / 4u;
+    return Row(dy_at(b, c, o4), dy_at(b, c + 1u, o4), dy_at(b, c + 2u, o4), dy_at(b, c + 3u, o4),
+               dy_at(b, c + 4u, o4), dy_at(b, c + 5u, o4), dy_at(b, c + 6u, o4), dy_at(b, c + 7u, o4));
+}
+
+fn dy_at(b: u32, c: u32, o4: u32) -> vec4<f32> {
+    return select(vec4(0.0), bias4[b + min(c, o4 - 1u)], c < o4);
+}
+
+// Stores the CD channels from co0 of pixel row m of y (none past cout).
+fn put_row(m: u32, co0: u32, y: Row) {
+    let o = m * (p.cout / 4u) + co0 / 4u;
+    put_y(o, co0, y[0]);
+    put_y(o + 1u, co0 + 4u, y[1]);
+    put_y(o + 2u, co0 + 8u, y[2]);
+    put_y(o + 3u, co0 + 12u, y[3]);
+    put_y(o + 4u, co0 + 16u, y[4]);
+    put_y(o + 5u, co0 + 20u, y[5]);
+    put_y(o + 6u, co0 + 24u, y[6]);
+    put_y(o + 7u, co0 + 28u, y[7]);
+}
+
+fn put_y(o: u32, co: u32, v: vec4<f32>) {
+    if co < p.cout {
+        dst4[o] = v;
+    }
+}
