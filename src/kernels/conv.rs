@@ -128,10 +128,11 @@ const SMEM_TILE: usize = 64;
 const SMEM_SLICE: usize = 16;
 const SMEM_WGRAD_WORKGROUPS: usize = 512;
 /// Direct kernels: CD output channels per invocation (the shader's CD). The forward splits its
-/// pixels into runs, one per invocation, but no run is shorter than MIN_RUN pixels (each
-/// invocation first loads 9·CD weights). The weight gradient splits its pixels the same way; each
+/// output rows into runs, one per invocation, but no run is shorter than MIN_RUN pixels (each
+/// invocation first loads 9·CD weights). The weight gradient splits its rows the same way; each
 /// split's 9·CD partial sums are added up afterwards. How many invocations: see
-/// [`direct_invocations`].
+/// [`direct_invocations`]. Runs are whole rows so that an invocation slides its input window
+/// along each row (see the shader).
 const CD: usize = 32;
 const MIN_RUN: usize = 96;
 
@@ -351,10 +352,10 @@ impl Dims {
         }
     }
 
-    /// (splits, chunk) of the weight-gradient reduction over n·ho·wo pixels, with at most
-    /// `max_splits` splits.
+    /// (splits, chunk) of the weight-gradient reduction over its units, with at most `max_splits`
+    /// splits: whole output rows (n·ho of them) for the direct kernel, pixels (n·ho·wo) otherwise.
     fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
-        let pixels = self.n * self.ho * self.wo;
+        let (units, min_chunk) = self.wgrad_units();
         let want = if self.direct {
             direct_invocations() / self.cout.div_ceil(CD)
         } else if self.shared {
@@ -363,9 +364,18 @@ impl Dims {
         } else {
             WGRAD_INVOCATIONS / (self.wgrad_col_tiles(g) * self.cout.div_ceil(TM))
         };
-        let want = want.min(pixels.div_ceil(MIN_CHUNK)).min(max_splits).max(1);
-        let chunk = pixels.div_ceil(want);
-        (pixels.div_ceil(chunk), chunk)
+        let want = want.min(units.div_ceil(min_chunk)).min(max_splits).max(1);
+        let chunk = units.div_ceil(want);
+        (units.div_ceil(chunk), chunk)
+    }
+
+    /// The units the weight-gradient reduction is split into, and the fewest per split.
+    fn wgrad_units(&self) -> (usize, usize) {
+        if self.direct {
+            (self.n * self.ho, MIN_CHUNK.div_ceil(self.wo))
+        } else {
+            (self.n * self.ho * self.wo, MIN_CHUNK)
+        }
     }
 
     /// Both channel counts are multiples of 4: the vec4 kernels apply.
@@ -413,12 +423,15 @@ pub fn forward(
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
     let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
     if d.direct {
-        // Runs of pixels, one per invocation, times the channel blocks.
-        let chunk = m.div_ceil(direct_invocations()).max(MIN_RUN);
-        let mut params = d.params(g, m, flags);
+        // Runs of whole output rows, one per invocation, times the channel blocks.
+        let rows = d.n * d.ho;
+        let chunk = rows
+            .div_ceil(direct_invocations())
+            .max(MIN_RUN.div_ceil(d.wo));
+        let mut params = d.params(g, rows, flags);
         params.chunk = chunk as u32;
         let groups = [
-            m.div_ceil(chunk).div_ceil(WG) as u32,
+            rows.div_ceil(chunk).div_ceil(WG) as u32,
             d.cout.div_ceil(CD) as u32,
             1,
         ];
@@ -530,7 +543,8 @@ pub fn backward_weight(
     let (splits, chunk) = d.wgrad_splits(g, room.max(1));
     let one_pass = splits == 1;
     let acc_flag = if accumulate { F_ACC } else { 0 };
-    let mut params = d.params(g, d.n * d.ho * d.wo, if one_pass { acc_flag } else { 0 });
+    let units = d.wgrad_units().0;
+    let mut params = d.params(g, units, if one_pass { acc_flag } else { 0 });
     params.splits = splits as u32;
     params.chunk = chunk as u32;
     params.total = total as u32;
