@@ -996,7 +996,7 @@ fn slide(a: Frame, r0: u32, h0: i32, w0: i32) -> Frame {
 }
 
 // Output row `row` (over all images): its image's first input row, and the input row and column
-// of the frame one stride left of its first pixel (after sw slides, the first pixel's frame).
+// of the frame one stride left of its first pixel (one `advance` from the first pixel's frame).
 struct RowStart { r0: u32, h0: i32, w0: i32 }
 
 fn row_start(row: u32) -> RowStart {
@@ -1004,12 +1004,29 @@ fn row_start(row: u32) -> RowStart {
     return RowStart(n * p.h, i32((row - n * p.ho) * p.sh) - i32(p.ph), -i32(p.pw) - i32(p.sw));
 }
 
+// The frame whose top-left is (o.h0, o.w0), gathered.
 fn frame_at(o: RowStart) -> Frame {
     var a: Frame;
     for (var t = 0; t < 3; t++) {
         a = slide(a, o.r0, o.h0, o.w0 + t - 3);
     }
     return a;
+}
+
+// Moves the frame to the next output pixel, sw input columns right. SLIDES (set by the kernel's
+// prelude) is the stride where it is at most 2, and 0 for wider strides, where frames do not
+// overlap and each is gathered afresh. A constant trip count lets the compiler unroll the slides:
+// a loop over p.sw cost 10 % of the weight gradient at stride 1.
+fn advance(x: ptr<function, Frame>, o: ptr<function, RowStart>) {
+    if SLIDES == 0u {
+        (*o).w0 += i32(p.sw);
+        *x = frame_at(*o);
+    } else {
+        for (var t = 0u; t < SLIDES; t++) {
+            *x = slide(*x, (*o).r0, (*o).h0, (*o).w0);
+            (*o).w0 += 1;
+        }
+    }
 }
 
 // Clamped, not zeroed: past cout or k this repeats the last channel or position. A select here
@@ -1047,10 +1064,7 @@ fn axpy(acc: Row, a: f32, r: Row) -> Row {
 struct Pixel { x: Frame, dy: Row }
 
 fn pixel(x: ptr<function, Frame>, o: ptr<function, RowStart>, m: u32, end: u32, co0: u32) -> Pixel {
-    for (var t = 0u; t < p.sw; t++) {
-        *x = slide(*x, (*o).r0, (*o).h0, (*o).w0);
-        (*o).w0 += 1;
-    }
+    advance(x, o);
     let f = *x;
     let on = m < end;
     return Pixel(Frame(select(0.0, f[0], on), select(0.0, f[1], on), select(0.0, f[2], on),
@@ -1096,10 +1110,7 @@ fn forward_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         var o = row_start(row);
         var x = frame_at(o);
         for (var m = row * p.wo; m < (row + 1u) * p.wo; m++) {
-            for (var t = 0u; t < p.sw; t++) {
-                x = slide(x, o.r0, o.h0, o.w0);
-                o.w0 += 1;
-            }
+            advance(&x, &o);
             var acc: Row;
             acc = axpy(acc, select(0.0, x[0], k[0]), w[0]);
             acc = axpy(acc, select(0.0, x[1], k[1]), w[1]);

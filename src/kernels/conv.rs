@@ -40,14 +40,18 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 use crate::memory::Tensor;
 
-/// An entry point of `shaders/conv.wgsl`, built behind the prelude `shaders/conv_words<bits>.wgsl`
-/// that gives the direct kernels their access to rows of channels (see [`Direct`]). The other
-/// kernels do not use the prelude and take the 32-bit build.
+/// An entry point of `shaders/conv.wgsl`, built behind a prelude for the direct kernels (see
+/// [`Direct`]): `shaders/conv_words<bits>.wgsl`, their access to rows of channels, and the
+/// constant `SLIDES`, how their input frame moves from one output pixel to the next. The other
+/// kernels use neither and take the 32-bit, 1-slide build.
 macro_rules! conv {
-    ($bits:literal, $entry:literal) => {
+    ($bits:literal, $slides:literal, $entry:literal) => {
         Kernel {
-            file: concat!("conv.wgsl+words", $bits),
+            file: concat!("conv.wgsl+words", $bits, "+slides", $slides),
             source: concat!(
+                "const SLIDES: u32 = ",
+                $slides,
+                "u;\n",
                 include_str!(concat!(
                     env!("CARGO_MANIFEST_DIR"),
                     "/shaders/conv_words",
@@ -62,7 +66,25 @@ macro_rules! conv {
         }
     };
     ($entry:literal) => {
-        conv!("32", $entry)
+        conv!("32", "1", $entry)
+    };
+}
+
+/// The builds of a direct kernel, by word width and slides.
+macro_rules! direct {
+    ($entry:literal) => {
+        Direct([
+            [
+                conv!("32", "1", $entry),
+                conv!("32", "2", $entry),
+                conv!("32", "0", $entry),
+            ],
+            [
+                conv!("64", "1", $entry),
+                conv!("64", "2", $entry),
+                conv!("64", "0", $entry),
+            ],
+        ])
     };
 }
 
@@ -77,39 +99,25 @@ const WEIGHT_GRAD_REDUCE: Kernel = conv!("weight_grad_reduce");
 const WEIGHT_GRAD_SMEM: Kernel = conv!("weight_grad_smem");
 const FORWARD_SMEM: Kernel = conv!("forward_smem");
 const INPUT_GRAD_SMEM: Kernel = conv!("input_grad_smem");
-const FORWARD_DIRECT: Direct =
-    Direct::new(conv!("32", "forward_direct"), conv!("64", "forward_direct"));
-const INPUT_GRAD_DIRECT: Direct = Direct::new(
-    conv!("32", "input_grad_direct"),
-    conv!("64", "input_grad_direct"),
-);
-const WEIGHT_GRAD_DIRECT: Direct = Direct::new(
-    conv!("32", "weight_grad_direct"),
-    conv!("64", "weight_grad_direct"),
-);
+const FORWARD_DIRECT: Direct = direct!("forward_direct");
+const INPUT_GRAD_DIRECT: Direct = direct!("input_grad_direct");
+const WEIGHT_GRAD_DIRECT: Direct = direct!("weight_grad_direct");
 
-/// The two builds of a direct kernel. llvmpipe moves storage one lane and one component at a time
-/// (a bounds check per component), so where the adapter has 64-bit integers and the output
-/// channels are a multiple of 8, the rows of y and dy move as `vec4<u64>`, 8 channels per access;
-/// otherwise as `vec4<f32>`. Measured on 2 cores at batch 256, 1→32 (Vulkan): the weight gradient
-/// went from 0.50–0.52 to 0.60–0.62 of the matmul rate at stride 1 and from 0.45–0.46 to
-/// 0.57–0.60 at stride 2; the input gradient at stride 2 from 0.51 to 0.62–0.66.
-struct Direct {
-    words32: Kernel,
-    words64: Kernel,
-}
+/// The builds of a direct kernel.
+/// - Word width: llvmpipe moves storage one lane and one component at a time (a bounds check per
+///   component), so where the adapter has 64-bit integers and the output channels are a multiple
+///   of 8, the rows of y and dy move as `vec4<u64>`, 8 channels per access; otherwise as
+///   `vec4<f32>`. Measured on 2 cores at batch 256, 1→32 (Vulkan): the weight gradient went from
+///   0.50–0.52 to 0.60–0.62 of the matmul rate at stride 1 and from 0.45–0.46 to 0.57–0.60 at
+///   stride 2; the input gradient at stride 2 from 0.51 to 0.62–0.66.
+/// - Slides: the column stride where it is 1 or 2 (the frame slides that many columns per
+///   pixel, a loop the compiler unrolls), 0 for wider strides (each frame gathered afresh).
+struct Direct([[Kernel; 3]; 2]);
 
 impl Direct {
-    const fn new(words32: Kernel, words64: Kernel) -> Direct {
-        Direct { words32, words64 }
-    }
-
-    fn pick(&self, gpu: &Gpu, cout: usize) -> &Kernel {
-        if gpu.has_int64() && cout.is_multiple_of(8) {
-            &self.words64
-        } else {
-            &self.words32
-        }
+    fn pick(&self, gpu: &Gpu, cout: usize, stride_w: usize) -> &Kernel {
+        let words = usize::from(gpu.has_int64() && cout.is_multiple_of(8));
+        &self.0[words][stride_w.min(3) - 1]
     }
 }
 
@@ -435,7 +443,12 @@ pub fn forward(
             d.cout.div_ceil(CD) as u32,
             1,
         ];
-        return gpu.dispatch(FORWARD_DIRECT.pick(gpu, d.cout), &params, &regions, groups);
+        return gpu.dispatch(
+            FORWARD_DIRECT.pick(gpu, d.cout, g.stride.1),
+            &params,
+            &regions,
+            groups,
+        );
     }
     // A reduction shorter than two staged slices leaves most of the shared tile empty: on an
     // H100, 1→32 (k = 9) ran at 789 GFLOP/s there and at 2,539 on the register tiles. (The grid's
@@ -483,7 +496,7 @@ pub fn backward_input(
     // One invocation per image (see the shader); it writes dx four columns at a time.
     if d.direct && d.w.is_multiple_of(4) {
         return gpu.dispatch(
-            INPUT_GRAD_DIRECT.pick(gpu, d.cout),
+            INPUT_GRAD_DIRECT.pick(gpu, d.cout, 1),
             &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
             [d.n.div_ceil(WG) as u32, 1, 1],
@@ -554,7 +567,7 @@ pub fn backward_weight(
     };
     let (kernel, groups) = if d.direct {
         (
-            WEIGHT_GRAD_DIRECT.pick(gpu, d.cout),
+            WEIGHT_GRAD_DIRECT.pick(gpu, d.cout, g.stride.1),
             [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
         )
     } else if d.shared {
