@@ -980,14 +980,8 @@ fn in_kernel(s: u32) -> bool {
     return s / 3u < p.kh && s % 3u < p.kw;
 }
 
-// x at (hi, wi) of the image whose first row is r0, zero outside the image.
-fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
-    let ok = u32(hi) < p.h && u32(wi) < p.w;
-    return select(0.0, src1[select(0u, (r0 + u32(hi)) * p.w + u32(wi), ok)], ok);
-}
-
 // The inputs of a frame whose top-left is (h0, w0), moved one input column right: column w0 + 3
-// comes in. Moving to the next output pixel takes sw of these, so a pixel costs 3 loads at stride
+// comes in (x_in, defined by the prelude, is the input at a row and column, zero outside). Moving to the next output pixel takes sw of these, so a pixel costs 3 loads at stride
 // 1 where gathering its window costs 9.
 fn slide(a: Frame, r0: u32, h0: i32, w0: i32) -> Frame {
     let wi = w0 + 3;
@@ -1013,20 +1007,28 @@ fn frame_at(o: RowStart) -> Frame {
     return a;
 }
 
+// The frame moved two input columns right, with one `x_pair` (defined by the prelude) per row.
+fn slide2(a: Frame, r0: u32, h0: i32, w0: i32) -> Frame {
+    let wi = w0 + 3;
+    let q0 = x_pair(r0, h0, wi);
+    let q1 = x_pair(r0, h0 + 1, wi);
+    let q2 = x_pair(r0, h0 + 2, wi);
+    return Frame(a[2], q0.x, q0.y, a[5], q1.x, q1.y, a[8], q2.x, q2.y);
+}
+
 // Moves the frame to the next output pixel, sw input columns right. SLIDES (set by the kernel's
-// prelude) is the stride where it is at most 2, and 0 for wider strides, where frames do not
-// overlap and each is gathered afresh. A constant trip count lets the compiler unroll the slides:
-// a loop over p.sw cost 10 % of the weight gradient at stride 1.
+// prelude) is the stride where it is 1 or 2, and 0 for wider strides, where frames do not overlap
+// and each is gathered afresh. (A loop over p.sw slides cost 10 % of the weight gradient at
+// stride 1.)
 fn advance(x: ptr<function, Frame>, o: ptr<function, RowStart>) {
-    if SLIDES == 0u {
-        (*o).w0 += i32(p.sw);
-        *x = frame_at(*o);
+    if SLIDES == 1u {
+        *x = slide(*x, (*o).r0, (*o).h0, (*o).w0);
+    } else if SLIDES == 2u {
+        *x = slide2(*x, (*o).r0, (*o).h0, (*o).w0);
     } else {
-        for (var t = 0u; t < SLIDES; t++) {
-            *x = slide(*x, (*o).r0, (*o).h0, (*o).w0);
-            (*o).w0 += 1;
-        }
+        *x = frame_at(RowStart((*o).r0, (*o).h0, (*o).w0 + i32(p.sw)));
     }
+    (*o).w0 += i32(p.sw);
 }
 
 // Clamped, not zeroed: past cout or k this repeats the last channel or position. A select here

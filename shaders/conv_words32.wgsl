@@ -32,3 +32,14 @@ fn put_y(o: u32, co: u32, v: vec4<f32>) {
         dst4[o] = v;
     }
 }
+
+// x at (hi, wi) of the image whose first row is r0, zero outside the image.
+fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
+    let ok = u32(hi) < p.h && u32(wi) < p.w;
+    return select(0.0, src1[select(0u, (r0 + u32(hi)) * p.w + u32(wi), ok)], ok);
+}
+
+// x at columns wi and wi + 1 of input row hi of the image whose first row is r0 (zero outside).
+fn x_pair(r0: u32, hi: i32, wi: i32) -> vec2<f32> {
+    return vec2(x_in(r0, hi, wi), x_in(r0, hi, wi + 1));
+}

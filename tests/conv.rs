@@ -279,8 +279,9 @@ fn direct_paths_match_reference() {
     // strides and paddings that leave taps outside the image, padding past a 4-column group, and
     // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one row or
     // column; batch 1; every scratch mode. Where the adapter has 64-bit integers, output channels
-    // that are a multiple of 8 (8, 32, 40) take the kernels' 64-bit build, the others the 32-bit
-    // one.
+    // that are a multiple of 8 (8, 16, 32, 40) take the kernels' 64-bit build, the others the
+    // 32-bit one; at stride 2 only even widths with odd paddings do (the input pairs), and an
+    // image of odd size reads x's last word as half a pair.
     for gpu in gpus() {
         let mut arena = Arena::for_gpu("test", &gpu);
         let mut seed = 200;
@@ -301,6 +302,9 @@ fn direct_paths_match_reference() {
             (1, 7, 5, 2, 20, 1, 5, 3, 2),
             (3, 30, 16, 1, 32, 3, 3, 1, 1),
             (2, 9, 8, 1, 40, 3, 3, 2, 1),
+            (2, 9, 7, 1, 8, 3, 3, 2, 1),
+            (1, 8, 8, 1, 16, 3, 3, 2, 0),
+            (1, 5, 7, 1, 8, 3, 3, 1, 1),
         ] {
             for _ in 0..3 {
                 seed += 1;

@@ -100,25 +100,37 @@ const WEIGHT_GRAD_SMEM: Kernel = conv!("weight_grad_smem");
 const FORWARD_SMEM: Kernel = conv!("forward_smem");
 const INPUT_GRAD_SMEM: Kernel = conv!("input_grad_smem");
 const FORWARD_DIRECT: Direct = direct!("forward_direct");
-const INPUT_GRAD_DIRECT: Direct = direct!("input_grad_direct");
+/// The input gradient reads no input frame: only its word width varies.
+const INPUT_GRAD_DIRECT: [Kernel; 2] = [
+    conv!("32", "1", "input_grad_direct"),
+    conv!("64", "1", "input_grad_direct"),
+];
 const WEIGHT_GRAD_DIRECT: Direct = direct!("weight_grad_direct");
 
 /// The builds of a direct kernel.
 /// - Word width: llvmpipe moves storage one lane and one component at a time (a bounds check per
 ///   component), so where the adapter has 64-bit integers and the output channels are a multiple
-///   of 8, the rows of y and dy move as `vec4<u64>`, 8 channels per access; otherwise as
-///   `vec4<f32>`. Measured on 2 cores at batch 256, 1→32 (Vulkan): the weight gradient went from
-///   0.50–0.52 to 0.60–0.62 of the matmul rate at stride 1 and from 0.45–0.46 to 0.57–0.60 at
-///   stride 2; the input gradient at stride 2 from 0.51 to 0.62–0.66.
-/// - Slides: the column stride where it is 1 or 2 (the frame slides that many columns per
-///   pixel, a loop the compiler unrolls), 0 for wider strides (each frame gathered afresh).
+///   of 8, the rows of y and dy move as `vec4<u64>`, 8 channels per access, and at stride 2 the
+///   two input columns a pixel brings in as one `u64` (which needs them to be an aligned pair:
+///   even widths, odd paddings); otherwise everything moves as 32-bit words. Measured on 2 cores
+///   at batch 256, 1→32 (Vulkan): the weight gradient went from 0.50–0.52 to 0.60–0.62 of the
+///   matmul rate at stride 1 and from 0.45–0.46 to 0.57–0.60 at stride 2; the input gradient at
+///   stride 2 from 0.51 to 0.62–0.66 (rows only).
+/// - Slides: the column stride where it is 1 or 2 (how many columns the input frame moves per
+///   pixel), 0 for wider strides (each frame gathered afresh).
 struct Direct([[Kernel; 3]; 2]);
 
 impl Direct {
-    fn pick(&self, gpu: &Gpu, cout: usize, stride_w: usize) -> &Kernel {
-        let words = usize::from(gpu.has_int64() && cout.is_multiple_of(8));
-        &self.0[words][stride_w.min(3) - 1]
+    fn pick(&self, gpu: &Gpu, d: &Dims, g: &Conv2d) -> &Kernel {
+        let sw = g.stride.1;
+        let pairs = sw != 2 || (d.w.is_multiple_of(2) && g.pad.1 % 2 == 1);
+        &self.0[usize::from(wide_rows(gpu, d) && pairs)][sw.min(3) - 1]
     }
+}
+
+/// Whether the direct kernels can move rows of channels as 64-bit words (see [`Direct`]).
+fn wide_rows(gpu: &Gpu, d: &Dims) -> bool {
+    gpu.has_int64() && d.cout.is_multiple_of(8)
 }
 
 /// Register tile of one invocation: pixels × channels (the shader's TM and TN).
@@ -443,10 +455,16 @@ pub fn forward(
             d.cout.div_ceil(CD) as u32,
             1,
         ];
+        // x padded to whole vec4s: the 64-bit builds read it as pairs of words.
         return gpu.dispatch(
-            FORWARD_DIRECT.pick(gpu, d.cout, g.stride.1),
+            FORWARD_DIRECT.pick(gpu, &d, g),
             &params,
-            &regions,
+            &[
+                x.region.padded_to_vec4(),
+                regions[1],
+                regions[2],
+                regions[3],
+            ],
             groups,
         );
     }
@@ -496,7 +514,7 @@ pub fn backward_input(
     // One invocation per image (see the shader); it writes dx four columns at a time.
     if d.direct && d.w.is_multiple_of(4) {
         return gpu.dispatch(
-            INPUT_GRAD_DIRECT.pick(gpu, d.cout, 1),
+            &INPUT_GRAD_DIRECT[usize::from(wide_rows(gpu, &d))],
             &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
             [d.n.div_ceil(WG) as u32, 1, 1],
@@ -567,7 +585,7 @@ pub fn backward_weight(
     };
     let (kernel, groups) = if d.direct {
         (
-            WEIGHT_GRAD_DIRECT.pick(gpu, d.cout, g.stride.1),
+            WEIGHT_GRAD_DIRECT.pick(gpu, &d, g),
             [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
         )
     } else if d.shared {
@@ -593,12 +611,13 @@ pub fn backward_weight(
             ],
         )
     };
-    gpu.dispatch(
-        kernel,
-        &params,
-        &[x.region, dy.region, dy.region, dst],
-        groups,
-    )?;
+    // The direct kernels' 64-bit builds read x as pairs of words: bound padded to whole vec4s.
+    let xr = if d.direct {
+        x.region.padded_to_vec4()
+    } else {
+        x.region
+    };
+    gpu.dispatch(kernel, &params, &[xr, dy.region, dy.region, dst], groups)?;
     if one_pass {
         return Ok(());
     }
