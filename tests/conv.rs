@@ -277,8 +277,8 @@ fn direct_paths_match_reference() {
     // kernel: GEMM); the direct input gradient (widths that are multiples of 4) and its GEMM
     // fallback (other widths); channel blocks of 32 cut short (36 = 32 + 4, 4) and several (68);
     // strides and paddings that leave taps outside the image, padding past a 4-column group, and
-    // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one row or
-    // column; batch 1; every scratch mode. Where the adapter has 64-bit integers, output channels
+    // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one or two
+    // rows or columns; batch 1; every scratch mode. Where the adapter has 64-bit integers, output channels
     // that are a multiple of 8 (8, 16, 32, 40) take the kernels' 64-bit build, the others the
     // 32-bit one; at stride 2 only even widths with odd paddings do (the input pairs), and an
     // image of odd size reads x's last word as half a pair.
@@ -305,6 +305,8 @@ fn direct_paths_match_reference() {
             (2, 9, 7, 1, 8, 3, 3, 2, 1),
             (1, 8, 8, 1, 16, 3, 3, 2, 0),
             (1, 5, 7, 1, 8, 3, 3, 1, 1),
+            (2, 7, 8, 1, 8, 2, 3, 2, 1),
+            (1, 6, 8, 1, 8, 2, 2, 1, 0),
         ] {
             for _ in 0..3 {
                 seed += 1;
