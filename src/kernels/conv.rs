@@ -18,12 +18,15 @@
 //! layer on grayscale images, see [`Conv2d::is_direct`]) make the GEMM's reduction (at most 9 long)
 //! too short to pay for its tile: its loads and epilogue dominate. Such layers run direct kernels
 //! instead, each holding the weights of 32 output channels in registers. The forward and the
-//! weight gradient walk runs of consecutive pixels, gathering 9 inputs per pixel; the weight
-//! gradient's runs give partial sums that a second pass adds up (deterministic, no atomics). The
-//! input gradient runs one invocation per image: it reads every dy pixel once and slides a window
-//! of partial dx sums along each row, so that each dx element is written about once and updated
-//! twice instead of gathering 9 dy rows. It writes four columns at a time, so it needs a width that
-//! is a multiple of 4; other widths take the GEMM input gradient.
+//! weight gradient walk runs of whole output rows, sliding a 3×3 input frame along each (3 new
+//! inputs per pixel at stride 1, instead of gathering 9); the weight gradient's runs give partial
+//! sums that a second pass adds up (deterministic, no atomics). The input gradient runs one
+//! invocation per image: it reads every dy pixel once and slides a window of partial dx sums along
+//! each row, so that each dx element is written about once and updated twice instead of gathering
+//! 9 dy rows. It writes four columns at a time, so it needs a width that is a multiple of 4; other
+//! widths take the GEMM input gradient. Where the adapter has 64-bit integers, these kernels move
+//! rows of channels (and, at stride 2, pairs of input columns) as 64-bit words: llvmpipe's cost is
+//! per component moved (see `Direct` below).
 //!
 //! GPUs run the GEMMs for these layers too: there the direct kernels' 288 weights per invocation
 //! spill from registers, and their few long runs leave most of the chip idle (on an H100, 1→32 at
