@@ -73,21 +73,17 @@ macro_rules! conv {
     };
 }
 
-/// The builds of a direct kernel, by word width and slides.
+/// The builds of a direct kernel, by word width and slides (see [`Direct`]).
 macro_rules! direct {
     ($entry:literal) => {
-        Direct([
-            [
-                conv!("32", "1", $entry),
-                conv!("32", "2", $entry),
-                conv!("32", "0", $entry),
-            ],
-            [
-                conv!("64", "1", $entry),
-                conv!("64", "2", $entry),
-                conv!("64", "0", $entry),
-            ],
-        ])
+        Direct([direct!(@ "32", $entry), direct!(@ "64", $entry)])
+    };
+    (@ $bits:literal, $entry:literal) => {
+        [
+            conv!($bits, "1", $entry),
+            conv!($bits, "2", $entry),
+            conv!($bits, "0", $entry),
+        ]
     };
 }
 
