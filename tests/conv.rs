@@ -14,7 +14,7 @@ fn geom(kh: usize, kw: usize, s: usize, p: usize) -> Conv2d {
 }
 
 /// Runs every pass on one problem and compares with the references; `seed` varies data and the
-/// optional parts (bias, ReLU, accumulate).
+/// optional parts (bias, ReLU, accumulate). Leaves `arena` empty for the next problem.
 fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let (ho, wo) = g.out_hw(s.h, s.w).unwrap();
     let xn = s.n * s.h * s.w * s.cin;
@@ -81,6 +81,7 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
         1e-4,
         1e-4,
     );
+    arena.reset();
 }
 
 /// Kernel shapes, strides and paddings: square and not, 1×1, stride 2 with and without padding.
@@ -109,7 +110,6 @@ fn check_shapes_and_geoms(shapes: &[(usize, usize, usize, usize, usize)], first_
                     geom(kh, kw, st, pd),
                     seed,
                 );
-                arena.reset();
             }
         }
     }
@@ -202,7 +202,6 @@ fn weight_grad_reduction_splits_match_reference() {
                 cout,
             };
             check(&gpu, &mut arena, s, geom(3, 3, 1, 1), seed);
-            arena.reset();
         }
     }
 }
@@ -317,7 +316,6 @@ fn direct_paths_match_reference() {
                     geom(kh, kw, st, pd),
                     seed,
                 );
-                arena.reset();
             }
         }
     }
