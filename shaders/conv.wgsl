@@ -23,10 +23,11 @@
 
 struct Params {
     n: u32, h: u32, w: u32, cin: u32,
-    ho: u32, wo: u32, cout: u32, m: u32,    // m: forward, weight grad: n*ho*wo (direct: n*ho); dx: row tiles
+    // m: forward and weight grad: n*ho*wo pixels (direct kernels: n*ho rows); dx: row tiles
+    ho: u32, wo: u32, cout: u32, m: u32,
     kh: u32, kw: u32, sh: u32, sw: u32,
     ph: u32, pw: u32, flags: u32, k: u32,   // k: kh*kw*cin, the length of a weight row
-    splits: u32, chunk: u32, total: u32,  // weight grad: split-K sums of `chunk` pixels
+    splits: u32, chunk: u32, total: u32,  // weight grad: split-K sums of `chunk` pixels (or rows)
     rsplit: u32,  // weight-grad reduce: threads per weight sharing its splits (1 or 64)
 }
 
@@ -981,8 +982,8 @@ fn in_kernel(s: u32) -> bool {
 }
 
 // The inputs of a frame whose top-left is (h0, w0), moved one input column right: column w0 + 3
-// comes in (x_in, defined by the prelude, is the input at a row and column, zero outside). Moving to the next output pixel takes sw of these, so a pixel costs 3 loads at stride
-// 1 where gathering its window costs 9.
+// comes in (x_in, defined by the prelude, is the input at a row and column, zero outside). At
+// stride 1 a pixel costs these 3 loads where gathering its window costs 9.
 fn slide(a: Frame, r0: u32, h0: i32, w0: i32) -> Frame {
     let wi = w0 + 3;
     return Frame(a[1], a[2], x_in(r0, h0, wi), a[4], a[5], x_in(r0, h0 + 1, wi), a[7], a[8],
