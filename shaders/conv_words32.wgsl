@@ -1,6 +1,8 @@
 // Prelude of conv.wgsl: the direct kernels' rows of CD channels, moved as vec4<f32>. Used where the
 // adapter has no 64-bit integers (see conv_words64.wgsl) or the channels are not a multiple of 8.
 
+@group(1) @binding(3) var<storage, read_write> dst2: array<vec2<f32>>;
+
 // The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
 fn dy_row(m: u32, co0: u32) -> Row {
     let o4 = p.cout / 4u;
@@ -42,4 +44,9 @@ fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
 // x at columns wi and wi + 1 of input row hi of the image whose first row is r0 (zero outside).
 fn x_pair(r0: u32, hi: i32, wi: i32) -> vec2<f32> {
     return vec2(x_in(r0, hi, wi), x_in(r0, hi, wi + 1));
+}
+
+// Stores (`first`) or adds v to the two dx columns of pair o.
+fn put_pair(o: u32, v: vec2<f32>, first: bool) {
+    dst2[o] = select(dst2[o] + v, v, first);
 }

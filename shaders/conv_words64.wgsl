@@ -7,6 +7,7 @@
 @group(1) @binding(0) var<storage, read_write> x64: array<u64>;
 @group(1) @binding(2) var<storage, read_write> dy64: array<vec4<u64>>;
 @group(1) @binding(3) var<storage, read_write> dst64: array<vec4<u64>>;
+@group(1) @binding(3) var<storage, read_write> dx64: array<u64>;
 
 // Channels 2i of the 8 in v are the low halves, 2i + 1 the high halves.
 fn unpack8(v: vec4<u64>) -> array<vec4<f32>, 2> {
@@ -70,4 +71,12 @@ fn x_pair(r0: u32, hi: i32, wi: i32) -> vec2<f32> {
     let ok = u32(hi) < p.h && u32(wi) < p.w;
     let v = x64[select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) / 2u, ok)];
     return select(vec2(0.0), bitcast<vec2<f32>>(vec2(u32(v & 0xfffffffflu), u32(v >> 32u))), ok);
+}
+
+// Stores (`first`) or adds v to the two dx columns of pair o, as one 64-bit word.
+fn put_pair(o: u32, v: vec2<f32>, first: bool) {
+    let old = dx64[o];
+    let a = bitcast<vec2<f32>>(vec2(u32(old & 0xfffffffflu), u32(old >> 32u)));
+    let b = bitcast<vec2<u32>>(select(a + v, v, first));
+    dx64[o] = u64(b.x) | (u64(b.y) << 32u);
 }

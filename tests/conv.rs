@@ -273,14 +273,15 @@ fn direct_threshold() {
 #[test]
 fn direct_paths_match_reference() {
     // Both sides of the threshold (one input channel up to 3×3: direct; more channels or a larger
-    // kernel: GEMM); the direct input gradient (widths that are multiples of 4) and its GEMM
-    // fallback (other widths); channel blocks of 32 cut short (36 = 32 + 4, 4) and several (68);
-    // strides and paddings that leave taps outside the image, padding past a 4-column group, and
-    // strides past the kernel that leave dx rows and columns no tap reaches; kernels of one or two
-    // rows or columns; batch 1; every scratch mode. Where the adapter has 64-bit integers, output channels
-    // that are a multiple of 8 (8, 16, 32, 40) take the kernels' 64-bit build, the others the
-    // 32-bit one; at stride 2 only even widths with odd paddings do (the input pairs), and an
-    // image of odd size reads x's last word as half a pair.
+    // kernel: GEMM); the direct input gradient (even widths, column strides 1 and 2, odd and even
+    // paddings) and its GEMM fallback (odd widths, wider strides); channel blocks of 32 cut short
+    // (36 = 32 + 4, 4) and several (68); strides and paddings that leave taps outside the image,
+    // padding wider than the kernel, and strides past the kernel that leave dx rows and columns no
+    // tap reaches; kernels of one or two rows or columns; batch 1; every scratch mode. Where the
+    // adapter has 64-bit integers, output channels that are a multiple of 8 (8, 16, 32, 40) take
+    // the kernels' 64-bit build, the others the 32-bit one; at stride 2 only even widths with odd
+    // paddings do for the forward and weight gradient (the input pairs), and an image of odd size
+    // reads x's last word as half a pair.
     for gpu in gpus() {
         let mut arena = Arena::for_gpu("test", &gpu);
         let mut seed = 200;
@@ -306,6 +307,9 @@ fn direct_paths_match_reference() {
             (1, 5, 7, 1, 8, 3, 3, 1, 1),
             (2, 7, 8, 1, 8, 2, 3, 2, 1),
             (1, 6, 8, 1, 8, 2, 2, 1, 0),
+            (2, 7, 8, 1, 8, 1, 1, 2, 1),
+            (1, 6, 10, 1, 16, 3, 2, 2, 3),
+            (1, 9, 6, 1, 4, 3, 3, 2, 1),
         ] {
             for _ in 0..3 {
                 seed += 1;
@@ -314,6 +318,32 @@ fn direct_paths_match_reference() {
                     &mut arena,
                     RefShape { n, h, w, cin, cout },
                     geom(kh, kw, st, pd),
+                    seed,
+                );
+            }
+        }
+        // Column stride 2 with other row strides: the input gradient's column pairs under the
+        // row logic of strides 1 and 3.
+        for (sh, ph) in [(1, 1), (3, 0)] {
+            for _ in 0..3 {
+                seed += 1;
+                let g = Conv2d {
+                    kh: 3,
+                    kw: 3,
+                    stride: (sh, 2),
+                    pad: (ph, 1),
+                };
+                check(
+                    &gpu,
+                    &mut arena,
+                    RefShape {
+                        n: 2,
+                        h: 8,
+                        w: 6,
+                        cin: 1,
+                        cout: 8,
+                    },
+                    g,
                     seed,
                 );
             }

@@ -21,10 +21,10 @@
 //! weight gradient walk runs of whole output rows, sliding a 3×3 input frame along each (3 new
 //! inputs per pixel at stride 1, instead of gathering 9); the weight gradient's runs give partial
 //! sums that a second pass adds up (deterministic, no atomics). The input gradient runs one
-//! invocation per image: it reads every dy pixel once and slides a window of partial dx sums along
+//! invocation per image: it reads every dy pixel once and completes dx two columns at a time along
 //! each row, so that each dx element is written about once and updated twice instead of gathering
-//! 9 dy rows. It writes four columns at a time, so it needs a width that is a multiple of 4; other
-//! widths take the GEMM input gradient. Where the adapter has 64-bit integers, these kernels move
+//! 9 dy rows. It needs an even width and a column stride of 1 or 2; other layers take the GEMM
+//! input gradient. Where the adapter has 64-bit integers, these kernels move
 //! rows of channels (and, at stride 2, pairs of input columns) as 64-bit words: llvmpipe's cost is
 //! per component moved (see `Direct` below).
 //!
@@ -99,10 +99,16 @@ const WEIGHT_GRAD_SMEM: Kernel = conv!("weight_grad_smem");
 const FORWARD_SMEM: Kernel = conv!("forward_smem");
 const INPUT_GRAD_SMEM: Kernel = conv!("input_grad_smem");
 const FORWARD_DIRECT: Direct = direct!("forward_direct");
-/// The input gradient reads no input frame: only its word width varies.
-const INPUT_GRAD_DIRECT: [Kernel; 2] = [
-    conv!("32", "1", "input_grad_direct"),
-    conv!("64", "1", "input_grad_direct"),
+/// The input gradient reads no input frame: by word width and column stride (1, 2).
+const INPUT_GRAD_DIRECT: [[Kernel; 2]; 2] = [
+    [
+        conv!("32", "1", "input_grad_direct"),
+        conv!("32", "2", "input_grad_direct"),
+    ],
+    [
+        conv!("64", "1", "input_grad_direct"),
+        conv!("64", "2", "input_grad_direct"),
+    ],
 ];
 const WEIGHT_GRAD_DIRECT: Direct = direct!("weight_grad_direct");
 
@@ -232,8 +238,8 @@ impl Conv2d {
 
     /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels on
     /// `gpu`: a CPU adapter, one input channel, a kernel of at most 3×3, `cout` a multiple of 4
-    /// (the input gradient also needs an input width that is a multiple of 4, else it runs the
-    /// GEMM).
+    /// (the input gradient also needs an even input width and a column stride of 1 or 2, else it
+    /// runs the GEMM).
     pub fn is_direct(&self, gpu: &Gpu, cin: usize, cout: usize) -> bool {
         gpu.adapter.is_cpu() && cin == 1 && self.kh <= 3 && self.kw <= 3 && cout.is_multiple_of(4)
     }
@@ -510,10 +516,10 @@ pub fn backward_input(
 ) -> Result<()> {
     let d = Dims::check(gpu, "conv2d backward_input", g, dx, w, dy)?;
     let flags = if accumulate { F_ACC } else { 0 };
-    // One invocation per image (see the shader); it writes dx four columns at a time.
-    if d.direct && d.w.is_multiple_of(4) {
+    // One invocation per image (see the shader); it writes dx two columns at a time.
+    if d.direct && g.stride.1 <= 2 && d.w.is_multiple_of(2) {
         return gpu.dispatch(
-            &INPUT_GRAD_DIRECT[usize::from(wide_rows(gpu, &d))],
+            &INPUT_GRAD_DIRECT[usize::from(wide_rows(gpu, &d))][g.stride.1 - 1],
             &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
             [d.n.div_ceil(WG) as u32, 1, 1],
