@@ -575,7 +575,10 @@ fn put_w(o: u32, v: f32) {
     dst1[o] = select(v, v + dst1[o], (p.flags & F_ACC) != 0u);
 }
 
-// cin and cout multiples of 4: a column tile is one tap x 16 input channels, loaded as 4 vec4.
+// cin and cout multiples of 4: a column tile is one tap x 16 input channels. The prelude's x16 and
+// dy16 read them as 4 vec4, or as 2 vec4<u64> in the 64-bit build (both channel counts multiples
+// of 8; at batch 256, 32->64 went from 0.67-0.71 to 0.89-0.98 of the matmul rate, 64->128 from
+// 0.69-0.77 to 0.84-0.90).
 @compute @workgroup_size(64)
 fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let ci_tiles = cdiv(p.cin, TN);
@@ -588,10 +591,6 @@ fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
     let kh = tap / p.kw;
     let kw = tap - kh * p.kw;
     let co0 = gid.y * TM;
-    let c4 = p.cin / 4u;
-    let o4 = p.cout / 4u;
-    let xi = min(vec4(ci0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(c4 - 1u));
-    let yi = min(vec4(co0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(o4 - 1u));
     let m0 = pt.split * p.chunk;
     let m1 = min(m0 + p.chunk, p.m);
     var acc: Tile;
@@ -600,11 +599,8 @@ fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
         let hi = i32(v.r * p.sh + kh) - i32(p.ph);
         let wi = i32(v.c * p.sw + kw) - i32(p.pw);
         let ok = u32(hi) < p.h && u32(wi) < p.w;
-        let s = Src(select(0u, ((v.n * p.h + u32(hi)) * p.w + u32(wi)) * c4, ok), ok);
-        var b = Acc(ld4(s, xi.x), ld4(s, xi.y), ld4(s, xi.z), ld4(s, xi.w));
-        let yb = m * o4;
-        let a = Acc(opd4[yb + yi.x], opd4[yb + yi.y], opd4[yb + yi.z], opd4[yb + yi.w]);
-        outer16(&acc, a, &b);
+        var b = x16(select(0u, (v.n * p.h + u32(hi)) * p.w + u32(wi), ok), ci0, ok);
+        outer16(&acc, dy16(m, co0), &b);
         v = walk_next(v, p.ho, p.wo, true);
     }
     // Rows are output channels; row t is written to dst[base + co * k + tap * cin + ci0 ..].

@@ -1,10 +1,12 @@
-// Prelude of conv.wgsl: the direct kernels' rows of CD channels, moved as vec4<u64> (8 channels
-// each); needs 64-bit integers and a channel count that is a multiple of 8. llvmpipe loads and
+// Prelude of conv.wgsl: rows of channels (the direct kernels' CD, the weight gradient's TN), moved
+// as vec4<u64> (8 channels each); needs 64-bit integers and channel counts that are multiples of 8. llvmpipe loads and
 // stores storage one lane and one component at a time, with a bounds check per component, so
 // moving 8 channels per access instead of 4 makes these rows about a third cheaper (1→32 at batch
 // 256: reading dy alone went from 1.38–1.48 to 2.0–2.1 times the matmul rate).
 
 @group(1) @binding(0) var<storage, read_write> x64: array<u64>;
+@group(1) @binding(0) var<storage, read_write> src64: array<vec4<u64>>;
+@group(1) @binding(1) var<storage, read_write> opd64: array<vec4<u64>>;
 @group(1) @binding(2) var<storage, read_write> dy64: array<vec4<u64>>;
 @group(1) @binding(3) var<storage, read_write> dst64: array<vec4<u64>>;
 @group(1) @binding(3) var<storage, read_write> dx64: array<u64>;
@@ -79,4 +81,25 @@ fn put_pair(o: u32, v: vec2<f32>, first: bool) {
     let a = bitcast<vec2<f32>>(vec2(u32(old & 0xfffffffflu), u32(old >> 32u)));
     let b = bitcast<vec2<u32>>(select(a + v, v, first));
     dx64[o] = u64(b.x) | (u64(b.y) << 32u);
+}
+
+// The weight gradient's operands: TN channels from c0 of pixel px of x (zero unless ok) and of dy
+// (bound as the second operand). Channels past the last repeat its last 8.
+fn x16(px: u32, c0: u32, ok: bool) -> Acc {
+    let c8 = p.cin / 8u;
+    let b = px * c8;
+    let i = min(vec2(c0 / 8u) + vec2(0u, 1u), vec2(c8 - 1u));
+    let z = vec4(0lu);
+    let lo = unpack8(select(z, src64[b + i.x], ok));
+    let hi = unpack8(select(z, src64[b + i.y], ok));
+    return Acc(lo[0], lo[1], hi[0], hi[1]);
+}
+
+fn dy16(px: u32, c0: u32) -> Acc {
+    let o8 = p.cout / 8u;
+    let b = px * o8;
+    let i = min(vec2(c0 / 8u) + vec2(0u, 1u), vec2(o8 - 1u));
+    let lo = unpack8(opd64[b + i.x]);
+    let hi = unpack8(opd64[b + i.y]);
+    return Acc(lo[0], lo[1], hi[0], hi[1]);
 }

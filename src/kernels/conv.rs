@@ -43,10 +43,10 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Kernel};
 use crate::memory::Tensor;
 
-/// An entry point of `shaders/conv.wgsl`, built behind a prelude for the direct kernels (see
-/// [`Direct`]): `shaders/conv_words<bits>.wgsl`, their access to rows of channels, and the
-/// constant `SLIDES`, how their input frame moves from one output pixel to the next. The other
-/// kernels use neither and take the 32-bit, 1-slide build.
+/// An entry point of `shaders/conv.wgsl`, built behind a prelude: `shaders/conv_words<bits>.wgsl`,
+/// the access to rows of channels of the direct kernels (see [`Direct`]) and of the vec4 weight
+/// gradient, and the constant `SLIDES`, how the direct kernels' input frame moves from one output
+/// pixel to the next. The other kernels use neither and take the 32-bit, 1-slide build.
 macro_rules! conv {
     ($bits:literal, $slides:literal, $entry:literal) => {
         Kernel {
@@ -92,7 +92,11 @@ const FORWARD1: Kernel = conv!("forward1");
 const FORWARD1_OUT4: Kernel = conv!("forward1_out4");
 const INPUT_GRAD4: Kernel = conv!("input_grad4");
 const INPUT_GRAD1: Kernel = conv!("input_grad1");
-const WEIGHT_GRAD4: Kernel = conv!("weight_grad4");
+/// By word width: 64-bit where both channel counts are multiples of 8 (see [`wide_gemm`]).
+const WEIGHT_GRAD4: [Kernel; 2] = [
+    conv!("32", "1", "weight_grad4"),
+    conv!("64", "1", "weight_grad4"),
+];
 const WEIGHT_GRAD1: Kernel = conv!("weight_grad1");
 const WEIGHT_GRAD_REDUCE: Kernel = conv!("weight_grad_reduce");
 const WEIGHT_GRAD_SMEM: Kernel = conv!("weight_grad_smem");
@@ -136,6 +140,11 @@ impl Direct {
 /// Whether the direct kernels can move rows of channels as 64-bit words (see [`Direct`]).
 fn wide_rows(gpu: &Gpu, d: &Dims) -> bool {
     gpu.has_int64() && d.cout.is_multiple_of(8)
+}
+
+/// Whether the GEMM kernels can move channels as 64-bit words: both channel counts multiples of 8.
+fn wide_gemm(gpu: &Gpu, d: &Dims) -> bool {
+    gpu.has_int64() && d.cin.is_multiple_of(8) && d.cout.is_multiple_of(8)
 }
 
 /// Register tile of one invocation: pixels × channels (the shader's TM and TN).
@@ -605,7 +614,7 @@ pub fn backward_weight(
     } else {
         (
             if d.vec4() {
-                &WEIGHT_GRAD4
+                &WEIGHT_GRAD4[usize::from(wide_gemm(gpu, &d))]
             } else {
                 &WEIGHT_GRAD1
             },
