@@ -310,19 +310,20 @@ fn weight_layout(col0: u32, input_grad: bool, lanes: u32) -> Layout {
         l.wo = array(col_offsets(col0, last, row_len), col_offsets(col0 + 4u, last, row_len),
                      col_offsets(col0 + 8u, last, row_len), col_offsets(col0 + 12u, last, row_len));
         l.cstep = 1u;
-    } else if lanes == 4u {
-        // Block b is the vec4 of input channels col0 + 4b.., element e is weight row 4c + e.
+    } else if lanes == 1u {
+        // Column q is input channel min(col0 + q, last) of weight row c.
+        l.wo = array(col_offsets(col0, last, 1u), col_offsets(col0 + 4u, last, 1u),
+                     col_offsets(col0 + 8u, last, 1u), col_offsets(col0 + 12u, last, 1u));
+        l.cstep = p.k;
+    } else {
+        // K-step c is weight rows lanes * c ... With vec4s, block b is the vec4 of input channels
+        // col0 + 4b.., element e is weight row 4c + e (the 64-bit build reads its own blocks).
         let rows = vec4(0u, 1u, 2u, 3u) * row_len;
         let b0 = col0 / 4u;
         let lb = l.tap_len - 1u;
         l.wo = array(rows + min(b0, lb), rows + min(b0 + 1u, lb), rows + min(b0 + 2u, lb),
                      rows + min(b0 + 3u, lb));
-        l.cstep = 4u * row_len;
-    } else {
-        // Column q is input channel min(col0 + q, last) of weight row c.
-        l.wo = array(col_offsets(col0, last, 1u), col_offsets(col0 + 4u, last, 1u),
-                     col_offsets(col0 + 8u, last, 1u), col_offsets(col0 + 12u, last, 1u));
-        l.cstep = p.k;
+        l.cstep = lanes * row_len;
     }
     return l;
 }
@@ -420,33 +421,17 @@ fn store_tile1(px: ptr<function, Pxs>, acc: ptr<function, Tile>, rows: u32, col0
     }
 }
 
+// K-steps of KSTEP channels (the prelude's: 4, or 8 in the 64-bit build), each done by the
+// prelude's gemm_step.
 fn gemm4(px: ptr<function, Pxs>, tp: Taps, col0: u32, input_grad: bool) -> Tile {
-    let l = weight_layout(col0, input_grad, 4u);
+    let l = weight_layout(col0, input_grad, KSTEP);
     var acc: Tile;
     for (var i = 0u; i < tp.nth; i++) {
         for (var j = 0u; j < tp.ntw; j++) {
             let s = srcs(px, i, j, tp, l.per);
             let tb = tap_index(tp, i, j) * l.tap_len;
             for (var c = 0u; c < l.per; c++) {
-                let o = vec4(tb + c * l.cstep);
-                var wm = Wb(wmat(l.wo[0] + o, input_grad), wmat(l.wo[1] + o, input_grad),
-                            wmat(l.wo[2] + o, input_grad), wmat(l.wo[3] + o, input_grad));
-                fma4(&acc, 0u, ld4(s[0], c), &wm);
-                fma4(&acc, 1u, ld4(s[1], c), &wm);
-                fma4(&acc, 2u, ld4(s[2], c), &wm);
-                fma4(&acc, 3u, ld4(s[3], c), &wm);
-                fma4(&acc, 4u, ld4(s[4], c), &wm);
-                fma4(&acc, 5u, ld4(s[5], c), &wm);
-                fma4(&acc, 6u, ld4(s[6], c), &wm);
-                fma4(&acc, 7u, ld4(s[7], c), &wm);
-                fma4(&acc, 8u, ld4(s[8], c), &wm);
-                fma4(&acc, 9u, ld4(s[9], c), &wm);
-                fma4(&acc, 10u, ld4(s[10], c), &wm);
-                fma4(&acc, 11u, ld4(s[11], c), &wm);
-                fma4(&acc, 12u, ld4(s[12], c), &wm);
-                fma4(&acc, 13u, ld4(s[13], c), &wm);
-                fma4(&acc, 14u, ld4(s[14], c), &wm);
-                fma4(&acc, 15u, ld4(s[15], c), &wm);
+                gemm_step(&acc, s, l, tb + c * l.cstep, c, col0, input_grad);
             }
         }
     }

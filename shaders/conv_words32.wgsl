@@ -69,3 +69,30 @@ fn dy16(px: u32, c0: u32) -> Acc {
     let i = min(vec4(c0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(o4 - 1u));
     return Acc(opd4[b + i.x], opd4[b + i.y], opd4[b + i.z], opd4[b + i.w]);
 }
+
+// One k-step of gemm4: 4 channels of the tile's 16 source pixels (s) times the 16 columns'
+// weights at offset o.
+const KSTEP: u32 = 4u;
+
+fn gemm_step(acc: ptr<function, Tile>, s: Srcs, l: Layout, o: u32, c: u32, col0: u32,
+             input_grad: bool) {
+    let ov = vec4(o);
+    var wm = Wb(wmat(l.wo[0] + ov, input_grad), wmat(l.wo[1] + ov, input_grad),
+                wmat(l.wo[2] + ov, input_grad), wmat(l.wo[3] + ov, input_grad));
+    fma4(acc, 0u, ld4(s[0], c), &wm);
+    fma4(acc, 1u, ld4(s[1], c), &wm);
+    fma4(acc, 2u, ld4(s[2], c), &wm);
+    fma4(acc, 3u, ld4(s[3], c), &wm);
+    fma4(acc, 4u, ld4(s[4], c), &wm);
+    fma4(acc, 5u, ld4(s[5], c), &wm);
+    fma4(acc, 6u, ld4(s[6], c), &wm);
+    fma4(acc, 7u, ld4(s[7], c), &wm);
+    fma4(acc, 8u, ld4(s[8], c), &wm);
+    fma4(acc, 9u, ld4(s[9], c), &wm);
+    fma4(acc, 10u, ld4(s[10], c), &wm);
+    fma4(acc, 11u, ld4(s[11], c), &wm);
+    fma4(acc, 12u, ld4(s[12], c), &wm);
+    fma4(acc, 13u, ld4(s[13], c), &wm);
+    fma4(acc, 14u, ld4(s[14], c), &wm);
+    fma4(acc, 15u, ld4(s[15], c), &wm);
+}

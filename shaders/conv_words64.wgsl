@@ -103,3 +103,80 @@ fn dy16(px: u32, c0: u32) -> Acc {
     let hi = unpack8(opd64[b + i.y]);
     return Acc(lo[0], lo[1], hi[0], hi[1]);
 }
+
+// One k-step of gemm4: 8 channels of the tile's 16 source pixels (s) times the 16 columns'
+// weights at offset o, as two 4-channel halves (wa, wb) from one word per pixel and column.
+const KSTEP: u32 = 8u;
+
+fn gemm_step(acc: ptr<function, Tile>, s: Srcs, l: Layout, o: u32, c: u32, col0: u32,
+             input_grad: bool) {
+    var wa: Wb;
+    var wb: Wb;
+    if input_grad {
+        // Weight rows 8c .. 8c + 7 (output channels) at the tile's two words of input channels.
+        let rl = p.k / 8u;
+        let lb = p.cin / 8u - 1u;
+        let x0 = wrows8(o + min(col0 / 8u, lb), rl);
+        let x1 = wrows8(o + min(col0 / 8u + 1u, lb), rl);
+        wa = Wb(x0[0], x0[1], x1[0], x1[1]);
+        wb = Wb(x0[2], x0[3], x1[2], x1[3]);
+    } else {
+        // Column q: one word of weight row l.wo[q / 4][q % 4].
+        let ov = vec4(o);
+        let m0 = wcols8(l.wo[0] + ov);
+        let m1 = wcols8(l.wo[1] + ov);
+        let m2 = wcols8(l.wo[2] + ov);
+        let m3 = wcols8(l.wo[3] + ov);
+        wa = Wb(m0[0], m1[0], m2[0], m3[0]);
+        wb = Wb(m0[1], m1[1], m2[1], m3[1]);
+    }
+    fma8(acc, 0u, s[0], c, &wa, &wb);
+    fma8(acc, 1u, s[1], c, &wa, &wb);
+    fma8(acc, 2u, s[2], c, &wa, &wb);
+    fma8(acc, 3u, s[3], c, &wa, &wb);
+    fma8(acc, 4u, s[4], c, &wa, &wb);
+    fma8(acc, 5u, s[5], c, &wa, &wb);
+    fma8(acc, 6u, s[6], c, &wa, &wb);
+    fma8(acc, 7u, s[7], c, &wa, &wb);
+    fma8(acc, 8u, s[8], c, &wa, &wb);
+    fma8(acc, 9u, s[9], c, &wa, &wb);
+    fma8(acc, 10u, s[10], c, &wa, &wb);
+    fma8(acc, 11u, s[11], c, &wa, &wb);
+    fma8(acc, 12u, s[12], c, &wa, &wb);
+    fma8(acc, 13u, s[13], c, &wa, &wb);
+    fma8(acc, 14u, s[14], c, &wa, &wb);
+    fma8(acc, 15u, s[15], c, &wa, &wb);
+}
+
+fn fma8(acc: ptr<function, Tile>, t: u32, s: Src, c: u32, wa: ptr<function, Wb>,
+        wb: ptr<function, Wb>) {
+    let v = unpack8(select(vec4(0lu), src64[s.i + c], s.ok));
+    fma4(acc, t, v[0], wa);
+    fma4(acc, t, v[1], wb);
+}
+
+// Forward: the words at o of four weight rows (columns), as the two 4-channel halves' matrices.
+fn wcols8(o: vec4<u32>) -> array<mat4x4<f32>, 2> {
+    let a = unpack8(opd64[o.x]);
+    let b = unpack8(opd64[o.y]);
+    let c = unpack8(opd64[o.z]);
+    let d = unpack8(opd64[o.w]);
+    return array(mat4x4(a[0], b[0], c[0], d[0]), mat4x4(a[1], b[1], c[1], d[1]));
+}
+
+// Input gradient: the word at o of weight rows 0 .. 7 (rl words apart), transposed into the
+// matrices of rows 0-3 x channels 0-3, rows 0-3 x channels 4-7, then the same for rows 4-7.
+fn wrows8(o: u32, rl: u32) -> array<mat4x4<f32>, 4> {
+    let r0 = unpack8(opd64[o]);
+    let r1 = unpack8(opd64[o + rl]);
+    let r2 = unpack8(opd64[o + 2u * rl]);
+    let r3 = unpack8(opd64[o + 3u * rl]);
+    let r4 = unpack8(opd64[o + 4u * rl]);
+    let r5 = unpack8(opd64[o + 5u * rl]);
+    let r6 = unpack8(opd64[o + 6u * rl]);
+    let r7 = unpack8(opd64[o + 7u * rl]);
+    return array(transpose(mat4x4(r0[0], r1[0], r2[0], r3[0])),
+                 transpose(mat4x4(r0[1], r1[1], r2[1], r3[1])),
+                 transpose(mat4x4(r4[0], r5[0], r6[0], r7[0])),
+                 transpose(mat4x4(r4[1], r5[1], r6[1], r7[1])));
+}

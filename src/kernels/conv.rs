@@ -87,12 +87,18 @@ macro_rules! direct {
     };
 }
 
-const FORWARD4: Kernel = conv!("forward4");
+/// The vec4 GEMMs by word width: 64-bit where both channel counts are multiples of 8 (see
+/// [`wide_gemm`]).
+const FORWARD4: [Kernel; 2] = [conv!("32", "1", "forward4"), conv!("64", "1", "forward4")];
 const FORWARD1: Kernel = conv!("forward1");
 const FORWARD1_OUT4: Kernel = conv!("forward1_out4");
-const INPUT_GRAD4: Kernel = conv!("input_grad4");
+/// By word width, as [`FORWARD4`].
+const INPUT_GRAD4: [Kernel; 2] = [
+    conv!("32", "1", "input_grad4"),
+    conv!("64", "1", "input_grad4"),
+];
 const INPUT_GRAD1: Kernel = conv!("input_grad1");
-/// By word width: 64-bit where both channel counts are multiples of 8 (see [`wide_gemm`]).
+/// By word width, as [`FORWARD4`].
 const WEIGHT_GRAD4: [Kernel; 2] = [
     conv!("32", "1", "weight_grad4"),
     conv!("64", "1", "weight_grad4"),
@@ -142,7 +148,7 @@ fn wide_rows(gpu: &Gpu, d: &Dims) -> bool {
     gpu.has_int64() && d.cout.is_multiple_of(8)
 }
 
-/// Whether the GEMM kernels can move channels as 64-bit words: both channel counts multiples of 8.
+/// Whether the vec4 GEMMs can move channels as 64-bit words: both channel counts multiples of 8.
 fn wide_gemm(gpu: &Gpu, d: &Dims) -> bool {
     gpu.has_int64() && d.cin.is_multiple_of(8) && d.cout.is_multiple_of(8)
 }
@@ -498,7 +504,7 @@ pub fn forward(
         );
     }
     let kernel = if d.vec4() {
-        &FORWARD4
+        &FORWARD4[usize::from(wide_gemm(gpu, &d))]
     } else if d.cout.is_multiple_of(4) {
         &FORWARD1_OUT4
     } else {
@@ -558,7 +564,11 @@ pub fn backward_input(
             tiles += (d.n * (d.h - rh).div_ceil(sh) * (d.w - rw).div_ceil(sw)).div_ceil(TM);
         }
     }
-    let kernel = if d.vec4() { &INPUT_GRAD4 } else { &INPUT_GRAD1 };
+    let kernel = if d.vec4() {
+        &INPUT_GRAD4[usize::from(wide_gemm(gpu, &d))]
+    } else {
+        &INPUT_GRAD1
+    };
     gpu.dispatch(
         kernel,
         &d.params(g, tiles, flags),
