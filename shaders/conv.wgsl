@@ -522,9 +522,10 @@ fn input_grad1(@builtin(global_invocation_id) gid: vec3<u32>) {
 // [splits, cout * k] and are added up by weight_grad_reduce; with one split the partial kernel
 // writes dw directly.
 //
-// An invocation owns 16 output channels (rows, workgroup y) x 16 weight-row positions (columns).
-// Invocations along x are (split, column tile) with the column tile fastest, so neighbouring lanes
-// share the split and read the same dy values. The tile is held as acc[row][column block].
+// An invocation owns a tile of output channels (rows, workgroup y) x weight-row positions (columns):
+// 32 x 32 in weight_grad4, 16 x 16 in weight_grad1. Invocations along x are (split, column tile)
+// with the column tile fastest, so neighbouring lanes share the split and read the same dy values.
+// weight_grad1 holds its tile as acc[row][column block].
 
 // acc[t] += b * a[t / 4][t % 4] for the 16 rows t: a holds dy for the tile's 16 output channels,
 // b the gathered x values of its 16 columns.
@@ -560,47 +561,143 @@ fn put_w(o: u32, v: f32) {
     dst1[o] = select(v, v + dst1[o], (p.flags & F_ACC) != 0u);
 }
 
-// cin and cout multiples of 4: a column tile is one tap x 16 input channels. The prelude's x16 and
-// dy16 read them as 4 vec4, or as 2 vec4<u64> in the 64-bit build (both channel counts multiples
-// of 8; at batch 256, 32->64 went from 0.67-0.71 to 0.89-0.98 of the matmul rate, 64->128 from
-// 0.69-0.77 to 0.84-0.90).
+// cin and cout multiples of 4: an invocation owns CD = 32 output channels (rows) x 32 consecutive
+// weight-row positions (columns: eight 4-channel blocks, which may span taps), as in the matmul's
+// tile4: it walks its pixels four at a time, reads their dy rows (`dy_row`; dy is bound as the third
+// operand too) and x columns (`x_blocks`, from the prelude), and adds 64 products of 4 x 4 blocks,
+// so each accumulator is loaded and stored once per four pixels. The tile is acc[i][j][r]: output
+// channel co0 + 4i + r, columns q0 + 4j ... (It replaced a 16 x 16 tile that took one pixel at a
+// time: at batch 256, 32->64 went from 0.85 / 0.77 (s1 / s2) to 1.27 / 1.08 of the matmul rate on
+// Vulkan and from 0.72 / 0.63 to 0.90 / 0.73 on GL; a 32 x 32 tile taking one pixel at a time
+// gained only 5 %, and GL lost 4 %.)
+alias Strip = array<mat4x4<f32>, 8>;
+
+// acc[j] += x[j] * d: x[j]'s columns are four pixels' values of column block j, d's rows r those
+// pixels' dy of one output channel.
+fn strip_mac(acc: Strip, d: mat4x4<f32>, x: Strip) -> Strip {
+    return Strip(acc[0] + x[0] * d, acc[1] + x[1] * d, acc[2] + x[2] * d, acc[3] + x[3] * d,
+                 acc[4] + x[4] * d, acc[5] + x[5] * d, acc[6] + x[6] * d, acc[7] + x[7] * d);
+}
+
+// dy block i of four pixels' rows, as d[r][t] = dy of pixel t, channel 4i + r.
+fn dy_block(a: array<Row, 4>, i: u32) -> mat4x4<f32> {
+    return transpose(mat4x4(a[0][i], a[1][i], a[2][i], a[3][i]));
+}
+
+fn x_strip(b: array<Row, 4>) -> Strip {
+    return Strip(mat4x4(b[0][0], b[1][0], b[2][0], b[3][0]), mat4x4(b[0][1], b[1][1], b[2][1], b[3][1]),
+                 mat4x4(b[0][2], b[1][2], b[2][2], b[3][2]), mat4x4(b[0][3], b[1][3], b[2][3], b[3][3]),
+                 mat4x4(b[0][4], b[1][4], b[2][4], b[3][4]), mat4x4(b[0][5], b[1][5], b[2][5], b[3][5]),
+                 mat4x4(b[0][6], b[1][6], b[2][6], b[3][6]), mat4x4(b[0][7], b[1][7], b[2][7], b[3][7]));
+}
+
+// The tile's column blocks: block b starts at weight-row position q0 + 4b (clamped to the last
+// block), which is tap (kh, kw) and input channel ci; lo holds blocks 0-3, hi blocks 4-7.
+struct Blocks { dh: array<vec4<i32>, 2>, dw: array<vec4<i32>, 2>, ci: array<vec4<u32>, 2> }
+
+fn blocks_at(q0: u32) -> Blocks {
+    var bl: Blocks;
+    for (var i = 0u; i < 2u; i++) {
+        let q = min(vec4(q0 + 16u * i) + vec4(0u, 4u, 8u, 12u), vec4(p.k - 4u));
+        let tap = q / p.cin;
+        let kh = tap / p.kw;
+        bl.dh[i] = vec4<i32>(kh) - i32(p.ph);
+        bl.dw[i] = vec4<i32>(tap - kh * p.kw) - i32(p.pw);
+        bl.ci[i] = q - tap * p.cin;
+    }
+    return bl;
+}
+
+// Where output pixel v's x values for the blocks start (element index of their first channel), and
+// whether they are inside the image (`live` false: all outside).
+struct BlockSrc { i: array<vec4<u32>, 2>, ok: array<vec4<bool>, 2> }
+
+fn block_src(bl: Blocks, v: Walk, live: bool) -> BlockSrc {
+    var s: BlockSrc;
+    let h0 = vec4(i32(v.r * p.sh));
+    let w0 = vec4(i32(v.c * p.sw));
+    let row0 = vec4(v.n * p.h);
+    for (var i = 0u; i < 2u; i++) {
+        let hi = h0 + bl.dh[i];
+        let wi = w0 + bl.dw[i];
+        let ok = vec4<u32>(hi) < vec4(p.h) & vec4<u32>(wi) < vec4(p.w) & vec4(live);
+        s.ok[i] = ok;
+        s.i[i] = select(vec4(0u), ((row0 + vec4<u32>(hi)) * p.w + vec4<u32>(wi)) * p.cin + bl.ci[i], ok);
+    }
+    return s;
+}
+
 @compute @workgroup_size(64)
 fn weight_grad4(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let ci_tiles = cdiv(p.cin, TN);
-    let pt = part(gid.x, p.kh * p.kw * ci_tiles);
+    let pt = part(gid.x, cdiv(p.k, CD));
     if !pt.ok {
         return;
     }
-    let tap = pt.tile / ci_tiles;
-    let ci0 = (pt.tile - tap * ci_tiles) * TN;
-    let kh = tap / p.kw;
-    let kw = tap - kh * p.kw;
-    let co0 = gid.y * TM;
+    let q0 = pt.tile * CD;
+    let co0 = gid.y * CD;
+    let bl = blocks_at(q0);
     let m0 = pt.split * p.chunk;
     let m1 = min(m0 + p.chunk, p.m);
-    var acc: Tile;
+    var s0: Strip;
+    var s1: Strip;
+    var s2: Strip;
+    var s3: Strip;
+    var s4: Strip;
+    var s5: Strip;
+    var s6: Strip;
+    var s7: Strip;
     var v = walk_start(min(m0, p.m - 1u), p.ho, p.wo);
-    for (var m = m0; m < m1; m++) {
-        let hi = i32(v.r * p.sh + kh) - i32(p.ph);
-        let wi = i32(v.c * p.sw + kw) - i32(p.pw);
-        let ok = u32(hi) < p.h && u32(wi) < p.w;
-        var b = x16(select(0u, (v.n * p.h + u32(hi)) * p.w + u32(wi), ok), ci0, ok);
-        outer16(&acc, dy16(m, co0), &b);
-        v = walk_next(v, p.ho, p.wo, true);
+    for (var m = m0; m < m1; m += 4u) {
+        // Pixels at or past m1 repeat the last one, with x read as zeros.
+        var d: array<Row, 4>;
+        var x: array<Row, 4>;
+        d[0] = dy_row(m, co0);
+        x[0] = x_blocks(block_src(bl, v, true));
+        v = walk_next(v, p.ho, p.wo, m + 1u < m1);
+        d[1] = dy_row(min(m + 1u, m1 - 1u), co0);
+        x[1] = x_blocks(block_src(bl, v, m + 1u < m1));
+        v = walk_next(v, p.ho, p.wo, m + 2u < m1);
+        d[2] = dy_row(min(m + 2u, m1 - 1u), co0);
+        x[2] = x_blocks(block_src(bl, v, m + 2u < m1));
+        v = walk_next(v, p.ho, p.wo, m + 3u < m1);
+        d[3] = dy_row(min(m + 3u, m1 - 1u), co0);
+        x[3] = x_blocks(block_src(bl, v, m + 3u < m1));
+        v = walk_next(v, p.ho, p.wo, m + 4u < m1);
+        let xs = x_strip(x);
+        s0 = strip_mac(s0, dy_block(d, 0u), xs);
+        s1 = strip_mac(s1, dy_block(d, 1u), xs);
+        s2 = strip_mac(s2, dy_block(d, 2u), xs);
+        s3 = strip_mac(s3, dy_block(d, 3u), xs);
+        s4 = strip_mac(s4, dy_block(d, 4u), xs);
+        s5 = strip_mac(s5, dy_block(d, 5u), xs);
+        s6 = strip_mac(s6, dy_block(d, 6u), xs);
+        s7 = strip_mac(s7, dy_block(d, 7u), xs);
     }
-    // Rows are output channels; row t is written to dst[base + co * k + tap * cin + ci0 ..].
-    let rows = min(TM, p.cout - co0);
-    let col = tap * p.cin + ci0;
-    for (var t = 0u; t < rows; t++) {
-        let o = pt.base + (co0 + t) * p.k + col;
-        for (var b = 0u; b < 4u; b++) {
-            if ci0 + 4u * b < p.cin {
-                let val = acc[0][b];
-                let oi = o / 4u + b;
-                dst4[oi] = select(val, val + dst4[oi], (p.flags & F_ACC) != 0u);
+    // Output channel co goes to dst[base + co * k + q0 ..], a block at a time.
+    for (var r = 0u; r < 4u; r++) {
+        put_strip_row(pt.base, co0 + r, q0, s0, r);
+        put_strip_row(pt.base, co0 + 4u + r, q0, s1, r);
+        put_strip_row(pt.base, co0 + 8u + r, q0, s2, r);
+        put_strip_row(pt.base, co0 + 12u + r, q0, s3, r);
+        put_strip_row(pt.base, co0 + 16u + r, q0, s4, r);
+        put_strip_row(pt.base, co0 + 20u + r, q0, s5, r);
+        put_strip_row(pt.base, co0 + 24u + r, q0, s6, r);
+        put_strip_row(pt.base, co0 + 28u + r, q0, s7, r);
+    }
+}
+
+// Row r of every block of a strip (picked with selects: a dynamic index would move the tile to
+// memory), stored or added at output channel co; columns past k are dropped.
+fn put_strip_row(base: u32, co: u32, q0: u32, s: Strip, r: u32) {
+    if co < p.cout {
+        let o = (base + co * p.k + q0) / 4u;
+        for (var j = 0u; j < 8u; j++) {
+            if q0 + 4u * j < p.k {
+                let m = s[j];
+                let val = select(select(m[0], m[1], r == 1u), select(m[2], m[3], r == 3u), r >= 2u);
+                dst4[o + j] = select(val, val + dst4[o + j], (p.flags & F_ACC) != 0u);
             }
         }
-        shift_acc(&acc);
     }
 }
 

@@ -1,6 +1,6 @@
-// Prelude of conv.wgsl: rows of channels (the direct kernels' CD, the weight gradient's TN), moved
-// as vec4<f32>. Used where the adapter has no 64-bit integers (see conv_words64.wgsl) or the
-// channels are not multiples of 8.
+// Prelude of conv.wgsl: runs of channels (the CD channels of the direct kernels and of the vec4
+// weight gradient, the vec4 GEMMs' k-steps), moved as vec4<f32>. Used where the adapter has no
+// 64-bit integers (see conv_words64.wgsl) or the channels are not multiples of 8.
 
 @group(1) @binding(3) var<storage, read_write> dst2: array<vec2<f32>>;
 
@@ -52,22 +52,15 @@ fn put_pair(o: u32, v: vec2<f32>, first: bool) {
     dst2[o] = select(dst2[o] + v, v, first);
 }
 
-// The weight gradient's operands: TN channels from c0 of pixel px of x (zero unless ok) and of dy
-// (bound as the second operand). Channels past the last repeat its last vec4.
-fn x16(px: u32, c0: u32, ok: bool) -> Acc {
-    let c4 = p.cin / 4u;
-    let b = px * c4;
-    let i = min(vec4(c0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(c4 - 1u));
+// The weight gradient's 32 columns of x at one output pixel (see block_src): eight vec4 loads.
+fn x_blocks(s: BlockSrc) -> Row {
+    let i0 = s.i[0] / 4u;
+    let i1 = s.i[1] / 4u;
     let z = vec4(0.0);
-    return Acc(select(z, src4[b + i.x], ok), select(z, src4[b + i.y], ok),
-               select(z, src4[b + i.z], ok), select(z, src4[b + i.w], ok));
-}
-
-fn dy16(px: u32, c0: u32) -> Acc {
-    let o4 = p.cout / 4u;
-    let b = px * o4;
-    let i = min(vec4(c0 / 4u) + vec4(0u, 1u, 2u, 3u), vec4(o4 - 1u));
-    return Acc(opd4[b + i.x], opd4[b + i.y], opd4[b + i.z], opd4[b + i.w]);
+    return Row(select(z, src4[i0.x], s.ok[0].x), select(z, src4[i0.y], s.ok[0].y),
+               select(z, src4[i0.z], s.ok[0].z), select(z, src4[i0.w], s.ok[0].w),
+               select(z, src4[i1.x], s.ok[1].x), select(z, src4[i1.y], s.ok[1].y),
+               select(z, src4[i1.z], s.ok[1].z), select(z, src4[i1.w], s.ok[1].w));
 }
 
 // One k-step of gemm4: 4 channels of the tile's 16 source pixels (s) times the 16 columns'

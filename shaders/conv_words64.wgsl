@@ -1,8 +1,9 @@
-// Prelude of conv.wgsl: rows of channels (the direct kernels' CD, the weight gradient's TN), moved
-// as vec4<u64> (8 channels each); needs 64-bit integers and channel counts that are multiples of 8. llvmpipe loads and
-// stores storage one lane and one component at a time, with a bounds check per component, so
-// moving 8 channels per access instead of 4 makes these rows about a third cheaper (1→32 at batch
-// 256: reading dy alone went from 1.38–1.48 to 2.0–2.1 times the matmul rate).
+// Prelude of conv.wgsl: runs of channels (the CD channels of the direct kernels and of the vec4
+// weight gradient, the vec4 GEMMs' k-steps), moved as vec4<u64> (8 channels each); needs 64-bit
+// integers and channel counts that are multiples of 8. llvmpipe loads and stores storage one lane
+// and one component at a time, with a bounds check per component, so moving 8 channels per access
+// instead of 4 makes these rows about a third cheaper (1→32 at batch 256: reading dy alone went
+// from 1.38–1.48 to 2.0–2.1 times the matmul rate).
 
 @group(1) @binding(0) var<storage, read_write> x64: array<u64>;
 @group(1) @binding(0) var<storage, read_write> src64: array<vec4<u64>>;
@@ -83,25 +84,17 @@ fn put_pair(o: u32, v: vec2<f32>, first: bool) {
     dx64[o] = u64(b.x) | (u64(b.y) << 32u);
 }
 
-// The weight gradient's operands: TN channels from c0 of pixel px of x (zero unless ok) and of dy
-// (bound as the second operand). Channels past the last repeat its last 8.
-fn x16(px: u32, c0: u32, ok: bool) -> Acc {
-    let c8 = p.cin / 8u;
-    let b = px * c8;
-    let i = min(vec2(c0 / 8u) + vec2(0u, 1u), vec2(c8 - 1u));
+// The weight gradient's 32 columns of x at one output pixel (see block_src): blocks 2j and 2j + 1
+// are one tap's 8 channels from a multiple of 8 (cin is), so four vec4<u64> loads.
+fn x_blocks(s: BlockSrc) -> Row {
+    let i0 = s.i[0] / 8u;
+    let i1 = s.i[1] / 8u;
     let z = vec4(0lu);
-    let lo = unpack8(select(z, src64[b + i.x], ok));
-    let hi = unpack8(select(z, src64[b + i.y], ok));
-    return Acc(lo[0], lo[1], hi[0], hi[1]);
-}
-
-fn dy16(px: u32, c0: u32) -> Acc {
-    let o8 = p.cout / 8u;
-    let b = px * o8;
-    let i = min(vec2(c0 / 8u) + vec2(0u, 1u), vec2(o8 - 1u));
-    let lo = unpack8(opd64[b + i.x]);
-    let hi = unpack8(opd64[b + i.y]);
-    return Acc(lo[0], lo[1], hi[0], hi[1]);
+    let a = unpack8(select(z, src64[i0.x], s.ok[0].x));
+    let b = unpack8(select(z, src64[i0.z], s.ok[0].z));
+    let c = unpack8(select(z, src64[i1.x], s.ok[1].x));
+    let d = unpack8(select(z, src64[i1.z], s.ok[1].z));
+    return Row(a[0], a[1], b[0], b[1], c[0], c[1], d[0], d[1]);
 }
 
 // One k-step of gemm4: 8 channels of the tile's 16 source pixels (s) times the 16 columns'

@@ -9,7 +9,8 @@
 //!
 //! **Kernels.** No im2col matrix is ever materialised: the gather is folded into the GEMM's loads.
 //! On CPU adapters each invocation computes a 16-pixel × 16-channel register tile without
-//! workgroup memory or barriers (the fast shape on llvmpipe, see the shader's header). When both
+//! workgroup memory or barriers (the fast shape on llvmpipe, see the shader's header); the vec4
+//! weight gradient a 32 × 32 tile, four pixels per step like the matmul's. When both
 //! channel counts are multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores
 //! when only the input channels are odd). Those tiles spill on GPUs, which run shared-memory
 //! kernels instead: a 64×64 output tile per workgroup, the reduction staged in slices of 16.
@@ -158,8 +159,8 @@ const TM: usize = 16;
 const TN: usize = 16;
 /// Invocations per workgroup along the pixel dimension.
 const WG: usize = 64;
-/// Weight gradient: split the pixel reduction until about this many invocations run, but never
-/// into chunks shorter than MIN_CHUNK pixels.
+/// Weight gradient: split the pixel reduction until about this many invocations of TM × TM tiles
+/// (or as much work in larger tiles) run, but never into chunks shorter than MIN_CHUNK pixels.
 const WGRAD_INVOCATIONS: usize = 4096;
 const MIN_CHUNK: usize = 64;
 /// Shared-memory kernels (GPUs): 64×64 output tiles per workgroup; the weight gradient splits its
@@ -382,13 +383,15 @@ impl Dims {
         }
     }
 
-    /// Weight-gradient column tiles of 16 (one tap × 16 channels for vec4, 16 positions of a
-    /// weight row otherwise).
-    fn wgrad_col_tiles(&self, g: &Conv2d) -> usize {
+    /// The register-tiled weight gradient's tiles along a weight row and across output channels,
+    /// and their side: 32 × 32 for vec4 (CD channels × CD positions of a weight row), TM × TN
+    /// otherwise.
+    fn wgrad_tiles(&self, g: &Conv2d) -> (usize, usize, usize) {
+        let k = g.kh * g.kw * self.cin;
         if self.vec4() {
-            g.kh * g.kw * self.cin.div_ceil(TN)
+            (k.div_ceil(CD), self.cout.div_ceil(CD), CD)
         } else {
-            (g.kh * g.kw * self.cin).div_ceil(TN)
+            (k.div_ceil(TN), self.cout.div_ceil(TM), TM)
         }
     }
 
@@ -402,7 +405,8 @@ impl Dims {
             let k = g.kh * g.kw * self.cin;
             SMEM_WGRAD_WORKGROUPS / (k.div_ceil(SMEM_TILE) * self.cout.div_ceil(SMEM_TILE))
         } else {
-            WGRAD_INVOCATIONS / (self.wgrad_col_tiles(g) * self.cout.div_ceil(TM))
+            let (cols, rows, side) = self.wgrad_tiles(g);
+            WGRAD_INVOCATIONS * TM * TM / (cols * rows * side * side)
         };
         let want = want.min(units.div_ceil(min_chunk)).min(max_splits).max(1);
         let chunk = units.div_ceil(want);
@@ -628,11 +632,10 @@ pub fn backward_weight(
             } else {
                 &WEIGHT_GRAD1
             },
-            [
-                (splits * d.wgrad_col_tiles(g)).div_ceil(WG) as u32,
-                d.cout.div_ceil(TM) as u32,
-                1,
-            ],
+            {
+                let (cols, rows, _) = d.wgrad_tiles(g);
+                [(splits * cols).div_ceil(WG) as u32, rows as u32, 1]
+            },
         )
     };
     // The direct kernels' 64-bit builds read x as pairs of words: bound padded to whole vec4s.
