@@ -25,9 +25,9 @@
 //! invocation per image: it reads every dy pixel once and completes dx two columns at a time along
 //! each row, so that each dx element is written about once and updated twice instead of gathering
 //! 9 dy rows. It needs an even width and a column stride of 1 or 2; other layers take the GEMM
-//! input gradient. Where the adapter has 64-bit integers, these kernels move
-//! rows of channels (and, at stride 2, pairs of input columns) as 64-bit words: llvmpipe's cost is
-//! per component moved (see `Direct` below).
+//! input gradient. Where the adapter has 64-bit integers, these kernels move rows of channels
+//! (and pairs of input or dx columns) as 64-bit words, and so do the vec4 GEMMs where both channel
+//! counts are multiples of 8: llvmpipe's cost is per component moved (see `Direct` below).
 //!
 //! GPUs run the GEMMs for these layers too: there the direct kernels' 288 weights per invocation
 //! spill from registers, and their few long runs leave most of the chip idle (on an H100, 1→32 at
@@ -45,9 +45,9 @@ use crate::gpu::{Gpu, Kernel};
 use crate::memory::Tensor;
 
 /// An entry point of `shaders/conv.wgsl`, built behind a prelude: `shaders/conv_words<bits>.wgsl`,
-/// the access to rows of channels of the direct kernels (see [`Direct`]) and of the vec4 weight
-/// gradient, and the constant `SLIDES`, how the direct kernels' input frame moves from one output
-/// pixel to the next. The other kernels use neither and take the 32-bit, 1-slide build.
+/// the access to runs of channels of the direct kernels (see [`Direct`]) and of the vec4 GEMMs,
+/// and the constant `SLIDES`, how the direct kernels' input frame moves from one output pixel to
+/// the next. The other kernels use neither and take the 32-bit, 1-slide build.
 macro_rules! conv {
     ($bits:literal, $slides:literal, $entry:literal) => {
         Kernel {
@@ -173,7 +173,7 @@ const SMEM_WGRAD_WORKGROUPS: usize = 512;
 /// invocation first loads 9·CD weights). The weight gradient splits its rows the same way; each
 /// split's 9·CD partial sums are added up afterwards. How many invocations: see
 /// [`direct_invocations`]. Runs are whole rows so that an invocation slides its input window
-/// along each row (see the shader).
+/// along each row (see the shader). CD is also the side of the vec4 weight gradient's tile.
 const CD: usize = 32;
 const MIN_RUN: usize = 96;
 
