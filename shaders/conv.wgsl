@@ -1355,9 +1355,9 @@ fn input_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         let add = acc || co0 > 0u;
         for (var oh = 0; oh < i32(p.ho); oh++) {
             let r0 = oh * sh - ph;
-            let f0 = !add && (oh == 0 || r0 - sh + kh <= r0);
-            let f1 = !add && (oh == 0 || r0 - sh + kh <= r0 + 1);
-            let f2 = !add && (oh == 0 || r0 - sh + kh <= r0 + 2);
+            // Whether dy row oh is the first to reach dx row r0 + i: the row above ends before it
+            // (its last kernel row reaches r0 - sh + kh - 1).
+            let f = vec3(!add) & (vec3(oh == 0) | (vec3(kh - sh) <= vec3(0, 1, 2)));
             let m0 = (n * p.ho + u32(oh)) * p.wo;
             // The taps of dy columns k - 2 (stride 1 only) and k - 1.
             var k = k1;
@@ -1382,9 +1382,9 @@ fn input_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
                     b = u;
                 }
                 k += i32(3u - SLIDES);
-                emit_pair(n, r0, q, o[0], f0, true);
-                emit_pair(n, r0 + 1, q, o[1], f1, kh > 1);
-                emit_pair(n, r0 + 2, q, o[2], f2, kh > 2);
+                emit_pair(n, r0, q, o[0], f.x, true);
+                emit_pair(n, r0 + 1, q, o[1], f.y, kh > 1);
+                emit_pair(n, r0 + 2, q, o[2], f.z, kh > 2);
             }
         }
     }

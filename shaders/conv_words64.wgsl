@@ -25,6 +25,16 @@ fn pack8(a: vec4<f32>, b: vec4<f32>) -> vec4<u64> {
     return lo | (hi << vec4(32u));
 }
 
+// Two f32 in one u64: the first in the low half.
+fn unpack2(v: u64) -> vec2<f32> {
+    return bitcast<vec2<f32>>(vec2(u32(v & 0xfffffffflu), u32(v >> 32u)));
+}
+
+fn pack2(v: vec2<f32>) -> u64 {
+    let b = bitcast<vec2<u32>>(v);
+    return u64(b.x) | (u64(b.y) << 32u);
+}
+
 // The CD channels from co0 of pixel row m of dy, bound as the third operand (zero past cout).
 fn dy_row(m: u32, co0: u32) -> Row {
     let o8 = p.cout / 8u;
@@ -61,8 +71,8 @@ fn put_y8(o: u32, co: u32, a: vec4<f32>, b: vec4<f32>) {
 fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
     let ok = u32(hi) < p.h && u32(wi) < p.w;
     let i = select(0u, (r0 + u32(hi)) * p.w + u32(wi), ok);
-    let v = x64[i / 2u];
-    return select(0.0, bitcast<f32>(u32(select(v, v >> 32u, (i & 1u) != 0u) & 0xfffffffflu)), ok);
+    let q = unpack2(x64[i / 2u]);
+    return select(0.0, select(q.x, q.y, (i & 1u) != 0u), ok);
 }
 
 // x at columns wi and wi + 1 of input row hi of the image whose first row is r0 (zero outside),
@@ -73,15 +83,12 @@ fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
 fn x_pair(r0: u32, hi: i32, wi: i32) -> vec2<f32> {
     let ok = u32(hi) < p.h && u32(wi) < p.w;
     let v = x64[select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) / 2u, ok)];
-    return select(vec2(0.0), bitcast<vec2<f32>>(vec2(u32(v & 0xfffffffflu), u32(v >> 32u))), ok);
+    return select(vec2(0.0), unpack2(v), ok);
 }
 
 // Stores (`first`) or adds v to the two dx columns of pair o, as one 64-bit word.
 fn put_pair(o: u32, v: vec2<f32>, first: bool) {
-    let old = dx64[o];
-    let a = bitcast<vec2<f32>>(vec2(u32(old & 0xfffffffflu), u32(old >> 32u)));
-    let b = bitcast<vec2<u32>>(select(a + v, v, first));
-    dx64[o] = u64(b.x) | (u64(b.y) << 32u);
+    dx64[o] = pack2(select(unpack2(dx64[o]) + v, v, first));
 }
 
 // The weight gradient's 32 columns of x at one output pixel (see block_src): blocks 2j and 2j + 1
