@@ -21,6 +21,8 @@ use std::time::Instant;
 
 use crate::error::{Error, Result};
 
+pub mod glsl;
+
 /// Size of one parameter slot in the ring; every kernel's parameter struct fits in it.
 pub const PARAM_BYTES: u64 = 256;
 /// Dispatches per submission that profile mode times (two timestamps each, within the 4096
@@ -36,6 +38,9 @@ pub struct Kernel {
     pub file: &'static str,
     pub source: &'static str,
     pub entry: &'static str,
+    /// A build for wgpu's GL backend with 64-bit storage words, run as GLSL where the driver
+    /// has them (see [`glsl`]); elsewhere, or if `None`, GL runs `source`.
+    pub gl_source: Option<&'static str>,
     /// Number of storage buffers in group 1.
     pub buffers: usize,
     /// Bindings (bit i: binding i) that hold u32 words rather than f32 values (indices, packed
@@ -54,6 +59,7 @@ macro_rules! kernel {
         $crate::gpu::Kernel {
             file: $file,
             source: include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),
+            gl_source: None,
             entry: $entry,
             buffers: $buffers,
             words: $words,
@@ -186,6 +192,8 @@ pub struct Gpu {
     pub adapter: AdapterSummary,
     pub limits: wgpu::Limits,
     features: wgpu::Features,
+    /// Whether kernels' GL builds run as GLSL with 64-bit words ([`glsl`]).
+    gl_int64: bool,
     /// Alignment, in bytes, of every region start (storage offsets must be multiples of it).
     pub align: u64,
     buffers: RefCell<Vec<Option<wgpu::Buffer>>>,
@@ -296,6 +304,45 @@ fn adapter_rank(info: &wgpu::AdapterInfo) -> (u8, u8) {
     (ty, api)
 }
 
+/// A shader module of GLSL source (the device has `PASSTHROUGH_SHADERS`).
+fn glsl_module(device: &wgpu::Device, label: &str, source: String) -> wgpu::ShaderModule {
+    let entry = wgpu::PassthroughShaderEntryPoint {
+        name: "main".into(),
+        workgroup_size: (0, 0, 0),
+    };
+    // SAFETY: wgpu passes the source to the GL driver as it is, which compiles it or reports an
+    // error; the caller's error scope catches the error.
+    unsafe {
+        device.create_shader_module_passthrough(wgpu::ShaderModuleDescriptorPassthrough {
+            label: Some(label),
+            entry_points: vec![entry].into(),
+            glsl: Some(source.into()),
+            ..Default::default()
+        })
+    }
+}
+
+/// Whether the GL driver compiles GLSL with 64-bit words ([`glsl::PROBE`]) into a pipeline of
+/// `layout` (one storage binding).
+fn gl_int64_compiles(device: &wgpu::Device, layout: &wgpu::BindGroupLayout) -> bool {
+    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let module = glsl_module(device, "int64 probe", glsl::PROBE.into());
+    let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+        label: None,
+        bind_group_layouts: &[Some(layout)],
+        immediate_size: 0,
+    });
+    let _pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+        label: Some("int64 probe"),
+        layout: Some(&layout),
+        module: &module,
+        entry_point: Some("main"),
+        compilation_options: Default::default(),
+        cache: None,
+    });
+    pollster::block_on(scope.pop()).is_none()
+}
+
 /// All adapters visible through the backends selected by `WGPU_BACKEND` (all by default).
 pub fn list_adapters() -> (wgpu::Backends, Vec<wgpu::Adapter>) {
     let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
@@ -343,9 +390,17 @@ impl Gpu {
     pub fn from_adapter(adapter: wgpu::Adapter) -> Result<Gpu> {
         let info = AdapterSummary::from(&adapter.get_info());
         let limits = adapter.limits();
-        // Optional features, requested where the adapter has them.
-        let required_features =
-            adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_INT64);
+        // Optional features, requested where the adapter has them. GLSL passthrough is for
+        // kernels' GL builds with 64-bit words (see `glsl`).
+        let gl = adapter.get_info().backend == wgpu::Backend::Gl;
+        let wanted = wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::SHADER_INT64
+            | if gl {
+                wgpu::Features::PASSTHROUGH_SHADERS
+            } else {
+                wgpu::Features::empty()
+            };
+        let required_features = adapter.features() & wanted;
         let desc = wgpu::DeviceDescriptor {
             label: Some("contrastive"),
             required_features,
@@ -414,12 +469,15 @@ impl Gpu {
             })
             .collect();
         let align = (limits.min_storage_buffer_offset_alignment as u64).max(16);
+        let gl_int64 = required_features.contains(wgpu::Features::PASSTHROUGH_SHADERS)
+            && gl_int64_compiles(&device, &storage_layouts[1]);
         Ok(Gpu {
             device,
             queue,
             adapter: info,
             limits,
             features: required_features,
+            gl_int64,
             align,
             buffers: RefCell::new(vec![]),
             param_layout,
@@ -456,10 +514,10 @@ impl Gpu {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
-    /// Whether kernels may use 64-bit integers (Vulkan on llvmpipe has them, wgpu's GL backend
-    /// does not).
+    /// Whether kernels may use 64-bit words: in WGSL (Vulkan on llvmpipe has them, wgpu's GL
+    /// backend does not), or on GL through GLSL ([`glsl`]).
     pub fn has_int64(&self) -> bool {
-        self.features.contains(wgpu::Features::SHADER_INT64)
+        self.features.contains(wgpu::Features::SHADER_INT64) || self.gl_int64
     }
 
     /// Largest single binding in bytes: no tensor may be bigger.
@@ -531,28 +589,39 @@ impl Gpu {
         if let Some(p) = self.pipelines.borrow().get(&(k.file, k.entry)) {
             return Ok(p.clone());
         }
+        let fail = |e: String| Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry));
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules = self.modules.borrow_mut();
-        let module = modules.entry(k.file).or_insert_with(|| {
-            self.device
-                .create_shader_module(wgpu::ShaderModuleDescriptor {
-                    label: Some(k.file),
-                    source: wgpu::ShaderSource::Wgsl(k.source.into()),
-                })
-        });
+        let (module, entry) = match k.gl_source.filter(|_| self.gl_int64) {
+            // A GLSL module holds one entry point, `main`, and serves one pipeline.
+            Some(source) => {
+                let glsl = glsl::translate(source, k.entry).map_err(fail)?;
+                (&glsl_module(&self.device, k.file, glsl), "main")
+            }
+            None => (
+                &*modules.entry(k.file).or_insert_with(|| {
+                    self.device
+                        .create_shader_module(wgpu::ShaderModuleDescriptor {
+                            label: Some(k.file),
+                            source: wgpu::ShaderSource::Wgsl(k.source.into()),
+                        })
+                }),
+                k.entry,
+            ),
+        };
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(k.entry),
                 layout: Some(&self.pipeline_layouts[k.buffers]),
                 module,
-                entry_point: Some(k.entry),
+                entry_point: Some(entry),
                 compilation_options: Default::default(),
                 cache: None,
             });
         if let Some(e) = pollster::block_on(scope.pop()) {
             modules.remove(k.file);
-            return Err(Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry)));
+            return Err(fail(e.to_string()));
         }
         let pipeline = Arc::new(pipeline);
         self.pipelines

@@ -61,6 +61,7 @@ macro_rules! lanes {
                 ";\n",
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
             ),
+            gl_source: None,
             entry: $entry,
             buffers: $buffers,
             words: 0,

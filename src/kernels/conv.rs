@@ -45,25 +45,37 @@ use crate::gpu::{Gpu, Kernel};
 use crate::memory::Tensor;
 
 /// An entry point of `shaders/conv.wgsl`, built behind a prelude: `shaders/conv_words<bits>.wgsl`,
-/// the access to runs of channels of the direct kernels (see [`Direct`]) and of the vec4 GEMMs,
-/// and the constant `SLIDES`, how the direct kernels' input frame moves from one output pixel to
-/// the next. The other kernels use neither and take the 32-bit, 1-slide build.
+/// the access to runs of channels of the direct kernels (see [`Direct`]) and of the vec4 GEMMs
+/// (the 64-bit one behind its storage prelude: `conv_u64.wgsl`, or `conv_u64_gl.wgsl` for the GL
+/// backend's GLSL build, see [`crate::gpu::glsl`]), and the constant `SLIDES`, how the direct kernels'
+/// input frame moves from one output pixel to the next. The other kernels use neither and take
+/// the 32-bit, 1-slide build.
 macro_rules! conv {
-    ($bits:literal, $slides:literal, $entry:literal) => {
+    (@build "32", $slides:literal) => {
+        conv!(@source $slides, "conv_words32.wgsl", "conv.wgsl")
+    };
+    (@build "64", $slides:literal) => {
+        conv!(@source $slides, "conv_u64.wgsl", "conv_words64.wgsl", "conv.wgsl")
+    };
+    (@gl "32", $slides:literal) => {
+        None
+    };
+    (@gl "64", $slides:literal) => {
+        Some(conv!(@source $slides, "conv_u64_gl.wgsl", "conv_words64.wgsl", "conv.wgsl"))
+    };
+    (@source $slides:literal, $($file:literal),+) => {
+        concat!(
+            "const SLIDES: u32 = ",
+            $slides,
+            "u;\n",
+            $(include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file)),)+
+        )
+    };
+    ($bits:tt, $slides:tt, $entry:literal) => {
         Kernel {
             file: concat!("conv.wgsl+words", $bits, "+slides", $slides),
-            source: concat!(
-                "const SLIDES: u32 = ",
-                $slides,
-                "u;\n",
-                include_str!(concat!(
-                    env!("CARGO_MANIFEST_DIR"),
-                    "/shaders/conv_words",
-                    $bits,
-                    ".wgsl"
-                )),
-                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/conv.wgsl"))
-            ),
+            source: conv!(@build $bits, $slides),
+            gl_source: conv!(@gl $bits, $slides),
             entry: $entry,
             buffers: 4,
             words: 0,
@@ -79,7 +91,7 @@ macro_rules! direct {
     ($entry:literal) => {
         Direct([direct!(@ "32", $entry), direct!(@ "64", $entry)])
     };
-    (@ $bits:literal, $entry:literal) => {
+    (@ $bits:tt, $entry:literal) => {
         [
             conv!($bits, "1", $entry),
             conv!($bits, "2", $entry),
