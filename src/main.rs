@@ -269,12 +269,13 @@ fn devices() -> Result<()> {
     println!("selected: {}", gpu.adapter);
     let l = &gpu.limits;
     println!(
-        "limits: max buffer {} MiB, max storage binding {} MiB, workgroup memory {} KiB, invocations {}; timestamps {}",
+        "limits: max buffer {} MiB, max storage binding {} MiB, workgroup memory {} KiB, invocations {}; timestamps {}; 64-bit words {}",
         l.max_buffer_size >> 20,
         l.max_storage_buffer_binding_size >> 20,
         l.max_compute_workgroup_storage_size >> 10,
         l.max_compute_invocations_per_workgroup,
-        if gpu.has_timestamps() { "yes" } else { "no" }
+        if gpu.has_timestamps() { "yes" } else { "no" },
+        if gpu.has_int64() { "yes" } else { "no" }
     );
     Ok(())
 }

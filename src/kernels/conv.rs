@@ -27,7 +27,9 @@
 //! 9 dy rows. It needs an even width and a column stride of 1 or 2; other layers take the GEMM
 //! input gradient. Where the adapter has 64-bit integers, these kernels move rows of channels
 //! (and pairs of input or dx columns) as 64-bit words, and so do the vec4 GEMMs where both channel
-//! counts are multiples of 8: llvmpipe's cost is per component moved (see `Direct` below).
+//! counts are multiples of 8: llvmpipe's cost is per component moved (see `Direct` below). On
+//! wgpu's GL backend, which has no 64-bit integers in WGSL, those builds run as GLSL where the
+//! driver has them ([`crate::gpu::glsl`]).
 //!
 //! GPUs run the GEMMs for these layers too: there the direct kernels' 288 weights per invocation
 //! spill from registers, and their few long runs leave most of the chip idle (on an H100, 1→32 at
