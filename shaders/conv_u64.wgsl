@@ -29,31 +29,3 @@ fn pack2(v: vec2<f32>) -> u64 {
     let b = bitcast<vec2<u32>>(v);
     return u64(b.x) | (u64(b.y) << 32u);
 }
-
-fn src_w8(i: u32) -> W8 {
-    return unpack8(src64[i]);
-}
-
-fn opd_w8(i: u32) -> W8 {
-    return unpack8(opd64[i]);
-}
-
-fn dy_w8(i: u32) -> W8 {
-    return unpack8(dy64[i]);
-}
-
-fn put_dst_w8(i: u32, a: vec4<f32>, b: vec4<f32>) {
-    dst64[i] = pack8(a, b);
-}
-
-fn x_w2(i: u32) -> vec2<f32> {
-    return unpack2(x64[i]);
-}
-
-fn dx_w2(i: u32) -> vec2<f32> {
-    return unpack2(dx64[i]);
-}
-
-fn put_dx_w2(i: u32, v: vec2<f32>) {
-    dx64[i] = pack2(v);
-}

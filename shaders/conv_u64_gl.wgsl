@@ -15,30 +15,14 @@ fn unpack8(w: array<vec4<u32>, 2>) -> W8 {
     return W8(bitcast<vec4<f32>>(w[0]), bitcast<vec4<f32>>(w[1]));
 }
 
-fn src_w8(i: u32) -> W8 {
-    return unpack8(src64[i]);
+fn pack8(a: vec4<f32>, b: vec4<f32>) -> array<vec4<u32>, 2> {
+    return array(bitcast<vec4<u32>>(a), bitcast<vec4<u32>>(b));
 }
 
-fn opd_w8(i: u32) -> W8 {
-    return unpack8(opd64[i]);
+fn unpack2(v: vec2<u32>) -> vec2<f32> {
+    return bitcast<vec2<f32>>(v);
 }
 
-fn dy_w8(i: u32) -> W8 {
-    return unpack8(dy64[i]);
-}
-
-fn put_dst_w8(i: u32, a: vec4<f32>, b: vec4<f32>) {
-    dst64[i] = array(bitcast<vec4<u32>>(a), bitcast<vec4<u32>>(b));
-}
-
-fn x_w2(i: u32) -> vec2<f32> {
-    return bitcast<vec2<f32>>(x64[i]);
-}
-
-fn dx_w2(i: u32) -> vec2<f32> {
-    return bitcast<vec2<f32>>(dx64[i]);
-}
-
-fn put_dx_w2(i: u32, v: vec2<f32>) {
-    dx64[i] = bitcast<vec2<u32>>(v);
+fn pack2(v: vec2<f32>) -> vec2<u32> {
+    return bitcast<vec2<u32>>(v);
 }

@@ -5,10 +5,11 @@
 // per access instead of 4 makes these rows about a third cheaper (1→32 at batch 256: reading dy
 // alone went from 1.38–1.48 to 2.0–2.1 times the matmul rate).
 //
-// The words are read and written through the accessors of a storage prelude placed before this
-// file: conv_u64.wgsl (u64 storage, where the adapter has 64-bit integers) or conv_u64_gl.wgsl
-// (the same words declared as u32 vectors, which wgpu's GL backend runs as GLSL with 64-bit
-// loads; see gpu::glsl).
+// The words' buffers (x64, src64, opd64, dy64, dst64, dx64) and their conversions (unpack8 and
+// pack8 for 8 channels, unpack2 and pack2 for 2 columns) come from a storage prelude placed
+// before this file: conv_u64.wgsl (u64 storage, where the adapter has 64-bit integers) or
+// conv_u64_gl.wgsl (the same words declared as u32 vectors, which wgpu's GL backend runs as GLSL
+// with 64-bit loads; see gpu::glsl).
 
 // A word of 8 channels, in memory order.
 alias W8 = array<vec4<f32>, 2>;
@@ -31,7 +32,7 @@ fn dy_row(m: u32, co0: u32) -> Row {
 }
 
 fn dy8(b: u32, c: u32, o8: u32) -> W8 {
-    return keep8(dy_w8(b + min(c, o8 - 1u)), c < o8);
+    return keep8(unpack8(dy64[b + min(c, o8 - 1u)]), c < o8);
 }
 
 // Stores the CD channels from co0 of pixel row m of y (none past cout).
@@ -45,7 +46,7 @@ fn put_row(m: u32, co0: u32, y: Row) {
 
 fn put_y8(o: u32, co: u32, a: vec4<f32>, b: vec4<f32>) {
     if co < p.cout {
-        put_dst_w8(o, a, b);
+        dst64[o] = pack8(a, b);
     }
 }
 
@@ -54,7 +55,7 @@ fn put_y8(o: u32, co: u32, a: vec4<f32>, b: vec4<f32>) {
 fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
     let ok = u32(hi) < p.h && u32(wi) < p.w;
     let i = select(0u, (r0 + u32(hi)) * p.w + u32(wi), ok);
-    let q = x_w2(i / 2u);
+    let q = unpack2(x64[i / 2u]);
     return select(0.0, select(q.x, q.y, (i & 1u) != 0u), ok);
 }
 
@@ -65,13 +66,13 @@ fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
 // stride 2, batch 256: the weight gradient went from 0.58-0.60 to 0.66-0.71 of the matmul rate).
 fn x_pair(r0: u32, hi: i32, wi: i32) -> vec2<f32> {
     let ok = u32(hi) < p.h && u32(wi) < p.w;
-    let v = x_w2(select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) / 2u, ok));
-    return select(vec2(0.0), v, ok);
+    let v = x64[select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) / 2u, ok)];
+    return select(vec2(0.0), unpack2(v), ok);
 }
 
 // Stores (`first`) or adds v to the two dx columns of pair o, as one 64-bit word.
 fn put_pair(o: u32, v: vec2<f32>, first: bool) {
-    put_dx_w2(o, select(dx_w2(o) + v, v, first));
+    dx64[o] = pack2(select(unpack2(dx64[o]) + v, v, first));
 }
 
 // The weight gradient's 32 columns of x at one output pixel (see block_src): blocks 2j and 2j + 1
@@ -79,10 +80,10 @@ fn put_pair(o: u32, v: vec2<f32>, first: bool) {
 fn x_blocks(s: BlockSrc) -> Row {
     let i0 = s.i[0] / 8u;
     let i1 = s.i[1] / 8u;
-    let a = keep8(src_w8(i0.x), s.ok[0].x);
-    let b = keep8(src_w8(i0.z), s.ok[0].z);
-    let c = keep8(src_w8(i1.x), s.ok[1].x);
-    let d = keep8(src_w8(i1.z), s.ok[1].z);
+    let a = keep8(unpack8(src64[i0.x]), s.ok[0].x);
+    let b = keep8(unpack8(src64[i0.z]), s.ok[0].z);
+    let c = keep8(unpack8(src64[i1.x]), s.ok[1].x);
+    let d = keep8(unpack8(src64[i1.z]), s.ok[1].z);
     return Row(a[0], a[1], b[0], b[1], c[0], c[1], d[0], d[1]);
 }
 
@@ -132,31 +133,31 @@ fn gemm_step(acc: ptr<function, Tile>, s: Srcs, l: Layout, o: u32, c: u32, col0:
 
 fn fma8(acc: ptr<function, Tile>, t: u32, s: Src, c: u32, wa: ptr<function, Wb>,
         wb: ptr<function, Wb>) {
-    let v = keep8(src_w8(s.i + c), s.ok);
+    let v = keep8(unpack8(src64[s.i + c]), s.ok);
     fma4(acc, t, v[0], wa);
     fma4(acc, t, v[1], wb);
 }
 
 // Forward: the words at o of four weight rows (columns), as the two 4-channel halves' matrices.
 fn wcols8(o: vec4<u32>) -> array<mat4x4<f32>, 2> {
-    let a = opd_w8(o.x);
-    let b = opd_w8(o.y);
-    let c = opd_w8(o.z);
-    let d = opd_w8(o.w);
+    let a = unpack8(opd64[o.x]);
+    let b = unpack8(opd64[o.y]);
+    let c = unpack8(opd64[o.z]);
+    let d = unpack8(opd64[o.w]);
     return array(mat4x4(a[0], b[0], c[0], d[0]), mat4x4(a[1], b[1], c[1], d[1]));
 }
 
 // Input gradient: the word at o of weight rows 0 .. 7 (rl words apart), transposed into the
 // matrices of rows 0-3 x channels 0-3, rows 0-3 x channels 4-7, then the same for rows 4-7.
 fn wrows8(o: u32, rl: u32) -> array<mat4x4<f32>, 4> {
-    let r0 = opd_w8(o);
-    let r1 = opd_w8(o + rl);
-    let r2 = opd_w8(o + 2u * rl);
-    let r3 = opd_w8(o + 3u * rl);
-    let r4 = opd_w8(o + 4u * rl);
-    let r5 = opd_w8(o + 5u * rl);
-    let r6 = opd_w8(o + 6u * rl);
-    let r7 = opd_w8(o + 7u * rl);
+    let r0 = unpack8(opd64[o]);
+    let r1 = unpack8(opd64[o + rl]);
+    let r2 = unpack8(opd64[o + 2u * rl]);
+    let r3 = unpack8(opd64[o + 3u * rl]);
+    let r4 = unpack8(opd64[o + 4u * rl]);
+    let r5 = unpack8(opd64[o + 5u * rl]);
+    let r6 = unpack8(opd64[o + 6u * rl]);
+    let r7 = unpack8(opd64[o + 7u * rl]);
     return array(transpose(mat4x4(r0[0], r1[0], r2[0], r3[0])),
                  transpose(mat4x4(r0[1], r1[1], r2[1], r3[1])),
                  transpose(mat4x4(r4[0], r5[0], r6[0], r7[0])),
