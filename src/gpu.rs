@@ -590,14 +590,16 @@ impl Gpu {
             return Ok(p.clone());
         }
         let fail = |e: String| Error::Gpu(format!("kernel {}::{}: {e}", k.file, k.entry));
+        // A GLSL module holds one entry point, `main`, and serves one pipeline.
+        let glsl = match k.gl_source.filter(|_| self.gl_int64) {
+            Some(source) => Some(glsl::translate(source, k.entry).map_err(fail)?),
+            None => None,
+        };
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules = self.modules.borrow_mut();
-        let (module, entry) = match k.gl_source.filter(|_| self.gl_int64) {
-            // A GLSL module holds one entry point, `main`, and serves one pipeline.
-            Some(source) => {
-                let glsl = glsl::translate(source, k.entry).map_err(fail)?;
-                (&glsl_module(&self.device, k.file, glsl), "main")
-            }
+        let glsl_module = glsl.map(|source| glsl_module(&self.device, k.file, source));
+        let (module, entry) = match &glsl_module {
+            Some(module) => (module, "main"),
             None => (
                 &*modules.entry(k.file).or_insert_with(|| {
                     self.device
