@@ -322,11 +322,11 @@ fn glsl_module(device: &wgpu::Device, label: &str, source: String) -> wgpu::Shad
     }
 }
 
-/// Whether the GL driver compiles GLSL with 64-bit words ([`glsl::PROBE`]) into a pipeline of
-/// `layout` (one storage binding).
+/// Whether the GL driver compiles GLSL with 64-bit words ([`glsl::probe`]) into a pipeline of
+/// `layout` (two storage bindings).
 fn gl_int64_compiles(device: &wgpu::Device, layout: &wgpu::BindGroupLayout) -> bool {
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = glsl_module(device, "int64 probe", glsl::PROBE.into());
+    let module = glsl_module(device, "int64 probe", glsl::probe());
     let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: None,
         bind_group_layouts: &[Some(layout)],
@@ -470,7 +470,7 @@ impl Gpu {
             .collect();
         let align = (limits.min_storage_buffer_offset_alignment as u64).max(16);
         let gl_int64 = required_features.contains(wgpu::Features::PASSTHROUGH_SHADERS)
-            && gl_int64_compiles(&device, &storage_layouts[1]);
+            && gl_int64_compiles(&device, &storage_layouts[2]);
         Ok(Gpu {
             device,
             queue,

@@ -13,16 +13,23 @@
 use naga::back::glsl;
 
 /// The GLSL version the builds are written for, and the extension they need: the probe
-/// ([`PROBE`]) checks both on the device before any kernel uses them.
+/// ([`probe`]) checks both on the device before any kernel uses them.
 const HEADER: &str = "#version 450 core\n#extension GL_ARB_gpu_shader_int64 : require\n";
 
-/// A compute shader that compiles where [`translate`]'s output can: it moves one 64-bit word.
-pub const PROBE: &str = "#version 450 core
-#extension GL_ARB_gpu_shader_int64 : require
-layout(local_size_x = 1) in;
-layout(std430, binding = 0) buffer B { uint64_t words[]; };
-void main() { words[1] = words[0]; }
-";
+/// A compute shader that compiles where [`translate`]'s output can: it moves 64-bit words of
+/// both kinds through the conversions.
+pub fn probe() -> String {
+    format!(
+        "{HEADER}{HELPERS}layout(local_size_x = 1) in;
+layout(std430, binding = 0) buffer B {{ uint64_t w2[]; }};
+layout(std430, binding = 1) buffer C {{ u64vec4 w8[]; }};
+void main() {{
+    w2[1] = pack_w2(unpack_w2(w2[0]));
+    w8[1] = pack_w8(unpack_w8(w8[0]));
+}}
+"
+    )
+}
 
 /// Conversions between the retyped words and the u32 vectors the rest of the GLSL expects, in
 /// memory order (the first u32 is the low half). Written with masks and shifts: with GLSL's
