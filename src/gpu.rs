@@ -325,22 +325,34 @@ fn glsl_module(device: &wgpu::Device, label: &str, source: String) -> wgpu::Shad
 /// Whether the GL driver compiles GLSL with 64-bit words ([`glsl::probe`]) into a pipeline of
 /// `layout` (two storage bindings).
 fn gl_int64_compiles(device: &wgpu::Device, layout: &wgpu::BindGroupLayout) -> bool {
-    let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let module = glsl_module(device, "int64 probe", glsl::probe());
     let layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: None,
         bind_group_layouts: &[Some(layout)],
         immediate_size: 0,
     });
-    let _pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-        label: Some("int64 probe"),
-        layout: Some(&layout),
-        module: &module,
-        entry_point: Some("main"),
-        compilation_options: Default::default(),
-        cache: None,
+    let (_pipeline, error) = first_error(device, || {
+        let module = glsl_module(device, "int64 probe", glsl::probe());
+        device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some("int64 probe"),
+            layout: Some(&layout),
+            module: &module,
+            entry_point: Some("main"),
+            compilation_options: Default::default(),
+            cache: None,
+        })
     });
-    pollster::block_on(scope.pop()).is_none()
+    error.is_none()
+}
+
+/// `f()` and the first validation or internal error it raised. (wgpu files a shader that the
+/// driver fails to compile, as GL reports a GLSL one, under internal errors.)
+fn first_error<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<wgpu::Error>) {
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let internal = device.push_error_scope(wgpu::ErrorFilter::Internal);
+    let out = f();
+    let internal = pollster::block_on(internal.pop());
+    let validation = pollster::block_on(validation.pop());
+    (out, validation.or(internal))
 }
 
 /// All adapters visible through the backends selected by `WGPU_BACKEND` (all by default).
@@ -595,33 +607,33 @@ impl Gpu {
             Some(source) => Some(glsl::translate(source, k.entry).map_err(fail)?),
             None => None,
         };
-        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut modules = self.modules.borrow_mut();
-        let glsl_module = glsl.map(|source| glsl_module(&self.device, k.file, source));
-        let (module, entry) = match &glsl_module {
-            Some(module) => (module, "main"),
-            None => (
-                &*modules.entry(k.file).or_insert_with(|| {
-                    self.device
-                        .create_shader_module(wgpu::ShaderModuleDescriptor {
-                            label: Some(k.file),
-                            source: wgpu::ShaderSource::Wgsl(k.source.into()),
-                        })
-                }),
-                k.entry,
-            ),
-        };
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(k.entry),
-                layout: Some(&self.pipeline_layouts[k.buffers]),
-                module,
-                entry_point: Some(entry),
-                compilation_options: Default::default(),
-                cache: None,
-            });
-        if let Some(e) = pollster::block_on(scope.pop()) {
+        let (pipeline, error) = first_error(&self.device, || {
+            let glsl_module = glsl.map(|source| glsl_module(&self.device, k.file, source));
+            let (module, entry) = match &glsl_module {
+                Some(module) => (module, "main"),
+                None => (
+                    &*modules.entry(k.file).or_insert_with(|| {
+                        self.device
+                            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                                label: Some(k.file),
+                                source: wgpu::ShaderSource::Wgsl(k.source.into()),
+                            })
+                    }),
+                    k.entry,
+                ),
+            };
+            self.device
+                .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(k.entry),
+                    layout: Some(&self.pipeline_layouts[k.buffers]),
+                    module,
+                    entry_point: Some(entry),
+                    compilation_options: Default::default(),
+                    cache: None,
+                })
+        });
+        if let Some(e) = error {
             modules.remove(k.file);
             return Err(fail(e.to_string()));
         }
