@@ -1005,15 +1005,17 @@ fn weight_grad_smem(
 }
 
 // dw (+)= the sum of the partial sums over splits. src: scratch, dst: dw. `rsplit` consecutive
-// threads share one weight's splits and add their sums by a tree in workgroup memory: 64 on GPUs,
-// where one thread summing up to 2048 splits alone was latency-bound (0.7 ms of a 6 ms MoCo step on
-// an H100), 1 on CPU adapters, where the barriers would cost more.
-var<workgroup> wg_sum: array<f32, 256>;
+// threads share one weight's splits: 1 on CPU adapters (weight_grad_reduce), 64 on GPUs
+// (weight_grad_reduce_tree), where one thread summing up to 2048 splits alone was latency-bound
+// (0.7 ms of a 6 ms MoCo step on an H100) and the 64 add their sums by a tree in workgroup memory.
+// The CPU build has no tree at all: llvmpipe paid for its barriers even where rsplit = 1 skipped
+// them (GL, batch 256: the 1→32 s2 weight gradient went from 0.76 to 0.79 of the matmul rate,
+// 32→64 s2 from 0.91 to 1.02).
 
-@compute @workgroup_size(256)
-fn weight_grad_reduce(@builtin(workgroup_id) wid: vec3<u32>,
-                      @builtin(num_workgroups) nwg: vec3<u32>,
-                      @builtin(local_invocation_index) lid: u32) {
+// This thread's weight and its share of the splits, summed.
+struct SplitSum { i: u32, lane: u32, s: f32 }
+
+fn split_sum(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> SplitSum {
     let i = (wid.x + wid.y * nwg.x) * (256u / p.rsplit) + lid / p.rsplit;
     let lane = lid % p.rsplit;
     var s = 0.0;
@@ -1022,19 +1024,36 @@ fn weight_grad_reduce(@builtin(workgroup_id) wid: vec3<u32>,
             s += src1[k * p.total + i];
         }
     }
-    if p.rsplit > 1u {
-        wg_sum[lid] = s;
-        workgroupBarrier();
-        for (var h = p.rsplit / 2u; h > 0u; h >>= 1u) {
-            if lane < h {
-                wg_sum[lid] += wg_sum[lid + h];
-            }
-            workgroupBarrier();
-        }
-        s = wg_sum[lid];
+    return SplitSum(i, lane, s);
+}
+
+@compute @workgroup_size(256)
+fn weight_grad_reduce(@builtin(workgroup_id) wid: vec3<u32>,
+                      @builtin(num_workgroups) nwg: vec3<u32>,
+                      @builtin(local_invocation_index) lid: u32) {
+    let r = split_sum(wid, nwg, lid);
+    if r.i < p.total {
+        put_w(r.i, r.s);
     }
-    if i < p.total && lane == 0u {
-        put_w(i, s);
+}
+
+var<workgroup> wg_sum: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn weight_grad_reduce_tree(@builtin(workgroup_id) wid: vec3<u32>,
+                           @builtin(num_workgroups) nwg: vec3<u32>,
+                           @builtin(local_invocation_index) lid: u32) {
+    let r = split_sum(wid, nwg, lid);
+    wg_sum[lid] = r.s;
+    workgroupBarrier();
+    for (var h = p.rsplit / 2u; h > 0u; h >>= 1u) {
+        if r.lane < h {
+            wg_sum[lid] += wg_sum[lid + h];
+        }
+        workgroupBarrier();
+    }
+    if r.i < p.total && r.lane == 0u {
+        put_w(r.i, wg_sum[lid]);
     }
 }
 

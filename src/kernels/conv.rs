@@ -120,6 +120,7 @@ const WEIGHT_GRAD4: [Kernel; 2] = [
 ];
 const WEIGHT_GRAD1: Kernel = conv!("weight_grad1");
 const WEIGHT_GRAD_REDUCE: Kernel = conv!("weight_grad_reduce");
+const WEIGHT_GRAD_REDUCE_TREE: Kernel = conv!("weight_grad_reduce_tree");
 const WEIGHT_GRAD_SMEM: Kernel = conv!("weight_grad_smem");
 const FORWARD_SMEM: Kernel = conv!("forward_smem");
 const INPUT_GRAD_SMEM: Kernel = conv!("input_grad_smem");
@@ -664,9 +665,14 @@ pub fn backward_weight(
     }
     params.flags = acc_flag;
     // Threads per weight in the reduce (see the shader).
-    params.rsplit = if d.shared { 64 } else { 1 };
+    let (reduce, rsplit) = if d.shared {
+        (&WEIGHT_GRAD_REDUCE_TREE, 64)
+    } else {
+        (&WEIGHT_GRAD_REDUCE, 1)
+    };
+    params.rsplit = rsplit;
     gpu.dispatch(
-        &WEIGHT_GRAD_REDUCE,
+        reduce,
         &params,
         &[dst, dy.region, dy.region, dw.region],
         super::grid_1d(total * params.rsplit as usize, 256),
