@@ -88,6 +88,13 @@ macro_rules! conv {
     };
 }
 
+/// The 32-bit and 64-bit builds of an entry point with `SLIDES` = `$slides`.
+macro_rules! widths {
+    ($slides:tt, $entry:literal) => {
+        [conv!("32", $slides, $entry), conv!("64", $slides, $entry)]
+    };
+}
+
 /// The builds of a direct kernel, by word width and slides (see [`Direct`]).
 macro_rules! direct {
     ($entry:literal) => {
@@ -104,20 +111,14 @@ macro_rules! direct {
 
 /// The vec4 GEMMs by word width: 64-bit where both channel counts are multiples of 8 (see
 /// [`wide_gemm`]).
-const FORWARD4: [Kernel; 2] = [conv!("32", "1", "forward4"), conv!("64", "1", "forward4")];
+const FORWARD4: [Kernel; 2] = widths!("1", "forward4");
 const FORWARD1: Kernel = conv!("forward1");
 const FORWARD1_OUT4: Kernel = conv!("forward1_out4");
 /// By word width, as [`FORWARD4`].
-const INPUT_GRAD4: [Kernel; 2] = [
-    conv!("32", "1", "input_grad4"),
-    conv!("64", "1", "input_grad4"),
-];
+const INPUT_GRAD4: [Kernel; 2] = widths!("1", "input_grad4");
 const INPUT_GRAD1: Kernel = conv!("input_grad1");
 /// By word width, as [`FORWARD4`].
-const WEIGHT_GRAD4: [Kernel; 2] = [
-    conv!("32", "1", "weight_grad4"),
-    conv!("64", "1", "weight_grad4"),
-];
+const WEIGHT_GRAD4: [Kernel; 2] = widths!("1", "weight_grad4");
 const WEIGHT_GRAD1: Kernel = conv!("weight_grad1");
 const WEIGHT_GRAD_REDUCE: Kernel = conv!("weight_grad_reduce");
 const WEIGHT_GRAD_REDUCE_TREE: Kernel = conv!("weight_grad_reduce_tree");
@@ -125,16 +126,10 @@ const WEIGHT_GRAD_SMEM: Kernel = conv!("weight_grad_smem");
 const FORWARD_SMEM: Kernel = conv!("forward_smem");
 const INPUT_GRAD_SMEM: Kernel = conv!("input_grad_smem");
 const FORWARD_DIRECT: Direct = direct!("forward_direct");
-/// The input gradient reads no input frame: by word width and column stride (1, 2).
+/// The input gradient reads no input frame: by column stride (1, 2) and word width.
 const INPUT_GRAD_DIRECT: [[Kernel; 2]; 2] = [
-    [
-        conv!("32", "1", "input_grad_direct"),
-        conv!("32", "2", "input_grad_direct"),
-    ],
-    [
-        conv!("64", "1", "input_grad_direct"),
-        conv!("64", "2", "input_grad_direct"),
-    ],
+    widths!("1", "input_grad_direct"),
+    widths!("2", "input_grad_direct"),
 ];
 const WEIGHT_GRAD_DIRECT: Direct = direct!("weight_grad_direct");
 
@@ -553,7 +548,7 @@ pub fn backward_input(
     // One invocation per image (see the shader); it writes dx two columns at a time.
     if d.direct && g.stride.1 <= 2 && d.w.is_multiple_of(2) {
         return gpu.dispatch(
-            &INPUT_GRAD_DIRECT[usize::from(wide_rows(gpu, &d))][g.stride.1 - 1],
+            &INPUT_GRAD_DIRECT[g.stride.1 - 1][usize::from(wide_rows(gpu, &d))],
             &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
             [d.n.div_ceil(WG) as u32, 1, 1],
