@@ -8,62 +8,57 @@
 //! checkpoint export permutes them to PyTorch's `[Cout, Cin, KH, KW]`.
 //!
 //! **Kernels.** No im2col matrix is ever materialised: the gather is folded into the GEMM's loads.
-//! On CPU adapters each invocation computes a 16-pixel × 16-channel register tile without
-//! workgroup memory or barriers (the fast shape on llvmpipe, see the shader's header); the vec4
-//! weight gradient a 32 × 32 tile, four pixels per step like the matmul's. When both
-//! channel counts are multiples of 4 the vec4 kernels run; otherwise scalar ones (with vec4 stores
-//! when only the input channels are odd). Those tiles spill on GPUs, which run shared-memory
-//! kernels instead: a 64×64 output tile per workgroup, the reduction staged in slices of 16.
+//! Each pass can run several kernel families ([`Candidate`]): register-tiled GEMMs without
+//! workgroup memory or barriers (a 16-pixel × 16-channel tile per invocation, 32 × 32 for the
+//! vec4 weight gradient, four pixels per step like the matmul's), the fast shape on CPU adapters
+//! such as llvmpipe, where they run vec4 loads when both channel counts are multiples of 4 and
+//! scalar ones otherwise (with vec4 stores when only the input channels are odd); shared-memory
+//! GEMMs for GPUs, on which those tiles spill: a 64×64 output tile per workgroup, the reduction
+//! staged in slices of 16; and direct kernels. [`Conv2d::candidates`] lists those that fit a
+//! problem and [`Conv2d::choose`] picks one per adapter kind; the `*_with` launchers run a given
+//! one (the tests run every candidate).
 //!
-//! **Direct kernels.** On a CPU adapter, one input channel and a kernel of at most 3×3 (a first
-//! layer on grayscale images, see [`Conv2d::is_direct`]) make the GEMM's reduction (at most 9 long)
-//! too short to pay for its tile: its loads and epilogue dominate. Such layers run direct kernels
-//! instead, each holding the weights of 32 output channels in registers. The forward and the
-//! weight gradient walk runs of whole output rows, sliding a 3×3 input frame along each (3 new
-//! inputs per pixel at stride 1, instead of gathering 9); the weight gradient's runs give partial
-//! sums that a second pass adds up (deterministic, no atomics). The input gradient runs one
-//! invocation per image: it reads every dy pixel once and completes dx two columns at a time along
-//! each row, so that each dx element is written about once and updated twice instead of gathering
-//! 9 dy rows. It needs an even width and a column stride of 1 or 2; other layers take the GEMM
-//! input gradient. Where the adapter has 64-bit integers, these kernels move rows of channels
-//! (and pairs of input or dx columns) as 64-bit words, and so do the vec4 GEMMs where both channel
-//! counts are multiples of 8: llvmpipe's cost is per component moved (see `Direct` below). On
-//! wgpu's GL backend, which has no 64-bit integers in WGSL, those builds run as GLSL where the
-//! driver has them ([`crate::gpu::glsl`]).
-//!
-//! GPUs run the GEMMs for these layers too: there the direct kernels' 288 weights per invocation
-//! spill from registers, and their few long runs leave most of the chip idle (on an H100, 1→32 at
-//! batch 256 ran at 0.28 (forward), 0.04 (input gradient) and 0.06 (weight gradient) of the matmul
-//! rate).
+//! **Direct kernels.** One input channel and a kernel of at most 3×3 (a first layer on grayscale
+//! images) make the GEMM's reduction (at most 9 long) too short to pay for its tile: its loads and
+//! epilogue dominate. Direct kernels instead hold the weights of 32 output channels in registers.
+//! The forward and the weight gradient walk runs of whole output rows, sliding a 3×3 input frame
+//! along each (3 new inputs per pixel at stride 1, instead of gathering 9); the weight gradient's
+//! runs give partial sums that a second pass adds up (deterministic, no atomics). The input
+//! gradient runs one invocation per image: it reads every dy pixel once and completes dx two
+//! columns at a time along each row, so that each dx element is written about once and updated
+//! twice instead of gathering 9 dy rows. It needs an even width and a column stride of 1 or 2.
+//! Where the adapter has 64-bit integers in WGSL (Vulkan; not wgpu's GL backend), these kernels
+//! move rows of channels (and pairs of input or dx columns) as 64-bit words, and so do the vec4
+//! GEMMs where both channel counts are multiples of 8: llvmpipe's cost is per component moved
+//! (see `Direct` below).
 //!
 //! **Known limits.** In a direct layer every output element costs a storage access and only 9
 //! multiply-adds, so these passes stay bound by llvmpipe's per-lane loads and stores rather than by
 //! arithmetic. With 2–3 input channels and 3×3 kernels (27-long rows) the scalar GEMM runs, at a
 //! fraction of the vec4 rate. On GPUs, strided input gradients and reductions shorter than 32
-//! keep the register tiles (see [`forward`] and [`backward_input`] for the measurements).
+//! keep the register tiles (see [`Conv2d::choose`]).
+
+mod candidate;
+mod reference;
+
+pub use candidate::{Candidate, ConvShape, Pass};
+pub use reference::{reference_backward_input, reference_backward_weight, reference_forward};
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel};
+use crate::gpu::{AdapterKind, Gpu, Kernel};
 use crate::memory::Tensor;
 
 /// An entry point of `shaders/conv.wgsl`, built behind a prelude: `shaders/conv_words<bits>.wgsl`,
-/// the access to runs of channels of the direct kernels (see [`Direct`]) and of the vec4 GEMMs
-/// (the 64-bit one behind its storage prelude: `conv_u64.wgsl`, or `conv_u64_gl.wgsl` for the GL
-/// backend's GLSL build, see [`crate::gpu::glsl`]), and the constant `SLIDES`, how the direct kernels'
-/// input frame moves from one output pixel to the next. The other kernels use neither and take
+/// the access to runs of channels of the direct kernels (see [`Direct`]) and of the vec4 GEMMs,
+/// and the constant `SLIDES`, how the direct kernels' input frame moves from one output pixel to
+/// the next. The other kernels use neither and take
 /// the 32-bit, 1-slide build.
 macro_rules! conv {
     (@build "32", $slides:literal) => {
         conv!(@source $slides, "conv_words32.wgsl", "conv.wgsl")
     };
     (@build "64", $slides:literal) => {
-        conv!(@source $slides, "conv_u64.wgsl", "conv_words64.wgsl", "conv.wgsl")
-    };
-    (@gl "32", $slides:literal) => {
-        None
-    };
-    (@gl "64", $slides:literal) => {
-        Some(conv!(@source $slides, "conv_u64_gl.wgsl", "conv_words64.wgsl", "conv.wgsl"))
+        conv!(@source $slides, "conv_words64.wgsl", "conv.wgsl")
     };
     (@source $slides:literal, $($file:literal),+) => {
         concat!(
@@ -77,7 +72,6 @@ macro_rules! conv {
         Kernel {
             file: concat!("conv.wgsl+words", $bits, "+slides", $slides),
             source: conv!(@build $bits, $slides),
-            gl_source: conv!(@gl $bits, $slides),
             entry: $entry,
             buffers: 4,
             words: 0,
@@ -138,10 +132,7 @@ const WEIGHT_GRAD_DIRECT: Direct = direct!("weight_grad_direct");
 ///   component), so where the adapter has 64-bit integers and the output channels are a multiple
 ///   of 8, the rows of y and dy move as `vec4<u64>`, 8 channels per access, and at stride 2 the
 ///   two input columns a pixel brings in as one `u64` (which needs them to be an aligned pair:
-///   even widths, odd paddings); otherwise everything moves as 32-bit words. Measured on 2 cores
-///   at batch 256, 1→32 (Vulkan): the weight gradient went from 0.50–0.52 to 0.60–0.62 of the
-///   matmul rate at stride 1 and from 0.45–0.46 to 0.57–0.60 at stride 2; the input gradient at
-///   stride 2 from 0.51 to 0.62–0.66 (rows only).
+///   even widths, odd paddings); otherwise everything moves as 32-bit words.
 /// - Slides: the column stride where it is 1 or 2 (how many columns the input frame moves per
 ///   pixel), 0 for wider strides (each frame gathered afresh).
 struct Direct([[Kernel; 3]; 2]);
@@ -248,10 +239,9 @@ impl Conv2d {
                     ho,
                     wo,
                     cout,
-                    direct: self.is_direct(gpu, cin, cout),
-                    shared: !gpu.adapter.is_cpu(),
                 };
-                let splits = d.wgrad_splits(self, usize::MAX).0;
+                let c = self.choose(gpu.kind(), &d.shape(), Pass::WeightGrad);
+                let splits = d.wgrad_splits(self, c, usize::MAX).0;
                 if splits > 1 {
                     splits * cout * self.kh * self.kw * cin
                 } else {
@@ -260,14 +250,6 @@ impl Conv2d {
             }
             Err(_) => 0,
         }
-    }
-
-    /// Whether a layer with `cin` input and `cout` output channels runs the direct kernels on
-    /// `gpu`: a CPU adapter, one input channel, a kernel of at most 3×3, `cout` a multiple of 4
-    /// (the input gradient also needs an even input width and a column stride of 1 or 2, else it
-    /// runs the GEMM).
-    pub fn is_direct(&self, gpu: &Gpu, cin: usize, cout: usize) -> bool {
-        gpu.adapter.is_cpu() && cin == 1 && self.kh <= 3 && self.kw <= 3 && cout.is_multiple_of(4)
     }
 
     /// Multiply-adds × 2 of one pass (forward, input gradient and weight gradient all cost the same).
@@ -314,22 +296,11 @@ struct Dims {
     ho: usize,
     wo: usize,
     cout: usize,
-    /// The layer runs the direct kernels ([`Conv2d::is_direct`]).
-    direct: bool,
-    /// A GPU: the shared-memory kernels run.
-    shared: bool,
 }
 
 impl Dims {
     /// Checks `x [N,H,W,Cin]`, `w [Cout,KH,KW,Cin]` and `y [N,Ho,Wo,Cout]` against each other.
-    fn check(
-        gpu: &Gpu,
-        op: &'static str,
-        g: &Conv2d,
-        x: &Tensor,
-        w: &Tensor,
-        y: &Tensor,
-    ) -> Result<Dims> {
+    fn check(op: &'static str, g: &Conv2d, x: &Tensor, w: &Tensor, y: &Tensor) -> Result<Dims> {
         let (xs, ws, ys) = (x.shape.dims(), w.shape.dims(), y.shape.dims());
         let bad = |what: &str| {
             Err(Error::shape(
@@ -353,8 +324,6 @@ impl Dims {
             ho,
             wo,
             cout: ws[0],
-            direct: g.is_direct(gpu, xs[3], ws[0]),
-            shared: !gpu.adapter.is_cpu(),
         };
         if ws[1] != g.kh || ws[2] != g.kw || ws[3] != d.cin {
             return bad("the weight does not match the kernel size or input channels");
@@ -366,6 +335,40 @@ impl Dims {
             return bad("empty tensors");
         }
         Ok(d)
+    }
+
+    fn shape(&self) -> ConvShape {
+        ConvShape {
+            n: self.n,
+            h: self.h,
+            w: self.w,
+            cin: self.cin,
+            cout: self.cout,
+        }
+    }
+
+    /// Candidate `c`, or the one chosen for `kind` when `None`; an error when `c` cannot run `pass`
+    /// of `g` on these sizes.
+    fn candidate(
+        &self,
+        op: &'static str,
+        kind: AdapterKind,
+        g: &Conv2d,
+        pass: Pass,
+        c: Option<Candidate>,
+    ) -> Result<Candidate> {
+        let c = c.unwrap_or_else(|| g.choose(kind, &self.shape(), pass));
+        if g.fits(&self.shape(), pass, c) {
+            return Ok(c);
+        }
+        Err(Error::shape(
+            op,
+            format!(
+                "kernel {c:?} cannot run {g:?} on {:?}; it can run {:?}",
+                self.shape(),
+                g.candidates(&self.shape(), pass)
+            ),
+        ))
     }
 
     fn params(&self, g: &Conv2d, m: usize, flags: u32) -> Params {
@@ -396,9 +399,9 @@ impl Dims {
     /// The register-tiled weight gradient's tiles along a weight row and across output channels,
     /// and their side: 32 × 32 for vec4 (CD channels × CD positions of a weight row), TM × TN
     /// otherwise.
-    fn wgrad_tiles(&self, g: &Conv2d) -> (usize, usize, usize) {
+    fn wgrad_tiles(&self, g: &Conv2d, c: Candidate) -> (usize, usize, usize) {
         let k = g.kh * g.kw * self.cin;
-        if self.vec4() {
+        if c == Candidate::Tile4 {
             (k.div_ceil(CD), self.cout.div_ceil(CD), CD)
         } else {
             (k.div_ceil(TN), self.cout.div_ceil(TM), TM)
@@ -406,44 +409,41 @@ impl Dims {
     }
 
     /// (splits, chunk) of the weight-gradient reduction over its units, with at most `max_splits`
-    /// splits: whole output rows (n·ho of them) for the direct kernel, pixels (n·ho·wo) otherwise.
-    fn wgrad_splits(&self, g: &Conv2d, max_splits: usize) -> (usize, usize) {
-        let (units, min_chunk) = self.wgrad_units();
-        let want = if self.direct {
-            direct_invocations() / self.cout.div_ceil(CD)
-        } else if self.shared {
-            let k = g.kh * g.kw * self.cin;
-            SMEM_WGRAD_WORKGROUPS / (k.div_ceil(SMEM_TILE) * self.cout.div_ceil(SMEM_TILE))
-        } else {
-            let (cols, rows, side) = self.wgrad_tiles(g);
-            WGRAD_INVOCATIONS * TM * TM / (cols * rows * side * side)
+    /// splits, for candidate `c`: whole output rows (n·ho of them) for the direct kernel, pixels
+    /// (n·ho·wo) otherwise.
+    fn wgrad_splits(&self, g: &Conv2d, c: Candidate, max_splits: usize) -> (usize, usize) {
+        let (units, min_chunk) = self.wgrad_units(c);
+        let want = match c {
+            Candidate::Direct => direct_invocations() / self.cout.div_ceil(CD),
+            Candidate::Shared => {
+                let k = g.kh * g.kw * self.cin;
+                SMEM_WGRAD_WORKGROUPS / (k.div_ceil(SMEM_TILE) * self.cout.div_ceil(SMEM_TILE))
+            }
+            Candidate::Tile4 | Candidate::Tile1 => {
+                let (cols, rows, side) = self.wgrad_tiles(g, c);
+                WGRAD_INVOCATIONS * TM * TM / (cols * rows * side * side)
+            }
         };
         let want = want.min(units.div_ceil(min_chunk)).min(max_splits).max(1);
         let chunk = units.div_ceil(want);
         (units.div_ceil(chunk), chunk)
     }
 
-    /// The units the weight-gradient reduction is split into, and the fewest per split.
-    fn wgrad_units(&self) -> (usize, usize) {
-        if self.direct {
+    /// The units the weight-gradient reduction of candidate `c` is split into, and the fewest per
+    /// split.
+    fn wgrad_units(&self, c: Candidate) -> (usize, usize) {
+        if c == Candidate::Direct {
             (self.n * self.ho, MIN_CHUNK.div_ceil(self.wo))
         } else {
             (self.n * self.ho * self.wo, MIN_CHUNK)
         }
-    }
-
-    /// Both channel counts are multiples of 4: the vec4 kernels apply.
-    fn vec4(&self) -> bool {
-        self.cin.is_multiple_of(4) && self.cout.is_multiple_of(4)
     }
 }
 
 /// Invocations of a direct kernel (per channel block for the weight gradient). llvmpipe runs each
 /// workgroup on one thread, one SIMD group after another, and each invocation pays for loading its
 /// weights before its run: one workgroup per core keeps every core busy with the fewest, longest
-/// runs. Measured on 2 cores at batch 256, 1→32 channels: the forward went from 0.53–0.58 to
-/// 0.62–0.69 of the matmul rate and the weight gradient from 0.44–0.49 to 0.50–0.62 (s1) against
-/// 1024 and 512 invocations.
+/// runs.
 fn direct_invocations() -> usize {
     WG * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -454,7 +454,7 @@ fn tile_groups(row_tiles: usize, cols: usize) -> [u32; 3] {
 }
 
 /// `y [N,Ho,Wo,Cout] = conv(x [N,H,W,Cin], w [Cout,KH,KW,Cin]) (+ bias [Cout])`, then ReLU if
-/// `relu`.
+/// `relu`, with the kernel [`Conv2d::choose`] picks for `gpu`.
 pub fn forward(
     gpu: &Gpu,
     x: &Tensor,
@@ -464,49 +464,63 @@ pub fn forward(
     g: &Conv2d,
     relu: bool,
 ) -> Result<()> {
-    let d = Dims::check(gpu, "conv2d forward", g, x, w, y)?;
+    forward_with(gpu, x, w, bias, y, g, relu, None)
+}
+
+/// [`forward`] with candidate `c` (an error when it does not fit), or the chosen one for `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    w: &Tensor,
+    bias: Option<&Tensor>,
+    y: &Tensor,
+    g: &Conv2d,
+    relu: bool,
+    c: Option<Candidate>,
+) -> Result<()> {
+    const OP: &str = "conv2d forward";
+    let d = Dims::check(OP, g, x, w, y)?;
     if let Some(b) = bias {
         if b.numel() != d.cout {
             return Err(Error::shape(
-                "conv2d forward",
+                OP,
                 format!("bias {:?} for weight {:?}", b.shape, w.shape),
             ));
         }
     }
+    let c = d.candidate(OP, gpu.kind(), g, Pass::Forward, c)?;
     let m = d.n * d.ho * d.wo;
     let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
     let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
-    if d.direct {
-        // Runs of whole output rows, one per invocation, times the channel blocks.
-        let rows = d.n * d.ho;
-        let chunk = rows
-            .div_ceil(direct_invocations())
-            .max(MIN_RUN.div_ceil(d.wo));
-        let mut params = d.params(g, rows, flags);
-        params.chunk = chunk as u32;
-        let groups = [
-            rows.div_ceil(chunk).div_ceil(WG) as u32,
-            d.cout.div_ceil(CD) as u32,
-            1,
-        ];
-        // x padded to whole vec4s: the 64-bit builds read it as pairs of words.
-        return gpu.dispatch(
-            FORWARD_DIRECT.pick(gpu, &d, g),
-            &params,
-            &[
-                x.region.padded_to_vec4(),
-                regions[1],
-                regions[2],
-                regions[3],
-            ],
-            groups,
-        );
-    }
-    // A reduction shorter than two staged slices leaves most of the shared tile empty: on an
-    // H100, 1→32 (k = 9) ran at 789 GFLOP/s there and at 2,539 on the register tiles. (The grid's
-    // y dimension holds the pixel tiles: at most 65535 of them.)
-    if d.shared && g.kh * g.kw * d.cin >= 2 * SMEM_SLICE && m.div_ceil(SMEM_TILE) <= 65535 {
-        return gpu.dispatch(
+    match c {
+        Candidate::Direct => {
+            // Runs of whole output rows, one per invocation, times the channel blocks.
+            let rows = d.n * d.ho;
+            let chunk = rows
+                .div_ceil(direct_invocations())
+                .max(MIN_RUN.div_ceil(d.wo));
+            let mut params = d.params(g, rows, flags);
+            params.chunk = chunk as u32;
+            let groups = [
+                rows.div_ceil(chunk).div_ceil(WG) as u32,
+                d.cout.div_ceil(CD) as u32,
+                1,
+            ];
+            // x padded to whole vec4s: the 64-bit builds read it as pairs of words.
+            gpu.dispatch(
+                FORWARD_DIRECT.pick(gpu, &d, g),
+                &params,
+                &[
+                    x.region.padded_to_vec4(),
+                    regions[1],
+                    regions[2],
+                    regions[3],
+                ],
+                groups,
+            )
+        }
+        Candidate::Shared => gpu.dispatch(
             &FORWARD_SMEM,
             &d.params(g, m, flags),
             &regions,
@@ -515,21 +529,23 @@ pub fn forward(
                 m.div_ceil(SMEM_TILE) as u32,
                 1,
             ],
-        );
+        ),
+        Candidate::Tile4 | Candidate::Tile1 => {
+            let kernel = if c == Candidate::Tile4 {
+                &FORWARD4[usize::from(wide_gemm(gpu, &d))]
+            } else if d.cout.is_multiple_of(4) {
+                &FORWARD1_OUT4
+            } else {
+                &FORWARD1
+            };
+            gpu.dispatch(
+                kernel,
+                &d.params(g, m, flags),
+                &regions,
+                tile_groups(m.div_ceil(TM), d.cout),
+            )
+        }
     }
-    let kernel = if d.vec4() {
-        &FORWARD4[usize::from(wide_gemm(gpu, &d))]
-    } else if d.cout.is_multiple_of(4) {
-        &FORWARD1_OUT4
-    } else {
-        &FORWARD1
-    };
-    gpu.dispatch(
-        kernel,
-        &d.params(g, m, flags),
-        &regions,
-        tile_groups(m.div_ceil(TM), d.cout),
-    )
 }
 
 /// `dx [N,H,W,Cin] (+)= conv_transpose(dy [N,Ho,Wo,Cout], w [Cout,KH,KW,Cin])`, computed as a
@@ -543,52 +559,67 @@ pub fn backward_input(
     g: &Conv2d,
     accumulate: bool,
 ) -> Result<()> {
-    let d = Dims::check(gpu, "conv2d backward_input", g, dx, w, dy)?;
+    backward_input_with(gpu, dy, w, dx, g, accumulate, None)
+}
+
+/// [`backward_input`] with candidate `c` (an error when it does not fit), or the chosen one for
+/// `None`.
+pub fn backward_input_with(
+    gpu: &Gpu,
+    dy: &Tensor,
+    w: &Tensor,
+    dx: &Tensor,
+    g: &Conv2d,
+    accumulate: bool,
+    c: Option<Candidate>,
+) -> Result<()> {
+    const OP: &str = "conv2d backward_input";
+    let d = Dims::check(OP, g, dx, w, dy)?;
+    let c = d.candidate(OP, gpu.kind(), g, Pass::InputGrad, c)?;
     let flags = if accumulate { F_ACC } else { 0 };
-    // One invocation per image (see the shader); it writes dx two columns at a time.
-    if d.direct && g.stride.1 <= 2 && d.w.is_multiple_of(2) {
-        return gpu.dispatch(
+    let regions = [dy.region, w.region, w.region, dx.region];
+    match c {
+        // One invocation per image (see the shader); it writes dx two columns at a time.
+        Candidate::Direct => gpu.dispatch(
             &INPUT_GRAD_DIRECT[g.stride.1 - 1][usize::from(wide_rows(gpu, &d))],
             &d.params(g, d.n, flags),
             &[dy.region, w.region, dy.region, dx.region],
             [d.n.div_ceil(WG) as u32, 1, 1],
-        );
-    }
-    let pixels = d.n * d.h * d.w;
-    // Stride 1 only: a version for any stride, as a gather masked at the taps that cannot reach
-    // a pixel, multiplied zeros for 3 of 4 taps at stride 2 (on an H100, 32→64 s2 ran at 1,005
-    // GFLOP/s there and 1,616 on the register tiles). One input channel fills 1 of the tile's 64
-    // columns (1→32 s1: 186 against 229).
-    if d.shared && g.stride == (1, 1) && d.cin >= 4 && pixels.div_ceil(SMEM_TILE) <= 65535 {
-        return gpu.dispatch(
-            &INPUT_GRAD_SMEM,
-            &d.params(g, pixels, flags),
-            &[dy.region, w.region, w.region, dx.region],
-            [
-                d.cin.div_ceil(SMEM_TILE) as u32,
-                pixels.div_ceil(SMEM_TILE) as u32,
-                1,
-            ],
-        );
-    }
-    let (sh, sw) = g.stride;
-    let mut tiles = 0;
-    for rh in 0..sh.min(d.h) {
-        for rw in 0..sw.min(d.w) {
-            tiles += (d.n * (d.h - rh).div_ceil(sh) * (d.w - rw).div_ceil(sw)).div_ceil(TM);
+        ),
+        Candidate::Shared => {
+            let pixels = d.n * d.h * d.w;
+            gpu.dispatch(
+                &INPUT_GRAD_SMEM,
+                &d.params(g, pixels, flags),
+                &regions,
+                [
+                    d.cin.div_ceil(SMEM_TILE) as u32,
+                    pixels.div_ceil(SMEM_TILE) as u32,
+                    1,
+                ],
+            )
+        }
+        Candidate::Tile4 | Candidate::Tile1 => {
+            let (sh, sw) = g.stride;
+            let mut tiles = 0;
+            for rh in 0..sh.min(d.h) {
+                for rw in 0..sw.min(d.w) {
+                    tiles += (d.n * (d.h - rh).div_ceil(sh) * (d.w - rw).div_ceil(sw)).div_ceil(TM);
+                }
+            }
+            let kernel = if c == Candidate::Tile4 {
+                &INPUT_GRAD4[usize::from(wide_gemm(gpu, &d))]
+            } else {
+                &INPUT_GRAD1
+            };
+            gpu.dispatch(
+                kernel,
+                &d.params(g, tiles, flags),
+                &regions,
+                tile_groups(tiles, d.cin),
+            )
         }
     }
-    let kernel = if d.vec4() {
-        &INPUT_GRAD4[usize::from(wide_gemm(gpu, &d))]
-    } else {
-        &INPUT_GRAD1
-    };
-    gpu.dispatch(
-        kernel,
-        &d.params(g, tiles, flags),
-        &[dy.region, w.region, w.region, dx.region],
-        tile_groups(tiles, d.cin),
-    )
 }
 
 /// `dw [Cout,KH,KW,Cin] (+)= dyᵀ · im2col(x)`, a GEMM whose reduction runs over all N·Ho·Wo output
@@ -606,13 +637,31 @@ pub fn backward_weight(
     g: &Conv2d,
     accumulate: bool,
 ) -> Result<()> {
-    let d = Dims::check(gpu, "conv2d backward_weight", g, x, dw, dy)?;
+    backward_weight_with(gpu, x, dy, dw, scratch, g, accumulate, None)
+}
+
+/// [`backward_weight`] with candidate `c` (an error when it does not fit), or the chosen one for
+/// `None`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_weight_with(
+    gpu: &Gpu,
+    x: &Tensor,
+    dy: &Tensor,
+    dw: &Tensor,
+    scratch: Option<&Tensor>,
+    g: &Conv2d,
+    accumulate: bool,
+    c: Option<Candidate>,
+) -> Result<()> {
+    const OP: &str = "conv2d backward_weight";
+    let d = Dims::check(OP, g, x, dw, dy)?;
+    let c = d.candidate(OP, gpu.kind(), g, Pass::WeightGrad, c)?;
     let total = dw.numel();
     let room = scratch.map_or(0, |t| t.numel() / total);
-    let (splits, chunk) = d.wgrad_splits(g, room.max(1));
+    let (splits, chunk) = d.wgrad_splits(g, c, room.max(1));
     let one_pass = splits == 1;
     let acc_flag = if accumulate { F_ACC } else { 0 };
-    let units = d.wgrad_units().0;
+    let units = d.wgrad_units(c).0;
     let mut params = d.params(g, units, if one_pass { acc_flag } else { 0 });
     params.splits = splits as u32;
     params.chunk = chunk as u32;
@@ -621,35 +670,34 @@ pub fn backward_weight(
         Some(t) if !one_pass => t.region,
         _ => dw.region,
     };
-    let (kernel, groups) = if d.direct {
-        (
+    let (kernel, groups) = match c {
+        Candidate::Direct => (
             WEIGHT_GRAD_DIRECT.pick(gpu, &d, g),
             [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
-        )
-    } else if d.shared {
-        (
+        ),
+        Candidate::Shared => (
             &WEIGHT_GRAD_SMEM,
             [
                 (g.kh * g.kw * d.cin).div_ceil(SMEM_TILE) as u32,
                 d.cout.div_ceil(SMEM_TILE) as u32,
                 splits as u32,
             ],
-        )
-    } else {
-        (
-            if d.vec4() {
+        ),
+        Candidate::Tile4 | Candidate::Tile1 => {
+            let (cols, rows, _) = d.wgrad_tiles(g, c);
+            let kernel = if c == Candidate::Tile4 {
                 &WEIGHT_GRAD4[usize::from(wide_gemm(gpu, &d))]
             } else {
                 &WEIGHT_GRAD1
-            },
-            {
-                let (cols, rows, _) = d.wgrad_tiles(g);
-                [(splits * cols).div_ceil(WG) as u32, rows as u32, 1]
-            },
-        )
+            };
+            (
+                kernel,
+                [(splits * cols).div_ceil(WG) as u32, rows as u32, 1],
+            )
+        }
     };
     // The direct kernels' 64-bit builds read x as pairs of words: bound padded to whole vec4s.
-    let xr = if d.direct {
+    let xr = if c == Candidate::Direct {
         x.region.padded_to_vec4()
     } else {
         x.region
@@ -659,11 +707,12 @@ pub fn backward_weight(
         return Ok(());
     }
     params.flags = acc_flag;
-    // Threads per weight in the reduce (see the shader).
-    let (reduce, rsplit) = if d.shared {
-        (&WEIGHT_GRAD_REDUCE_TREE, 64)
-    } else {
-        (&WEIGHT_GRAD_REDUCE, 1)
+    // Threads per weight in the reduce (see the shader): a workgroup tree on GPUs, where one
+    // thread looping over the splits is latency-bound; one thread on CPU adapters, where the
+    // tree's barriers cost more than the loop.
+    let (reduce, rsplit) = match gpu.kind() {
+        AdapterKind::Gpu => (&WEIGHT_GRAD_REDUCE_TREE, 64),
+        AdapterKind::Cpu => (&WEIGHT_GRAD_REDUCE, 1),
     };
     params.rsplit = rsplit;
     gpu.dispatch(
@@ -672,136 +721,4 @@ pub fn backward_weight(
         &[dst, dy.region, dy.region, dw.region],
         super::grid_1d(total * params.rsplit as usize, 256),
     )
-}
-
-/// Shape of a reference problem: `x [n,h,w,cin]`, weights `[cout,kh,kw,cin]`.
-#[derive(Clone, Copy, Debug)]
-pub struct RefShape {
-    pub n: usize,
-    pub h: usize,
-    pub w: usize,
-    pub cin: usize,
-    pub cout: usize,
-}
-
-/// Calls `f(n, oh, ow, kh, kw, x_pixel_index)` for every output position and tap that lands
-/// inside the input (padding taps contribute zero and are skipped).
-fn for_each_tap(
-    s: &RefShape,
-    g: &Conv2d,
-    mut f: impl FnMut(usize, usize, usize, usize, usize, usize),
-) {
-    let (ho, wo) = g
-        .out_hw(s.h, s.w)
-        .expect("reference called with an invalid geometry");
-    for n in 0..s.n {
-        for oh in 0..ho {
-            for ow in 0..wo {
-                for kh in 0..g.kh {
-                    let hi = (oh * g.stride.0 + kh) as isize - g.pad.0 as isize;
-                    if hi < 0 || hi >= s.h as isize {
-                        continue;
-                    }
-                    for kw in 0..g.kw {
-                        let wi = (ow * g.stride.1 + kw) as isize - g.pad.1 as isize;
-                        if wi < 0 || wi >= s.w as isize {
-                            continue;
-                        }
-                        let xp = (n * s.h + hi as usize) * s.w + wi as usize;
-                        f(n, oh, ow, kh, kw, xp);
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// CPU reference of [`forward`] in f64, returning `y` as `[N,Ho,Wo,Cout]`.
-pub fn reference_forward(
-    s: &RefShape,
-    g: &Conv2d,
-    x: &[f32],
-    w: &[f32],
-    bias: Option<&[f32]>,
-    relu: bool,
-) -> Vec<f64> {
-    let (ho, wo) = g
-        .out_hw(s.h, s.w)
-        .expect("reference called with an invalid geometry");
-    let mut y = vec![0.0f64; s.n * ho * wo * s.cout];
-    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
-        let yp = ((n * ho + oh) * wo + ow) * s.cout;
-        for co in 0..s.cout {
-            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
-            let dot: f64 = (0..s.cin)
-                .map(|ci| x[xp * s.cin + ci] as f64 * w[wb + ci] as f64)
-                .sum();
-            y[yp + co] += dot;
-        }
-    });
-    for (i, v) in y.iter_mut().enumerate() {
-        if let Some(b) = bias {
-            *v += b[i % s.cout] as f64;
-        }
-        if relu {
-            *v = v.max(0.0);
-        }
-    }
-    y
-}
-
-/// CPU reference of [`backward_weight`] in f64: `dw` as `[Cout,KH,KW,Cin]` (`prev` is added when
-/// accumulating).
-pub fn reference_backward_weight(
-    s: &RefShape,
-    g: &Conv2d,
-    x: &[f32],
-    dy: &[f32],
-    prev: Option<&[f32]>,
-) -> Vec<f64> {
-    let (ho, wo) = g
-        .out_hw(s.h, s.w)
-        .expect("reference called with an invalid geometry");
-    let mut dw: Vec<f64> = match prev {
-        Some(p) => p.iter().map(|&v| v as f64).collect(),
-        None => vec![0.0; s.cout * g.kh * g.kw * s.cin],
-    };
-    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
-        let yp = ((n * ho + oh) * wo + ow) * s.cout;
-        for co in 0..s.cout {
-            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
-            for ci in 0..s.cin {
-                dw[wb + ci] += dy[yp + co] as f64 * x[xp * s.cin + ci] as f64;
-            }
-        }
-    });
-    dw
-}
-
-/// CPU reference of [`backward_input`] in f64: `dx` as `[N,H,W,Cin]` (`prev` is added when
-/// accumulating).
-pub fn reference_backward_input(
-    s: &RefShape,
-    g: &Conv2d,
-    dy: &[f32],
-    w: &[f32],
-    prev: Option<&[f32]>,
-) -> Vec<f64> {
-    let (ho, wo) = g
-        .out_hw(s.h, s.w)
-        .expect("reference called with an invalid geometry");
-    let mut dx: Vec<f64> = match prev {
-        Some(p) => p.iter().map(|&v| v as f64).collect(),
-        None => vec![0.0; s.n * s.h * s.w * s.cin],
-    };
-    for_each_tap(s, g, |n, oh, ow, kh, kw, xp| {
-        let yp = ((n * ho + oh) * wo + ow) * s.cout;
-        for co in 0..s.cout {
-            let wb = ((co * g.kh + kh) * g.kw + kw) * s.cin;
-            for ci in 0..s.cin {
-                dx[xp * s.cin + ci] += dy[yp + co] as f64 * w[wb + ci] as f64;
-            }
-        }
-    });
-    dx
 }
