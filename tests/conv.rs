@@ -3,7 +3,10 @@ mod common;
 use common::*;
 use contrastive::gpu::AdapterKind;
 use contrastive::kernels::conv::{self, Candidate, Conv2d, ConvShape, Pass};
-use contrastive::{Arena, Gpu};
+use contrastive::{Arena, Gpu, Result, Tensor};
+
+/// Launches one pass with a given candidate.
+type Launch<'a> = dyn Fn(Candidate) -> Result<()> + 'a;
 
 fn geom(kh: usize, kw: usize, s: usize, p: usize) -> Conv2d {
     Conv2d {
@@ -45,35 +48,81 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: ConvShape, g: Conv2d, seed: u64) {
     };
     let scratch = arena.tensor(gpu, [scratch_len.max(1)]).unwrap();
 
+    // Each candidate of `pass` runs `launch` from `out` = `start` and is compared with `want`.
+    let each =
+        |pass: Pass, out: &Tensor, start: &[f32], want: &[f64], label: &str, launch: &Launch| {
+            for c in g.candidates(&s, pass) {
+                gpu.upload(out.region, start).unwrap();
+                launch(c).unwrap();
+                let got: Vec<f32> = gpu.read(out.region).unwrap();
+                assert_close(&format!("{label} {}", what(c)), &got, want, 1e-4, 1e-4);
+            }
+        };
+    // NaN before the forward: every output element must be written.
     let want = conv::reference_forward(&s, &g, &x, &w, bias.then_some(&b[..]), relu);
-    for c in g.candidates(&s, Pass::Forward) {
-        conv::forward_with(gpu, &tx, &tw, bias.then_some(&tb), &ty, &g, relu, Some(c)).unwrap();
-        let got: Vec<f32> = gpu.read(ty.region).unwrap();
-        let what = format!("forward {} bias={bias} relu={relu}", what(c));
-        assert_close(&what, &got, &want, 1e-4, 1e-4);
-    }
+    let nan = vec![f32::NAN; want.len()];
+    let forward = |c| {
+        let bias = bias.then_some(&tb);
+        conv::Forward {
+            x: &tx,
+            w: &tw,
+            bias,
+            y: &ty,
+            relu,
+        }
+        .run(gpu, &g, Some(c))
+    };
+    each(
+        Pass::Forward,
+        &ty,
+        &nan,
+        &want,
+        &format!("forward bias={bias} relu={relu}"),
+        &forward,
+    );
 
     let want = conv::reference_backward_input(&s, &g, &dy, &w, acc.then_some(&prev_dx[..]));
-    for c in g.candidates(&s, Pass::InputGrad) {
-        gpu.upload(tdx.region, &prev_dx).unwrap();
-        conv::backward_input_with(gpu, &tdy, &tw, &tdx, &g, acc, Some(c)).unwrap();
-        let got: Vec<f32> = gpu.read(tdx.region).unwrap();
-        let what = format!("backward_input {} acc={acc}", what(c));
-        assert_close(&what, &got, &want, 1e-4, 1e-4);
-    }
+    let input_grad = |c| {
+        let (dy, w, dx) = (&tdy, &tw, &tdx);
+        conv::InputGrad {
+            dy,
+            w,
+            dx,
+            accumulate: acc,
+        }
+        .run(gpu, &g, Some(c))
+    };
+    each(
+        Pass::InputGrad,
+        &tdx,
+        &prev_dx,
+        &want,
+        &format!("backward_input acc={acc}"),
+        &input_grad,
+    );
 
-    let sc = (scratch_len > 0).then_some(&scratch);
+    let scratch = (scratch_len > 0).then_some(&scratch);
     let want = conv::reference_backward_weight(&s, &g, &x, &dy, acc.then_some(&prev_dw[..]));
-    for c in g.candidates(&s, Pass::WeightGrad) {
-        gpu.upload(tdw.region, &prev_dw).unwrap();
-        conv::backward_weight_with(gpu, &tx, &tdy, &tdw, sc, &g, acc, Some(c)).unwrap();
-        let got: Vec<f32> = gpu.read(tdw.region).unwrap();
-        let what = format!(
-            "backward_weight {} acc={acc} scratch={scratch_len}",
-            what(c)
-        );
-        assert_close(&what, &got, &want, 1e-4, 1e-4);
-    }
+    let weight_grad = |c| {
+        let (x, dy, dw) = (&tx, &tdy, &tdw);
+        conv::WeightGrad {
+            x,
+            dy,
+            dw,
+            scratch,
+            accumulate: acc,
+        }
+        .run(gpu, &g, Some(c))
+    };
+    let label = format!("backward_weight acc={acc} scratch={scratch_len}");
+    each(
+        Pass::WeightGrad,
+        &tdw,
+        &prev_dw,
+        &want,
+        &label,
+        &weight_grad,
+    );
     arena.reset();
 }
 
@@ -318,18 +367,34 @@ fn a_candidate_that_does_not_fit_is_an_error() {
     let x = arena.tensor(&gpu, [1, 6, 6, 3]).unwrap();
     let w = arena.tensor(&gpu, [5, 3, 3, 3]).unwrap();
     let y = arena.tensor(&gpu, [1, 3, 3, 5]).unwrap();
-    let err = conv::forward_with(&gpu, &x, &w, None, &y, &g, false, Some(Candidate::Tile4))
-        .unwrap_err()
-        .to_string();
+    let forward = conv::Forward {
+        x: &x,
+        w: &w,
+        bias: None,
+        y: &y,
+        relu: false,
+    };
+    let err = forward.run(&gpu, &g, Some(Candidate::Tile4)).unwrap_err();
+    let err = err.to_string();
     assert!(err.contains("Tile4") && err.contains("Tile1"), "{err}");
-    let err = conv::backward_input_with(&gpu, &y, &w, &x, &g, false, Some(Candidate::Shared))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("Shared"), "{err}");
-    assert!(
-        conv::backward_weight_with(&gpu, &x, &y, &w, None, &g, false, Some(Candidate::Direct))
-            .is_err()
-    );
+    let input_grad = conv::InputGrad {
+        dy: &y,
+        w: &w,
+        dx: &x,
+        accumulate: false,
+    };
+    let err = input_grad
+        .run(&gpu, &g, Some(Candidate::Shared))
+        .unwrap_err();
+    assert!(err.to_string().contains("Shared"), "{err}");
+    let weight_grad = conv::WeightGrad {
+        x: &x,
+        dy: &y,
+        dw: &w,
+        scratch: None,
+        accumulate: false,
+    };
+    assert!(weight_grad.run(&gpu, &g, Some(Candidate::Direct)).is_err());
 }
 
 #[test]

@@ -3,7 +3,7 @@
 //! scan kernel belongs to the layer above (`kernels::guard`): it is handed in as a
 //! [`FiniteScan`] when the mode starts, so this layer launches it without knowing it.
 
-use super::{Gpu, Kernel, Region};
+use super::{Gpu, Region};
 use crate::error::Result;
 
 /// A kernel launcher that raises word `slot` of `flags` (sets it to 1) when region `x` holds a NaN
@@ -89,40 +89,29 @@ impl Gpu {
         Ok(())
     }
 
-    /// Records a dispatch (see [`Gpu::dispatch`]) between scans of its f32 bindings.
-    pub(super) fn dispatch_checked<P: bytemuck::Pod>(
+    /// Records one command through `record`, unchecked, followed by scans of the `scanned`
+    /// regions (binding, region) of `what` and, when `before`, preceded by them too.
+    pub(super) fn checked(
         &self,
-        kernel: &Kernel,
-        params: &P,
-        regions: &[Region],
-        groups: [u32; 3],
+        what: &str,
+        scanned: &[(Option<usize>, Region)],
+        before: bool,
+        record: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
-        let what = format!("{}::{}", kernel.file, kernel.entry);
         let command = self.next_command();
-        let checked: Vec<(usize, Region)> = regions
-            .iter()
-            .copied()
-            .enumerate()
-            .filter(|(i, _)| kernel.words & (1 << i) == 0)
-            .collect();
-        for &(i, r) in &checked {
-            self.check(r, command, &what, Some(i), true)?;
+        if before {
+            for &(binding, r) in scanned {
+                self.check(r, command, what, binding, true)?;
+            }
         }
-        self.record(kernel, params, regions, groups)?;
-        for &(i, r) in &checked {
-            self.check(r, command, &what, Some(i), false)?;
+        self.instrumenting.set(true);
+        let recorded = record();
+        self.instrumenting.set(false);
+        recorded?;
+        for &(binding, r) in scanned {
+            self.check(r, command, what, binding, false)?;
         }
         Ok(())
-    }
-
-    /// Records a copy (see [`Gpu::copy`]) followed by a scan of its destination.
-    pub(super) fn copy_checked(&self, src: Region, dst: Region) -> Result<()> {
-        let command = self.next_command();
-        self.instrumenting.set(true);
-        let copied = self.copy(src, dst);
-        self.instrumenting.set(false);
-        copied?;
-        self.check(dst, command, "copy", None, false)
     }
 
     /// Runs the recorded work, ends check mode and describes the first check that found a

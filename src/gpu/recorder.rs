@@ -35,19 +35,17 @@ impl Gpu {
         groups: [u32; 3],
     ) -> Result<()> {
         if self.checking() {
-            return self.dispatch_checked(kernel, params, regions, groups);
+            let what = format!("{}::{}", kernel.file, kernel.entry);
+            let scanned: Vec<(Option<usize>, Region)> = regions
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| kernel.words & (1 << i) == 0)
+                .map(|(i, &r)| (Some(i), r))
+                .collect();
+            return self.checked(&what, &scanned, true, || {
+                self.dispatch(kernel, params, regions, groups)
+            });
         }
-        self.record(kernel, params, regions, groups)
-    }
-
-    /// Records one dispatch (see [`Gpu::dispatch`]), unchecked.
-    pub(super) fn record<P: bytemuck::Pod>(
-        &self,
-        kernel: &Kernel,
-        params: &P,
-        regions: &[Region],
-        groups: [u32; 3],
-    ) -> Result<()> {
         assert_eq!(
             regions.len(),
             kernel.buffers,
@@ -106,7 +104,7 @@ impl Gpu {
             "copy between regions of different lengths"
         );
         if self.checking() {
-            return self.copy_checked(src, dst);
+            return self.checked("copy", &[(None, dst)], false, || self.copy(src, dst));
         }
         if src.buffer != dst.buffer {
             self.commands.borrow_mut().push(Command::Copy { src, dst });

@@ -464,86 +464,117 @@ pub fn forward(
     g: &Conv2d,
     relu: bool,
 ) -> Result<()> {
-    forward_with(gpu, x, w, bias, y, g, relu, None)
+    Forward {
+        x,
+        w,
+        bias,
+        y,
+        relu,
+    }
+    .run(gpu, g, None)
 }
 
-/// [`forward`] with candidate `c` (an error when it does not fit), or the chosen one for `None`.
-#[allow(clippy::too_many_arguments)]
-pub fn forward_with(
-    gpu: &Gpu,
-    x: &Tensor,
-    w: &Tensor,
-    bias: Option<&Tensor>,
-    y: &Tensor,
-    g: &Conv2d,
-    relu: bool,
-    c: Option<Candidate>,
-) -> Result<()> {
-    const OP: &str = "conv2d forward";
-    let d = Dims::check(OP, g, x, w, y)?;
-    if let Some(b) = bias {
-        if b.numel() != d.cout {
-            return Err(Error::shape(
-                OP,
-                format!("bias {:?} for weight {:?}", b.shape, w.shape),
-            ));
+/// The operands of [`forward`], which [`Forward::run`] launches with a given candidate.
+#[derive(Clone, Copy)]
+pub struct Forward<'a> {
+    pub x: &'a Tensor,
+    pub w: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub y: &'a Tensor,
+    pub relu: bool,
+}
+
+/// The operands of [`backward_input`], which [`InputGrad::run`] launches with a given candidate.
+#[derive(Clone, Copy)]
+pub struct InputGrad<'a> {
+    pub dy: &'a Tensor,
+    pub w: &'a Tensor,
+    pub dx: &'a Tensor,
+    pub accumulate: bool,
+}
+
+/// The operands of [`backward_weight`], which [`WeightGrad::run`] launches with a given
+/// candidate.
+#[derive(Clone, Copy)]
+pub struct WeightGrad<'a> {
+    pub x: &'a Tensor,
+    pub dy: &'a Tensor,
+    pub dw: &'a Tensor,
+    pub scratch: Option<&'a Tensor>,
+    pub accumulate: bool,
+}
+
+impl Forward<'_> {
+    /// [`forward`] with candidate `c` (an error when it does not fit), or the chosen one for
+    /// `None`.
+    pub fn run(&self, gpu: &Gpu, g: &Conv2d, c: Option<Candidate>) -> Result<()> {
+        const OP: &str = "conv2d forward";
+        let (x, w, bias, y, relu) = (self.x, self.w, self.bias, self.y, self.relu);
+        let d = Dims::check(OP, g, x, w, y)?;
+        if let Some(b) = bias {
+            if b.numel() != d.cout {
+                return Err(Error::shape(
+                    OP,
+                    format!("bias {:?} for weight {:?}", b.shape, w.shape),
+                ));
+            }
         }
-    }
-    let c = d.candidate(OP, gpu.kind(), g, Pass::Forward, c)?;
-    let m = d.n * d.ho * d.wo;
-    let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
-    let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
-    match c {
-        Candidate::Direct => {
-            // Runs of whole output rows, one per invocation, times the channel blocks.
-            let rows = d.n * d.ho;
-            let chunk = rows
-                .div_ceil(direct_invocations())
-                .max(MIN_RUN.div_ceil(d.wo));
-            let mut params = d.params(g, rows, flags);
-            params.chunk = chunk as u32;
-            let groups = [
-                rows.div_ceil(chunk).div_ceil(WG) as u32,
-                d.cout.div_ceil(CD) as u32,
-                1,
-            ];
-            // x padded to whole vec4s: the 64-bit builds read it as pairs of words.
-            gpu.dispatch(
-                FORWARD_DIRECT.pick(gpu, &d, g),
-                &params,
-                &[
-                    x.region.padded_to_vec4(),
-                    regions[1],
-                    regions[2],
-                    regions[3],
-                ],
-                groups,
-            )
-        }
-        Candidate::Shared => gpu.dispatch(
-            &FORWARD_SMEM,
-            &d.params(g, m, flags),
-            &regions,
-            [
-                d.cout.div_ceil(SMEM_TILE) as u32,
-                m.div_ceil(SMEM_TILE) as u32,
-                1,
-            ],
-        ),
-        Candidate::Tile4 | Candidate::Tile1 => {
-            let kernel = if c == Candidate::Tile4 {
-                &FORWARD4[usize::from(wide_gemm(gpu, &d))]
-            } else if d.cout.is_multiple_of(4) {
-                &FORWARD1_OUT4
-            } else {
-                &FORWARD1
-            };
-            gpu.dispatch(
-                kernel,
+        let c = d.candidate(OP, gpu.kind(), g, Pass::Forward, c)?;
+        let m = d.n * d.ho * d.wo;
+        let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
+        let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
+        match c {
+            Candidate::Direct => {
+                // Runs of whole output rows, one per invocation, times the channel blocks.
+                let rows = d.n * d.ho;
+                let chunk = rows
+                    .div_ceil(direct_invocations())
+                    .max(MIN_RUN.div_ceil(d.wo));
+                let mut params = d.params(g, rows, flags);
+                params.chunk = chunk as u32;
+                let groups = [
+                    rows.div_ceil(chunk).div_ceil(WG) as u32,
+                    d.cout.div_ceil(CD) as u32,
+                    1,
+                ];
+                // x padded to whole vec4s: the 64-bit builds read it as pairs of words.
+                gpu.dispatch(
+                    FORWARD_DIRECT.pick(gpu, &d, g),
+                    &params,
+                    &[
+                        x.region.padded_to_vec4(),
+                        regions[1],
+                        regions[2],
+                        regions[3],
+                    ],
+                    groups,
+                )
+            }
+            Candidate::Shared => gpu.dispatch(
+                &FORWARD_SMEM,
                 &d.params(g, m, flags),
                 &regions,
-                tile_groups(m.div_ceil(TM), d.cout),
-            )
+                [
+                    d.cout.div_ceil(SMEM_TILE) as u32,
+                    m.div_ceil(SMEM_TILE) as u32,
+                    1,
+                ],
+            ),
+            Candidate::Tile4 | Candidate::Tile1 => {
+                let kernel = if c == Candidate::Tile4 {
+                    &FORWARD4[usize::from(wide_gemm(gpu, &d))]
+                } else if d.cout.is_multiple_of(4) {
+                    &FORWARD1_OUT4
+                } else {
+                    &FORWARD1
+                };
+                gpu.dispatch(
+                    kernel,
+                    &d.params(g, m, flags),
+                    &regions,
+                    tile_groups(m.div_ceil(TM), d.cout),
+                )
+            }
         }
     }
 }
@@ -559,65 +590,67 @@ pub fn backward_input(
     g: &Conv2d,
     accumulate: bool,
 ) -> Result<()> {
-    backward_input_with(gpu, dy, w, dx, g, accumulate, None)
+    InputGrad {
+        dy,
+        w,
+        dx,
+        accumulate,
+    }
+    .run(gpu, g, None)
 }
 
-/// [`backward_input`] with candidate `c` (an error when it does not fit), or the chosen one for
-/// `None`.
-pub fn backward_input_with(
-    gpu: &Gpu,
-    dy: &Tensor,
-    w: &Tensor,
-    dx: &Tensor,
-    g: &Conv2d,
-    accumulate: bool,
-    c: Option<Candidate>,
-) -> Result<()> {
-    const OP: &str = "conv2d backward_input";
-    let d = Dims::check(OP, g, dx, w, dy)?;
-    let c = d.candidate(OP, gpu.kind(), g, Pass::InputGrad, c)?;
-    let flags = if accumulate { F_ACC } else { 0 };
-    let regions = [dy.region, w.region, w.region, dx.region];
-    match c {
-        // One invocation per image (see the shader); it writes dx two columns at a time.
-        Candidate::Direct => gpu.dispatch(
-            &INPUT_GRAD_DIRECT[g.stride.1 - 1][usize::from(wide_rows(gpu, &d))],
-            &d.params(g, d.n, flags),
-            &[dy.region, w.region, dy.region, dx.region],
-            [d.n.div_ceil(WG) as u32, 1, 1],
-        ),
-        Candidate::Shared => {
-            let pixels = d.n * d.h * d.w;
-            gpu.dispatch(
-                &INPUT_GRAD_SMEM,
-                &d.params(g, pixels, flags),
-                &regions,
-                [
-                    d.cin.div_ceil(SMEM_TILE) as u32,
-                    pixels.div_ceil(SMEM_TILE) as u32,
-                    1,
-                ],
-            )
-        }
-        Candidate::Tile4 | Candidate::Tile1 => {
-            let (sh, sw) = g.stride;
-            let mut tiles = 0;
-            for rh in 0..sh.min(d.h) {
-                for rw in 0..sw.min(d.w) {
-                    tiles += (d.n * (d.h - rh).div_ceil(sh) * (d.w - rw).div_ceil(sw)).div_ceil(TM);
-                }
+impl InputGrad<'_> {
+    /// [`backward_input`] with candidate `c` (an error when it does not fit), or the chosen one for
+    /// `None`.
+    pub fn run(&self, gpu: &Gpu, g: &Conv2d, c: Option<Candidate>) -> Result<()> {
+        const OP: &str = "conv2d backward_input";
+        let (dy, w, dx, accumulate) = (self.dy, self.w, self.dx, self.accumulate);
+        let d = Dims::check(OP, g, dx, w, dy)?;
+        let c = d.candidate(OP, gpu.kind(), g, Pass::InputGrad, c)?;
+        let flags = if accumulate { F_ACC } else { 0 };
+        let regions = [dy.region, w.region, w.region, dx.region];
+        match c {
+            // One invocation per image (see the shader); it writes dx two columns at a time.
+            Candidate::Direct => gpu.dispatch(
+                &INPUT_GRAD_DIRECT[g.stride.1 - 1][usize::from(wide_rows(gpu, &d))],
+                &d.params(g, d.n, flags),
+                &[dy.region, w.region, dy.region, dx.region],
+                [d.n.div_ceil(WG) as u32, 1, 1],
+            ),
+            Candidate::Shared => {
+                let pixels = d.n * d.h * d.w;
+                gpu.dispatch(
+                    &INPUT_GRAD_SMEM,
+                    &d.params(g, pixels, flags),
+                    &regions,
+                    [
+                        d.cin.div_ceil(SMEM_TILE) as u32,
+                        pixels.div_ceil(SMEM_TILE) as u32,
+                        1,
+                    ],
+                )
             }
-            let kernel = if c == Candidate::Tile4 {
-                &INPUT_GRAD4[usize::from(wide_gemm(gpu, &d))]
-            } else {
-                &INPUT_GRAD1
-            };
-            gpu.dispatch(
-                kernel,
-                &d.params(g, tiles, flags),
-                &regions,
-                tile_groups(tiles, d.cin),
-            )
+            Candidate::Tile4 | Candidate::Tile1 => {
+                let (sh, sw) = g.stride;
+                let mut tiles = 0;
+                for rh in 0..sh.min(d.h) {
+                    for rw in 0..sw.min(d.w) {
+                        tiles +=
+                            (d.n * (d.h - rh).div_ceil(sh) * (d.w - rw).div_ceil(sw)).div_ceil(TM);
+                    }
+                }
+                let kernel = if c == Candidate::Tile4 {
+                    &INPUT_GRAD4[usize::from(wide_gemm(gpu, &d))]
+                } else {
+                    &INPUT_GRAD1
+                };
+                gpu.dispatch(
+                    kernel,
+                    &d.params(g, tiles, flags),
+                    &regions,
+                    tile_groups(tiles, d.cin),
+                )
+            }
         }
     }
 }
@@ -637,88 +670,89 @@ pub fn backward_weight(
     g: &Conv2d,
     accumulate: bool,
 ) -> Result<()> {
-    backward_weight_with(gpu, x, dy, dw, scratch, g, accumulate, None)
+    WeightGrad {
+        x,
+        dy,
+        dw,
+        scratch,
+        accumulate,
+    }
+    .run(gpu, g, None)
 }
 
-/// [`backward_weight`] with candidate `c` (an error when it does not fit), or the chosen one for
-/// `None`.
-#[allow(clippy::too_many_arguments)]
-pub fn backward_weight_with(
-    gpu: &Gpu,
-    x: &Tensor,
-    dy: &Tensor,
-    dw: &Tensor,
-    scratch: Option<&Tensor>,
-    g: &Conv2d,
-    accumulate: bool,
-    c: Option<Candidate>,
-) -> Result<()> {
-    const OP: &str = "conv2d backward_weight";
-    let d = Dims::check(OP, g, x, dw, dy)?;
-    let c = d.candidate(OP, gpu.kind(), g, Pass::WeightGrad, c)?;
-    let total = dw.numel();
-    let room = scratch.map_or(0, |t| t.numel() / total);
-    let (splits, chunk) = d.wgrad_splits(g, c, room.max(1));
-    let one_pass = splits == 1;
-    let acc_flag = if accumulate { F_ACC } else { 0 };
-    let units = d.wgrad_units(c).0;
-    let mut params = d.params(g, units, if one_pass { acc_flag } else { 0 });
-    params.splits = splits as u32;
-    params.chunk = chunk as u32;
-    params.total = total as u32;
-    let dst = match scratch {
-        Some(t) if !one_pass => t.region,
-        _ => dw.region,
-    };
-    let (kernel, groups) = match c {
-        Candidate::Direct => (
-            WEIGHT_GRAD_DIRECT.pick(gpu, &d, g),
-            [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
-        ),
-        Candidate::Shared => (
-            &WEIGHT_GRAD_SMEM,
-            [
-                (g.kh * g.kw * d.cin).div_ceil(SMEM_TILE) as u32,
-                d.cout.div_ceil(SMEM_TILE) as u32,
-                splits as u32,
-            ],
-        ),
-        Candidate::Tile4 | Candidate::Tile1 => {
-            let (cols, rows, _) = d.wgrad_tiles(g, c);
-            let kernel = if c == Candidate::Tile4 {
-                &WEIGHT_GRAD4[usize::from(wide_gemm(gpu, &d))]
-            } else {
-                &WEIGHT_GRAD1
-            };
-            (
-                kernel,
-                [(splits * cols).div_ceil(WG) as u32, rows as u32, 1],
-            )
+impl WeightGrad<'_> {
+    /// [`backward_weight`] with candidate `c` (an error when it does not fit), or the chosen one for
+    /// `None`.
+    pub fn run(&self, gpu: &Gpu, g: &Conv2d, c: Option<Candidate>) -> Result<()> {
+        const OP: &str = "conv2d backward_weight";
+        let (x, dy, dw, scratch) = (self.x, self.dy, self.dw, self.scratch);
+        let accumulate = self.accumulate;
+        let d = Dims::check(OP, g, x, dw, dy)?;
+        let c = d.candidate(OP, gpu.kind(), g, Pass::WeightGrad, c)?;
+        let total = dw.numel();
+        let room = scratch.map_or(0, |t| t.numel() / total);
+        let (splits, chunk) = d.wgrad_splits(g, c, room.max(1));
+        let one_pass = splits == 1;
+        let acc_flag = if accumulate { F_ACC } else { 0 };
+        let units = d.wgrad_units(c).0;
+        let mut params = d.params(g, units, if one_pass { acc_flag } else { 0 });
+        params.splits = splits as u32;
+        params.chunk = chunk as u32;
+        params.total = total as u32;
+        let dst = match scratch {
+            Some(t) if !one_pass => t.region,
+            _ => dw.region,
+        };
+        let (kernel, groups) = match c {
+            Candidate::Direct => (
+                WEIGHT_GRAD_DIRECT.pick(gpu, &d, g),
+                [splits.div_ceil(WG) as u32, d.cout.div_ceil(CD) as u32, 1],
+            ),
+            Candidate::Shared => (
+                &WEIGHT_GRAD_SMEM,
+                [
+                    (g.kh * g.kw * d.cin).div_ceil(SMEM_TILE) as u32,
+                    d.cout.div_ceil(SMEM_TILE) as u32,
+                    splits as u32,
+                ],
+            ),
+            Candidate::Tile4 | Candidate::Tile1 => {
+                let (cols, rows, _) = d.wgrad_tiles(g, c);
+                let kernel = if c == Candidate::Tile4 {
+                    &WEIGHT_GRAD4[usize::from(wide_gemm(gpu, &d))]
+                } else {
+                    &WEIGHT_GRAD1
+                };
+                (
+                    kernel,
+                    [(splits * cols).div_ceil(WG) as u32, rows as u32, 1],
+                )
+            }
+        };
+        // The direct kernels' 64-bit builds read x as pairs of words: bound padded to whole vec4s.
+        let xr = if c == Candidate::Direct {
+            x.region.padded_to_vec4()
+        } else {
+            x.region
+        };
+        gpu.dispatch(kernel, &params, &[xr, dy.region, dy.region, dst], groups)?;
+        if one_pass {
+            return Ok(());
         }
-    };
-    // The direct kernels' 64-bit builds read x as pairs of words: bound padded to whole vec4s.
-    let xr = if c == Candidate::Direct {
-        x.region.padded_to_vec4()
-    } else {
-        x.region
-    };
-    gpu.dispatch(kernel, &params, &[xr, dy.region, dy.region, dst], groups)?;
-    if one_pass {
-        return Ok(());
+        params.flags = acc_flag;
+        // Threads per weight in the reduce (see the shader): a workgroup tree on GPUs, where one
+        // thread looping over the splits is latency-bound; one thread on CPU adapters, where the
+        // tree's barriers cost more than the loop.
+        let (reduce, rsplit) = match gpu.kind() {
+            AdapterKind::Gpu => (&WEIGHT_GRAD_REDUCE_TREE, 64),
+            AdapterKind::Cpu => (&WEIGHT_GRAD_REDUCE, 1),
+        };
+        params.rsplit = rsplit;
+        gpu.dispatch(
+            reduce,
+            &params,
+            &[dst, dy.region, dy.region, dw.region],
+            super::grid_1d(total * params.rsplit as usize, 256),
+        )
     }
-    params.flags = acc_flag;
-    // Threads per weight in the reduce (see the shader): a workgroup tree on GPUs, where one
-    // thread looping over the splits is latency-bound; one thread on CPU adapters, where the
-    // tree's barriers cost more than the loop.
-    let (reduce, rsplit) = match gpu.kind() {
-        AdapterKind::Gpu => (&WEIGHT_GRAD_REDUCE_TREE, 64),
-        AdapterKind::Cpu => (&WEIGHT_GRAD_REDUCE, 1),
-    };
-    params.rsplit = rsplit;
-    gpu.dispatch(
-        reduce,
-        &params,
-        &[dst, dy.region, dy.region, dw.region],
-        super::grid_1d(total * params.rsplit as usize, 256),
-    )
 }
