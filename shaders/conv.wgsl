@@ -566,10 +566,8 @@ fn put_w(o: u32, v: f32) {
 // tile4: it walks its pixels four at a time, reads their dy rows (`dy_row`; dy is bound as the third
 // operand too) and x columns (`x_blocks`, from the prelude), and adds 64 products of 4 x 4 blocks,
 // so each accumulator is loaded and stored once per four pixels. The tile is acc[i][j][r]: output
-// channel co0 + 4i + r, columns q0 + 4j ... (It replaced a 16 x 16 tile that took one pixel at a
-// time: at batch 256, 32->64 went from 0.85 / 0.77 (s1 / s2) to 1.27 / 1.08 of the matmul rate on
-// Vulkan and from 0.72 / 0.63 to 0.90 / 0.73 on GL; a 32 x 32 tile taking one pixel at a time
-// gained only 5 %, and GL lost 4 %.)
+// channel co0 + 4i + r, columns q0 + 4j ... Four pixels per step, not one, is what pays: it cuts
+// the accumulators' loads and stores fourfold, where a larger tile alone changes little.
 alias Strip = array<mat4x4<f32>, 8>;
 
 // acc[j] += x[j] * d: x[j]'s columns are four pixels' values of column block j, d's rows r those
@@ -765,8 +763,7 @@ fn dy4(yb: u32, co: u32) -> vec4<f32> {
 
 // ---------------------------------------------------------------------------------------------
 // Shared-memory kernels (GPUs, any channel counts). The register tiles above keep a 16 x 16 tile
-// per invocation, which spills on GPUs (on an H100, 32->64 ran its forward at 0.52 and its weight
-// gradient at 0.15 of the matmul's GFLOP/s). Here a 16 x 16 workgroup owns a 64 x 64 output tile
+// per invocation, which spills from registers on GPUs. Here a 16 x 16 workgroup owns a 64 x 64 output tile
 // and walks the reduction in slices of 16: both operands' slices are staged in workgroup memory
 // (gathered through the convolution's indexing), then every invocation adds their outer products
 // into its 4 x 4 block, as in the matmul's `smem`. Slices are stored reduction-major as vec4s:
@@ -1006,11 +1003,9 @@ fn weight_grad_smem(
 
 // dw (+)= the sum of the partial sums over splits. src: scratch, dst: dw. `rsplit` consecutive
 // threads share one weight's splits: 1 on CPU adapters (weight_grad_reduce), 64 on GPUs
-// (weight_grad_reduce_tree), where one thread summing up to 2048 splits alone was latency-bound
-// (0.7 ms of a 6 ms MoCo step on an H100) and the 64 add their sums by a tree in workgroup memory.
-// The CPU build has no tree at all: llvmpipe paid for its barriers even where rsplit = 1 skipped
-// them (GL, batch 256: the 1→32 s2 weight gradient went from 0.76 to 0.79 of the matmul rate,
-// 32→64 s2 from 0.91 to 1.02).
+// (weight_grad_reduce_tree), where one thread summing up to 2048 splits alone is latency-bound, so
+// the 64 add their sums by a tree in workgroup memory. The CPU build has no tree at all: llvmpipe
+// pays for a shader's barriers even where rsplit = 1 skips them.
 
 // This thread's weight and its share of the splits, summed.
 struct SplitSum { i: u32, lane: u32, s: f32 }
@@ -1243,8 +1238,7 @@ fn weight_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
         var o = row_start(row);
         var x = frame_at(o);
         // Two pixels per update of the accumulators, which live in memory: one load and one
-        // store of each per two pixels (stride 1 at batch 256: 0.69 -> 0.77 of the matmul rate;
-        // four pixels per update gained nothing more).
+        // store of each per two pixels (four per update would save no more than noise).
         let end = (row + 1u) * p.wo;
         for (var m = row * p.wo; m < end; m += 2u) {
             let a = pixel(&x, &o, m, end, co0);
@@ -1291,9 +1285,7 @@ fn weight_grad_direct(@builtin(global_invocation_id) gid: vec3<u32>) {
 // three dy rows: the first one writes it, the others add to it (all add when accumulating or for
 // channel blocks after the first). Rows that no dy row reaches are zeroed at the start. Every dy
 // element is read once; dx costs about one write and two read-modify-writes per element (stride
-// 1), where a gather would read KD dy rows per element. (Before the pairs, partial sums sat in a
-// window of 4-column groups, each tap selecting its column: 1->32 at batch 256 went from 0.78 to
-// 0.82 of the matmul rate at stride 1 and from 0.65 to 0.71-0.83 at stride 2.)
+// 1), where a gather would read KD dy rows per element.
 
 alias Taps3 = array<Row, 3>;  // one kernel row's weights
 

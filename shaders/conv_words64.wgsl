@@ -2,17 +2,42 @@
 // weight gradient, the vec4 GEMMs' k-steps), moved as 64-bit words: 8 channels per access, or two
 // input columns; needs channel counts that are multiples of 8. llvmpipe loads and stores storage
 // one lane and one component at a time, with a bounds check per component, so moving 8 channels
-// per access instead of 4 makes these rows about a third cheaper (1→32 at batch 256: reading dy
-// alone went from 1.38–1.48 to 2.0–2.1 times the matmul rate).
-//
-// The words' buffers (x64, src64, opd64, dy64, dst64, dx64) and their conversions (unpack8 and
-// pack8 for 8 channels, unpack2 and pack2 for 2 columns) come from a storage prelude placed
-// before this file: conv_u64.wgsl (u64 storage, where the adapter has 64-bit integers) or
-// conv_u64_gl.wgsl (the same words declared as u32 vectors, which wgpu's GL backend runs as GLSL
-// with 64-bit loads; see gpu::glsl).
+// per access instead of 4 makes these rows about a third cheaper. Needs 64-bit integers in WGSL
+// (Vulkan has them; wgpu's GL backend does not, and runs the conv_words32.wgsl build).
 
 // A word of 8 channels, in memory order.
 alias W8 = array<vec4<f32>, 2>;
+
+// The words' buffers are u64, and a word of 8 channels is a vec4<u64> (channel 2i in the low half
+// of component i).
+@group(1) @binding(0) var<storage, read_write> x64: array<u64>;
+@group(1) @binding(0) var<storage, read_write> src64: array<vec4<u64>>;
+@group(1) @binding(1) var<storage, read_write> opd64: array<vec4<u64>>;
+@group(1) @binding(2) var<storage, read_write> dy64: array<vec4<u64>>;
+@group(1) @binding(3) var<storage, read_write> dst64: array<vec4<u64>>;
+@group(1) @binding(3) var<storage, read_write> dx64: array<u64>;
+
+fn unpack8(v: vec4<u64>) -> W8 {
+    let lo = bitcast<vec4<f32>>(vec4<u32>(v & vec4(0xfffffffflu)));
+    let hi = bitcast<vec4<f32>>(vec4<u32>(v >> vec4(32u)));
+    return W8(vec4(lo.x, hi.x, lo.y, hi.y), vec4(lo.z, hi.z, lo.w, hi.w));
+}
+
+fn pack8(a: vec4<f32>, b: vec4<f32>) -> vec4<u64> {
+    let lo = vec4<u64>(bitcast<vec4<u32>>(vec4(a.x, a.z, b.x, b.z)));
+    let hi = vec4<u64>(bitcast<vec4<u32>>(vec4(a.y, a.w, b.y, b.w)));
+    return lo | (hi << vec4(32u));
+}
+
+// Two f32 in one u64: the first in the low half.
+fn unpack2(v: u64) -> vec2<f32> {
+    return bitcast<vec2<f32>>(vec2(u32(v & 0xfffffffflu), u32(v >> 32u)));
+}
+
+fn pack2(v: vec2<f32>) -> u64 {
+    let b = bitcast<vec2<u32>>(v);
+    return u64(b.x) | (u64(b.y) << 32u);
+}
 
 // w where ok, else zeros.
 fn keep8(w: W8, ok: bool) -> W8 {
@@ -62,8 +87,7 @@ fn x_in(r0: u32, hi: i32, wi: i32) -> f32 {
 // x at columns wi and wi + 1 of input row hi of the image whose first row is r0 (zero outside),
 // with one 64-bit load. The two must be an aligned pair, both inside the image or both outside:
 // the host takes this build at stride 2 only for even widths and odd paddings (the frame's new
-// columns then start at even ones). A pixel then costs 3 input loads instead of 6 (1->32 at
-// stride 2, batch 256: the weight gradient went from 0.58-0.60 to 0.66-0.71 of the matmul rate).
+// columns then start at even ones). A pixel then costs 3 input loads instead of 6.
 fn x_pair(r0: u32, hi: i32, wi: i32) -> vec2<f32> {
     let ok = u32(hi) < p.h && u32(wi) < p.w;
     let v = x64[select(0u, ((r0 + u32(hi)) * p.w + u32(wi)) / 2u, ok)];

@@ -383,7 +383,7 @@ fn diagnose(method: &mut dyn Method, input: StepInput<'_>) -> Result<String> {
     let gpu = input.gpu;
     // The first run left its values in the step arena; cleared, no stale value reads as an input.
     input.arena.clear(gpu);
-    gpu.begin_finite_checks()?;
+    gpu.begin_finite_checks(crate::kernels::guard::check_finite)?;
     let run = method.record_step(input);
     let found = gpu.end_finite_checks();
     run?;

@@ -117,8 +117,8 @@ fn check_one(
     };
     let (rows, cols) = Shape::new(dims).rows_cols();
     let what = format!(
-        "{dims:?} groups={groups} relu={relu} ({} launches)",
-        gpu.adapter.device_type
+        "{dims:?} groups={groups} relu={relu} ({:?} launches)",
+        gpu.kind()
     );
     let l = upload(gpu, arena, dims, groups, h);
     train(gpu, &l, &bn);

@@ -1,8 +1,12 @@
 mod common;
 
 use common::*;
-use contrastive::kernels::conv::{self, Conv2d, RefShape};
-use contrastive::{Arena, Gpu};
+use contrastive::gpu::AdapterKind;
+use contrastive::kernels::conv::{self, Candidate, Conv2d, ConvShape, Pass};
+use contrastive::{Arena, Gpu, Result, Tensor};
+
+/// Launches one pass with a given candidate.
+type Launch<'a> = dyn Fn(Candidate) -> Result<()> + 'a;
 
 fn geom(kh: usize, kw: usize, s: usize, p: usize) -> Conv2d {
     Conv2d {
@@ -13,9 +17,10 @@ fn geom(kh: usize, kw: usize, s: usize, p: usize) -> Conv2d {
     }
 }
 
-/// Runs every pass on one problem and compares with the references; `seed` varies data and the
-/// optional parts (bias, ReLU, accumulate). Leaves `arena` empty for the next problem.
-fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
+/// Runs every pass with every candidate that fits on one problem and compares with the
+/// references; `seed` varies data and the optional parts (bias, ReLU, accumulate). Leaves `arena`
+/// empty for the next problem.
+fn check(gpu: &Gpu, arena: &mut Arena, s: ConvShape, g: Conv2d, seed: u64) {
     let (ho, wo) = g.out_hw(s.h, s.w).unwrap();
     let xn = s.n * s.h * s.w * s.cin;
     let x = rand_vec(xn, seed);
@@ -26,20 +31,15 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     let wn = s.cout * g.kh * g.kw * s.cin;
     let prev_dw = rand_vec(wn, seed + 5);
     let (bias, relu, acc) = (seed.is_multiple_of(2), seed.is_multiple_of(3), seed % 4 < 2);
-    let what = format!(
-        "{s:?} {g:?} seed {seed} ({} launches)",
-        gpu.adapter.device_type
-    );
+    let what = |c: Candidate| format!("{c:?} {s:?} {g:?} seed {seed} ({:?} launches)", gpu.kind());
 
     let tx = arena.upload(gpu, [s.n, s.h, s.w, s.cin], &x).unwrap();
     let tw = arena.upload(gpu, [s.cout, g.kh, g.kw, s.cin], &w).unwrap();
     let tb = arena.upload(gpu, [s.cout], &b).unwrap();
     let tdy = arena.upload(gpu, [s.n, ho, wo, s.cout], &dy).unwrap();
     let ty = arena.tensor(gpu, [s.n, ho, wo, s.cout]).unwrap();
-    let tdx = arena.upload(gpu, [s.n, s.h, s.w, s.cin], &prev_dx).unwrap();
-    let tdw = arena
-        .upload(gpu, [s.cout, g.kh, g.kw, s.cin], &prev_dw)
-        .unwrap();
+    let tdx = arena.tensor(gpu, [s.n, s.h, s.w, s.cin]).unwrap();
+    let tdw = arena.tensor(gpu, [s.cout, g.kh, g.kw, s.cin]).unwrap();
     // No scratch (one pass), room for exactly two chunks, or full parallelism.
     let scratch_len = match seed % 3 {
         0 => 0,
@@ -48,38 +48,80 @@ fn check(gpu: &Gpu, arena: &mut Arena, s: RefShape, g: Conv2d, seed: u64) {
     };
     let scratch = arena.tensor(gpu, [scratch_len.max(1)]).unwrap();
 
-    conv::forward(gpu, &tx, &tw, bias.then_some(&tb), &ty, &g, relu).unwrap();
-    let got: Vec<f32> = gpu.read(ty.region).unwrap();
+    // Each candidate of `pass` runs `launch` from `out` = `start` and is compared with `want`.
+    let each =
+        |pass: Pass, out: &Tensor, start: &[f32], want: &[f64], label: &str, launch: &Launch| {
+            for c in g.candidates(&s, pass) {
+                gpu.upload(out.region, start).unwrap();
+                launch(c).unwrap();
+                let got: Vec<f32> = gpu.read(out.region).unwrap();
+                assert_close(&format!("{label} {}", what(c)), &got, want, 1e-4, 1e-4);
+            }
+        };
+    // NaN before the forward: every output element must be written.
     let want = conv::reference_forward(&s, &g, &x, &w, bias.then_some(&b[..]), relu);
-    assert_close(
-        &format!("forward {what} bias={bias} relu={relu}"),
-        &got,
+    let nan = vec![f32::NAN; want.len()];
+    let forward = |c| {
+        let bias = bias.then_some(&tb);
+        conv::Forward {
+            x: &tx,
+            w: &tw,
+            bias,
+            y: &ty,
+            relu,
+        }
+        .run(gpu, &g, Some(c))
+    };
+    each(
+        Pass::Forward,
+        &ty,
+        &nan,
         &want,
-        1e-4,
-        1e-4,
+        &format!("forward bias={bias} relu={relu}"),
+        &forward,
     );
 
-    conv::backward_input(gpu, &tdy, &tw, &tdx, &g, acc).unwrap();
-    let got: Vec<f32> = gpu.read(tdx.region).unwrap();
     let want = conv::reference_backward_input(&s, &g, &dy, &w, acc.then_some(&prev_dx[..]));
-    assert_close(
-        &format!("backward_input {what} acc={acc}"),
-        &got,
+    let input_grad = |c| {
+        let (dy, w, dx) = (&tdy, &tw, &tdx);
+        conv::InputGrad {
+            dy,
+            w,
+            dx,
+            accumulate: acc,
+        }
+        .run(gpu, &g, Some(c))
+    };
+    each(
+        Pass::InputGrad,
+        &tdx,
+        &prev_dx,
         &want,
-        1e-4,
-        1e-4,
+        &format!("backward_input acc={acc}"),
+        &input_grad,
     );
 
-    let sc = (scratch_len > 0).then_some(&scratch);
-    conv::backward_weight(gpu, &tx, &tdy, &tdw, sc, &g, acc).unwrap();
-    let got: Vec<f32> = gpu.read(tdw.region).unwrap();
+    let scratch = (scratch_len > 0).then_some(&scratch);
     let want = conv::reference_backward_weight(&s, &g, &x, &dy, acc.then_some(&prev_dw[..]));
-    assert_close(
-        &format!("backward_weight {what} acc={acc} scratch={scratch_len}"),
-        &got,
+    let weight_grad = |c| {
+        let (x, dy, dw) = (&tx, &tdy, &tdw);
+        conv::WeightGrad {
+            x,
+            dy,
+            dw,
+            scratch,
+            accumulate: acc,
+        }
+        .run(gpu, &g, Some(c))
+    };
+    let label = format!("backward_weight acc={acc} scratch={scratch_len}");
+    each(
+        Pass::WeightGrad,
+        &tdw,
+        &prev_dw,
         &want,
-        1e-4,
-        1e-4,
+        &label,
+        &weight_grad,
     );
     arena.reset();
 }
@@ -106,7 +148,7 @@ fn check_shapes_and_geoms(shapes: &[(usize, usize, usize, usize, usize)], first_
                 check(
                     &gpu,
                     &mut arena,
-                    RefShape { n, h, w, cin, cout },
+                    ConvShape { n, h, w, cin, cout },
                     geom(kh, kw, st, pd),
                     seed,
                 );
@@ -157,7 +199,7 @@ fn stride_larger_than_kernel_leaves_unreached_pixels_zero() {
     check(
         &gpu,
         &mut arena,
-        RefShape {
+        ConvShape {
             n: 2,
             h: 7,
             w: 6,
@@ -175,7 +217,7 @@ fn stride_larger_than_kernel_leaves_unreached_pixels_zero() {
     check(
         &gpu,
         &mut arena,
-        RefShape {
+        ConvShape {
             n: 1,
             h: 7,
             w: 6,
@@ -205,7 +247,7 @@ fn weight_grad_reduction_splits_match_reference() {
             (34, 3, 5),
             (35, 3, 5),
         ] {
-            let s = RefShape {
+            let s = ConvShape {
                 n: 3,
                 h: 17,
                 w: 13,
@@ -266,19 +308,93 @@ fn shape_errors_name_the_shapes() {
 }
 
 #[test]
-fn direct_threshold() {
-    // On a CPU adapter, one input channel, kernels up to 3×3 and output channels in vec4s take the
-    // direct kernels; GPUs always run the GEMM.
-    let [native, shaped] = gpus();
-    let cpu = native.adapter.is_cpu();
-    assert_eq!(geom(3, 3, 1, 1).is_direct(&native, 1, 32), cpu);
-    assert_eq!(geom(1, 3, 2, 0).is_direct(&native, 1, 4), cpu);
-    assert!(!geom(3, 3, 1, 1).is_direct(&shaped, 1, 32));
-    assert!(!geom(3, 1, 2, 0).is_direct(&native, 3, 4));
-    assert!(!geom(1, 1, 1, 0).is_direct(&native, 9, 8));
-    assert!(!geom(5, 2, 1, 0).is_direct(&native, 1, 8));
-    assert!(!geom(3, 3, 1, 1).is_direct(&native, 2, 32));
-    assert!(!geom(3, 3, 1, 1).is_direct(&native, 1, 30));
+fn choice_follows_the_adapter_kind() {
+    // CPU adapters run the direct kernels where they fit (one input channel, up to 3×3, output
+    // channels in vec4s); GPUs never do, and run the shared-memory GEMM where its tile fills.
+    let shape = |cin, cout| ConvShape {
+        n: 2,
+        h: 8,
+        w: 8,
+        cin,
+        cout,
+    };
+    let (cpu, gpu) = (AdapterKind::Cpu, AdapterKind::Gpu);
+    for pass in Pass::ALL {
+        for (g, cin, cout) in [(geom(3, 3, 1, 1), 1, 32), (geom(1, 3, 2, 0), 1, 4)] {
+            let s = shape(cin, cout);
+            assert_eq!(g.choose(cpu, &s, pass), Candidate::Direct, "{pass:?} {g:?}");
+            assert_ne!(g.choose(gpu, &s, pass), Candidate::Direct, "{pass:?} {g:?}");
+        }
+        for (g, cin, cout) in [
+            (geom(3, 1, 2, 0), 3, 4),
+            (geom(1, 1, 1, 0), 9, 8),
+            (geom(5, 2, 1, 0), 1, 8),
+            (geom(3, 3, 1, 1), 2, 32),
+            (geom(3, 3, 1, 1), 1, 30),
+        ] {
+            let s = shape(cin, cout);
+            assert!(!g.fits(&s, pass, Candidate::Direct), "{pass:?} {g:?} {s:?}");
+            assert_ne!(g.choose(cpu, &s, pass), Candidate::Direct, "{pass:?} {g:?}");
+        }
+        let wide = shape(32, 64);
+        let g = geom(3, 3, 1, 1);
+        assert_eq!(g.choose(gpu, &wide, pass), Candidate::Shared, "{pass:?}");
+        assert_eq!(g.choose(cpu, &wide, pass), Candidate::Tile4, "{pass:?}");
+        assert_eq!(
+            g.choose(cpu, &shape(3, 5), pass),
+            Candidate::Tile1,
+            "{pass:?}"
+        );
+        // Every choice is a candidate that fits.
+        for kind in [cpu, gpu] {
+            for s in [wide, shape(1, 32), shape(3, 5)] {
+                assert!(g.candidates(&s, pass).contains(&g.choose(kind, &s, pass)));
+            }
+        }
+    }
+    // The shared-memory input gradient runs stride 1 only; strided layers keep the tiles.
+    assert_eq!(
+        geom(3, 3, 2, 1).choose(gpu, &shape(32, 64), Pass::InputGrad),
+        Candidate::Tile4
+    );
+}
+
+#[test]
+fn a_candidate_that_does_not_fit_is_an_error() {
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
+    let g = geom(3, 3, 2, 1);
+    let x = arena.tensor(&gpu, [1, 6, 6, 3]).unwrap();
+    let w = arena.tensor(&gpu, [5, 3, 3, 3]).unwrap();
+    let y = arena.tensor(&gpu, [1, 3, 3, 5]).unwrap();
+    let forward = conv::Forward {
+        x: &x,
+        w: &w,
+        bias: None,
+        y: &y,
+        relu: false,
+    };
+    let err = forward.run(&gpu, &g, Some(Candidate::Tile4)).unwrap_err();
+    let err = err.to_string();
+    assert!(err.contains("Tile4") && err.contains("Tile1"), "{err}");
+    let input_grad = conv::InputGrad {
+        dy: &y,
+        w: &w,
+        dx: &x,
+        accumulate: false,
+    };
+    let err = input_grad
+        .run(&gpu, &g, Some(Candidate::Shared))
+        .unwrap_err();
+    assert!(err.to_string().contains("Shared"), "{err}");
+    let weight_grad = conv::WeightGrad {
+        x: &x,
+        dy: &y,
+        dw: &w,
+        scratch: None,
+        accumulate: false,
+    };
+    assert!(weight_grad.run(&gpu, &g, Some(Candidate::Direct)).is_err());
 }
 
 #[test]
@@ -327,7 +443,7 @@ fn direct_paths_match_reference() {
                 check(
                     &gpu,
                     &mut arena,
-                    RefShape { n, h, w, cin, cout },
+                    ConvShape { n, h, w, cin, cout },
                     geom(kh, kw, st, pd),
                     seed,
                 );
@@ -347,7 +463,7 @@ fn direct_paths_match_reference() {
                 check(
                     &gpu,
                     &mut arena,
-                    RefShape {
+                    ConvShape {
                         n: 2,
                         h: 8,
                         w: 6,

@@ -216,7 +216,7 @@ fn leading_dimensions_fold_into_rows() {
 #[test]
 fn auto_variant_follows_the_adapter_type() {
     let gpu = gpu();
-    let want = if gpu.adapter.is_cpu() {
+    let want = if gpu.kind() == contrastive::gpu::AdapterKind::Cpu {
         Variant::Vec4
     } else {
         Variant::Shared

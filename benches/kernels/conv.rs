@@ -23,7 +23,6 @@ const fn floor_kernel(entry: &'static str) -> Kernel {
     Kernel {
         file: "floor.wgsl",
         source: include_str!("floor.wgsl"),
-        gl_source: None,
         entry,
         buffers: 2,
         words: 0,

@@ -17,16 +17,16 @@
 //! of 4 every kernel runs in its vec4 build (four channels per thread).
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Region};
+use crate::gpu::{AdapterKind, Gpu, Kernel, Region};
 use crate::memory::Tensor;
 
 use super::grid_1d;
 
 /// One entry point of a WGSL file written over a lane type `V`, built twice: with
 /// `alias V = f32;` and with `alias V = vec4<f32>;` prepended, so that a thread handles one or four
-/// consecutive floats per access. On llvmpipe the vec4 builds of these memory-bound kernels run
-/// 2–4× faster; on GPUs 16-byte accesses are the efficient kind too. (Used by the optimiser kernels
-/// as well.)
+/// consecutive floats per access. llvmpipe moves storage one component at a time per lane, so the
+/// vec4 builds of these memory-bound kernels cost it a fraction per float; on GPUs 16-byte accesses
+/// are the efficient kind too. (Used by the optimiser kernels as well.)
 pub(crate) struct Lanes {
     pub(crate) scalar: Kernel,
     pub(crate) quad: Kernel,
@@ -61,7 +61,6 @@ macro_rules! lanes {
                 ";\n",
                 include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders/", $file))
             ),
-            gl_source: None,
             entry: $entry,
             buffers: $buffers,
             words: 0,
@@ -122,10 +121,10 @@ struct Params {
 }
 
 /// Rows reduced by one partial-sum thread, and the resulting chunks per group, on a GPU (`cpu`
-/// false) or a CPU adapter. GPUs get many short chunks, which keep them busy (with at most 256
-/// chunks per group a [200704, 32] forward ran 2048 threads of 784 rows each, at 206 GB/s on an
-/// H100); the finishing pass then has more to merge, which its split threads share. On llvmpipe
-/// those short chunks cost 5–15 % more than fewer long ones.
+/// false) or a CPU adapter. GPUs get many short chunks, which keep them busy where few long ones
+/// would leave most of the chip idle; the finishing pass then has more to merge, which its split
+/// threads share. On llvmpipe, whose few cores are busy with any chunking, fewer long chunks save
+/// the finishing work.
 fn chunking(group_rows: usize, cpu: bool) -> (usize, usize) {
     let (max_chunks, min_rows) = if cpu { (256, 64) } else { (2048, 32) };
     let chunk = group_rows
@@ -136,11 +135,10 @@ fn chunking(group_rows: usize, cpu: bool) -> (usize, usize) {
 }
 
 /// Threads of a finishing workgroup that share a column's chunks. On GPUs a single thread looping
-/// over up to 256 chunks was latency-bound (0.25 ms per BatchNorm on an H100, more than all its
-/// other passes); on CPU adapters the tree's barriers cost more than the loop (a G=8 backward on
-/// [12544, 128] went from 8.0 to 12.5 ms with 64 threads on llvmpipe).
+/// over up to 2048 chunks is latency-bound; on CPU adapters, which run a workgroup as one thread,
+/// the tree's barriers cost more than the loop.
 fn finish_split(gpu: &Gpu) -> usize {
-    if gpu.adapter.is_cpu() {
+    if gpu.kind() == AdapterKind::Cpu {
         1
     } else {
         WG as usize
@@ -231,7 +229,7 @@ impl BatchNorm {
             )));
         }
         let group_rows = rows / groups;
-        let (chunk, chunks) = chunking(group_rows, gpu.adapter.is_cpu());
+        let (chunk, chunks) = chunking(group_rows, gpu.kind() == AdapterKind::Cpu);
         let lanes = if cols.is_multiple_of(4) { 4 } else { 1 };
         let vcols = cols / lanes;
         Ok(Geometry {

@@ -48,7 +48,8 @@ fn groups(gpu: &Gpu, n: usize) -> usize {
 }
 
 /// Raises word `slot` of `flags` (sets it to 1) when `x` holds a NaN or an infinity, or always with
-/// `force` (a dry run that must skip its updates). Never lowers it: clear the word first.
+/// `force` (a dry run that must skip its updates). Never lowers it: clear the word first. Also the
+/// scan of the finite-check mode: pass it to [`Gpu::begin_finite_checks`].
 pub fn check_finite(gpu: &Gpu, x: Region, flags: Region, slot: usize, force: bool) -> Result<()> {
     if slot >= flags.len {
         return Err(Error::shape(

@@ -93,7 +93,7 @@ pub enum Variant {
 impl Variant {
     /// Register tiles on CPU adapters, shared-memory tiles on GPUs.
     pub fn for_adapter(gpu: &Gpu) -> Variant {
-        if gpu.adapter.is_cpu() {
+        if gpu.kind() == crate::gpu::AdapterKind::Cpu {
             Variant::Vec4
         } else {
             Variant::Shared

@@ -33,7 +33,7 @@ const TILE_COLS: usize = 8;
 /// that never reaches its barrier is ~1.5× slower. So there an invocation per result is used as
 /// soon as the results fill one SIMD slice; below that a lone long row would run on one lane.
 pub(crate) fn invocation_per_output(gpu: &Gpu, outputs: usize, len: usize) -> bool {
-    len < TREE_LANES || (gpu.adapter.is_cpu() && outputs >= CPU_SIMD_LANES)
+    len < TREE_LANES || (gpu.kind() == crate::gpu::AdapterKind::Cpu && outputs >= CPU_SIMD_LANES)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

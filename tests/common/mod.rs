@@ -22,7 +22,7 @@ pub fn gpu() -> Gpu {
 /// the code paths that only GPUs take.
 pub fn gpus() -> [Gpu; 2] {
     let mut shaped = gpu();
-    shaped.adapter.device_type = "DiscreteGpu".into();
+    shaped.set_kind(contrastive::gpu::AdapterKind::Gpu);
     [gpu(), shaped]
 }
 
