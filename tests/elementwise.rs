@@ -20,51 +20,47 @@ const MAPS: [Map; 7] = [
     Map::Relu,
 ];
 
+const BROADCASTS: [Broadcast; 4] = [
+    Broadcast::Full,
+    Broadcast::Row,
+    Broadcast::Col,
+    Broadcast::Scalar,
+];
+
 #[test]
 fn every_map_and_broadcast_matches_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
     // (8, 12) and (129, 64) take the vec4 path for every broadcast (a scalar b, or the 129-long
     // column, bound padded to whole vec4s); the rest the scalar one.
-    for &(rows, cols) in &[(1, 1), (1, 3), (17, 31), (129, 64), (3, 257), (8, 12)] {
-        for (bi, bcast) in [
-            Broadcast::Full,
-            Broadcast::Row,
-            Broadcast::Col,
-            Broadcast::Scalar,
-        ]
+    let shapes = [(1, 1), (1, 3), (17, 31), (129, 64), (3, 257), (8, 12)];
+    let cases = shapes
         .into_iter()
-        .enumerate()
-        {
-            let blen = match bcast {
-                Broadcast::Full => rows * cols,
-                Broadcast::Row => cols,
-                Broadcast::Col => rows,
-                Broadcast::Scalar => 1,
-            };
-            let a = rand_vec(rows * cols, 1 + bi as u64);
-            let b = rand_vec(blen, 2 + bi as u64);
-            let prev = rand_vec(rows * cols, 3);
-            let ta = arena.upload(&gpu, [rows, cols], &a).unwrap();
-            let tb = arena.upload(&gpu, [blen], &b).unwrap();
-            for m in MAPS {
-                for acc in [false, true] {
-                    let out = arena.upload(&gpu, [rows, cols], &prev).unwrap();
-                    elementwise::map(&gpu, m, &ta, &tb, bcast, &out, acc).unwrap();
-                    let got: Vec<f32> = gpu.read(out.region).unwrap();
-                    let want = elementwise::reference(m, &a, &b, bcast, cols, &prev, acc);
-                    assert_close(
-                        &format!("{m:?} {bcast:?} {rows}x{cols} acc={acc}"),
-                        &got,
-                        &want,
-                        1e-6,
-                        1e-6,
-                    );
-                }
+        .flat_map(|s| BROADCASTS.into_iter().enumerate().map(move |b| (s, b)));
+    for_cases(&gpu(), cases, |h, ((rows, cols), (bi, bcast))| {
+        let blen = match bcast {
+            Broadcast::Full => rows * cols,
+            Broadcast::Row => cols,
+            Broadcast::Col => rows,
+            Broadcast::Scalar => 1,
+        };
+        let a = rand_vec(rows * cols, 1 + bi as u64);
+        let b = rand_vec(blen, 2 + bi as u64);
+        let prev = rand_vec(rows * cols, 3);
+        let ta = h.upload([rows, cols], &a);
+        let tb = h.upload([blen], &b);
+        for m in MAPS {
+            for acc in [false, true] {
+                let out = h.upload([rows, cols], &prev);
+                elementwise::map(h.gpu, m, &ta, &tb, bcast, &out, acc).unwrap();
+                let want = elementwise::reference(m, &a, &b, bcast, cols, &prev, acc);
+                h.expect(
+                    &format!("{m:?} acc={acc}"),
+                    &out,
+                    &want,
+                    Tol::new(1e-6, 1e-6),
+                );
             }
-            arena.reset();
         }
-    }
+    });
 }
 
 #[test]

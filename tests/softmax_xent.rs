@@ -52,15 +52,11 @@ fn check(gpu: &Gpu, logits: &[f32], targets: &[u32], n: usize, m: usize, spec: &
     let got = run(gpu, logits, targets, n, m, spec);
     let (loss, grad, correct) = softmax_xent::reference(logits, targets, n, m, spec);
     let t_inv = 1.0 / spec.temperature as f64;
-    assert_close(&format!("{what} loss"), &got.loss, &loss, 2e-5, 2e-5);
-    assert_close(
-        &format!("{what} dlogits"),
-        &got.grad,
-        &grad,
-        1e-6 * t_inv,
-        1e-4,
-    );
-    assert_close(&format!("{what} correct"), &got.correct, &correct, 0.0, 0.0);
+    let h = Harness::new(gpu, what);
+    h.expect_values("loss", &got.loss, &loss, Tol::new(2e-5, 2e-5));
+    h.expect_values("dlogits", &got.grad, &grad, Tol::new(1e-6 * t_inv, 1e-4));
+    h.expect_values("correct", &got.correct, &correct, Tol::EXACT);
+    h.finish();
 }
 
 #[test]
