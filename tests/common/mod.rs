@@ -135,7 +135,7 @@ impl<'g> Harness<'g> {
     /// Compares host values with `want`, recording a failure named by the case and `what`.
     pub fn expect_values(&self, what: &str, got: &[f32], want: &[f64], tol: Tol) {
         if let Err(e) = contrastive::kernels::check_close(got, want, tol.tol, tol.eps) {
-            let failure = format!("{} {what}: {e}", self.label);
+            let failure = format!("case {}, {what}: {e}", self.label);
             self.failures.borrow_mut().push(failure);
         }
     }
