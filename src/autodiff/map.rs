@@ -78,7 +78,7 @@ impl Graph<'_> {
                 self.contribute_map(b, scaled(beta), dout, dout, full)
             }
             // A bias: the only row broadcast the tape records.
-            (Map::Axpby { alpha, beta }, Broadcast::Row) if beta == 1.0 => {
+            (Map::Axpby { alpha, beta: 1.0 }, Broadcast::Row) => {
                 self.contribute_map(a, scaled(alpha), dout, dout, full)?;
                 self.contribute_bias(b, dout)
             }
