@@ -31,18 +31,15 @@ fn global_average_forward_and_backward() {
         let spread: Vec<f64> = (0..x.len())
             .map(|i| dy[(i / (hh * w * c)) * c + i % c] as f64 / (hh * w) as f64)
             .collect();
-        for acc in [false, true] {
-            let prev = rand_vec(x.len(), 3);
-            let tdx = h.upload(d, &prev);
-            pool::avgpool_global_backward(h.gpu, &tdy, &tdx, acc).unwrap();
-            let want = accumulated(&spread, &prev, acc);
-            h.expect(
-                &format!("avg backward acc={acc}"),
-                &tdx,
-                &want,
-                Tol::new(1e-6, 1e-5),
-            );
-        }
+        let prev = rand_vec(x.len(), 3);
+        h.expect_both_ways(
+            "avg backward",
+            d,
+            &prev,
+            &spread,
+            Tol::new(1e-6, 1e-5),
+            |gpu, dx, acc| pool::avgpool_global_backward(gpu, &tdy, dx, acc),
+        );
     });
 }
 
@@ -66,18 +63,11 @@ fn max_pool_forward_and_backward_with_odd_sizes() {
         for (o, &k) in arg.iter().enumerate() {
             scattered[k as usize] += dy[o] as f64;
         }
-        for acc in [false, true] {
-            let prev = rand_vec(x.len(), 6);
-            let tdx = h.upload(d, &prev);
-            pool::maxpool2x2_backward(h.gpu, &tdy, &ta, &tdx, acc).unwrap();
-            let want = accumulated(&scattered, &prev, acc);
-            h.expect(
-                &format!("max backward acc={acc}"),
-                &tdx,
-                &want,
-                Tol::new(1e-7, 1e-6),
-            );
-        }
+        let prev = rand_vec(x.len(), 6);
+        let tol = Tol::new(1e-7, 1e-6);
+        h.expect_both_ways("max backward", d, &prev, &scattered, tol, |gpu, dx, acc| {
+            pool::maxpool2x2_backward(gpu, &tdy, &ta, dx, acc)
+        });
     });
 }
 

@@ -17,19 +17,17 @@ fn check(cases: &[(usize, usize, Axis)], tol: f64) {
             Axis::Cols => cols,
         };
         let prev = rand_vec(n_out, 99);
+        let tol = Tol::new(tol, 1e-5);
         for op in OPS {
             let want = reduce::reference(&x, rows, cols, op, axis);
-            for acc in [false, true] {
-                let out = h.upload([n_out], &prev);
-                reduce::reduce(h.gpu, &tx, &out, op, axis, acc).unwrap();
-                let want = accumulated(&want, &prev, acc);
-                h.expect(
-                    &format!("{op:?} acc={acc}"),
-                    &out,
-                    &want,
-                    Tol::new(tol, 1e-5),
-                );
-            }
+            h.expect_both_ways(
+                &format!("{op:?}"),
+                [n_out],
+                &prev,
+                &want,
+                tol,
+                |gpu, out, acc| reduce::reduce(gpu, &tx, out, op, axis, acc),
+            );
         }
     });
 }

@@ -37,18 +37,15 @@ impl Graph<'_> {
         Ok(self.record("conv2d", out, op, &inputs))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// `dpre` is the gradient before the fused ReLU ([`Graph::masked`]).
     pub(super) fn conv2d_backward(
         &mut self,
         x: Var,
         w: Var,
         b: Option<Var>,
         geom: &Conv2d,
-        relu: bool,
-        out: Tensor,
-        dout: Tensor,
+        dpre: Tensor,
     ) -> Result<()> {
-        let dpre = self.masked(out, dout, relu)?;
         let (xv, wv) = (self.value(x), self.value(w));
         self.contribute(x, |gpu, g, acc| {
             conv::backward_input(gpu, &dpre, &wv, g, geom, acc)

@@ -70,16 +70,14 @@ impl Graph<'_> {
         Ok(self.record("linear", out, Op::Linear { x, w, b, relu }, &inputs))
     }
 
+    /// `dpre` is the gradient before the fused ReLU ([`Graph::masked`]).
     pub(super) fn linear_backward(
         &mut self,
         x: Var,
         w: Var,
         b: Option<Var>,
-        relu: bool,
-        out: Tensor,
-        dout: Tensor,
+        dpre: Tensor,
     ) -> Result<()> {
-        let dpre = self.masked(out, dout, relu)?;
         let (xv, wv) = (self.value(x), self.value(w));
         self.contribute_matmul(x, dpre, wv, Trans::NN, 1.0)?;
         self.contribute_matmul(w, dpre, xv, Trans::TN, 1.0)?;
@@ -120,7 +118,8 @@ impl Graph<'_> {
         })
     }
 
-    /// The gradient flowing into a fused ReLU's input: `dout` where the output is positive.
+    /// The gradient flowing into a fused ReLU's input (linear, conv2d): `dout` where the output
+    /// is positive.
     pub(super) fn masked(&mut self, out: Tensor, dout: Tensor, relu: bool) -> Result<Tensor> {
         if !relu {
             return Ok(dout);

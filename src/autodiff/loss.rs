@@ -35,17 +35,6 @@ impl Graph<'_> {
         Ok((loss, correct))
     }
 
-    /// Each row's saved gradient scaled by the gradient of that row's loss.
-    pub(super) fn softmax_xent_backward(
-        &mut self,
-        logits: Var,
-        dlogits: Tensor,
-        dout: Tensor,
-    ) -> Result<()> {
-        let m = Map::Mul { alpha: 1.0 };
-        self.contribute_map(logits, m, dlogits, dout, Broadcast::Col)
-    }
-
     /// Deep InfoMax's local–global loss from `scores` [N, N·locs] (see [`crate::kernels::mi`]).
     pub fn mi_estimate(&mut self, scores: Var, locs: usize, est: Estimator) -> Result<Var> {
         let _scope = self.scope("mi_estimate");
@@ -65,15 +54,16 @@ impl Graph<'_> {
         Ok(self.record("mi_estimate", out, op, &[scores]))
     }
 
-    /// The saved gradient scaled by the gradient of the total.
-    pub(super) fn mi_estimate_backward(
+    /// The backward of a loss whose fused forward saved its gradient `saved`: that gradient
+    /// times `dout` (one value per row for softmax_xent, a scalar for mi_estimate).
+    pub(super) fn saved_grad_backward(
         &mut self,
-        scores: Var,
-        dscores: Tensor,
+        v: Var,
+        saved: Tensor,
         dout: Tensor,
+        bcast: Broadcast,
     ) -> Result<()> {
-        let m = Map::Mul { alpha: 1.0 };
-        self.contribute_map(scores, m, dscores, dout, Broadcast::Scalar)
+        self.contribute_map(v, Map::Mul { alpha: 1.0 }, saved, dout, bcast)
     }
 
     /// CPC's logits `[rows, B]`: the predictions `pred [B, T, K·D]` of offsets 1..=K scored

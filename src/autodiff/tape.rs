@@ -211,7 +211,10 @@ impl<'a> Graph<'a> {
         match op {
             Op::Map { m, a, b, bcast } => self.map_backward(m, a, b, bcast, out, dout),
             Op::MatMul { a, b, trans, alpha } => self.matmul_backward(a, b, trans, alpha, dout),
-            Op::Linear { x, w, b, relu } => self.linear_backward(x, w, b, relu, out, dout),
+            Op::Linear { x, w, b, relu } => {
+                let dpre = self.masked(out, dout, relu)?;
+                self.linear_backward(x, w, b, dpre)
+            }
             Op::Reduce { x, mean, axis } => self.reduce_backward(x, mean, axis, dout),
             Op::Reshape { x } => self.reshape_backward(x, dout),
             Op::ConcatCols { a, b } => self.concat_cols_backward(a, b, dout),
@@ -226,9 +229,11 @@ impl<'a> Graph<'a> {
                 bn,
             } => self.batch_norm_backward(x, gamma, beta, mean, invstd, &bn, dout),
             Op::SoftmaxXent { logits, dlogits } => {
-                self.softmax_xent_backward(logits, dlogits, dout)
+                self.saved_grad_backward(logits, dlogits, dout, Broadcast::Col)
             }
-            Op::MiEstimate { scores, dscores } => self.mi_estimate_backward(scores, dscores, dout),
+            Op::MiEstimate { scores, dscores } => {
+                self.saved_grad_backward(scores, dscores, dout, Broadcast::Scalar)
+            }
             Op::CpcScores { z, pred, offsets } => self.cpc_scores_backward(z, pred, &offsets, dout),
             Op::Conv2d {
                 x,
@@ -236,7 +241,10 @@ impl<'a> Graph<'a> {
                 b,
                 geom,
                 relu,
-            } => self.conv2d_backward(x, w, b, &geom, relu, out, dout),
+            } => {
+                let dpre = self.masked(out, dout, relu)?;
+                self.conv2d_backward(x, w, b, &geom, dpre)
+            }
             Op::AvgPoolGlobal { x } => self.avg_pool_global_backward(x, dout),
             Op::MaxPool2x2 { x, argmax } => self.max_pool_2x2_backward(x, argmax, dout),
             Op::Gru {

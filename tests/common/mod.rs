@@ -140,6 +140,26 @@ impl<'g> Harness<'g> {
         }
     }
 
+    /// Checks a kernel that writes or accumulates into its output: `launch(out, accumulate)` runs
+    /// twice on an output of `shape` holding `prev`, once writing (expecting `want`) and once
+    /// accumulating (expecting `want + prev`).
+    pub fn expect_both_ways(
+        &mut self,
+        what: &str,
+        shape: impl Into<Shape> + Copy,
+        prev: &[f32],
+        want: &[f64],
+        tol: Tol,
+        mut launch: impl FnMut(&Gpu, &Tensor, bool) -> contrastive::Result<()>,
+    ) {
+        for acc in [false, true] {
+            let out = self.upload(shape, prev);
+            launch(self.gpu, &out, acc).unwrap();
+            let want = accumulated(want, prev, acc);
+            self.expect(&format!("{what} acc={acc}"), &out, &want, tol);
+        }
+    }
+
     /// Panics listing every failed comparison.
     pub fn finish(self) {
         let failures = self.failures.into_inner();
