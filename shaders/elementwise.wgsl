@@ -74,7 +74,7 @@ fn map(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) n
 }
 
 // The same maps, four elements per load and several vec4s per invocation: llvmpipe pays per
-// load instruction and per invocation, so this runs several times faster there. Used when every
+// load instruction and per invocation, and this amortises both. Used when every
 // length and row width involved is a multiple of 4 (regions are always 16-byte aligned).
 @group(1) @binding(0) var<storage, read_write> a4: array<vec4<f32>>;
 @group(1) @binding(1) var<storage, read_write> b4: array<vec4<f32>>;

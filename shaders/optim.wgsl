@@ -5,8 +5,7 @@
 // The launcher prepends `alias V = f32;` or, when the arena length is a multiple of 4,
 // `alias V = vec4<f32>;` (all indices and `n` in units of V), and each thread updates a few
 // elements a grid apart: on llvmpipe the per-invocation cost dominates such a light update, and
-// both together make it ~4× faster, while on GPUs neighbouring threads still touch neighbouring
-// memory.
+// both amortise it, while on GPUs neighbouring threads still touch neighbouring memory.
 
 struct Params {
     n: u32,         // elements in the arena, in units of V

@@ -17,88 +17,135 @@ fn input(shape: &[usize], seed: u64) -> Input {
     Input::new(shape, rand_vec_away_from_zero(n, seed, 0.05))
 }
 
-/// Gradient-checks `f` at random inputs of the given shapes.
-fn check(shapes: &[&[usize]], f: impl Fn(&mut Graph, &[Var]) -> Result<Var>) {
-    let gpu = gpu();
-    let inputs: Vec<Input> = shapes
-        .iter()
-        .enumerate()
-        .map(|(i, s)| input(s, 10 + i as u64))
-        .collect();
-    match gradcheck::check(&gpu, &inputs, f, &Tolerance::default()) {
-        Ok(r) => assert!(r.checked > 0),
-        Err(e) => panic!("inputs {shapes:?}: {e}"),
+type OpFn = Box<dyn Fn(&mut Graph, &[Var]) -> Result<Var>>;
+
+/// One op (or small graph) to gradient-check at random inputs of the given shapes.
+struct Case {
+    name: String,
+    shapes: Vec<Vec<usize>>,
+    f: OpFn,
+}
+
+fn case(
+    name: impl Into<String>,
+    shapes: &[&[usize]],
+    f: impl Fn(&mut Graph, &[Var]) -> Result<Var> + 'static,
+) -> Case {
+    Case {
+        name: name.into(),
+        shapes: shapes.iter().map(|s| s.to_vec()).collect(),
+        f: Box::new(f),
     }
+}
+
+/// Checks every case's backward against central finite differences; fails listing every case
+/// that disagrees.
+fn check(cases: Vec<Case>) {
+    let gpu = gpu();
+    let mut failures = vec![];
+    for c in cases {
+        let inputs: Vec<Input> = c
+            .shapes
+            .iter()
+            .enumerate()
+            .map(|(i, s)| input(s, 10 + i as u64))
+            .collect();
+        match gradcheck::check(&gpu, &inputs, &c.f, &Tolerance::default()) {
+            Ok(r) => assert!(r.checked > 0, "{}: nothing checked", c.name),
+            Err(e) => failures.push(format!("{} at inputs {:?}: {e}", c.name, c.shapes)),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
 #[test]
 fn elementwise_ops() {
-    check(&[&[3, 5], &[3, 5]], |g, v| g.add(v[0], v[1]));
-    check(&[&[3, 5], &[3, 5]], |g, v| g.sub(v[0], v[1]));
-    check(&[&[17, 3], &[17, 3]], |g, v| g.mul(v[0], v[1]));
-    check(&[&[1, 7]], |g, v| g.scale(v[0], -2.5));
-    check(&[&[4, 9]], |g, v| g.relu(v[0]));
-    check(&[&[5, 3], &[3]], |g, v| g.add_bias(v[0], v[1]));
-    // The same value used twice: its gradient accumulates both contributions.
-    check(&[&[2, 3]], |g, v| g.mul(v[0], v[0]));
+    check(vec![
+        case("add", &[&[3, 5], &[3, 5]], |g, v| g.add(v[0], v[1])),
+        case("sub", &[&[3, 5], &[3, 5]], |g, v| g.sub(v[0], v[1])),
+        case("mul", &[&[17, 3], &[17, 3]], |g, v| g.mul(v[0], v[1])),
+        case("scale", &[&[1, 7]], |g, v| g.scale(v[0], -2.5)),
+        case("relu", &[&[4, 9]], |g, v| g.relu(v[0])),
+        case("add_bias", &[&[5, 3], &[3]], |g, v| g.add_bias(v[0], v[1])),
+        // The same value used twice: its gradient accumulates both contributions.
+        case("mul by itself", &[&[2, 3]], |g, v| g.mul(v[0], v[0])),
+    ]);
 }
 
 #[test]
 fn reductions_and_reshape() {
-    check(&[&[5, 7]], |g, v| g.sum_rows(v[0]));
-    check(&[&[5, 7]], |g, v| g.mean_rows(v[0]));
-    check(&[&[17, 3]], |g, v| g.sum_cols(v[0]));
-    check(&[&[17, 3]], |g, v| g.mean_cols(v[0]));
-    check(&[&[4, 6]], |g, v| g.mean(v[0]));
-    check(&[&[4, 6]], |g, v| {
-        let r = g.reshape(v[0], [8, 3])?;
-        g.sum_rows(r)
-    });
+    check(vec![
+        case("sum_rows", &[&[5, 7]], |g, v| g.sum_rows(v[0])),
+        case("mean_rows", &[&[5, 7]], |g, v| g.mean_rows(v[0])),
+        case("sum_cols", &[&[17, 3]], |g, v| g.sum_cols(v[0])),
+        case("mean_cols", &[&[17, 3]], |g, v| g.mean_cols(v[0])),
+        case("mean", &[&[4, 6]], |g, v| g.mean(v[0])),
+        case("sum", &[&[4, 6]], |g, v| g.sum(v[0])),
+        case("reshape", &[&[4, 6]], |g, v| {
+            let r = g.reshape(v[0], [8, 3])?;
+            g.sum_rows(r)
+        }),
+    ]);
 }
 
 #[test]
 fn matmul_every_transposition_and_linear() {
-    check(&[&[3, 5], &[5, 4]], |g, v| {
-        g.matmul(v[0], v[1], Trans::NN, 1.0)
-    });
-    check(&[&[3, 5], &[4, 5]], |g, v| {
-        g.matmul(v[0], v[1], Trans::NT, 0.5)
-    });
-    check(&[&[5, 3], &[5, 4]], |g, v| {
-        g.matmul(v[0], v[1], Trans::TN, 1.0)
-    });
-    check(&[&[1, 17], &[17, 1]], |g, v| {
-        g.matmul(v[0], v[1], Trans::NN, 1.0)
-    });
+    let mut cases = vec![
+        case("matmul NN", &[&[3, 5], &[5, 4]], |g, v| {
+            g.matmul(v[0], v[1], Trans::NN, 1.0)
+        }),
+        case("matmul NT", &[&[3, 5], &[4, 5]], |g, v| {
+            g.matmul(v[0], v[1], Trans::NT, 0.5)
+        }),
+        case("matmul TN", &[&[5, 3], &[5, 4]], |g, v| {
+            g.matmul(v[0], v[1], Trans::TN, 1.0)
+        }),
+        case("matmul dot", &[&[1, 17], &[17, 1]], |g, v| {
+            g.matmul(v[0], v[1], Trans::NN, 1.0)
+        }),
+        case("linear without bias", &[&[1, 3], &[2, 3]], |g, v| {
+            g.linear(v[0], v[1], None, false)
+        }),
+    ];
     for relu in [false, true] {
-        check(&[&[6, 5], &[7, 5], &[7]], |g, v| {
-            g.linear(v[0], v[1], Some(v[2]), relu)
-        });
+        cases.push(case(
+            format!("linear relu={relu}"),
+            &[&[6, 5], &[7, 5], &[7]],
+            move |g, v| g.linear(v[0], v[1], Some(v[2]), relu),
+        ));
     }
-    check(&[&[1, 3], &[2, 3]], |g, v| {
-        g.linear(v[0], v[1], None, false)
-    });
+    check(cases);
 }
 
 #[test]
 fn normalisation_softmax_and_concat() {
-    check(&[&[5, 7]], |g, v| g.l2_normalize(v[0]));
-    check(&[&[1, 3]], |g, v| g.l2_normalize(v[0]));
-    check(&[&[3, 2], &[3, 5]], |g, v| g.concat_cols(v[0], v[1]));
+    let mut cases = vec![
+        case("l2_normalize", &[&[5, 7]], |g, v| g.l2_normalize(v[0])),
+        case("l2_normalize one row", &[&[1, 3]], |g, v| {
+            g.l2_normalize(v[0])
+        }),
+        case("concat_cols", &[&[3, 2], &[3, 5]], |g, v| {
+            g.concat_cols(v[0], v[1])
+        }),
+        case("slice_cols", &[&[6, 4]], |g, v| g.slice_cols(v[0], 1, 2)),
+    ];
     for (tau, mask) in [(1.0, false), (0.1, false), (0.5, true)] {
-        check(&[&[4, 6]], move |g, v| {
+        let name = format!("softmax_xent tau={tau} mask={mask}");
+        cases.push(case(name, &[&[4, 6]], move |g, v| {
             let t = g.constant_u32([4], &[1, 0, 5, 2])?;
             let spec = Xent {
                 temperature: tau,
                 mask_diagonal: mask,
             };
             Ok(g.softmax_xent(v[0], t, &spec)?.0)
-        });
+        }));
     }
+    check(cases);
 }
 
 #[test]
 fn conv2d_strides_padding_bias_and_relu() {
+    let mut cases = vec![];
     for (stride, pad) in [(1, 0), (1, 1), (2, 1), (2, 0)] {
         let geom = Conv2d {
             kh: 3,
@@ -106,9 +153,12 @@ fn conv2d_strides_padding_bias_and_relu() {
             stride: (stride, stride),
             pad: (pad, pad),
         };
-        check(&[&[2, 5, 6, 3], &[5, 3, 2, 3], &[5]], move |g, v| {
-            g.conv2d(v[0], v[1], Some(v[2]), geom, false)
-        });
+        let name = format!("conv2d stride {stride} pad {pad}");
+        cases.push(case(
+            name,
+            &[&[2, 5, 6, 3], &[5, 3, 2, 3], &[5]],
+            move |g, v| g.conv2d(v[0], v[1], Some(v[2]), geom, false),
+        ));
     }
     let k3 = Conv2d {
         kh: 3,
@@ -116,9 +166,12 @@ fn conv2d_strides_padding_bias_and_relu() {
         stride: (1, 1),
         pad: (1, 1),
     };
-    check(&[&[1, 4, 3, 1], &[2, 3, 3, 1]], move |g, v| {
-        g.conv2d(v[0], v[1], None, k3, false)
-    });
+    cases.push(case(
+        "conv2d 3x3 no bias",
+        &[&[1, 4, 3, 1], &[2, 3, 3, 1]],
+        move |g, v| g.conv2d(v[0], v[1], None, k3, false),
+    ));
+    check(cases);
 }
 
 /// Fused-ReLU epilogues (linear, conv) have kinks that finite differences straddle; check them
@@ -164,24 +217,35 @@ fn fused_relu_equals_separate_relu() {
         (&results[0].2, &results[1].2),
         (&results[0].3, &results[1].3),
     ] {
-        let want: Vec<f64> = b.iter().map(|&v| v as f64).collect();
-        assert_close("fused vs separate ReLU", a, &want, 1e-6, 1e-5);
+        assert_close("fused vs separate ReLU", a, &f64s(b), 1e-6, 1e-5);
     }
 }
 
 #[test]
 fn pooling() {
-    check(&[&[2, 3, 5, 4]], |g, v| g.avg_pool_global(v[0]));
-    check(&[&[2, 5, 4, 3]], |g, v| g.max_pool_2x2(v[0]));
+    check(vec![
+        case("avg_pool_global", &[&[2, 3, 5, 4]], |g, v| {
+            g.avg_pool_global(v[0])
+        }),
+        case("max_pool_2x2", &[&[2, 5, 4, 3]], |g, v| {
+            g.max_pool_2x2(v[0])
+        }),
+    ]);
 }
 
 #[test]
 fn batch_norm_train_mode() {
-    for groups in [1, 2] {
-        check(&[&[4, 3, 2, 5], &[5], &[5]], move |g, v| {
-            batch_norm(g, v, groups, false)
-        });
-    }
+    check(
+        [1, 2]
+            .map(|groups| {
+                case(
+                    format!("batch_norm groups={groups}"),
+                    &[&[4, 3, 2, 5], &[5], &[5]],
+                    move |g, v| batch_norm(g, v, groups, false),
+                )
+            })
+            .into(),
+    );
 }
 
 fn batch_norm(g: &mut Graph, v: &[Var], groups: usize, relu: bool) -> Result<Var> {
@@ -215,7 +279,6 @@ fn batch_norm_fused_relu_matches_batch_norm_then_relu() {
         let (y_ref, grads_ref) =
             gradcheck::evaluate(&gpu, &mut arena, &inputs, &parts, Some(&r)).unwrap();
         assert!(y.contains(&0.0) && y.iter().any(|&v| v > 0.0));
-        let f64s = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<_>>();
         assert_close(&format!("y groups={groups}"), &y, &f64s(&y_ref), 1e-6, 1e-6);
         for (k, (a, b)) in grads.iter().zip(&grads_ref).enumerate() {
             assert_close(
@@ -234,7 +297,8 @@ fn batch_norm_fused_relu_matches_batch_norm_then_relu() {
 fn mlp_normalise_infonce_against_a_queue() {
     let (n, d_in, hidden, d, k) = (4, 6, 8, 5, 7);
     let queue = rand_vec(k * d, 99);
-    check(
+    check(vec![case(
+        "MLP, L2 normalise, InfoNCE",
         &[
             &[n, d_in],
             &[n, d],
@@ -262,7 +326,7 @@ fn mlp_normalise_infonce_against_a_queue() {
             let (rows, _) = g.softmax_xent(logits, t, &spec)?;
             g.mean(rows)
         },
-    );
+    )]);
 }
 
 #[test]
@@ -371,9 +435,12 @@ fn gradient_checker_rejects_a_wrong_gradient() {
 #[test]
 fn deep_infomax_estimators() {
     use contrastive::kernels::mi::Estimator;
-    for est in [Estimator::Jsd, Estimator::Nce] {
-        check(&[&[3, 12]], move |g, v| g.mi_estimate(v[0], 4, est));
-    }
+    let cases = [Estimator::Jsd, Estimator::Nce].map(|est| {
+        case(format!("mi_estimate {est:?}"), &[&[3, 12]], move |g, v| {
+            g.mi_estimate(v[0], 4, est)
+        })
+    });
+    check(cases.into());
 }
 
 fn two_view_loss(g: &mut Graph, z: Var, n: usize) -> Result<Var> {
@@ -393,8 +460,9 @@ fn two_view_loss(g: &mut Graph, z: Var, n: usize) -> Result<Var> {
 
 #[test]
 fn masked_two_view_loss() {
-    check(&[&[6, 4]], |g, v| two_view_loss(g, v[0], 3));
-    check(&[&[6, 4]], |g, v| g.slice_cols(v[0], 1, 2));
+    check(vec![case("two-view loss", &[&[6, 4]], |g, v| {
+        two_view_loss(g, v[0], 3)
+    })]);
 }
 
 #[test]

@@ -2,7 +2,7 @@ mod common;
 
 use common::*;
 use contrastive::kernels::batchnorm::{self, BatchNorm};
-use contrastive::{Arena, Error, Gpu, Shape, Tensor};
+use contrastive::{Error, Gpu, Shape, Tensor};
 
 /// Everything one BN layer needs on the GPU, filled from host data.
 struct Layer {
@@ -40,21 +40,19 @@ fn host(rows: usize, cols: usize, seed: u64) -> Host {
     }
 }
 
-fn upload(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host) -> Layer {
+fn upload(k: &mut Harness, dims: &[usize], groups: usize, h: &Host) -> Layer {
     let shape = Shape::new(dims);
     let (rows, cols) = shape.rows_cols();
     Layer {
-        x: arena.upload(gpu, shape, &h.x).unwrap(),
-        gamma: arena.upload(gpu, [cols], &h.gamma).unwrap(),
-        beta: arena.upload(gpu, [cols], &h.beta).unwrap(),
-        y: arena.tensor(gpu, shape).unwrap(),
-        mean: arena.tensor(gpu, [groups, cols]).unwrap(),
-        invstd: arena.tensor(gpu, [groups, cols]).unwrap(),
-        running_mean: arena.upload(gpu, [cols], &h.running_mean).unwrap(),
-        running_var: arena.upload(gpu, [cols], &h.running_var).unwrap(),
-        scratch: arena
-            .tensor(gpu, [batchnorm::scratch_len(rows, cols, groups)])
-            .unwrap(),
+        x: k.upload(shape, &h.x),
+        gamma: k.upload([cols], &h.gamma),
+        beta: k.upload([cols], &h.beta),
+        y: k.output(shape),
+        mean: k.output([groups, cols]),
+        invstd: k.output([groups, cols]),
+        running_mean: k.upload([cols], &h.running_mean),
+        running_var: k.upload([cols], &h.running_var),
+        scratch: k.output([batchnorm::scratch_len(rows, cols, groups)]),
     }
 }
 
@@ -88,28 +86,16 @@ fn train_reference(h: &Host, cols: usize, bn: &BatchNorm) -> batchnorm::TrainRef
     )
 }
 
-fn read(gpu: &Gpu, t: &Tensor) -> Vec<f32> {
-    gpu.read(t.region).unwrap()
-}
-
 /// Train forward, both backward modes and eval on one shape, all against the f64 references, with
 /// and without the fused ReLU. `tol` scales every tolerance (large reductions and badly
 /// conditioned inputs need more).
-fn check(gpu: &Gpu, arena: &mut Arena, dims: &[usize], groups: usize, h: &Host, tol: f64) {
+fn check(gpu: &Gpu, dims: &[usize], groups: usize, h: &Host, tol: f64) {
     for relu in [false, true] {
-        check_one(gpu, arena, dims, groups, h, tol, relu);
+        check_one(gpu, dims, groups, h, tol, relu);
     }
 }
 
-fn check_one(
-    gpu: &Gpu,
-    arena: &mut Arena,
-    dims: &[usize],
-    groups: usize,
-    h: &Host,
-    tol: f64,
-    relu: bool,
-) {
+fn check_one(gpu: &Gpu, dims: &[usize], groups: usize, h: &Host, tol: f64, relu: bool) {
     let bn = BatchNorm {
         groups,
         relu,
@@ -120,40 +106,18 @@ fn check_one(
         "{dims:?} groups={groups} relu={relu} ({:?} launches)",
         gpu.kind()
     );
-    let l = upload(gpu, arena, dims, groups, h);
+    let mut k = Harness::new(gpu, what);
+    let l = upload(&mut k, dims, groups, h);
     train(gpu, &l, &bn);
     let want = train_reference(h, cols, &bn);
-    assert_close(&format!("y {what}"), &read(gpu, &l.y), &want.y, tol, tol);
-    assert_close(
-        &format!("mean {what}"),
-        &read(gpu, &l.mean),
-        &want.mean,
-        tol,
-        tol,
-    );
-    assert_close(
-        &format!("invstd {what}"),
-        &read(gpu, &l.invstd),
-        &want.invstd,
-        0.0,
-        tol,
-    );
-    let running_mean = read(gpu, &l.running_mean);
-    let running_var = read(gpu, &l.running_var);
-    assert_close(
-        &format!("running_mean {what}"),
-        &running_mean,
-        &want.running_mean,
-        tol,
-        tol,
-    );
-    assert_close(
-        &format!("running_var {what}"),
-        &running_var,
-        &want.running_var,
-        tol,
-        tol,
-    );
+    let t = Tol::new(tol, tol);
+    k.expect("y", &l.y, &want.y, t);
+    k.expect("mean", &l.mean, &want.mean, t);
+    k.expect("invstd", &l.invstd, &want.invstd, Tol::new(0.0, tol));
+    let running_mean = k.read(&l.running_mean);
+    let running_var = k.read(&l.running_var);
+    k.expect_values("running_mean", &running_mean, &want.running_mean, t);
+    k.expect_values("running_var", &running_var, &want.running_var, t);
 
     // With the ReLU, dy is zero where bn(x) is within 1e-3 of the kink: there f32 and f64 may
     // disagree on its side, and the mask would differ by a whole element of dy.
@@ -166,11 +130,11 @@ fn check_one(
     let prev_dx = rand_vec(rows * cols, 12);
     let prev_dgamma = rand_vec(cols, 13);
     let prev_dbeta = rand_vec(cols, 14);
-    let tdy = arena.upload(gpu, [rows, cols], &dy).unwrap();
+    let tdy = k.upload([rows, cols], &dy);
     for accumulate in [false, true] {
-        let dx = arena.upload(gpu, [rows, cols], &prev_dx).unwrap();
-        let dgamma = arena.upload(gpu, [cols], &prev_dgamma).unwrap();
-        let dbeta = arena.upload(gpu, [cols], &prev_dbeta).unwrap();
+        let dx = k.upload([rows, cols], &prev_dx);
+        let dgamma = k.upload([cols], &prev_dgamma);
+        let dbeta = k.upload([cols], &prev_dbeta);
         batchnorm::backward(
             gpu, &l.x, &tdy, &l.gamma, &l.beta, &l.mean, &l.invstd, &dx, &dgamma, &dbeta,
             &l.scratch, &bn, accumulate,
@@ -188,24 +152,12 @@ fn check_one(
             &bn,
             accumulate,
         );
-        let what = format!("{what} accumulate={accumulate}");
-        assert_close(&format!("dx {what}"), &read(gpu, &dx), &want.dx, tol, tol);
+        let acc = format!("accumulate={accumulate}");
+        k.expect(&format!("dx {acc}"), &dx, &want.dx, t);
         // Sums over all rows: the bound grows with the row count.
-        let sum_tol = tol * (rows as f64).sqrt();
-        assert_close(
-            &format!("dgamma {what}"),
-            &read(gpu, &dgamma),
-            &want.dgamma,
-            sum_tol,
-            tol,
-        );
-        assert_close(
-            &format!("dbeta {what}"),
-            &read(gpu, &dbeta),
-            &want.dbeta,
-            sum_tol,
-            tol,
-        );
+        let sum_tol = Tol::new(tol * (rows as f64).sqrt(), tol);
+        k.expect(&format!("dgamma {acc}"), &dgamma, &want.dgamma, sum_tol);
+        k.expect(&format!("dbeta {acc}"), &dbeta, &want.dbeta, sum_tol);
     }
 
     batchnorm::forward_eval(
@@ -228,14 +180,13 @@ fn check_one(
         &running_var,
         &bn,
     );
-    assert_close(&format!("eval y {what}"), &read(gpu, &l.y), &want, tol, tol);
-    arena.reset();
+    k.expect("eval y", &l.y, &want, t);
+    k.finish();
 }
 
 #[test]
 fn small_and_nhwc_shapes_match_reference() {
     for gpu in gpus() {
-        let mut arena = Arena::for_gpu("test", &gpu);
         let cases: &[(&[usize], &[usize])] = &[
             (&[1, 1], &[1]),
             (&[3, 5], &[1, 3]),
@@ -254,7 +205,7 @@ fn small_and_nhwc_shapes_match_reference() {
             let (rows, cols) = Shape::new(dims).rows_cols();
             let h = host(rows, cols, 100 * seed as u64);
             for &g in groups {
-                check(&gpu, &mut arena, dims, g, &h, 1e-4);
+                check(&gpu, dims, g, &h, 1e-4);
             }
         }
     }
@@ -264,11 +215,10 @@ fn small_and_nhwc_shapes_match_reference() {
 fn large_batch_reduction_matches_reference() {
     // A ResNet stage-1 activation at batch 32: 25088 rows of 32 channels, many chunks per group.
     for gpu in gpus() {
-        let mut arena = Arena::for_gpu("test", &gpu);
         let dims = [32, 28, 28, 32];
         let h = host(32 * 28 * 28, 32, 7);
         for groups in [1, 4] {
-            check(&gpu, &mut arena, &dims, groups, &h, 2e-4);
+            check(&gpu, &dims, groups, &h, 2e-4);
         }
     }
 }
@@ -277,14 +227,13 @@ fn large_batch_reduction_matches_reference() {
 fn variance_is_sound_for_large_means() {
     // x = 100 + 0.1·u: E[x²] - E[x]² in f32 would lose most of the variance (1e4 vs 3e-3).
     for gpu in gpus() {
-        let mut arena = Arena::for_gpu("test", &gpu);
         for (rows, cols) in [(3000, 2), (3000, 8)] {
             let mut h = host(rows, cols, 21);
             h.x = rand_vec(rows * cols, 22)
                 .iter()
                 .map(|v| 100.0 + 0.1 * v)
                 .collect();
-            check(&gpu, &mut arena, &[rows, cols], 1, &h, 2e-3);
+            check(&gpu, &[rows, cols], 1, &h, 2e-3);
         }
     }
 }
@@ -292,32 +241,31 @@ fn variance_is_sound_for_large_means() {
 #[test]
 fn constant_column_gives_finite_results() {
     let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
     for cols in [3, 4] {
         let rows = 300;
         let mut h = host(rows, cols, 31);
         for r in 0..rows {
             h.x[r * cols + 1] = 3.25;
         }
-        check(&gpu, &mut arena, &[rows, cols], 1, &h, 1e-4);
-        check(&gpu, &mut arena, &[rows, cols], 2, &h, 1e-4);
-        let l = upload(&gpu, &mut arena, &[rows, cols], 1, &h);
+        check(&gpu, &[rows, cols], 1, &h, 1e-4);
+        check(&gpu, &[rows, cols], 2, &h, 1e-4);
+        let mut k = Harness::new(&gpu, format!("constant column of {cols}"));
+        let l = upload(&mut k, &[rows, cols], 1, &h);
         train(&gpu, &l, &BatchNorm::default());
-        let y = read(&gpu, &l.y);
+        let y = k.read(&l.y);
         assert!(y.iter().all(|v| v.is_finite()));
         assert_eq!(
             y[cols + 1],
             h.beta[1],
             "a constant column normalises to beta"
         );
-        arena.reset();
     }
 }
 
 #[test]
 fn running_stats_follow_momentum_and_eval_uses_them() {
     let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut k = Harness::new(&gpu, "momentum 0.25, two groups");
     let (rows, cols) = (64, 5);
     let h = host(rows, cols, 41);
     let bn = BatchNorm {
@@ -325,10 +273,10 @@ fn running_stats_follow_momentum_and_eval_uses_them() {
         groups: 2,
         ..BatchNorm::default()
     };
-    let l = upload(&gpu, &mut arena, &[rows, cols], 2, &h);
+    let l = upload(&mut k, &[rows, cols], 2, &h);
     train(&gpu, &l, &bn);
-    let running_mean = read(&gpu, &l.running_mean);
-    let running_var = read(&gpu, &l.running_var);
+    let running_mean = k.read(&l.running_mean);
+    let running_var = k.read(&l.running_var);
     // The momentum rule written out: average of the two half-batches' mean and unbiased variance.
     let n = rows / 2;
     for c in 0..cols {
@@ -343,13 +291,18 @@ fn running_stats_follow_momentum_and_eval_uses_them() {
         }
         let want_m = 0.75 * h.running_mean[c] as f64 + 0.25 * bm;
         let want_v = 0.75 * h.running_var[c] as f64 + 0.25 * bv;
-        assert!(
-            (running_mean[c] as f64 - want_m).abs() < 1e-5,
-            "running mean {c}"
+        let abs = Tol::new(1e-5, 0.0);
+        k.expect_values(
+            &format!("running mean {c}"),
+            &running_mean[c..=c],
+            &[want_m],
+            abs,
         );
-        assert!(
-            (running_var[c] as f64 - want_v).abs() < 1e-5,
-            "running var {c}"
+        k.expect_values(
+            &format!("running var {c}"),
+            &running_var[c..=c],
+            &[want_v],
+            abs,
         );
     }
     batchnorm::forward_eval(
@@ -363,7 +316,7 @@ fn running_stats_follow_momentum_and_eval_uses_them() {
         &bn,
     )
     .unwrap();
-    let got = read(&gpu, &l.y);
+    let got = k.read(&l.y);
     let want = batchnorm::reference_forward_eval(
         &h.x,
         cols,
@@ -373,20 +326,21 @@ fn running_stats_follow_momentum_and_eval_uses_them() {
         &running_var,
         &bn,
     );
-    assert_close("eval", &got, &want, 1e-5, 1e-5);
+    k.expect_values("eval", &got, &want, Tol::new(1e-5, 1e-5));
     let with_batch_stats = train_reference(&h, cols, &bn);
     assert!(
         contrastive::kernels::check_close(&got, &with_batch_stats.y, 1e-2, 0.0).is_err(),
         "eval output equals the train output: running statistics were not used"
     );
+    k.finish();
 }
 
 #[test]
 fn bad_groups_shapes_and_scratch_are_errors() {
     let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut k = Harness::new(&gpu, "errors");
     let h = host(6, 4, 51);
-    let l = upload(&gpu, &mut arena, &[6, 4], 1, &h);
+    let l = upload(&mut k, &[6, 4], 1, &h);
     let call = |bn: &BatchNorm, gamma: &Tensor, scratch: &Tensor| {
         batchnorm::forward_train(
             &gpu,
@@ -411,13 +365,13 @@ fn bad_groups_shapes_and_scratch_are_errors() {
         assert!(matches!(err, Error::Config(_)), "groups={groups}: {err}");
     }
     let bn = BatchNorm::default();
-    let short_gamma = arena.tensor(&gpu, [3]).unwrap();
+    let short_gamma = k.output([3]);
     let err = call(&bn, &short_gamma, &l.scratch).unwrap_err().to_string();
     assert!(
         err.contains("gamma") && err.contains("[3]") && err.contains("[6, 4]"),
         "{err}"
     );
-    let small = arena.tensor(&gpu, [2]).unwrap();
+    let small = k.output([2]);
     let err = call(&bn, &l.gamma, &small).unwrap_err().to_string();
     assert!(err.contains("scratch"), "{err}");
     // Two groups need [2, 4] saved statistics, not [1, 4].

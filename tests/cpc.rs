@@ -13,25 +13,23 @@ use contrastive::{Arena, Result};
 
 #[test]
 fn scores_match_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("cpc", &gpu);
-    for (i, &(b, t, d, k)) in [(1, 2, 1, 1), (3, 5, 7, 2), (5, 9, 16, 4), (2, 13, 3, 12)]
-        .iter()
-        .enumerate()
-    {
-        let z = rand_vec(b * t * d, 7 + i as u64);
-        let p = rand_vec(b * t * k * d, 70 + i as u64);
-        arena.reset();
-        let zt = arena.upload(&gpu, [b, t, d], &z).unwrap();
-        let pt = arena.upload(&gpu, [b, t, k * d], &p).unwrap();
-        let o = Offsets::of(&zt, &pt, k).unwrap();
-        assert_eq!(o.rows(), (1..=k).map(|kk| (t - kk) * b).sum::<usize>());
-        let logits = arena.tensor(&gpu, [o.rows(), b]).unwrap();
-        cpc::scores(&gpu, &zt, &pt, &logits, &o).unwrap();
-        let got = gpu.read(logits.region).unwrap();
-        let want = cpc::scores_reference(&z, &p, &o);
-        assert_close(&format!("B{b} T{t} D{d} K{k}"), &got, &want, 1e-5, 1e-5);
-    }
+    let shapes = [(1, 2, 1, 1), (3, 5, 7, 2), (5, 9, 16, 4), (2, 13, 3, 12)];
+    for_cases(
+        &gpu(),
+        shapes.into_iter().enumerate(),
+        |h, (i, (b, t, d, k))| {
+            let z = rand_vec(b * t * d, 7 + i as u64);
+            let p = rand_vec(b * t * k * d, 70 + i as u64);
+            let zt = h.upload([b, t, d], &z);
+            let pt = h.upload([b, t, k * d], &p);
+            let o = Offsets::of(&zt, &pt, k).unwrap();
+            assert_eq!(o.rows(), (1..=k).map(|kk| (t - kk) * b).sum::<usize>());
+            let logits = h.output([o.rows(), b]);
+            cpc::scores(h.gpu, &zt, &pt, &logits, &o).unwrap();
+            let want = cpc::scores_reference(&z, &p, &o);
+            h.expect("scores", &logits, &want, Tol::new(1e-5, 1e-5));
+        },
+    );
 }
 
 #[test]
@@ -121,7 +119,7 @@ fn every_offset_is_counted_and_softmax_is_over_candidates() {
     let (rows, hits) = (g.value(rows), g.value(hits));
     let stats = g.arena.tensor(&gpu, [2 + 2 * k]).unwrap();
     cpc::offset_stats(&gpu, &rows, &hits, &stats, &o).unwrap();
-    let s = gpu.read(stats.region).unwrap();
+    let s: Vec<f32> = gpu.read(stats.region).unwrap();
     // Softmax over the 6 candidates: right = −ln(e⁵ / (e⁵ + 5)), wrong = −ln(1 / (e⁵ + 5)).
     let e5 = 5f64.exp();
     let right = -(e5 / (e5 + 5.0)).ln();
@@ -136,35 +134,28 @@ fn every_offset_is_counted_and_softmax_is_over_candidates() {
         wrong,
         0.0,
     ];
-    assert_close("offset statistics", &s, &want, 1e-5, 1e-5);
+    let h = Harness::new(&gpu, "offsets 1 right, 2 wrong");
+    h.expect_values("statistics", &s, &want, Tol::new(1e-5, 1e-5));
+    h.finish();
 }
 
 #[test]
 fn patch_grid_matches_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("cpc", &gpu);
-    for &(dims, size, stride) in &[
+    let cases = [
         ([2, 28, 28, 1], 8, 4),
         ([1, 9, 7, 3], 3, 2),
         ([3, 5, 5, 2], 5, 1),
-    ] {
+    ];
+    for_cases(&gpu(), cases, |h, (dims, size, stride)| {
         let grid = PatchGrid { size, stride };
-        let n: usize = dims.iter().product();
-        let x = rand_vec(n, 3);
-        arena.reset();
-        let xt = arena.upload(&gpu, dims, &x).unwrap();
+        let x = rand_vec(dims.iter().product(), 3);
+        let xt = h.upload(dims, &x);
         let (gh, gw) = grid.grid(dims[1], dims[2]).unwrap();
-        let out = arena
-            .tensor(&gpu, [dims[0] * gh * gw, size, size, dims[3]])
-            .unwrap();
-        cpc::patches(&gpu, &xt, &out, &grid).unwrap();
-        let got = gpu.read(out.region).unwrap();
-        let want: Vec<f64> = cpc::patches_reference(&x, dims, &grid)
-            .iter()
-            .map(|&v| v as f64)
-            .collect();
-        assert_close(&format!("patches {dims:?}"), &got, &want, 0.0, 0.0);
-    }
+        let out = h.output([dims[0] * gh * gw, size, size, dims[3]]);
+        cpc::patches(h.gpu, &xt, &out, &grid).unwrap();
+        let want = f64s(&cpc::patches_reference(&x, dims, &grid));
+        h.expect("patches", &out, &want, Tol::EXACT);
+    });
     let e = PatchGrid { size: 9, stride: 1 }
         .grid(8, 8)
         .unwrap_err()

@@ -20,51 +20,47 @@ const MAPS: [Map; 7] = [
     Map::Relu,
 ];
 
+const BROADCASTS: [Broadcast; 4] = [
+    Broadcast::Full,
+    Broadcast::Row,
+    Broadcast::Col,
+    Broadcast::Scalar,
+];
+
 #[test]
 fn every_map_and_broadcast_matches_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
     // (8, 12) and (129, 64) take the vec4 path for every broadcast (a scalar b, or the 129-long
     // column, bound padded to whole vec4s); the rest the scalar one.
-    for &(rows, cols) in &[(1, 1), (1, 3), (17, 31), (129, 64), (3, 257), (8, 12)] {
-        for (bi, bcast) in [
-            Broadcast::Full,
-            Broadcast::Row,
-            Broadcast::Col,
-            Broadcast::Scalar,
-        ]
+    let shapes = [(1, 1), (1, 3), (17, 31), (129, 64), (3, 257), (8, 12)];
+    let cases = shapes
         .into_iter()
-        .enumerate()
-        {
-            let blen = match bcast {
-                Broadcast::Full => rows * cols,
-                Broadcast::Row => cols,
-                Broadcast::Col => rows,
-                Broadcast::Scalar => 1,
-            };
-            let a = rand_vec(rows * cols, 1 + bi as u64);
-            let b = rand_vec(blen, 2 + bi as u64);
-            let prev = rand_vec(rows * cols, 3);
-            let ta = arena.upload(&gpu, [rows, cols], &a).unwrap();
-            let tb = arena.upload(&gpu, [blen], &b).unwrap();
-            for m in MAPS {
-                for acc in [false, true] {
-                    let out = arena.upload(&gpu, [rows, cols], &prev).unwrap();
-                    elementwise::map(&gpu, m, &ta, &tb, bcast, &out, acc).unwrap();
-                    let got: Vec<f32> = gpu.read(out.region).unwrap();
-                    let want = elementwise::reference(m, &a, &b, bcast, cols, &prev, acc);
-                    assert_close(
-                        &format!("{m:?} {bcast:?} {rows}x{cols} acc={acc}"),
-                        &got,
-                        &want,
-                        1e-6,
-                        1e-6,
-                    );
-                }
+        .flat_map(|s| BROADCASTS.into_iter().enumerate().map(move |b| (s, b)));
+    for_cases(&gpu(), cases, |h, ((rows, cols), (bi, bcast))| {
+        let blen = match bcast {
+            Broadcast::Full => rows * cols,
+            Broadcast::Row => cols,
+            Broadcast::Col => rows,
+            Broadcast::Scalar => 1,
+        };
+        let a = rand_vec(rows * cols, 1 + bi as u64);
+        let b = rand_vec(blen, 2 + bi as u64);
+        let prev = rand_vec(rows * cols, 3);
+        let ta = h.upload([rows, cols], &a);
+        let tb = h.upload([blen], &b);
+        for m in MAPS {
+            for acc in [false, true] {
+                let out = h.upload([rows, cols], &prev);
+                elementwise::map(h.gpu, m, &ta, &tb, bcast, &out, acc).unwrap();
+                let want = elementwise::reference(m, &a, &b, bcast, cols, &prev, acc);
+                h.expect(
+                    &format!("{m:?} acc={acc}"),
+                    &out,
+                    &want,
+                    Tol::new(1e-6, 1e-6),
+                );
             }
-            arena.reset();
         }
-    }
+    });
 }
 
 #[test]
@@ -117,35 +113,30 @@ fn broadcast_shape_mismatch_is_an_error_naming_the_shapes() {
 
 #[test]
 fn column_block_copy_both_ways() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    for &(rows, c, wide, col0) in &[(1, 1, 1, 0), (3, 1, 5, 0), (17, 4, 31, 27), (5, 30, 31, 1)] {
+    let cases = [(1, 1, 1, 0), (3, 1, 5, 0), (17, 4, 31, 27), (5, 30, 31, 1)];
+    for_cases(&gpu(), cases, |h, (rows, c, wide, col0)| {
         let a = rand_vec(rows * c, 1);
         let b = rand_vec(rows * wide, 2);
-        let ta = arena.upload(&gpu, [rows, c], &a).unwrap();
-        let tb = arena.upload(&gpu, [rows, wide], &b).unwrap();
-        elementwise::copy_cols(&gpu, &ta, &tb, col0, Direction::IntoWide, true).unwrap();
-        let got: Vec<f32> = gpu.read(tb.region).unwrap();
-        for r in 0..rows {
-            for j in 0..wide {
+        let ta = h.upload([rows, c], &a);
+        let tb = h.upload([rows, wide], &b);
+        elementwise::copy_cols(h.gpu, &ta, &tb, col0, Direction::IntoWide, true).unwrap();
+        // Sums in f32, as the kernel adds: the copy must be exact.
+        let wide_want: Vec<f32> = (0..rows * wide)
+            .map(|i| {
+                let (r, j) = (i / wide, i % wide);
                 let inside = (col0..col0 + c).contains(&j);
-                let want = b[r * wide + j] + if inside { a[r * c + j - col0] } else { 0.0 };
-                assert_eq!(
-                    got[r * wide + j],
-                    want,
-                    "into wide {rows}x{wide} at ({r},{j})"
-                );
-            }
-        }
-        elementwise::copy_cols(&gpu, &ta, &tb, col0, Direction::FromWide, false).unwrap();
-        let back: Vec<f32> = gpu.read(ta.region).unwrap();
-        for r in 0..rows {
-            for j in 0..c {
-                assert_eq!(back[r * c + j], got[r * wide + col0 + j]);
-            }
-        }
-        arena.reset();
-    }
+                b[i] + if inside { a[r * c + j - col0] } else { 0.0 }
+            })
+            .collect();
+        h.expect("into wide", &tb, &f64s(&wide_want), Tol::EXACT);
+        elementwise::copy_cols(h.gpu, &ta, &tb, col0, Direction::FromWide, false).unwrap();
+        let block: Vec<f32> = (0..rows * c)
+            .map(|i| wide_want[(i / c) * wide + col0 + i % c])
+            .collect();
+        h.expect("from wide", &ta, &f64s(&block), Tol::EXACT);
+    });
+    let gpu = gpu();
+    let mut arena = Arena::for_gpu("test", &gpu);
     let a = arena.tensor(&gpu, [2, 3]).unwrap();
     let b = arena.tensor(&gpu, [2, 4]).unwrap();
     assert!(elementwise::copy_cols(&gpu, &a, &b, 2, Direction::IntoWide, false).is_err());

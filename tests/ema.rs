@@ -6,28 +6,21 @@ use contrastive::{Arena, Error};
 
 #[test]
 fn matches_reference_on_awkward_lengths() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    for n in [1, 3, 4, 17, 1001, 65_537, 1_000_003] {
+    let lengths = [1, 3, 4, 17, 1001, 65_537, 1_000_003];
+    for_cases(&gpu(), lengths, |h, n| {
         let t = rand_vec(n, n as u64);
         let s = rand_vec(n, n as u64 + 1);
         for m in [0.999, 0.99, 0.5, 0.3] {
-            let tt = arena.upload(&gpu, [n], &t).unwrap();
-            let ts = arena.upload(&gpu, [n], &s).unwrap();
-            ema::ema(&gpu, tt.region, ts.region, m).unwrap();
-            let got: Vec<f32> = gpu.read(tt.region).unwrap();
-            assert_close(
-                &format!("n={n} m={m}"),
-                &got,
-                &ema::reference(&t, &s, m),
-                1e-7,
-                1e-6,
-            );
+            let tt = h.upload([n], &t);
+            let ts = h.upload([n], &s);
+            ema::ema(h.gpu, tt.region, ts.region, m).unwrap();
+            let want = ema::reference(&t, &s, m);
+            h.expect(&format!("m={m}"), &tt, &want, Tol::new(1e-7, 1e-6));
             // The source is only read.
-            assert_eq!(gpu.read::<f32>(ts.region).unwrap(), s, "n={n} source");
-            arena.reset();
+            h.expect(&format!("m={m} source"), &ts, &f64s(&s), Tol::EXACT);
+            h.arena.reset();
         }
-    }
+    });
 }
 
 #[test]

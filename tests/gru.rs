@@ -10,37 +10,35 @@ use contrastive::Arena;
 
 #[test]
 fn forward_matches_reference_on_awkward_shapes() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("gru", &gpu);
     // (B, T, H): batch 1, one step, hidden sizes that are not multiples of anything.
-    for (i, &(b, t, h)) in [(1, 1, 1), (1, 5, 3), (3, 7, 17), (5, 2, 64), (2, 13, 33)]
-        .iter()
-        .enumerate()
-    {
-        let seed = 100 + 3 * i as u64;
-        // Large inputs saturate the gates: tanh and σ must stay finite there.
-        let gx: Vec<f32> = rand_vec(b * t * 3 * h, seed)
-            .iter()
-            .map(|v| v * 4.0)
-            .collect();
-        let w: Vec<f32> = rand_vec(3 * h * h, seed + 1)
-            .iter()
-            .map(|v| v / (h as f32).sqrt())
-            .collect();
-        let bias = rand_vec(3 * h, seed + 2);
-        arena.reset();
-        let gxt = arena.upload(&gpu, [b, t, 3 * h], &gx).unwrap();
-        let wt = arena.upload(&gpu, [3 * h, h], &w).unwrap();
-        let bt = arena.upload(&gpu, [3 * h], &bias).unwrap();
-        let out = arena.tensor(&gpu, [b, t, h]).unwrap();
-        let hprev = arena.tensor(&gpu, [b * t, h]).unwrap();
-        let gates = arena.tensor(&gpu, [b * t, 4 * h]).unwrap();
-        let scratch = gru::forward_scratch(b, h).map(|s| arena.tensor(&gpu, s).unwrap());
-        gru::forward(&gpu, &gxt, &wt, &bt, &out, &hprev, &gates, &scratch).unwrap();
-        let got = gpu.read(out.region).unwrap();
-        let want = gru::reference(&gx, &w, &bias, b, t, h);
-        assert_close(&format!("gru B{b} T{t} H{h}"), &got, &want, 1e-5, 1e-4);
-    }
+    let shapes = [(1, 1, 1), (1, 5, 3), (3, 7, 17), (5, 2, 64), (2, 13, 33)];
+    for_cases(
+        &gpu(),
+        shapes.into_iter().enumerate(),
+        |h, (i, (b, t, hid))| {
+            let seed = 100 + 3 * i as u64;
+            // Large inputs saturate the gates: tanh and σ must stay finite there.
+            let gx: Vec<f32> = rand_vec(b * t * 3 * hid, seed)
+                .iter()
+                .map(|v| v * 4.0)
+                .collect();
+            let w: Vec<f32> = rand_vec(3 * hid * hid, seed + 1)
+                .iter()
+                .map(|v| v / (hid as f32).sqrt())
+                .collect();
+            let bias = rand_vec(3 * hid, seed + 2);
+            let gxt = h.upload([b, t, 3 * hid], &gx);
+            let wt = h.upload([3 * hid, hid], &w);
+            let bt = h.upload([3 * hid], &bias);
+            let out = h.output([b, t, hid]);
+            let hprev = h.output([b * t, hid]);
+            let gates = h.output([b * t, 4 * hid]);
+            let scratch = gru::forward_scratch(b, hid).map(|s| h.output(s));
+            gru::forward(h.gpu, &gxt, &wt, &bt, &out, &hprev, &gates, &scratch).unwrap();
+            let want = gru::reference(&gx, &w, &bias, b, t, hid);
+            h.expect("states", &out, &want, Tol::new(1e-5, 1e-4));
+        },
+    );
 }
 
 #[test]

@@ -20,79 +20,52 @@ const SHAPES: [(usize, usize); 10] = [
 
 #[test]
 fn forward_matches_reference() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    for (rows, cols) in SHAPES {
+    for_cases(&gpu(), SHAPES, |h, (rows, cols)| {
         let x: Vec<f32> = rand_vec(rows * cols, rows as u64)
             .iter()
             .map(|v| v * 3.0)
             .collect();
-        let tx = arena.upload(&gpu, [rows, cols], &x).unwrap();
-        let y = arena.tensor(&gpu, [rows, cols]).unwrap();
-        let norms = arena.tensor(&gpu, [rows]).unwrap();
-        l2norm::l2norm_forward(&gpu, &tx, &y, &norms).unwrap();
+        let tx = h.upload([rows, cols], &x);
+        let y = h.output([rows, cols]);
+        let norms = h.output([rows]);
+        l2norm::l2norm_forward(h.gpu, &tx, &y, &norms).unwrap();
         let (wy, wn) = l2norm::reference_forward(&x, rows, cols);
-        let what = format!("{rows}x{cols}");
-        assert_close(&what, &gpu.read::<f32>(y.region).unwrap(), &wy, 1e-6, 1e-5);
-        assert_close(
-            &what,
-            &gpu.read::<f32>(norms.region).unwrap(),
-            &wn,
-            0.0,
-            1e-5,
-        );
-        arena.reset();
-    }
+        h.expect("y", &y, &wy, Tol::new(1e-6, 1e-5));
+        h.expect("norms", &norms, &wn, Tol::new(0.0, 1e-5));
+    });
 }
 
 #[test]
 fn forward_in_place() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    let (rows, cols) = (17, 129);
-    let x = rand_vec(rows * cols, 8);
-    let tx = arena.upload(&gpu, [rows, cols], &x).unwrap();
-    let norms = arena.tensor(&gpu, [rows]).unwrap();
-    l2norm::l2norm_forward(&gpu, &tx, &tx, &norms).unwrap();
-    let (wy, _) = l2norm::reference_forward(&x, rows, cols);
-    assert_close(
-        "in place",
-        &gpu.read::<f32>(tx.region).unwrap(),
-        &wy,
-        1e-6,
-        1e-5,
-    );
+    for_cases(&gpu(), [(17, 129)], |h, (rows, cols)| {
+        let x = rand_vec(rows * cols, 8);
+        let tx = h.upload([rows, cols], &x);
+        let norms = h.output([rows]);
+        l2norm::l2norm_forward(h.gpu, &tx, &tx, &norms).unwrap();
+        let (wy, _) = l2norm::reference_forward(&x, rows, cols);
+        h.expect("in place", &tx, &wy, Tol::new(1e-6, 1e-5));
+    });
 }
 
 #[test]
 fn backward_matches_reference_and_accumulates() {
-    let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
-    for (rows, cols) in SHAPES {
+    for_cases(&gpu(), SHAPES, |h, (rows, cols)| {
         let x = rand_vec(rows * cols, 11 + rows as u64);
         let dy = rand_vec(rows * cols, 12);
         let prev = rand_vec(rows * cols, 13);
-        let tx = arena.upload(&gpu, [rows, cols], &x).unwrap();
-        let y = arena.tensor(&gpu, [rows, cols]).unwrap();
-        let norms = arena.tensor(&gpu, [rows]).unwrap();
-        let tdy = arena.upload(&gpu, [rows, cols], &dy).unwrap();
-        l2norm::l2norm_forward(&gpu, &tx, &y, &norms).unwrap();
-        let hy: Vec<f32> = gpu.read(y.region).unwrap();
-        let hn: Vec<f32> = gpu.read(norms.region).unwrap();
+        let tx = h.upload([rows, cols], &x);
+        let y = h.output([rows, cols]);
+        let norms = h.output([rows]);
+        let tdy = h.upload([rows, cols], &dy);
+        l2norm::l2norm_forward(h.gpu, &tx, &y, &norms).unwrap();
+        let (hy, hn) = (h.read(&y), h.read(&norms));
         for acc in [false, true] {
-            let dx = arena.upload(&gpu, [rows, cols], &prev).unwrap();
-            l2norm::l2norm_backward(&gpu, &y, &norms, &tdy, &dx, acc).unwrap();
+            let dx = h.upload([rows, cols], &prev);
+            l2norm::l2norm_backward(h.gpu, &y, &norms, &tdy, &dx, acc).unwrap();
             let want = l2norm::reference_backward(&hy, &hn, &dy, &prev, cols, acc);
-            assert_close(
-                &format!("{rows}x{cols} acc={acc}"),
-                &gpu.read::<f32>(dx.region).unwrap(),
-                &want,
-                1e-5,
-                1e-4,
-            );
+            h.expect(&format!("acc={acc}"), &dx, &want, Tol::new(1e-5, 1e-4));
         }
-        arena.reset();
-    }
+    });
 }
 
 #[test]

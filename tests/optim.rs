@@ -29,46 +29,46 @@ const ADAMW: Optimizer = Optimizer::Adam {
 /// reference; every step must be exactly one dispatch.
 fn three_steps(opt: Optimizer, wd: f32, n: usize) {
     let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut h = Harness::new(&gpu, format!("{opt:?} wd={wd} n={n}"));
     let p0 = rand_vec(n, 1);
     // Half the elements (think BN parameters and biases) are excluded from weight decay.
     let mask: Vec<f32> = (0..n).map(|i| ((i / 7) % 2) as f32).collect();
     // Garbage in the state buffers: step 1 must not read them.
     let junk = rand_vec(n, 2);
-    let params = arena.upload(&gpu, [n], &p0).unwrap().region;
-    let grads = arena.tensor(&gpu, [n]).unwrap().region;
-    let state1 = arena.upload(&gpu, [n], &junk).unwrap().region;
-    let state2 = arena.upload(&gpu, [n], &junk).unwrap().region;
-    let tmask = arena.upload(&gpu, [n], &mask).unwrap().region;
-    let mut want: Vec<f64> = p0.iter().map(|&v| v as f64).collect();
+    let params = h.upload([n], &p0);
+    let grads = h.output([n]);
+    let state1 = h.upload([n], &junk);
+    let state2 = h.upload([n], &junk);
+    let tmask = h.upload([n], &mask);
+    let mut want = f64s(&p0);
     let (mut s1, mut s2) = (vec![0.0; n], vec![0.0; n]);
     for t in 1..=3u32 {
         let lr = 0.1 / t as f32;
         let g = rand_vec(n, 10 + t as u64);
-        gpu.upload(grads, &g).unwrap();
+        gpu.upload(grads.region, &g).unwrap();
         let before = gpu.counters();
-        optim::step(
-            &gpu, &opt, params, grads, state1, state2, tmask, lr, wd, t, None,
-        )
-        .unwrap();
+        let [p, gr, a, b, m] = [params, grads, state1, state2, tmask].map(|t| t.region);
+        optim::step(&gpu, &opt, p, gr, a, b, m, lr, wd, t, None).unwrap();
         gpu.flush().unwrap();
         assert_eq!((gpu.counters() - before).dispatches, 1, "{opt:?} step {t}");
         optim::reference_step(&opt, &mut want, &g, &mut s1, &mut s2, &mask, lr, wd, t);
-        let got: Vec<f32> = gpu.read(params).unwrap();
-        assert_close(
-            &format!("{opt:?} wd={wd} n={n} step {t}"),
-            &got,
-            &want,
-            1e-5,
-            1e-5,
+        h.expect(&format!("step {t}"), &params, &want, Tol::new(1e-5, 1e-5));
+        h.expect(
+            &format!("state1 step {t}"),
+            &state1,
+            &s1,
+            Tol::new(1e-5, 1e-5),
         );
-        let got1: Vec<f32> = gpu.read(state1).unwrap();
-        assert_close(&format!("{opt:?} state1 step {t}"), &got1, &s1, 1e-5, 1e-5);
         if matches!(opt, Optimizer::Adam { .. }) {
-            let got2: Vec<f32> = gpu.read(state2).unwrap();
-            assert_close(&format!("{opt:?} state2 step {t}"), &got2, &s2, 1e-7, 1e-5);
+            h.expect(
+                &format!("state2 step {t}"),
+                &state2,
+                &s2,
+                Tol::new(1e-7, 1e-5),
+            );
         }
     }
+    h.finish();
 }
 
 #[test]

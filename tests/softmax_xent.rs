@@ -2,7 +2,7 @@ mod common;
 
 use common::*;
 use contrastive::kernels::softmax_xent::{self, Xent};
-use contrastive::{Arena, Error, Gpu, Shape, Tensor};
+use contrastive::{Arena, Error, Gpu, Tensor};
 use rand::{Rng, SeedableRng};
 
 struct Out {
@@ -11,27 +11,18 @@ struct Out {
     correct: Vec<f32>,
 }
 
-fn upload_targets(gpu: &Gpu, arena: &mut Arena, targets: &[u32]) -> Tensor {
-    let region = arena.alloc(gpu, targets.len()).unwrap();
-    gpu.upload(region, targets).unwrap();
-    Tensor {
-        region,
-        shape: Shape::new(&[targets.len()]),
-    }
-}
-
 fn run(gpu: &Gpu, logits: &[f32], targets: &[u32], n: usize, m: usize, spec: &Xent) -> Out {
-    let mut arena = Arena::for_gpu("test", gpu);
-    let tl = arena.upload(gpu, [n, m], logits).unwrap();
-    let tt = upload_targets(gpu, &mut arena, targets);
-    let loss = arena.tensor(gpu, [n]).unwrap();
-    let grad = arena.tensor(gpu, [n, m]).unwrap();
-    let correct = arena.tensor(gpu, [n]).unwrap();
+    let mut h = Harness::new(gpu, format!("{n}x{m}"));
+    let tl = h.upload([n, m], logits);
+    let tt = h.upload_u32([n], targets);
+    let loss = h.output([n]);
+    let grad = h.output([n, m]);
+    let correct = h.output([n]);
     softmax_xent::softmax_xent(gpu, &tl, &tt, spec, &loss, &grad, &correct).unwrap();
     Out {
-        loss: gpu.read(loss.region).unwrap(),
-        grad: gpu.read(grad.region).unwrap(),
-        correct: gpu.read(correct.region).unwrap(),
+        loss: h.read(&loss),
+        grad: h.read(&grad),
+        correct: h.read(&correct),
     }
 }
 
@@ -52,15 +43,11 @@ fn check(gpu: &Gpu, logits: &[f32], targets: &[u32], n: usize, m: usize, spec: &
     let got = run(gpu, logits, targets, n, m, spec);
     let (loss, grad, correct) = softmax_xent::reference(logits, targets, n, m, spec);
     let t_inv = 1.0 / spec.temperature as f64;
-    assert_close(&format!("{what} loss"), &got.loss, &loss, 2e-5, 2e-5);
-    assert_close(
-        &format!("{what} dlogits"),
-        &got.grad,
-        &grad,
-        1e-6 * t_inv,
-        1e-4,
-    );
-    assert_close(&format!("{what} correct"), &got.correct, &correct, 0.0, 0.0);
+    let h = Harness::new(gpu, what);
+    h.expect_values("loss", &got.loss, &loss, Tol::new(2e-5, 2e-5));
+    h.expect_values("dlogits", &got.grad, &grad, Tol::new(1e-6 * t_inv, 1e-4));
+    h.expect_values("correct", &got.correct, &correct, Tol::EXACT);
+    h.finish();
 }
 
 #[test]
@@ -129,8 +116,10 @@ fn huge_logits_stay_finite() {
     let got = run(&gpu, &logits, &targets, n, m, &spec);
     assert!(got.loss.iter().chain(&got.grad).all(|v| v.is_finite()));
     let (loss, grad, _) = softmax_xent::reference(&logits, &targets, n, m, &spec);
-    assert_close("huge loss", &got.loss, &loss, 1e-3, 1e-5);
-    assert_close("huge dlogits", &got.grad, &grad, 1e-4, 1e-4);
+    let h = Harness::new(&gpu, "logits ×1e4");
+    h.expect_values("loss", &got.loss, &loss, Tol::new(1e-3, 1e-5));
+    h.expect_values("dlogits", &got.grad, &grad, Tol::new(1e-4, 1e-4));
+    h.finish();
 }
 
 #[test]
@@ -228,7 +217,7 @@ fn more_rows_than_one_grid_dimension() {
 #[test]
 fn gradient_in_place_and_targets_clamped() {
     let gpu = gpu();
-    let mut arena = Arena::for_gpu("test", &gpu);
+    let mut h = Harness::new(&gpu, "in place");
     let (n, m) = (17, 31);
     let spec = Xent {
         temperature: 0.3,
@@ -237,26 +226,15 @@ fn gradient_in_place_and_targets_clamped() {
     let logits = rand_vec(n * m, 13);
     let mut targets = rand_targets(n, m, false, 13);
     targets[3] = 1000;
-    let tl = arena.upload(&gpu, [n, m], &logits).unwrap();
-    let tt = upload_targets(&gpu, &mut arena, &targets);
-    let loss = arena.tensor(&gpu, [n]).unwrap();
-    let correct = arena.tensor(&gpu, [n]).unwrap();
+    let tl = h.upload([n, m], &logits);
+    let tt = h.upload_u32([n], &targets);
+    let loss = h.output([n]);
+    let correct = h.output([n]);
     softmax_xent::softmax_xent(&gpu, &tl, &tt, &spec, &loss, &tl, &correct).unwrap();
     let (wl, wg, _) = softmax_xent::reference(&logits, &targets, n, m, &spec);
-    assert_close(
-        "loss",
-        &gpu.read::<f32>(loss.region).unwrap(),
-        &wl,
-        2e-5,
-        2e-5,
-    );
-    assert_close(
-        "in place",
-        &gpu.read::<f32>(tl.region).unwrap(),
-        &wg,
-        1e-5,
-        1e-4,
-    );
+    h.expect("loss", &loss, &wl, Tol::new(2e-5, 2e-5));
+    h.expect("dlogits", &tl, &wg, Tol::new(1e-5, 1e-4));
+    h.finish();
     targets[3] = m as u32 - 1;
     let (clamped, _, _) = softmax_xent::reference(&logits, &targets, n, m, &spec);
     assert_eq!(wl[3], clamped[3]);

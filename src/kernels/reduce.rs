@@ -27,11 +27,10 @@ const TILE_COLS: usize = 8;
 ///
 /// On GPUs barriers are cheap and a group per result wins once `len` can occupy it. On CPU
 /// adapters (llvmpipe) a workgroup is a task whose invocations run as SIMD slices, and a shader with
-/// barriers runs each slice as a coroutine. Measured there: reducing the rows of a 50176×64 input
-/// with a workgroup per row is ~25× slower than with an invocation per row, softmax_xent with a
-/// workgroup per row is 1.4–4× slower on every shape tried down to 4×65537, and even a shader
-/// that never reaches its barrier is ~1.5× slower. So there an invocation per result is used as
-/// soon as the results fill one SIMD slice; below that a lone long row would run on one lane.
+/// barriers runs each slice as a coroutine, so a workgroup per result costs more than it saves
+/// there, even for long rows and even when the barrier is never reached. So there an invocation
+/// per result is used as soon as the results fill one SIMD slice; below that a lone long row
+/// would run on one lane.
 pub(crate) fn invocation_per_output(gpu: &Gpu, outputs: usize, len: usize) -> bool {
     len < TREE_LANES || (gpu.kind() == crate::gpu::AdapterKind::Cpu && outputs >= CPU_SIMD_LANES)
 }
