@@ -24,6 +24,7 @@ pub mod methods;
 pub mod nn;
 pub mod optim;
 pub mod report;
+pub mod run;
 pub mod train;
 
 pub use error::{Error, Result};
