@@ -1,8 +1,8 @@
 //! The `contrastive` command line: parses the arguments and hands them to the library
 //! ([`contrastive::run`] for training and evaluation).
 
-use std::process::ExitCode;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 

@@ -298,7 +298,8 @@ impl Ring {
     pub fn save(&self, gpu: &Gpu, ck: &mut Checkpoint, prefix: &str, what: &str) -> Result<()> {
         let name = format!("{prefix}.{what}");
         ck.put_region(gpu, &name, self.rows.region, self.rows.shape.dims())?;
-        ck.meta.insert(format!("{prefix}.ptr"), self.ptr.to_string());
+        ck.meta
+            .insert(format!("{prefix}.ptr"), self.ptr.to_string());
         Ok(())
     }
 

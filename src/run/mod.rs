@@ -294,4 +294,3 @@ pub fn evaluate(path: &Path) -> Result<Evaluation> {
     );
     s.evaluate()
 }
-

@@ -218,7 +218,6 @@ pub enum OptimizerChoice {
     Adamw,
 }
 
-
 /// Parses a method's settings from command-line words, e.g. `["moco", "--steps", "10"]`.
 #[derive(Parser)]
 #[command(no_binary_name = true)]

@@ -47,9 +47,7 @@ impl RunData {
             RunData::Images {
                 split, train, test, ..
             } => EvalData::Images { split, train, test },
-            RunData::Sequences { split, crop, .. } => {
-                EvalData::Sequences { split, crop: *crop }
-            }
+            RunData::Sequences { split, crop, .. } => EvalData::Sequences { split, crop: *crop },
         }
     }
 
@@ -289,4 +287,3 @@ impl Setup {
         eval::evaluate(&self.gpu, &trained, &random, self.data.eval_data())
     }
 }
-

@@ -83,23 +83,21 @@ fn guard_step(
     for &r in grads {
         guard::check_finite(gpu, r, flag, 0, false)?;
     }
-    let extra = loss.extra.map_or(0, |e| e.numel());
-    let stats = g.arena.tensor(gpu, [3 + extra])?;
-    gpu.copy(value, stats.region.slice(0, 1))?;
-    let accuracy = stats.region.slice(1, 1);
-    match loss.accuracy {
-        Some(a) => gpu.copy(a.region, accuracy)?,
+    let accuracy = match loss.accuracy {
+        Some(a) => a,
         // NaN marks it as not applicable (the guard checks the loss and the gradients, never the
         // accuracy).
         None => {
-            let na = Tensor {
-                region: accuracy,
-                shape: [1].into(),
-            };
+            let na = g.arena.tensor(gpu, [1])?;
             let fill = Map::Fill { alpha: f32::NAN };
             elementwise::map(gpu, fill, &na, &na, Broadcast::Full, &na, false)?;
+            na
         }
-    }
+    };
+    let extra = loss.extra.map_or(0, |e| e.numel());
+    let stats = g.arena.tensor(gpu, [3 + extra])?;
+    gpu.copy(value, stats.region.slice(0, 1))?;
+    gpu.copy(accuracy.region, stats.region.slice(1, 1))?;
     gpu.copy(flag, stats.region.slice(2, 1))?;
     if let Some(e) = loss.extra {
         gpu.copy(e.region, stats.region.slice(3, extra))?;
