@@ -243,7 +243,7 @@ fn save_state(
     Ok(ck)
 }
 
-/// A held-out accuracy of the method as it stands (e.g. [`knn_monitor`]), run every
+/// A held-out accuracy of the method as it stands (e.g. [`crate::eval::knn_monitor`]), run every
 /// `cfg.knn_every` steps.
 pub type Monitor<'a> = &'a dyn Fn(&dyn Method) -> Result<f64>;
 
