@@ -545,21 +545,32 @@ fn one_step(
     stats[2].to_bits()
 }
 
-fn assert_same(
-    method: &str,
+/// Runs step 3 of `method`, expects its guard raised (`dry_run`, or a non-finite value), rewinds
+/// it and checks that every state region is as before, bit for bit; returns that state.
+fn skipped_step(
+    gpu: &Gpu,
+    s: &Setup,
+    method: &mut dyn Method,
+    arena: &mut Arena,
     case: &str,
-    after: &[(String, Vec<u32>)],
-    before: &[(String, Vec<u32>)],
-) {
-    assert_eq!(after.len(), before.len(), "{method} {case}");
-    for (a, b) in after.iter().zip(before) {
-        assert_eq!(a.0, b.0, "{method} {case}");
+    dry_run: bool,
+) -> Vec<(String, Vec<u32>)> {
+    let name = method.name();
+    let before = all_state(gpu, method);
+    let flag = one_step(gpu, s, method, arena, 3, dry_run);
+    assert_ne!(flag, 0, "{name} {case}: the guard is raised");
+    rewind(method);
+    let after = all_state(gpu, method);
+    assert_eq!(after.len(), before.len(), "{name} {case}");
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.0, b.0, "{name} {case}");
         assert!(
             a.1 == b.1,
-            "{method} {case}: {} changed in a skipped step",
+            "{name} {case}: {} changed in a skipped step",
             a.0
         );
     }
+    before
 }
 
 /// For every method, a step whose guard is raised — by a dry run, or by a NaN in a parameter,
@@ -581,27 +592,11 @@ fn a_skipped_step_changes_no_state_bit_for_bit_in_every_method() {
             );
         }
 
-        let before = all_state(&gpu, m);
-        assert_ne!(
-            one_step(&gpu, &s, m, &mut arena, 3, true),
-            0,
-            "{name}: dry run"
-        );
-        rewind(m);
-        assert_same(name, "dry run", &all_state(&gpu, m), &before);
-
+        let before = skipped_step(&gpu, &s, m, &mut arena, "dry run", true);
         let first = m.trained()[0].0.values.slice(0, 1);
         let kept: Vec<f32> = gpu.read(first).unwrap();
         gpu.upload(first, &[f32::NAN]).unwrap();
-        let poisoned = all_state(&gpu, m);
-        assert_ne!(
-            one_step(&gpu, &s, m, &mut arena, 3, false),
-            0,
-            "{name}: NaN parameter"
-        );
-        rewind(m);
-        assert_same(name, "NaN parameter", &all_state(&gpu, m), &poisoned);
-
+        skipped_step(&gpu, &s, m, &mut arena, "NaN parameter", false);
         gpu.upload(first, &kept).unwrap();
         assert_eq!(
             one_step(&gpu, &s, m, &mut arena, 3, false),
