@@ -19,6 +19,68 @@ use crate::eval::{self, Evaluation};
 use crate::methods::{Method, Network};
 use crate::train::{self, Checkpointing};
 
+/// With `--resume DIR`: the newest checkpoint of `DIR`, and `cmd` replaced by the settings that
+/// run was started with, except the ones that only steer this invocation (`--stop-after`,
+/// `--quiet`, and `--lr` when given: lower it after a non-finite step).
+fn resume_settings(cmd: &mut Settings) -> Result<Option<Checkpoint>> {
+    let given = cmd.common().clone();
+    Ok(match &given.resume {
+        Some(dir) => {
+            let ck = find_checkpoint(dir)?;
+            let stored = command_of(&ck)?;
+            if stored.name() != cmd.name() {
+                return Err(Error::Config(format!(
+                    "{} holds a {} run; resume it with `contrastive train {} --resume {}`",
+                    dir.display(),
+                    stored.name(),
+                    stored.name(),
+                    dir.display()
+                )));
+            }
+            *cmd = stored;
+            let c = cmd.common_mut();
+            c.out = Some(dir.clone());
+            (c.resume, c.stop_after, c.quiet) =
+                (given.resume.clone(), given.stop_after, given.quiet);
+            if given.lr.is_some() {
+                c.lr = given.lr;
+            }
+            Some(ck)
+        }
+        None => None,
+    })
+}
+
+/// `metrics.jsonl`: one JSON line per step, opened at the first logged step, so that a run that
+/// fails before training leaves no run behind.
+struct Metrics {
+    path: PathBuf,
+    /// Continue the file (a resumed run) instead of starting it afresh.
+    append: bool,
+    file: Option<std::fs::File>,
+}
+
+impl Metrics {
+    fn write(&mut self, line: &train::LogLine) -> Result<()> {
+        let path = &self.path;
+        let file = match &mut self.file {
+            Some(f) => f,
+            None => self.file.insert(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(self.append)
+                    .write(true)
+                    .truncate(!self.append)
+                    .open(path)
+                    .map_err(|e| Error::io(path, e))?,
+            ),
+        };
+        let json = serde_json::to_string(line).expect("log lines serialise");
+        writeln!(file, "{json}").map_err(|e| Error::io(path, e))?;
+        file.flush().map_err(|e| Error::io(path, e))
+    }
+}
+
 /// The newest checkpoint of a run directory, or the file itself.
 fn find_checkpoint(path: &Path) -> Result<Checkpoint> {
     let file = if path.is_dir() {
@@ -67,32 +129,7 @@ pub struct Report {
 /// directory, stops cleanly with a checkpoint when `stop` becomes true, and evaluates the result
 /// into `summary.json`.
 pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
-    let given = cmd.common().clone();
-    let resume = match &given.resume {
-        Some(dir) => {
-            let ck = find_checkpoint(dir)?;
-            let stored = command_of(&ck)?;
-            if stored.name() != cmd.name() {
-                return Err(Error::Config(format!(
-                    "{} holds a {} run; resume it with `contrastive train {} --resume {}`",
-                    dir.display(),
-                    stored.name(),
-                    stored.name(),
-                    dir.display()
-                )));
-            }
-            cmd = stored;
-            let c = cmd.common_mut();
-            c.out = Some(dir.clone());
-            (c.resume, c.stop_after, c.quiet) =
-                (given.resume.clone(), given.stop_after, given.quiet);
-            if given.lr.is_some() {
-                c.lr = given.lr;
-            }
-            Some(ck)
-        }
-        None => None,
-    };
+    let resume = resume_settings(&mut cmd)?;
     let c = cmd.common().clone();
     let out = c
         .out
@@ -150,9 +187,11 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         keep: c.keep,
         meta,
     };
-    let metrics_path = out.join("metrics.jsonl");
-    // Opened at the first logged step, so a run that fails before training leaves no run behind.
-    let mut metrics: Option<std::fs::File> = None;
+    let mut metrics = Metrics {
+        path: out.join("metrics.jsonl"),
+        append: resume.is_some(),
+        file: None,
+    };
     let start = std::time::Instant::now();
     let first = resume
         .as_ref()
@@ -174,21 +213,7 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         resume.as_ref(),
         stop,
         |line| {
-            let json = serde_json::to_string(line).expect("log lines serialise");
-            let file = match &mut metrics {
-                Some(f) => f,
-                None => metrics.insert(
-                    std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(resume.is_some())
-                        .write(true)
-                        .truncate(resume.is_none())
-                        .open(&metrics_path)
-                        .map_err(|e| Error::io(&metrics_path, e))?,
-                ),
-            };
-            writeln!(file, "{json}").map_err(|e| Error::io(&metrics_path, e))?;
-            file.flush().map_err(|e| Error::io(&metrics_path, e))?;
+            metrics.write(line)?;
             crate::report::refresh(&out, line.step).map_err(|e| Error::io(&out, e))?;
             if stop_after.is_some_and(|n| line.step >= n) {
                 stop.store(true, Ordering::SeqCst);
