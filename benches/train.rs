@@ -15,7 +15,7 @@ use std::time::Instant;
 use rand::{Rng, SeedableRng};
 
 use contrastive::data::{self, SequenceData, SequenceSet};
-use contrastive::kernels::augment::{Augment, GpuImages};
+use contrastive::data::{Augment, GpuImages};
 use contrastive::kernels::cpc::PatchGrid;
 use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::{

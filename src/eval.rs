@@ -11,14 +11,13 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autodiff::{Graph, Var};
-use crate::data::SequenceSet;
+use crate::data::{Augment, GpuImages, SequenceSet, SequenceSplit, Split};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
-use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
-use crate::kernels::batchnorm::BatchNorm;
+use crate::kernels::augment::{self, SAMPLE_WORDS};
 use crate::kernels::matmul::{self, Matmul, Trans};
 use crate::memory::{Arena, Tensor};
-use crate::nn::{Encoder, Store};
+use crate::methods::Method;
 
 /// Features with their labels, row-major [len, dim].
 #[derive(Clone, Debug)]
@@ -213,19 +212,6 @@ pub fn mean_frames(set: &SequenceSet, crop: Option<usize>) -> Result<FeatureSet>
     })
 }
 
-/// The pooled global feature of `encoder`, BatchNorm in eval mode.
-pub fn encoder_features<'a>(
-    encoder: &'a Encoder,
-    params: &'a Store,
-    buffers: &'a Store,
-) -> impl Fn(&mut Graph, Var) -> Result<Var> + 'a {
-    move |g, x| {
-        Ok(encoder
-            .forward(g, params, buffers, x, &BatchNorm::default(), false)?
-            .global)
-    }
-}
-
 /// Raw pixels, normalised with the dataset mean and std, as features.
 pub fn pixels(gpu: &Gpu, images: &GpuImages, labels: &[u8]) -> Result<FeatureSet> {
     let dim = images.height * images.width * images.channels;
@@ -243,17 +229,9 @@ pub fn pixels(gpu: &Gpu, images: &GpuImages, labels: &[u8]) -> Result<FeatureSet
     })
 }
 
-/// Divides every row of `data` (rows of `dim`) by its L2 norm (at least 1e-12), on the host.
-pub fn normalize_rows(data: &mut [f32], dim: usize) {
-    for row in data.chunks_mut(dim.max(1)) {
-        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
-        row.iter_mut().for_each(|x| *x /= n);
-    }
-}
-
 fn l2_normalised(f: &FeatureSet) -> Vec<f32> {
     let mut out = f.data.clone();
-    normalize_rows(&mut out, f.dim);
+    crate::nn::normalize_rows(&mut out, f.dim);
     out
 }
 
@@ -454,4 +432,133 @@ pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
         correct += (best == test.labels[i] as usize) as usize;
     }
     correct as f64 / test.len().max(1) as f64
+}
+
+/// Accuracy of one representation under both probes.
+#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ProbeResult {
+    pub knn: f64,
+    pub linear: f64,
+}
+
+/// The evaluation table: trained encoder beside a random one and raw pixels.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Evaluation {
+    pub trained: ProbeResult,
+    pub random: ProbeResult,
+    /// The raw input: pixels, or mean-pooled frames for sequences.
+    pub pixels: ProbeResult,
+    /// What the raw row shows.
+    #[serde(default)]
+    pub raw: String,
+}
+
+impl std::fmt::Display for Evaluation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "{:<22} {:>10} {:>14}",
+            "representation", "kNN (%)", "linear (%)"
+        )?;
+        for (name, r) in [
+            ("trained encoder", self.trained),
+            ("random encoder", self.random),
+            (self.raw.as_str(), self.pixels),
+        ] {
+            writeln!(
+                f,
+                "{name:<22} {:>10.2} {:>14.2}",
+                r.knn * 100.0,
+                r.linear * 100.0
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Probes one feature set pair with kNN and the linear probe.
+pub fn probe(gpu: &Gpu, train: &FeatureSet, test: &FeatureSet) -> Result<ProbeResult> {
+    Ok(ProbeResult {
+        knn: knn(gpu, train, test, 200, 0.1)?,
+        linear: linear_probe(train, test, &Probe::default()),
+    })
+}
+
+/// Features of a batch recorded on an inference graph.
+pub type FeatureFn<'a> = &'a dyn Fn(&mut Graph, Var) -> Result<Var>;
+
+/// The labelled data a representation is probed on: images on the GPU, or sequences on the host
+/// (whole sequences, or with `crop` up to [`CROPS_PER_SEQUENCE`] consecutive crops of that
+/// many frames from each).
+#[derive(Clone, Copy)]
+pub enum EvalData<'a> {
+    Images {
+        split: &'a Split,
+        train: &'a GpuImages,
+        test: &'a GpuImages,
+    },
+    Sequences {
+        split: &'a SequenceSplit,
+        crop: Option<usize>,
+    },
+}
+
+impl EvalData<'_> {
+    /// (train, test) features of a frozen model.
+    fn features(&self, gpu: &Gpu, f: FeatureFn) -> Result<(FeatureSet, FeatureSet)> {
+        Ok(match *self {
+            EvalData::Images { split, train, test } => (
+                features(gpu, f, train, &split.train.labels)?,
+                features(gpu, f, test, &split.test.labels)?,
+            ),
+            EvalData::Sequences { split, crop } => (
+                sequence_features(gpu, f, &split.train, crop)?,
+                sequence_features(gpu, f, &split.test, crop)?,
+            ),
+        })
+    }
+
+    /// The raw input as (train, test) features, and its name: pixels, or the mean frame.
+    fn raw(&self, gpu: &Gpu) -> Result<(FeatureSet, FeatureSet, &'static str)> {
+        Ok(match *self {
+            EvalData::Images { split, train, test } => (
+                pixels(gpu, train, &split.train.labels)?,
+                pixels(gpu, test, &split.test.labels)?,
+                "raw pixels",
+            ),
+            EvalData::Sequences { split, crop } => (
+                mean_frames(&split.train, crop)?,
+                mean_frames(&split.test, crop)?,
+                "raw (mean frame)",
+            ),
+        })
+    }
+}
+
+/// The evaluation table: the trained and the random model's features, and the raw input.
+pub fn evaluate(
+    gpu: &Gpu,
+    trained: FeatureFn,
+    random: FeatureFn,
+    data: EvalData,
+) -> Result<Evaluation> {
+    let mut rows = vec![];
+    for f in [trained, random] {
+        let (train, test) = data.features(gpu, f)?;
+        rows.push(probe(gpu, &train, &test)?);
+    }
+    let (raw_train, raw_test, raw) = data.raw(gpu)?;
+    Ok(Evaluation {
+        trained: rows[0],
+        random: rows[1],
+        pixels: probe(gpu, &raw_train, &raw_test)?,
+        raw: raw.into(),
+    })
+}
+
+/// kNN accuracy of the method's current model on the held-out data.
+pub fn knn_monitor(gpu: &Gpu, method: &dyn Method, data: EvalData) -> Result<f64> {
+    let f = |g: &mut Graph, x: Var| method.features(g, x);
+    let (bank, query) = data.features(gpu, &f)?;
+    knn(gpu, &bank, &query, 200, 0.1)
 }

@@ -6,10 +6,14 @@
 //! - [`kernels`]: the WGSL kernel families, each with its CPU reference;
 //! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker;
 //! - [`nn`] and [`optim`]: parameter stores, layers, the CNN encoder, arena-wide optimisers;
-//! - [`data`]: image and sequence datasets (embedded defaults, IDX, CIFAR-10, `.ts`, WAV);
-//! - [`methods`]: MoCo, Deep InfoMax, two-view invariance and CPC, each one training step;
-//! - [`train`], [`eval`], [`checkpoint`], [`report`]: the shared trainer, the probes beside their
-//!   baselines, resumable safetensors checkpoints, metrics plots and run summaries;
+//! - [`data`]: image and sequence datasets (embedded defaults, IDX, CIFAR-10, `.ts`, WAV), the
+//!   images on the GPU and the augmentation policy;
+//! - [`methods`]: MoCo, Deep InfoMax, two-view invariance and CPC, each its loss and its state;
+//! - [`train`]: the trainer, which owns the step (guard, updates, roll-back) and the loop;
+//! - [`eval`]: features, kNN and the linear probe, beside a random encoder and the raw input;
+//! - [`checkpoint`], [`report`]: resumable safetensors checkpoints, metrics plots and summaries;
+//! - [`run`]: a whole run as the command line makes it — settings and their defaults, the run
+//!   directory, metrics, checkpoint policy, evaluation;
 //! - [`error`]: every failure a user can meet, named.
 
 pub mod autodiff;
@@ -24,6 +28,7 @@ pub mod methods;
 pub mod nn;
 pub mod optim;
 pub mod report;
+pub mod run;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -83,7 +83,7 @@ impl Optim {
     }
 
     /// Records one update of `store` from its gradients, skipped on the GPU when word 0 of `guard`
-    /// is raised (see [`crate::methods::guard_step`]); returns the learning rate used.
+    /// is raised (see [`crate::train::record_step`]); returns the learning rate used.
     pub fn step(&mut self, gpu: &Gpu, store: &Store, guard: Region) -> Result<f32> {
         let grads = store
             .grads

@@ -2,7 +2,8 @@ mod common;
 
 use common::*;
 use contrastive::data::ImageSet;
-use contrastive::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
+use contrastive::data::{Augment, GpuImages};
+use contrastive::kernels::augment::{self, SAMPLE_WORDS};
 use rand::SeedableRng;
 
 fn images(n: usize, h: usize, w: usize, c: usize) -> ImageSet {

@@ -1,5 +1,6 @@
 //! The command line as a user meets it: exact resume, interruption safety, and clear errors (exit
-//! code ≠ 0, nothing overwritten) for impossible settings and bad files.
+//! code ≠ 0, nothing overwritten) for impossible settings and bad files; the library's run is the
+//! command line's.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -150,6 +151,24 @@ fn resumed_run_matches_an_uninterrupted_one_bit_for_bit() {
     // Only the newest checkpoints are kept.
     assert!(checkpoint::list(&a).len() <= 3);
     assert!(a.join("training.png").exists() && a.join("summary.json").exists());
+}
+
+/// A library user gets the CLI's run from the same settings: same losses, same final tensors bit
+/// for bit, the evaluation and the summary.
+#[test]
+fn the_library_runs_a_training_as_the_cli_does() {
+    let (cli, lib) = (dir("cli"), dir("library"));
+    ok(&train(&cli, &["--steps", "3"]));
+    let words = train_args(&lib, &["--steps", "3"]);
+    let settings = contrastive::run::Settings::from_words(&words[1..]).unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let report = contrastive::run::train(settings, &stop).unwrap();
+    assert_eq!((report.step, report.interrupted), (3, false));
+    assert!(report.evaluation.is_some() && lib.join("summary.json").exists());
+    assert_eq!(losses(&cli), losses(&lib));
+    let (a, b) = (final_tensors(&cli), final_tensors(&lib));
+    assert_bit_identical(&a, &b, a.names().filter(|&n| n != "trainer.order"));
+    assert!(contrastive::run::Settings::from_words(["moco", "--no-such-flag"]).is_err());
 }
 
 #[test]

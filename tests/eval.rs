@@ -4,9 +4,10 @@
 mod common;
 
 use common::*;
+use contrastive::autodiff::Graph;
 use contrastive::data;
+use contrastive::data::GpuImages;
 use contrastive::eval::{self, FeatureSet, Probe};
-use contrastive::kernels::augment::GpuImages;
 use contrastive::methods::Network;
 use contrastive::Arena;
 
@@ -26,7 +27,7 @@ fn probes_leave_the_encoder_bit_identical() {
         (p, b)
     };
     let before = snapshot(());
-    let f = eval::encoder_features(&net.encoder, &net.params, &net.buffers);
+    let f = |g: &mut Graph, x| net.features(g, x);
     let ft = eval::features(&gpu, &f, &ti, &train.labels).unwrap();
     let fq = eval::features(&gpu, &f, &qi, &test.labels).unwrap();
     let knn = eval::knn(&gpu, &ft, &fq, 200, 0.1).unwrap();

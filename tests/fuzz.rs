@@ -17,7 +17,7 @@ use common::*;
 
 use contrastive::checkpoint::{self, Checkpoint};
 use contrastive::data::{self, cifar, idx, ImageSet};
-use contrastive::kernels::augment::{Augment, GpuImages};
+use contrastive::data::{Augment, GpuImages};
 use contrastive::methods::{Examples, Method, Moco, MocoConfig};
 use contrastive::train::{self, Batches, Checkpointing, TrainConfig};
 use contrastive::{Arena, Error, Gpu};

@@ -1,6 +1,7 @@
 //! The non-finite guard: its kernels against the CPU reference, the optimiser skipping a flagged
-//! update, and training runs that hit a NaN — in a parameter, or only in a gradient — stop with
-//! the step and the op that produced it, change no state and leave the last checkpoint intact.
+//! update, every method's skipped step changing no state bit for bit, and training runs that hit
+//! a NaN — in a parameter, or only in a gradient — stop with the step and the op that produced it,
+//! change no state and leave the last checkpoint intact.
 
 mod common;
 
@@ -9,17 +10,19 @@ use std::sync::atomic::AtomicBool;
 use common::*;
 use contrastive::autodiff::{Graph, Var};
 use contrastive::checkpoint::{self, Checkpoint};
-use contrastive::data;
-use contrastive::kernels::augment::{Augment, GpuImages};
+use contrastive::data::{self, Augment, GpuImages};
+use contrastive::gpu::Region;
+use contrastive::kernels::cpc::PatchGrid;
 use contrastive::kernels::guard::{self, When};
 use contrastive::kernels::optim::{self, Optimizer};
+use contrastive::memory::Tensor;
 use contrastive::methods::{
-    augmented_views, guard_step, Dim, DimConfig, Examples, Method, Moco, MocoConfig, StepInput,
-    StepOutput,
+    augmented_views, Cmc, CmcConfig, Cpc, CpcConfig, CpcInput, Dim, DimConfig, Examples, Loss,
+    Method, Moco, MocoConfig, StepInput,
 };
 use contrastive::nn::{Store, StoreBuilder};
 use contrastive::optim::Optim;
-use contrastive::train::{self, Checkpointing, TrainConfig};
+use contrastive::train::{self, record_step, rewind, Checkpointing, TrainConfig};
 use contrastive::{Arena, Error, Gpu, Result};
 use rand::SeedableRng;
 
@@ -363,25 +366,29 @@ impl Method for ZeroNorm {
         "zero-norm"
     }
 
-    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
-        input.arena.reset();
-        let gpu = input.gpu;
-        let x = augmented_views(&mut input, 1, false)?[0];
-        let grads = self.params.grads.unwrap();
-        gpu.clear(grads);
-        let mut g = Graph::new(gpu, input.arena);
-        let n = x.shape.dim(0);
-        let x = g.input(x.reshape([n, 28 * 28]));
-        let z = self.w.forward(&mut g, &self.params, x, false)?;
+    fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>> {
+        augmented_views(input, 1, false)
+    }
+
+    fn trained(&mut self) -> Vec<(&Store, &mut Optim)> {
+        vec![(&self.params, &mut self.optim)]
+    }
+
+    fn rollback(&self) -> Vec<Region> {
+        vec![]
+    }
+
+    fn loss(&mut self, g: &mut Graph, inputs: &[Tensor]) -> Result<Loss> {
+        let n = inputs[0].shape.dim(0);
+        let x = g.input(inputs[0].reshape([n, 28 * 28]));
+        let z = self.w.forward(g, &self.params, x, false)?;
         let z = g.l2_normalize(z)?;
         let z = g.scale(z, 1e30)?;
-        let loss = g.mean(z)?;
-        g.backward(loss)?;
-        let acc = g.arena.tensor(gpu, [1])?;
-        gpu.clear(acc.region);
-        let (stats, flag) = guard_step(&mut g, loss, acc, &[grads], input.dry_run)?;
-        let lr = self.optim.step(gpu, &self.params, flag)?;
-        Ok(StepOutput { stats, lr })
+        Ok(Loss {
+            value: g.mean(z)?,
+            accuracy: None,
+            extra: None,
+        })
     }
 
     fn features(&self, _: &mut Graph, x: Var) -> Result<Var> {
@@ -401,10 +408,6 @@ impl Method for ZeroNorm {
         ck.get_store(gpu, "query", &self.params)?;
         self.optim.load(gpu, ck, "optim")
     }
-
-    fn rewind(&mut self) {
-        self.optim.rewind();
-    }
 }
 
 #[test]
@@ -417,8 +420,9 @@ fn a_non_finite_gradient_with_a_finite_loss_is_caught_and_named() {
     let before = state(&gpu, &m);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let idx: Vec<u32> = (0..BATCH as u32).collect();
-    let out = m
-        .record_step(StepInput {
+    let out = record_step(
+        &mut m,
+        StepInput {
             gpu: &gpu,
             arena: &mut arena,
             examples: Examples::Images(&s.images),
@@ -427,14 +431,15 @@ fn a_non_finite_gradient_with_a_finite_loss_is_caught_and_named() {
             rng: &mut rng,
             step: 1,
             dry_run: false,
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let stats: Vec<f32> = gpu.read(out.stats.region).unwrap();
     assert_eq!(stats[0], 0.0, "the loss is finite");
     assert_ne!(stats[2].to_bits(), 0, "the gradient raised the guard");
     let grads: Vec<f32> = gpu.read(m.params.grads.unwrap()).unwrap();
     assert!(grads.iter().any(|g| !g.is_finite()));
-    m.rewind();
+    rewind(&mut m);
     assert_eq!(state(&gpu, &m), before, "the update was skipped");
 
     // Through the trainer: stopped at step 1 by the op whose backward made the infinity.
@@ -454,4 +459,157 @@ fn a_non_finite_gradient_with_a_finite_loss_is_caught_and_named() {
         before,
         "the trainer's step was skipped too"
     );
+}
+
+/// Every method as the guard must protect it: MoCo (EMA key network, queue, split BatchNorm), DIM,
+/// CMC with a memory bank, CPC on image patches (BatchNorm in the patch encoder).
+fn every_method(gpu: &Gpu) -> Vec<Box<dyn Method>> {
+    let enc = tiny_encoder();
+    let moco = MocoConfig {
+        queue: 20,
+        dim: 8,
+        split_bn: 2,
+        symmetric: true,
+        ..MocoConfig::default()
+    };
+    let dim = DimConfig {
+        dim: 8,
+        ..DimConfig::default()
+    };
+    let cmc = CmcConfig {
+        dim: 8,
+        bank: 12,
+        ..CmcConfig::default()
+    };
+    let cpc = CpcConfig {
+        input: CpcInput::Patches {
+            grid: PatchGrid { size: 8, stride: 4 },
+            encoder: enc.clone(),
+        },
+        offsets: 2,
+        dim: 8,
+        context: 8,
+        window: 0,
+    };
+    vec![
+        Box::new(Moco::new(gpu, moco, &enc, BATCH, &sgd(0.05), 3).unwrap()),
+        Box::new(Dim::new(gpu, dim, &enc, &sgd(0.05), 3).unwrap()),
+        Box::new(Cmc::new(gpu, cmc, &enc, BATCH, &sgd(0.05), 3).unwrap()),
+        Box::new(Cpc::new(gpu, cpc, BATCH, &sgd(0.05), 3).unwrap()),
+    ]
+}
+
+/// Everything a step may change, as bits: what `save` writes (parameters, optimiser state and step
+/// counts, queue or bank and its pointer, EMA key network, BatchNorm statistics), and every region
+/// the method names as trained or as rolled back, read directly.
+fn all_state(gpu: &Gpu, method: &mut dyn Method) -> Vec<(String, Vec<u32>)> {
+    let mut out = state(gpu, method);
+    for (i, r) in method.rollback().into_iter().enumerate() {
+        out.push((format!("rollback region {i}"), gpu.read(r).unwrap()));
+    }
+    let values: Vec<Region> = method.trained().iter().map(|(s, _)| s.values).collect();
+    for (i, r) in values.into_iter().enumerate() {
+        out.push((format!("trained store {i}"), gpu.read(r).unwrap()));
+    }
+    out
+}
+
+/// Records and runs one step of `method`; returns its guard word.
+fn one_step(
+    gpu: &Gpu,
+    s: &Setup,
+    method: &mut dyn Method,
+    arena: &mut Arena,
+    n: u64,
+    dry_run: bool,
+) -> u32 {
+    let idx: Vec<u32> = (0..BATCH as u32)
+        .map(|i| (i * 5 + n as u32 * 3) % 64)
+        .collect();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(n);
+    let out = record_step(
+        method,
+        StepInput {
+            gpu,
+            arena,
+            examples: Examples::Images(&s.images),
+            indices: &idx,
+            augment: &Augment::contrastive(),
+            rng: &mut rng,
+            step: n,
+            dry_run,
+        },
+    )
+    .unwrap();
+    let stats: Vec<f32> = gpu.read(out.stats.region).unwrap();
+    stats[2].to_bits()
+}
+
+/// Runs step 3 of `method`, expects its guard raised (`dry_run`, or a non-finite value), rewinds
+/// it and checks that every state region is as before, bit for bit; returns that state.
+fn skipped_step(
+    gpu: &Gpu,
+    s: &Setup,
+    method: &mut dyn Method,
+    arena: &mut Arena,
+    case: &str,
+    dry_run: bool,
+) -> Vec<(String, Vec<u32>)> {
+    let name = method.name();
+    let before = all_state(gpu, method);
+    let flag = one_step(gpu, s, method, arena, 3, dry_run);
+    assert_ne!(flag, 0, "{name} {case}: the guard is raised");
+    rewind(method);
+    let after = all_state(gpu, method);
+    assert_eq!(after.len(), before.len(), "{name} {case}");
+    for (a, b) in after.iter().zip(&before) {
+        assert_eq!(a.0, b.0, "{name} {case}");
+        assert!(
+            a.1 == b.1,
+            "{name} {case}: {} changed in a skipped step",
+            a.0
+        );
+    }
+    before
+}
+
+/// For every method, a step whose guard is raised — by a dry run, or by a NaN in a parameter,
+/// which also reaches the BatchNorm statistics, the EMA and the keys — leaves every state region
+/// bit-identical once the trainer has rewound it; a finite step after it does train.
+#[test]
+fn a_skipped_step_changes_no_state_bit_for_bit_in_every_method() {
+    let gpu = gpu();
+    let s = setup(&gpu);
+    let mut arena = Arena::for_gpu("step", &gpu);
+    for mut method in every_method(&gpu) {
+        let m = method.as_mut();
+        let name = m.name();
+        for n in 1..=2 {
+            assert_eq!(
+                one_step(&gpu, &s, m, &mut arena, n, false),
+                0,
+                "{name} step {n}"
+            );
+        }
+
+        let before = skipped_step(&gpu, &s, m, &mut arena, "dry run", true);
+        let first = m.trained()[0].0.values.slice(0, 1);
+        let kept: Vec<f32> = gpu.read(first).unwrap();
+        gpu.upload(first, &[f32::NAN]).unwrap();
+        skipped_step(&gpu, &s, m, &mut arena, "NaN parameter", false);
+        gpu.upload(first, &kept).unwrap();
+        assert_eq!(
+            one_step(&gpu, &s, m, &mut arena, 3, false),
+            0,
+            "{name} step 3"
+        );
+        let trained = all_state(&gpu, m);
+        assert!(
+            trained
+                .iter()
+                .zip(&before)
+                .any(|(a, b)| a.0.starts_with("trained") && a.1 != b.1),
+            "{name}: a finite step trains"
+        );
+    }
 }

@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use contrastive::data;
-use contrastive::kernels::augment::{Augment, GpuImages};
-use contrastive::methods::{Examples, Method, Moco, MocoConfig, StepInput};
+use contrastive::data::{Augment, GpuImages};
+use contrastive::methods::{Examples, Moco, MocoConfig, StepInput};
+use contrastive::train::record_step;
 use contrastive::{Arena, Gpu};
 use rand::SeedableRng;
 
@@ -40,8 +41,9 @@ fn small(queue: usize, momentum: f32) -> MocoConfig {
 fn step(gpu: &Gpu, moco: &mut Moco, images: &GpuImages, arena: &mut Arena, n: u64) -> (f32, f32) {
     let idx: Vec<u32> = (0..BATCH as u32).map(|i| (i + n as u32 * 3) % 64).collect();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(n);
-    let out = moco
-        .record_step(StepInput {
+    let out = record_step(
+        moco,
+        StepInput {
             gpu,
             arena,
             examples: Examples::Images(images),
@@ -50,8 +52,9 @@ fn step(gpu: &Gpu, moco: &mut Moco, images: &GpuImages, arena: &mut Arena, n: u6
             rng: &mut rng,
             step: n,
             dry_run: false,
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let s: Vec<f32> = gpu.read(out.stats.region).unwrap();
     (s[0], s[1])
 }
@@ -110,12 +113,12 @@ fn queue_holds_the_last_k_keys_in_order_after_wrap_around() {
         keys.extend(kv.chunks(d).map(|r| r.to_vec()));
     }
     // 32 keys went in; rows hold key j at row j % K, the last K = 20 keys being 12..32.
-    let queue: Vec<f32> = gpu.read(moco.queue.region).unwrap();
+    let queue: Vec<f32> = gpu.read(moco.queue.rows.region).unwrap();
     for j in 12..32 {
         let row = &queue[(j % k) * d..(j % k + 1) * d];
         assert_eq!(row, &keys[j][..], "key {j} at row {}", j % k);
     }
-    assert_eq!(moco.ptr, 32 % k);
+    assert_eq!(moco.queue.ptr, 32 % k);
 }
 
 /// The queue starts as random unit vectors, which an untrained query barely matches, so the

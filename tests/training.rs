@@ -12,7 +12,8 @@ mod common;
 use std::sync::atomic::AtomicBool;
 
 use contrastive::data;
-use contrastive::kernels::augment::{Augment, GpuImages};
+use contrastive::data::{Augment, GpuImages};
+use contrastive::eval;
 use contrastive::kernels::mi::Estimator;
 use contrastive::kernels::optim::{Optimizer, Schedule};
 use contrastive::methods::{
@@ -33,8 +34,8 @@ struct Data {
 }
 
 impl Data {
-    fn eval(&self) -> train::EvalData<'_> {
-        train::EvalData::Images {
+    fn eval(&self) -> eval::EvalData<'_> {
+        eval::EvalData::Images {
             split: &self.split,
             train: &self.train,
             test: &self.test,
@@ -78,7 +79,7 @@ fn sgd(lr: f32, steps: u64) -> OptimConfig {
 
 /// Trains `steps` steps; returns (kNN before, kNN after, losses).
 fn run(gpu: &Gpu, d: &Data, method: &mut dyn Method, steps: u64) -> (f64, f64, Vec<f32>) {
-    let before = train::knn_monitor(gpu, method, d.eval()).unwrap();
+    let before = eval::knn_monitor(gpu, method, d.eval()).unwrap();
     let cfg = TrainConfig {
         batch_size: BATCH,
         steps,
@@ -101,7 +102,7 @@ fn run(gpu: &Gpu, d: &Data, method: &mut dyn Method, steps: u64) -> (f64, f64, V
         |_| Ok(()),
     )
     .unwrap();
-    let after = train::knn_monitor(gpu, method, d.eval()).unwrap();
+    let after = eval::knn_monitor(gpu, method, d.eval()).unwrap();
     let losses = out.lines.iter().map(|l| l.loss).collect();
     (before, after, losses)
 }

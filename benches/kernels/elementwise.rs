@@ -1,7 +1,8 @@
 //! Elementwise maps and the augmentation gather at training sizes (memory-bound: GB/s counts each
 //! tensor read or written once).
 
-use contrastive::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
+use contrastive::data::{Augment, GpuImages};
+use contrastive::kernels::augment::{self, SAMPLE_WORDS};
 use contrastive::kernels::elementwise::{self, Broadcast, Map};
 use contrastive::{data, Arena, Result};
 use rand::SeedableRng;

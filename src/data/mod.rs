@@ -1,15 +1,19 @@
 //! Datasets: file readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary), the embedded default data,
 //! and the image set type the trainers consume; sequence data (`.ts` series, WAV audio) in
-//! [`sequence`].
+//! [`sequence`]; the images on the GPU ([`GpuImages`]) and the augmentation policy ([`Augment`]).
 //!
 //! Images are kept as `u8` in NHWC order (channels last, as every activation in this crate).
 
+pub mod augment;
 pub mod cifar;
+pub mod gpu_images;
 pub mod idx;
 pub mod sequence;
 pub mod ts;
 pub mod wav;
 
+pub use augment::Augment;
+pub use gpu_images::GpuImages;
 pub use sequence::{SequenceData, SequenceSet, SequenceSplit};
 
 use std::path::{Path, PathBuf};

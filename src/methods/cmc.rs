@@ -13,19 +13,17 @@
 
 use rand::SeedableRng;
 
-use super::{
-    augmented_views, guard_step, ring_write, Method, Network, Rollback, StepInput, StepOutput,
-};
+use super::{augmented_views, Loss, Method, Network, Ring, StepInput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Region};
 use crate::kernels::elementwise::{self, Broadcast, Map};
 use crate::kernels::matmul::Trans;
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
-use crate::nn::EncoderConfig;
+use crate::nn::{EncoderConfig, Store};
 use crate::optim::{Optim, OptimConfig};
 
 #[derive(
@@ -66,15 +64,12 @@ pub struct Cmc {
     /// The chroma network in `ChannelSplit` mode.
     pub net2: Option<Network>,
     pub optim: Vec<Optim>,
-    pub bank: Option<Tensor>,
-    pub ptr: usize,
+    pub bank: Option<Ring>,
     targets: Tensor,
     /// BT.601 RGB → YCbCr rows (channel-split mode).
     ycbcr: Option<Tensor>,
-    /// The BatchNorm statistics, put back when the guard skips a step.
-    rollback: Rollback,
-    /// The bank pointer before the last recorded step (see [`Method::rewind`]).
-    ptr_before: usize,
+    /// The embeddings the last step writes into the bank.
+    last: Option<Tensor>,
     _state: Arena,
 }
 
@@ -139,30 +134,26 @@ impl Cmc {
         gpu.upload(targets.region, &t)?;
         let bank = if config.bank > 0 {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0xba4c);
-            let mut b: Vec<f32> = (0..config.bank * config.dim)
-                .map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0))
-                .collect();
-            crate::eval::normalize_rows(&mut b, config.dim);
-            Some(state.upload(gpu, [config.bank, config.dim], &b)?)
+            let uniform = || rand::Rng::random_range(&mut rng, -1.0f32..1.0);
+            Some(Ring::random(
+                gpu,
+                &mut state,
+                config.bank,
+                config.dim,
+                uniform,
+            )?)
         } else {
             None
         };
-        let stats: Vec<_> = std::iter::once(&net)
-            .chain(&net2)
-            .map(|n| n.buffers.values)
-            .collect();
-        let rollback = Rollback::new(gpu, &stats)?;
         Ok(Cmc {
             config,
             net,
             net2,
             optim,
             bank,
-            ptr: 0,
             targets,
             ycbcr,
-            rollback,
-            ptr_before: 0,
+            last: None,
             _state: state,
         })
     }
@@ -177,8 +168,8 @@ impl Cmc {
     ) -> Result<(Var, Tensor)> {
         let rows = g.shape(anchors).dim(0);
         let mut logits = g.matmul(anchors, others, Trans::NT, 1.0)?;
-        if let Some(bank) = self.bank {
-            let bank = g.input(bank);
+        if let Some(bank) = &self.bank {
+            let bank = g.input(bank.rows);
             let extra = g.matmul(anchors, bank, Trans::NT, 1.0)?;
             logits = g.concat_cols(logits, extra)?;
         }
@@ -225,72 +216,73 @@ impl Method for Cmc {
         "cmc"
     }
 
-    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
-        input.arena.reset();
-        let gpu = input.gpu;
-        let views = match self.config.views {
-            Views::Augment => augmented_views(&mut input, 2, true)?,
-            Views::ChannelSplit => augmented_views(&mut input, 1, false)?,
-        };
-        let grads: Vec<_> = std::iter::once(&self.net)
-            .chain(&self.net2)
-            .filter_map(|n| n.params.grads)
-            .collect();
-        for &r in &grads {
-            gpu.clear(r);
+    fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>> {
+        match self.config.views {
+            Views::Augment => augmented_views(input, 2, true),
+            Views::ChannelSplit => augmented_views(input, 1, false),
         }
-        self.rollback.save(gpu)?;
-        self.ptr_before = self.ptr;
-        let mut g = Graph::new(gpu, input.arena);
+    }
+
+    fn trained(&mut self) -> Vec<(&Store, &mut Optim)> {
+        std::iter::once(&self.net)
+            .chain(&self.net2)
+            .map(|n| &n.params)
+            .zip(self.optim.iter_mut())
+            .collect()
+    }
+
+    fn rollback(&self) -> Vec<Region> {
+        std::iter::once(&self.net)
+            .chain(&self.net2)
+            .map(|n| n.buffers.values)
+            .collect()
+    }
+
+    fn loss(&mut self, g: &mut Graph, views: &[Tensor]) -> Result<Loss> {
         let x = g.input(views[0]);
         let (loss, acc, z) = match (&self.net2, self.ycbcr) {
             (Some(net2), Some(m)) => {
-                let (luma, chroma) = self.split(&mut g, x, m)?;
-                let za = self.net.embed(&mut g, luma, 1)?;
-                let zb = net2.embed(&mut g, chroma, 1)?;
-                let (l1, a1) = self.infonce(&mut g, za, zb, false)?;
-                let (l2, a2) = self.infonce(&mut g, zb, za, false)?;
+                let (luma, chroma) = self.split(g, x, m)?;
+                let za = self.net.embed(g, luma, 1)?;
+                let zb = net2.embed(g, chroma, 1)?;
+                let (l1, a1) = self.infonce(g, za, zb, false)?;
+                let (l2, a2) = self.infonce(g, zb, za, false)?;
                 let sum = g.add(l1, l2)?;
                 let loss = g.scale(sum, 0.5)?;
-                elementwise::map(
-                    gpu,
-                    Map::Axpby {
-                        alpha: 0.5,
-                        beta: 0.5,
-                    },
-                    &a1,
-                    &a2,
-                    Broadcast::Full,
-                    &a1,
-                    false,
-                )?;
+                let mean = Map::Axpby {
+                    alpha: 0.5,
+                    beta: 0.5,
+                };
+                elementwise::map(g.gpu, mean, &a1, &a2, Broadcast::Full, &a1, false)?;
                 (loss, a1, g.value(za))
             }
             _ => {
-                let z = self.net.embed(&mut g, x, 1)?;
-                let (loss, acc) = self.infonce(&mut g, z, z, true)?;
+                let z = self.net.embed(g, x, 1)?;
+                let (loss, acc) = self.infonce(g, z, z, true)?;
                 (loss, acc, g.value(z))
             }
         };
-        g.backward(loss)?;
-        let (stats, flag) = guard_step(&mut g, loss, acc, &grads, input.dry_run)?;
-        let mut lr = 0.0;
-        for (opt, net) in self
-            .optim
-            .iter_mut()
-            .zip(std::iter::once(&self.net).chain(&self.net2))
-        {
-            lr = opt.step(gpu, &net.params, flag)?;
-        }
-        if let Some(bank) = self.bank {
-            ring_write(gpu, z, bank, &mut self.ptr, flag)?;
-        }
-        self.rollback.restore(gpu, flag)?;
-        Ok(StepOutput { stats, lr })
+        self.last = Some(z);
+        Ok(Loss {
+            value: loss,
+            accuracy: Some(acc),
+            extra: None,
+        })
     }
 
-    /// In channel-split mode the representation is both encoders' features side by side, as CMC
-    /// evaluates it.
+    fn after_guard(&mut self, gpu: &Gpu, flag: Region) -> Result<()> {
+        match (&mut self.bank, self.last) {
+            (Some(bank), Some(z)) => bank.write(gpu, &[z], flag),
+            _ => Ok(()),
+        }
+    }
+
+    fn rewind(&mut self) {
+        if let Some(bank) = &mut self.bank {
+            bank.rewind();
+        }
+    }
+
     fn parameter_count(&self) -> usize {
         self.net.params.count() + self.net2.as_ref().map_or(0, |n| n.params.count())
     }
@@ -303,11 +295,10 @@ impl Method for Cmc {
         for (i, o) in self.optim.iter().enumerate() {
             o.save(gpu, ck, &format!("optim{i}"))?;
         }
-        if let Some(bank) = self.bank {
-            ck.put_region(gpu, "cmc.bank", bank.region, bank.shape.dims())?;
+        match &self.bank {
+            Some(bank) => bank.save(gpu, ck, "cmc", "bank"),
+            None => Ok(()),
         }
-        ck.meta.insert("cmc.ptr".into(), self.ptr.to_string());
-        Ok(())
     }
 
     fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()> {
@@ -318,37 +309,23 @@ impl Method for Cmc {
         for (i, o) in self.optim.iter_mut().enumerate() {
             o.load(gpu, ck, &format!("optim{i}"))?;
         }
-        if let Some(bank) = self.bank {
-            ck.get_region(gpu, "cmc.bank", bank.region, bank.shape.dims())?;
+        match &mut self.bank {
+            Some(bank) => bank.load(gpu, ck, "cmc", "bank"),
+            None => Ok(()),
         }
-        self.ptr = ck.meta_parse("cmc.ptr")?;
-        let rows = self.bank.map_or(1, |b| b.shape.dim(0));
-        if self.ptr >= rows {
-            return Err(Error::Checkpoint {
-                path: ck.origin.clone(),
-                what: format!("bank pointer {} outside a bank of {rows}", self.ptr),
-            });
-        }
-        Ok(())
     }
 
-    fn rewind(&mut self) {
-        self.optim.iter_mut().for_each(Optim::rewind);
-        self.ptr = self.ptr_before;
-    }
-
+    /// In channel-split mode the representation is both encoders' features side by side, as CMC
+    /// evaluates it.
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
-        let feats = |net: &Network, g: &mut Graph, x: Var| {
-            crate::eval::encoder_features(&net.encoder, &net.params, &net.buffers)(g, x)
-        };
         match (&self.net2, self.ycbcr) {
             (Some(net2), Some(m)) => {
                 let (luma, chroma) = self.split(g, x, m)?;
-                let a = feats(&self.net, g, luma)?;
-                let b = feats(net2, g, chroma)?;
+                let a = self.net.features(g, luma)?;
+                let b = net2.features(g, chroma)?;
                 g.concat_cols(a, b)
             }
-            _ => feats(&self.net, g, x),
+            _ => self.net.features(g, x),
         }
     }
 }

@@ -21,11 +21,11 @@
 
 use rand::Rng;
 
-use super::{augmented_views, guard_step, Examples, Method, Rollback, StepInput, StepOutput};
+use super::{augmented_views, Examples, Loss, Method, StepInput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Region};
 use crate::kernels::batchnorm::BatchNorm;
 use crate::kernels::conv::Conv2d;
 use crate::kernels::cpc::{self, PatchGrid};
@@ -89,8 +89,6 @@ pub struct Cpc {
     targets: Tensor,
     /// Sequences and steps per training batch.
     shape: (usize, usize),
-    /// BatchNorm statistics (patch encoder), restored when the guard trips.
-    rollback: Option<Rollback>,
     _state: Arena,
 }
 
@@ -179,9 +177,6 @@ impl Cpc {
         let params = p.build(gpu, "parameters", true)?;
         let buffers = b.build(gpu, "batchnorm statistics", false)?;
         let optim = Optim::new(gpu, &params, optimizer)?;
-        let rollback = (buffers.values.len > 0)
-            .then(|| Rollback::new(gpu, &[buffers.values]))
-            .transpose()?;
         let mut state = Arena::for_gpu("cpc targets", gpu);
         let offsets = cpc::Offsets {
             batch: per_batch,
@@ -203,7 +198,6 @@ impl Cpc {
             optim,
             targets,
             shape: (per_batch, steps),
-            rollback,
             _state: state,
         })
     }
@@ -316,28 +310,30 @@ impl Method for Cpc {
         "cpc"
     }
 
-    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
-        input.arena.reset();
-        let gpu = input.gpu;
-        let x = match self.enc {
-            Enc::Patches { .. } => augmented_views(&mut input, 1, false)?[0],
-            _ => self.crops(&mut input)?,
-        };
-        let grads = self
-            .params
-            .grads
-            .ok_or_else(|| Error::Config("CPC's parameters have no gradients".into()))?;
-        gpu.clear(grads);
-        if let Some(r) = &self.rollback {
-            r.save(gpu)?;
+    fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>> {
+        match self.enc {
+            Enc::Patches { .. } => augmented_views(input, 1, false),
+            _ => Ok(vec![self.crops(input)?]),
         }
-        let mut g = Graph::new(gpu, input.arena);
-        let x = g.input(x);
-        let z = self.encode(&mut g, x, true)?;
-        let c = self.context(&mut g, z)?;
+    }
+
+    fn trained(&mut self) -> Vec<(&Store, &mut Optim)> {
+        vec![(&self.params, &mut self.optim)]
+    }
+
+    /// The BatchNorm statistics (waveform and patch encoders).
+    fn rollback(&self) -> Vec<Region> {
+        vec![self.buffers.values]
+    }
+
+    /// Logs each offset's loss and accuracy after the overall ones.
+    fn loss(&mut self, g: &mut Graph, inputs: &[Tensor]) -> Result<Loss> {
+        let x = g.input(inputs[0]);
+        let z = self.encode(g, x, true)?;
+        let c = self.context(g, z)?;
         let d = g.shape(c).dims().to_vec();
         let flat = g.reshape(c, [d[0] * d[1], d[2]])?;
-        let pred = self.heads.forward(&mut g, &self.params, flat, false)?;
+        let pred = self.heads.forward(g, &self.params, flat, false)?;
         let pred = g.reshape(pred, [d[0], d[1], self.heads.out_features])?;
         let (logits, o) = g.cpc_scores(z, pred, self.config.offsets)?;
         if (o.batch, o.steps) != self.shape {
@@ -356,26 +352,17 @@ impl Method for Cpc {
         };
         let (rows, hits) = g.softmax_xent(logits, targets, &spec)?;
         let loss = g.mean(rows)?;
-        g.backward(loss)?;
-        let per_offset = g.arena.tensor(gpu, [2 + 2 * o.k])?;
-        cpc::offset_stats(gpu, &g.value(rows), &g.value(hits), &per_offset, &o)?;
-        let accuracy = Tensor {
-            region: per_offset.region.slice(1, 1),
-            shape: [1].into(),
+        let per_offset = g.arena.tensor(g.gpu, [2 + 2 * o.k])?;
+        cpc::offset_stats(g.gpu, &g.value(rows), &g.value(hits), &per_offset, &o)?;
+        let slice = |start, len| Tensor {
+            region: per_offset.region.slice(start, len),
+            shape: [len].into(),
         };
-        let (guarded, flag) = guard_step(&mut g, loss, accuracy, &[grads], input.dry_run)?;
-        let lr = self.optim.step(gpu, &self.params, flag)?;
-        if let Some(r) = &self.rollback {
-            r.restore(gpu, flag)?;
-        }
-        // [loss, accuracy, guard], then each offset's loss and accuracy.
-        let stats = g.arena.tensor(gpu, [3 + 2 * o.k])?;
-        gpu.copy(guarded.region, stats.region.slice(0, 3))?;
-        gpu.copy(
-            per_offset.region.slice(2, 2 * o.k),
-            stats.region.slice(3, 2 * o.k),
-        )?;
-        Ok(StepOutput { stats, lr })
+        Ok(Loss {
+            value: loss,
+            accuracy: Some(slice(1, 1)),
+            extra: Some(slice(2, 2 * o.k)),
+        })
     }
 
     /// The context averaged over every step (and every column of an image's patch grid).
@@ -403,9 +390,5 @@ impl Method for Cpc {
         ck.get_store(gpu, "cpc", &self.params)?;
         ck.get_store(gpu, "cpc", &self.buffers)?;
         self.optim.load(gpu, ck, "optim")
-    }
-
-    fn rewind(&mut self) {
-        self.optim.rewind();
     }
 }

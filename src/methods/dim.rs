@@ -5,15 +5,15 @@
 //! local one is the same MLP shape applied at every location (1×1 convolutions, which in NHWC are
 //! plain matmuls over [N·M·M, C]). Scores are one GEMM, [N, d] · [N·M², d]ᵀ.
 
-use super::{augmented_views, guard_step, Method, Rollback, StepInput, StepOutput};
+use super::{augmented_views, Loss, Method, StepInput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Region};
 use crate::kernels::batchnorm::BatchNorm;
-use crate::kernels::elementwise::{self, Broadcast, Map};
 use crate::kernels::matmul::Trans;
 use crate::kernels::mi::Estimator;
+use crate::memory::Tensor;
 use crate::nn::{Encoder, EncoderConfig, Mlp, Store, StoreBuilder};
 use crate::optim::{Optim, OptimConfig};
 
@@ -46,8 +46,6 @@ pub struct Dim {
     pub optim: Optim,
     stage: usize,
     locs: usize,
-    /// The BatchNorm statistics, put back when the guard skips a step.
-    rollback: Rollback,
 }
 
 impl Dim {
@@ -78,7 +76,6 @@ impl Dim {
         let params = p.build(gpu, "parameters", true)?;
         let buffers = b.build(gpu, "batchnorm statistics", false)?;
         let optim = Optim::new(gpu, &params, optimizer)?;
-        let rollback = Rollback::new(gpu, &[buffers.values])?;
         Ok(Dim {
             config,
             encoder,
@@ -89,7 +86,6 @@ impl Dim {
             optim,
             stage,
             locs: h * w,
-            rollback,
         })
     }
 }
@@ -99,51 +95,41 @@ impl Method for Dim {
         "dim"
     }
 
-    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
-        input.arena.reset();
-        let gpu = input.gpu;
-        let x = augmented_views(&mut input, 1, false)?[0];
-        let grads = self
-            .params
-            .grads
-            .ok_or_else(|| Error::Config("DIM's parameters have no gradients".into()))?;
-        gpu.clear(grads);
-        self.rollback.save(gpu)?;
-        let mut g = Graph::new(gpu, input.arena);
-        let x = g.input(x);
+    fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>> {
+        augmented_views(input, 1, false)
+    }
+
+    fn trained(&mut self) -> Vec<(&Store, &mut Optim)> {
+        vec![(&self.params, &mut self.optim)]
+    }
+
+    fn rollback(&self) -> Vec<Region> {
+        vec![self.buffers.values]
+    }
+
+    /// DIM has no contrastive accuracy to report.
+    fn loss(&mut self, g: &mut Graph, views: &[Tensor]) -> Result<Loss> {
+        let x = g.input(views[0]);
         let f = self.encoder.forward(
-            &mut g,
+            g,
             &self.params,
             &self.buffers,
             x,
             &BatchNorm::default(),
             true,
         )?;
-        let global = self.global_net.forward(&mut g, &self.params, f.global)?;
+        let global = self.global_net.forward(g, &self.params, f.global)?;
         let local = f.maps[self.stage];
         let c = g.shape(local).dim(-1);
         let n = g.shape(local).dim(0);
         let local = g.reshape(local, [n * self.locs, c])?;
-        let local = self.local_net.forward(&mut g, &self.params, local)?;
+        let local = self.local_net.forward(g, &self.params, local)?;
         let scores = g.matmul(global, local, Trans::NT, 1.0)?;
-        let loss = g.mi_estimate(scores, self.locs, self.config.estimator)?;
-        g.backward(loss)?;
-        // DIM has no contrastive accuracy to report: NaN marks it as not applicable (the guard
-        // checks the loss and the gradients, never the accuracy).
-        let na = g.arena.tensor(gpu, [1])?;
-        elementwise::map(
-            gpu,
-            Map::Fill { alpha: f32::NAN },
-            &na,
-            &na,
-            Broadcast::Full,
-            &na,
-            false,
-        )?;
-        let (stats, flag) = guard_step(&mut g, loss, na, &[grads], input.dry_run)?;
-        let lr = self.optim.step(gpu, &self.params, flag)?;
-        self.rollback.restore(gpu, flag)?;
-        Ok(StepOutput { stats, lr })
+        Ok(Loss {
+            value: g.mi_estimate(scores, self.locs, self.config.estimator)?,
+            accuracy: None,
+            extra: None,
+        })
     }
 
     fn parameter_count(&self) -> usize {
@@ -162,11 +148,7 @@ impl Method for Dim {
         self.optim.load(gpu, ck, "optim")
     }
 
-    fn rewind(&mut self) {
-        self.optim.rewind();
-    }
-
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
-        crate::eval::encoder_features(&self.encoder, &self.params, &self.buffers)(g, x)
+        self.encoder.frozen(g, &self.params, &self.buffers, x)
     }
 }

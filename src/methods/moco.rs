@@ -11,20 +11,18 @@
 
 use rand::SeedableRng;
 
-use super::{
-    augmented_views, guard_step, ring_write, Method, Network, Rollback, StepInput, StepOutput,
-};
+use super::{augmented_views, Loss, Method, Network, Ring, StepInput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
-use crate::gpu::Gpu;
+use crate::gpu::{Gpu, Region};
 use crate::kernels::elementwise::{self, Broadcast, Map};
 use crate::kernels::ema::ema;
 use crate::kernels::matmul::Trans;
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
-use crate::nn::EncoderConfig;
+use crate::nn::{EncoderConfig, Store};
 use crate::optim::{Optim, OptimConfig};
 
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -91,18 +89,13 @@ pub struct Moco {
     pub config: MocoConfig,
     pub query: Network,
     pub key: Network,
-    /// [K, dim], L2-normalised keys; row `ptr` is the next to be overwritten.
-    pub queue: Tensor,
-    pub ptr: usize,
+    /// [K, dim], L2-normalised keys.
+    pub queue: Ring,
     pub optim: Optim,
     /// The keys enqueued by the last step (for tests and diagnostics).
     pub last_keys: Vec<Tensor>,
     /// Positive index (0) for every row, sized for the batch.
     targets: Tensor,
-    /// What a skipped step must put back: the key network and both networks' BatchNorm statistics.
-    rollback: Rollback,
-    /// The queue pointer before the last recorded step (see [`Method::rewind`]).
-    ptr_before: usize,
     /// Holds the queue and the targets for the whole run.
     _state: Arena,
 }
@@ -128,33 +121,23 @@ impl Moco {
         let mut persistent = Arena::for_gpu("moco state", gpu);
         // The queue starts as random unit vectors, as in the reference implementation.
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x51ed);
-        let mut q: Vec<f32> = (0..config.queue * config.dim)
-            .map(|_| {
-                let (u, v): (f32, f32) = (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng));
-                (-2.0 * (u.max(1e-7)).ln()).sqrt() * (std::f32::consts::TAU * v).cos()
-            })
-            .collect();
-        crate::eval::normalize_rows(&mut q, config.dim);
-        let queue = persistent.upload(gpu, [config.queue, config.dim], &q)?;
+        let gaussian = || {
+            let (u, v): (f32, f32) = (rand::Rng::random(&mut rng), rand::Rng::random(&mut rng));
+            (-2.0 * (u.max(1e-7)).ln()).sqrt() * (std::f32::consts::TAU * v).cos()
+        };
+        let queue = Ring::random(gpu, &mut persistent, config.queue, config.dim, gaussian)?;
         let targets = persistent.tensor(gpu, [batch])?;
         gpu.upload(targets.region, &vec![0u32; batch])?;
         let optim = Optim::new(gpu, &query.params, optimizer)?;
-        gpu.name_region(queue.region, "MoCo's queue");
-        let rollback = Rollback::new(
-            gpu,
-            &[key.params.values, query.buffers.values, key.buffers.values],
-        )?;
+        gpu.name_region(queue.rows.region, "MoCo's queue");
         Ok(Moco {
             config,
             query,
             key,
             queue,
-            ptr: 0,
             optim,
             last_keys: vec![],
             targets,
-            rollback,
-            ptr_before: 0,
             _state: persistent,
         })
     }
@@ -165,7 +148,7 @@ impl Moco {
         let pos = g.mul(q, k)?;
         let pos = g.sum_rows(pos)?;
         let pos = g.reshape(pos, [b, 1])?;
-        let queue = g.input(self.queue);
+        let queue = g.input(self.queue.rows);
         let neg = g.matmul(q, queue, Trans::NT, 1.0)?;
         let logits = g.concat_cols(pos, neg)?;
         let targets = g.input(Tensor {
@@ -190,58 +173,68 @@ impl Method for Moco {
         "moco"
     }
 
-    fn record_step(&mut self, mut input: StepInput<'_>) -> Result<StepOutput> {
-        input.arena.reset();
-        let gpu = input.gpu;
-        let views = augmented_views(&mut input, 2, false)?;
-        let grads = self
-            .query
-            .params
-            .grads
-            .ok_or_else(|| Error::Config("MoCo's query network has no gradients".into()))?;
-        gpu.clear(grads);
-        self.rollback.save(gpu)?;
-        self.ptr_before = self.ptr;
-        {
-            let _scope = gpu.scope(|| "EMA of the key network".into());
-            ema(
-                gpu,
-                self.key.params.values,
-                self.query.params.values,
-                self.config.momentum,
-            )?;
-        }
+    fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>> {
+        augmented_views(input, 2, false)
+    }
 
-        let mut g = Graph::new(gpu, input.arena);
+    fn trained(&mut self) -> Vec<(&Store, &mut Optim)> {
+        vec![(&self.query.params, &mut self.optim)]
+    }
+
+    /// The key network and both networks' BatchNorm statistics.
+    fn rollback(&self) -> Vec<Region> {
+        vec![
+            self.key.params.values,
+            self.query.buffers.values,
+            self.key.buffers.values,
+        ]
+    }
+
+    fn before_forward(&mut self, gpu: &Gpu) -> Result<()> {
+        let _scope = gpu.scope(|| "EMA of the key network".into());
+        ema(
+            gpu,
+            self.key.params.values,
+            self.query.params.values,
+            self.config.momentum,
+        )
+    }
+
+    fn loss(&mut self, g: &mut Graph, views: &[Tensor]) -> Result<Loss> {
         let groups = self.config.split_bn;
         let x1 = g.input(views[0]);
         let x2 = g.input(views[1]);
-        let q1 = self.query.embed(&mut g, x1, 1)?;
-        let k2 = self.key.embed(&mut g, x2, groups)?;
-        let (mut loss, acc) = self.infonce(&mut g, q1, k2)?;
+        let q1 = self.query.embed(g, x1, 1)?;
+        let k2 = self.key.embed(g, x2, groups)?;
+        let (mut loss, acc) = self.infonce(g, q1, k2)?;
         let mut keys = vec![g.value(k2)];
         if self.config.symmetric {
-            let q2 = self.query.embed(&mut g, x2, 1)?;
-            let k1 = self.key.embed(&mut g, x1, groups)?;
-            let (loss2, acc2) = self.infonce(&mut g, q2, k1)?;
+            let q2 = self.query.embed(g, x2, 1)?;
+            let k1 = self.key.embed(g, x1, groups)?;
+            let (loss2, acc2) = self.infonce(g, q2, k1)?;
             let sum = g.add(loss, loss2)?;
             loss = g.scale(sum, 0.5)?;
             let mean = Map::Axpby {
                 alpha: 0.5,
                 beta: 0.5,
             };
-            elementwise::map(gpu, mean, &acc, &acc2, Broadcast::Full, &acc, false)?;
+            elementwise::map(g.gpu, mean, &acc, &acc2, Broadcast::Full, &acc, false)?;
             keys.push(g.value(k1));
         }
-        g.backward(loss)?;
-        let (stats, flag) = guard_step(&mut g, loss, acc, &[grads], input.dry_run)?;
-        let lr = self.optim.step(gpu, &self.query.params, flag)?;
-        for k in &keys {
-            ring_write(gpu, *k, self.queue, &mut self.ptr, flag)?;
-        }
-        self.rollback.restore(gpu, flag)?;
         self.last_keys = keys;
-        Ok(StepOutput { stats, lr })
+        Ok(Loss {
+            value: loss,
+            accuracy: Some(acc),
+            extra: None,
+        })
+    }
+
+    fn after_guard(&mut self, gpu: &Gpu, flag: Region) -> Result<()> {
+        self.queue.write(gpu, &self.last_keys, flag)
+    }
+
+    fn rewind(&mut self) {
+        self.queue.rewind();
     }
 
     fn parameter_count(&self) -> usize {
@@ -252,46 +245,17 @@ impl Method for Moco {
         self.query.save(gpu, ck, "query")?;
         self.key.save(gpu, ck, "key")?;
         self.optim.save(gpu, ck, "optim")?;
-        ck.put_region(
-            gpu,
-            "moco.queue",
-            self.queue.region,
-            self.queue.shape.dims(),
-        )?;
-        ck.meta.insert("moco.ptr".into(), self.ptr.to_string());
-        Ok(())
+        self.queue.save(gpu, ck, "moco", "queue")
     }
 
     fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()> {
         self.query.load(gpu, ck, "query")?;
         self.key.load(gpu, ck, "key")?;
         self.optim.load(gpu, ck, "optim")?;
-        ck.get_region(
-            gpu,
-            "moco.queue",
-            self.queue.region,
-            self.queue.shape.dims(),
-        )?;
-        self.ptr = ck.meta_parse("moco.ptr")?;
-        if self.ptr >= self.config.queue {
-            return Err(Error::Checkpoint {
-                path: ck.origin.clone(),
-                what: format!(
-                    "queue pointer {} outside a queue of {}",
-                    self.ptr, self.config.queue
-                ),
-            });
-        }
-        Ok(())
-    }
-
-    fn rewind(&mut self) {
-        self.optim.rewind();
-        self.ptr = self.ptr_before;
+        self.queue.load(gpu, ck, "moco", "queue")
     }
 
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
-        let q = &self.query;
-        crate::eval::encoder_features(&q.encoder, &q.params, &q.buffers)(g, x)
+        self.query.features(g, x)
     }
 }

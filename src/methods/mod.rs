@@ -1,6 +1,8 @@
-//! Contrastive methods. Each is a small module implementing [`Method`]: how to record one training
-//! step on a batch of image indices. Everything else — data, schedule, evaluation, checkpoints,
-//! metrics — is the shared trainer's (`crate::train`).
+//! Contrastive methods. Each is a small module implementing [`Method`]: its loss, from the step's
+//! inputs to a scalar, and the state it owns (networks, optimisers, a queue or a bank). The step
+//! around the loss — clearing gradients, the non-finite guard, optimiser updates, rolling back what
+//! a skipped step changed — is the trainer's, in one place ([`crate::train::record_step`]); data,
+//! schedule, evaluation, checkpoints and metrics are the trainer's and the run's too.
 
 pub mod cmc;
 pub mod cpc;
@@ -9,14 +11,15 @@ pub mod moco;
 
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
-use crate::data::SequenceSet;
+use crate::data::{Augment, GpuImages, SequenceSet};
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
-use crate::kernels::augment::{self, Augment, GpuImages, SAMPLE_WORDS};
+use crate::kernels::augment::{self, SAMPLE_WORDS};
 use crate::kernels::batchnorm::BatchNorm;
 use crate::kernels::guard::{self, When};
 use crate::memory::{Arena, Tensor};
 use crate::nn::{Encoder, EncoderConfig, Mlp, Store, StoreBuilder};
+use crate::optim::Optim;
 
 pub use cmc::{Cmc, CmcConfig};
 pub use cpc::{Cpc, CpcConfig, CpcInput};
@@ -47,7 +50,7 @@ impl Examples<'_> {
 /// What one step needs from the trainer.
 pub struct StepInput<'a> {
     pub gpu: &'a Gpu,
-    /// The step arena, reset by the method at the start of the step.
+    /// The step arena, reset by the trainer at the start of the step.
     pub arena: &'a mut Arena,
     pub examples: Examples<'a>,
     pub indices: &'a [u32],
@@ -59,19 +62,47 @@ pub struct StepInput<'a> {
     pub dry_run: bool,
 }
 
-/// What one recorded step gives back: a small tensor [loss, contrastive accuracy, guard] (read by
-/// the trainer with one readback; the guard word, as u32 bits, is non-zero when the step held a
-/// non-finite value and its updates were skipped, see [`guard_step`]), and the learning rate used.
-pub struct StepOutput {
-    pub stats: Tensor,
-    pub lr: f32,
+/// A method's loss as recorded on the step's graph.
+pub struct Loss {
+    /// The scalar the trainer differentiates.
+    pub value: Var,
+    /// Contrastive accuracy, a [1] tensor; none for methods without one (Deep InfoMax).
+    pub accuracy: Option<Tensor>,
+    /// Further statistics logged after [loss, accuracy, guard] (CPC: each offset's loss and
+    /// accuracy).
+    pub extra: Option<Tensor>,
 }
 
+/// A contrastive method: its loss and the state it owns. The trainer records the step around it
+/// in this order: [`Method::inputs`], clearing the gradients of [`Method::trained`], copying
+/// [`Method::rollback`] aside, [`Method::before_forward`], [`Method::loss`], backward, the guard,
+/// the optimiser updates, [`Method::after_guard`], and the roll-back when the guard is raised.
 pub trait Method {
     fn name(&self) -> &'static str;
-    /// Records a whole training step — augmentation, forward, backward, update — without
-    /// submitting it.
-    fn record_step(&mut self, input: StepInput<'_>) -> Result<StepOutput>;
+    /// Records the step's input tensors (augmented views, uploaded crops). Everything uploaded
+    /// happens here, before anything else of the step is recorded, so the step stays one
+    /// submission (an upload flushes recorded work, see [`Gpu::upload`]).
+    fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>>;
+    /// The trained parameter stores, each with its optimiser.
+    fn trained(&mut self) -> Vec<(&Store, &mut Optim)>;
+    /// State the step changes before its guard is known — BatchNorm running statistics (updated
+    /// by the forward pass), an EMA target network: the trainer copies it aside at the start of
+    /// every step and back when the guard is raised.
+    fn rollback(&self) -> Vec<Region>;
+    /// Records the updates that precede the forward pass (MoCo's EMA of the key network).
+    fn before_forward(&mut self, _gpu: &Gpu) -> Result<()> {
+        Ok(())
+    }
+    /// Records the loss of the batch `inputs` (from [`Method::inputs`]).
+    fn loss(&mut self, g: &mut Graph, inputs: &[Tensor]) -> Result<Loss>;
+    /// Records the updates of the method's own state that follow a finite step (a queue or bank
+    /// write); each reads the guard `flag` on the GPU and skips itself when it is raised.
+    fn after_guard(&mut self, _gpu: &Gpu, _flag: Region) -> Result<()> {
+        Ok(())
+    }
+    /// The guard skipped the last recorded step: takes back the host-side bookkeeping of
+    /// [`Method::after_guard`] (ring pointers). The trainer rewinds the optimisers itself.
+    fn rewind(&mut self) {}
     /// Records the representation of images `x` (frozen: inference graph, BatchNorm in eval
     /// mode) for evaluation.
     fn features(&self, g: &mut Graph, x: Var) -> Result<Var>;
@@ -81,76 +112,6 @@ pub trait Method {
     fn save(&self, gpu: &Gpu, ck: &mut Checkpoint) -> Result<()>;
     /// Restores what [`Method::save`] wrote, checking every shape.
     fn load(&mut self, gpu: &Gpu, ck: &Checkpoint) -> Result<()>;
-    /// The guard skipped the last recorded step's updates on the GPU: takes back its host-side
-    /// bookkeeping (optimiser step counts, ring pointers), so that the method is exactly as before
-    /// that step.
-    fn rewind(&mut self);
-}
-
-/// Records the end of a step's forward and backward passes: the statistics [loss, accuracy, guard]
-/// of [`StepOutput`] and the non-finite guard, a flag word raised when the loss or any gradient
-/// region in `grads` holds a NaN or an infinity (always with `dry_run`). Returns (stats, flag).
-/// Every update recorded after it — [`crate::optim::Optim::step`], [`ring_write`],
-/// [`Rollback::restore`] — reads the flag on the GPU and skips itself, so a non-finite step
-/// changes no state and the step stays one submission.
-pub fn guard_step(
-    g: &mut Graph,
-    loss: Var,
-    accuracy: Tensor,
-    grads: &[Region],
-    dry_run: bool,
-) -> Result<(Tensor, Region)> {
-    let gpu = g.gpu;
-    let _scope = gpu.scope(|| "non-finite guard".into());
-    let flag = g.arena.tensor(gpu, [1])?.region;
-    gpu.clear(flag);
-    let loss = g.value(loss).region;
-    guard::check_finite(gpu, loss, flag, 0, dry_run)?;
-    for &r in grads {
-        guard::check_finite(gpu, r, flag, 0, false)?;
-    }
-    let stats = g.arena.tensor(gpu, [3])?;
-    gpu.copy(loss, stats.region.slice(0, 1))?;
-    gpu.copy(accuracy.region, stats.region.slice(1, 1))?;
-    gpu.copy(flag, stats.region.slice(2, 1))?;
-    Ok((stats, flag))
-}
-
-/// State a step changes before its guard is known — BatchNorm running statistics (updated by the
-/// forward pass), MoCo's key network (EMA at the start of the step): copied aside at the start of
-/// every step, copied back when the guard trips.
-pub struct Rollback {
-    pairs: Vec<(Region, Region)>,
-    _backup: Arena,
-}
-
-impl Rollback {
-    pub fn new(gpu: &Gpu, live: &[Region]) -> Result<Rollback> {
-        let mut arena = Arena::for_gpu("rollback", gpu);
-        let pairs = live
-            .iter()
-            .map(|&r| Ok((r, arena.alloc(gpu, r.len)?)))
-            .collect::<Result<_>>()?;
-        Ok(Rollback {
-            pairs,
-            _backup: arena,
-        })
-    }
-
-    /// Records the copies aside (at the start of a step, before anything changes the state).
-    pub fn save(&self, gpu: &Gpu) -> Result<()> {
-        self.pairs
-            .iter()
-            .try_for_each(|&(live, backup)| gpu.copy(live, backup))
-    }
-
-    /// Records copying the state back, which runs only when the guard `flag` is raised.
-    pub fn restore(&self, gpu: &Gpu, flag: Region) -> Result<()> {
-        let _scope = gpu.scope(|| "roll-back of a skipped step".into());
-        self.pairs.iter().try_for_each(|&(live, backup)| {
-            guard::copy_if(gpu, backup, live, flag, When::NonFinite)
-        })
-    }
 }
 
 /// An encoder followed by an MLP head, its parameters in one store.
@@ -204,6 +165,11 @@ impl Network {
     pub fn load(&self, gpu: &Gpu, ck: &Checkpoint, prefix: &str) -> Result<()> {
         ck.get_store(gpu, prefix, &self.params)?;
         ck.get_store(gpu, prefix, &self.buffers)
+    }
+
+    /// The encoder's frozen representation of images `x` (see [`Encoder::frozen`]).
+    pub fn features(&self, g: &mut Graph, x: Var) -> Result<Var> {
+        self.encoder.frozen(g, &self.params, &self.buffers, x)
     }
 
     /// L2-normalised head output for images `x`, BatchNorm in train mode with `groups` groups.
@@ -270,30 +236,86 @@ pub fn augmented_views(
     Ok(out)
 }
 
-/// Writes the rows of `rows` [B, d] into the ring buffer `ring` [K, d] at `*ptr`, wrapping around
-/// so that any B works (MoCo's queue, a memory bank); a batch larger than the ring leaves only its
-/// last K rows. Advances `*ptr`. The copies run only when the guard `flag` is not raised.
-pub fn ring_write(
-    gpu: &Gpu,
-    rows: Tensor,
-    ring: Tensor,
-    ptr: &mut usize,
-    flag: Region,
-) -> Result<()> {
-    let (k, d) = (ring.shape.dim(0), ring.shape.dim(1));
-    let b = rows.shape.dim(0);
-    let mut row = b.saturating_sub(k);
-    while row < b {
-        let n = (b - row).min(k - *ptr);
-        guard::copy_if(
-            gpu,
-            rows.region.slice(row * d, n * d),
-            ring.region.slice(*ptr * d, n * d),
-            flag,
-            When::Finite,
-        )?;
-        *ptr = (*ptr + n) % k;
-        row += n;
+/// A ring buffer of `[K, d]` rows (MoCo's queue, a memory bank): each write overwrites the
+/// oldest rows, wrapping around so that any batch size works.
+pub struct Ring {
+    pub rows: Tensor,
+    /// The next row to be overwritten.
+    pub ptr: usize,
+    /// `ptr` before the last write (see [`Ring::rewind`]).
+    before: usize,
+}
+
+impl Ring {
+    /// A ring of `rows` random unit rows of `dim` values drawn by `draw`, in `arena`.
+    pub fn random(
+        gpu: &Gpu,
+        arena: &mut Arena,
+        rows: usize,
+        dim: usize,
+        draw: impl FnMut() -> f32,
+    ) -> Result<Ring> {
+        let mut data: Vec<f32> = std::iter::repeat_with(draw).take(rows * dim).collect();
+        crate::nn::normalize_rows(&mut data, dim);
+        Ok(Ring {
+            rows: arena.upload(gpu, [rows, dim], &data)?,
+            ptr: 0,
+            before: 0,
+        })
     }
-    Ok(())
+
+    /// Records writing the rows of each of `batches` ([B, d]) in turn at the pointer (a batch
+    /// larger than the ring leaves only its last K rows) and advances it. The copies run only
+    /// when the guard `flag` is not raised.
+    pub fn write(&mut self, gpu: &Gpu, batches: &[Tensor], flag: Region) -> Result<()> {
+        self.before = self.ptr;
+        let (k, d) = (self.rows.shape.dim(0), self.rows.shape.dim(1));
+        for rows in batches {
+            let b = rows.shape.dim(0);
+            let mut row = b.saturating_sub(k);
+            while row < b {
+                let n = (b - row).min(k - self.ptr);
+                guard::copy_if(
+                    gpu,
+                    rows.region.slice(row * d, n * d),
+                    self.rows.region.slice(self.ptr * d, n * d),
+                    flag,
+                    When::Finite,
+                )?;
+                self.ptr = (self.ptr + n) % k;
+                row += n;
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back the pointer of the last [`Ring::write`], whose copies the guard skipped.
+    pub fn rewind(&mut self) {
+        self.ptr = self.before;
+    }
+
+    /// Adds the rows as `{prefix}.{what}` and the pointer as `{prefix}.ptr`.
+    pub fn save(&self, gpu: &Gpu, ck: &mut Checkpoint, prefix: &str, what: &str) -> Result<()> {
+        let name = format!("{prefix}.{what}");
+        ck.put_region(gpu, &name, self.rows.region, self.rows.shape.dims())?;
+        ck.meta
+            .insert(format!("{prefix}.ptr"), self.ptr.to_string());
+        Ok(())
+    }
+
+    /// Restores what [`Ring::save`] wrote, checking the shape and the pointer.
+    pub fn load(&mut self, gpu: &Gpu, ck: &Checkpoint, prefix: &str, what: &str) -> Result<()> {
+        let name = format!("{prefix}.{what}");
+        ck.get_region(gpu, &name, self.rows.region, self.rows.shape.dims())?;
+        let ptr: usize = ck.meta_parse(&format!("{prefix}.ptr"))?;
+        let k = self.rows.shape.dim(0);
+        if ptr >= k {
+            return Err(Error::Checkpoint {
+                path: ck.origin.clone(),
+                what: format!("{what} pointer {ptr} outside a {what} of {k}"),
+            });
+        }
+        (self.ptr, self.before) = (ptr, ptr);
+        Ok(())
+    }
 }

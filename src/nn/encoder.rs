@@ -183,6 +183,14 @@ impl Encoder {
         flops
     }
 
+    /// The pooled global feature of images `x`, BatchNorm in eval mode: the frozen
+    /// representation that evaluation probes.
+    pub fn frozen(&self, g: &mut Graph, ps: &Store, bs: &Store, x: Var) -> Result<Var> {
+        Ok(self
+            .forward(g, ps, bs, x, &BatchNorm::default(), false)?
+            .global)
+    }
+
     /// `x` is [N, H, W, C]. `train` selects batch statistics (and running-average updates) in
     /// BatchNorm; evaluation uses `train = false`.
     pub fn forward(

@@ -236,3 +236,11 @@ impl Store {
         gpu.upload(self.values, &host)
     }
 }
+
+/// Divides every row of `data` (rows of `dim`) by its L2 norm (at least 1e-12), on the host.
+pub fn normalize_rows(data: &mut [f32], dim: usize) {
+    for row in data.chunks_mut(dim.max(1)) {
+        let n = row.iter().map(|x| x * x).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|x| *x /= n);
+    }
+}

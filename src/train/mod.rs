@@ -1,19 +1,20 @@
-//! The training skeleton shared by every method: epochs of shuffled fixed-size batches, one
-//! recorded step and one submission per batch, progress, the kNN monitor, and the final
-//! evaluation table (trained encoder vs random encoder vs raw pixels).
+//! The trainer shared by every method: epochs of shuffled fixed-size batches, one recorded step
+//! ([`step`]) and one submission per batch, progress, the kNN monitor, resumable checkpoints, and
+//! the diagnosis of a step that held a non-finite value.
+
+mod step;
+
+pub use step::{record_step, rewind, StepOutput};
 
 use std::time::Instant;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
-use crate::autodiff::{Graph, Var};
 use crate::checkpoint::{self, Checkpoint};
-use crate::data::{SequenceSplit, Split};
+use crate::data::Augment;
 use crate::error::{Error, Result};
-use crate::eval::{self, FeatureSet, Probe};
 use crate::gpu::Gpu;
-use crate::kernels::augment::{Augment, GpuImages};
 use crate::memory::Arena;
 use crate::methods::{Examples, Method, StepInput};
 
@@ -46,48 +47,6 @@ pub struct LogLine {
     /// Loss and contrastive accuracy of each predicted offset (CPC), k = 1, 2, ….
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub offsets: Vec<[f32; 2]>,
-}
-
-/// Accuracy of one representation under both probes.
-#[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
-pub struct ProbeResult {
-    pub knn: f64,
-    pub linear: f64,
-}
-
-/// The evaluation table: trained encoder beside a random one and raw pixels.
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
-pub struct Evaluation {
-    pub trained: ProbeResult,
-    pub random: ProbeResult,
-    /// The raw input: pixels, or mean-pooled frames for sequences.
-    pub pixels: ProbeResult,
-    /// What the raw row shows.
-    #[serde(default)]
-    pub raw: String,
-}
-
-impl std::fmt::Display for Evaluation {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(
-            f,
-            "{:<22} {:>10} {:>14}",
-            "representation", "kNN (%)", "linear (%)"
-        )?;
-        for (name, r) in [
-            ("trained encoder", self.trained),
-            ("random encoder", self.random),
-            (self.raw.as_str(), self.pixels),
-        ] {
-            writeln!(
-                f,
-                "{name:<22} {:>10.2} {:>14.2}",
-                r.knn * 100.0,
-                r.linear * 100.0
-            )?;
-        }
-        Ok(())
-    }
 }
 
 /// Checks the batch against the data and the adapter before any work starts.
@@ -265,93 +224,6 @@ pub struct Outcome {
     pub checkpoint: Option<std::path::PathBuf>,
 }
 
-/// Probes one feature set pair with kNN and the linear probe.
-pub fn probe(gpu: &Gpu, train: &FeatureSet, test: &FeatureSet) -> Result<ProbeResult> {
-    Ok(ProbeResult {
-        knn: eval::knn(gpu, train, test, 200, 0.1)?,
-        linear: eval::linear_probe(train, test, &Probe::default()),
-    })
-}
-
-/// Features of a batch recorded on an inference graph.
-pub type FeatureFn<'a> = &'a dyn Fn(&mut Graph, Var) -> Result<Var>;
-
-/// The labelled data a representation is probed on: images on the GPU, or sequences on the host
-/// (whole sequences, or with `crop` up to [`eval::CROPS_PER_SEQUENCE`] consecutive crops of that
-/// many frames from each).
-#[derive(Clone, Copy)]
-pub enum EvalData<'a> {
-    Images {
-        split: &'a Split,
-        train: &'a GpuImages,
-        test: &'a GpuImages,
-    },
-    Sequences {
-        split: &'a SequenceSplit,
-        crop: Option<usize>,
-    },
-}
-
-impl EvalData<'_> {
-    /// (train, test) features of a frozen model.
-    fn features(&self, gpu: &Gpu, f: FeatureFn) -> Result<(FeatureSet, FeatureSet)> {
-        Ok(match *self {
-            EvalData::Images { split, train, test } => (
-                eval::features(gpu, f, train, &split.train.labels)?,
-                eval::features(gpu, f, test, &split.test.labels)?,
-            ),
-            EvalData::Sequences { split, crop } => (
-                eval::sequence_features(gpu, f, &split.train, crop)?,
-                eval::sequence_features(gpu, f, &split.test, crop)?,
-            ),
-        })
-    }
-
-    /// The raw input as (train, test) features, and its name: pixels, or the mean frame.
-    fn raw(&self, gpu: &Gpu) -> Result<(FeatureSet, FeatureSet, &'static str)> {
-        Ok(match *self {
-            EvalData::Images { split, train, test } => (
-                eval::pixels(gpu, train, &split.train.labels)?,
-                eval::pixels(gpu, test, &split.test.labels)?,
-                "raw pixels",
-            ),
-            EvalData::Sequences { split, crop } => (
-                eval::mean_frames(&split.train, crop)?,
-                eval::mean_frames(&split.test, crop)?,
-                "raw (mean frame)",
-            ),
-        })
-    }
-}
-
-/// The evaluation table: the trained and the random model's features, and the raw input.
-pub fn evaluate(
-    gpu: &Gpu,
-    trained: FeatureFn,
-    random: FeatureFn,
-    data: EvalData,
-) -> Result<Evaluation> {
-    let mut rows = vec![];
-    for f in [trained, random] {
-        let (train, test) = data.features(gpu, f)?;
-        rows.push(probe(gpu, &train, &test)?);
-    }
-    let (raw_train, raw_test, raw) = data.raw(gpu)?;
-    Ok(Evaluation {
-        trained: rows[0],
-        random: rows[1],
-        pixels: probe(gpu, &raw_train, &raw_test)?,
-        raw: raw.into(),
-    })
-}
-
-/// kNN accuracy of the method's current model on the held-out data.
-pub fn knn_monitor(gpu: &Gpu, method: &dyn Method, data: EvalData) -> Result<f64> {
-    let f = |g: &mut Graph, x: Var| method.features(g, x);
-    let (bank, query) = data.features(gpu, &f)?;
-    eval::knn(gpu, &bank, &query, 200, 0.1)
-}
-
 /// The trainer's own state in a checkpoint: step, batch order and RNGs.
 fn save_state(
     gpu: &Gpu,
@@ -371,7 +243,7 @@ fn save_state(
     Ok(ck)
 }
 
-/// A held-out accuracy of the method as it stands (e.g. [`knn_monitor`]), run every
+/// A held-out accuracy of the method as it stands (e.g. [`crate::eval::knn_monitor`]), run every
 /// `cfg.knn_every` steps.
 pub type Monitor<'a> = &'a dyn Fn(&dyn Method) -> Result<f64>;
 
@@ -384,10 +256,10 @@ fn diagnose(method: &mut dyn Method, input: StepInput<'_>) -> Result<String> {
     // The first run left its values in the step arena; cleared, no stale value reads as an input.
     input.arena.clear(gpu);
     gpu.begin_finite_checks(crate::kernels::guard::check_finite)?;
-    let run = method.record_step(input);
+    let run = record_step(method, input);
     let found = gpu.end_finite_checks();
     run?;
-    method.rewind();
+    rewind(method);
     Ok(found?.unwrap_or_else(|| {
         "the guard saw a non-finite loss or gradient, but a re-run with a check after every \
          command found none (is the device deterministic?)"
@@ -470,8 +342,9 @@ pub fn train(
         let t = Instant::now();
         let indices = batches.next_batch().to_vec();
         let rng_before = rng.clone();
-        let out = method
-            .record_step(StepInput {
+        let out = record_step(
+            method,
+            StepInput {
                 gpu,
                 arena: &mut arena,
                 examples,
@@ -480,8 +353,9 @@ pub fn train(
                 rng: &mut rng,
                 step,
                 dry_run: false,
-            })
-            .map_err(|e| with_batch_advice(e, cfg.batch_size))?;
+            },
+        )
+        .map_err(|e| with_batch_advice(e, cfg.batch_size))?;
         let stats: Vec<f32> = gpu.read(out.stats.region)?;
         let rate = cfg.batch_size as f64 / t.elapsed().as_secs_f64();
         // Smoothed for display; the first steps include pipeline compilation.
@@ -492,7 +366,7 @@ pub fn train(
         };
         if stats[2].to_bits() != 0 || !stats[0].is_finite() {
             bar.abandon();
-            method.rewind();
+            rewind(method);
             let replay = StepInput {
                 gpu,
                 arena: &mut arena,
