@@ -20,7 +20,11 @@ fn dir(name: &str) -> PathBuf {
 /// A small checkpoint of `step` holding 12 + 3 elements.
 fn small(step: u64) -> Checkpoint {
     let mut ck = Checkpoint::new();
-    ck.put_f32("query.fc.weight", &[3, 4], (0..12).map(|i| i as f32).collect());
+    ck.put_f32(
+        "query.fc.weight",
+        &[3, 4],
+        (0..12).map(|i| i as f32).collect(),
+    );
     ck.put_u32("trainer.order", &[3], vec![2, 0, 1]);
     ck.meta.insert("step".into(), step.to_string());
     ck
@@ -66,9 +70,7 @@ fn a_failed_write_removes_its_temporary_file() {
 fn find_passes_over_corrupt_newer_checkpoints() {
     let d = dir("find");
     for step in [2, 4, 6, 8] {
-        small(step)
-            .write(&checkpoint::path_for(&d, step))
-            .unwrap();
+        small(step).write(&checkpoint::path_for(&d, step)).unwrap();
     }
     // Step 8 truncated (a full disk), step 6 overwritten with garbage.
     let eight = checkpoint::path_for(&d, 8);
@@ -82,8 +84,14 @@ fn find_passes_over_corrupt_newer_checkpoints() {
     assert_eq!(found.checkpoint.origin, checkpoint::path_for(&d, 4));
     let skipped: Vec<String> = found.skipped.iter().map(|e| e.to_string()).collect();
     assert_eq!(skipped.len(), 2, "{skipped:?}");
-    assert!(skipped[0].contains(&eight.display().to_string()), "{skipped:?}");
-    assert!(skipped[1].contains(&six.display().to_string()), "{skipped:?}");
+    assert!(
+        skipped[0].contains(&eight.display().to_string()),
+        "{skipped:?}"
+    );
+    assert!(
+        skipped[1].contains(&six.display().to_string()),
+        "{skipped:?}"
+    );
     assert!(
         skipped.iter().all(|m| m.contains("truncated or corrupt")),
         "{skipped:?}"
@@ -102,10 +110,7 @@ fn find_passes_over_corrupt_newer_checkpoints() {
 fn find_without_an_intact_checkpoint_names_every_file() {
     let d = dir("none-intact");
     let e = checkpoint::find(&d).unwrap_err();
-    assert!(
-        e.to_string().contains("no checkpoint-*.safetensors"),
-        "{e}"
-    );
+    assert!(e.to_string().contains("no checkpoint-*.safetensors"), "{e}");
     // Intact as a file but without its step: not a checkpoint to resume from.
     let mut no_step = small(3);
     no_step.meta.remove("step");
@@ -126,13 +131,17 @@ fn find_without_an_intact_checkpoint_names_every_file() {
 fn checkpoints_sort_by_step_past_the_padded_width() {
     let d = dir("order");
     for step in [99_999_999, 100_000_000, 7] {
-        small(step)
-            .write(&checkpoint::path_for(&d, step))
-            .unwrap();
+        small(step).write(&checkpoint::path_for(&d, step)).unwrap();
     }
     let steps: Vec<String> = checkpoint::list(&d)
         .iter()
-        .map(|p| Checkpoint::read(p).unwrap().meta("step").unwrap().to_string())
+        .map(|p| {
+            Checkpoint::read(p)
+                .unwrap()
+                .meta("step")
+                .unwrap()
+                .to_string()
+        })
         .collect();
     assert_eq!(steps, ["7", "99999999", "100000000"]);
     let found = checkpoint::find(&d).unwrap();

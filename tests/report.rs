@@ -44,57 +44,52 @@ fn others(dir: &Path, keep: &[&str]) -> Vec<String> {
         .collect()
 }
 
+/// Writes `text` as the log in `dir`, cuts it back to `step`; returns the cut and the log after.
+fn cut(dir: &Path, text: &str, step: u64) -> (metrics::Cut, String) {
+    let path = dir.join("metrics.jsonl");
+    std::fs::write(&path, text).unwrap();
+    let cut = metrics::cut_to_step(&path, step).unwrap();
+    assert_eq!(others(dir, &["metrics.jsonl"]), Vec::<String>::new());
+    (cut, std::fs::read_to_string(&path).unwrap())
+}
+
+fn counts(kept: usize, dropped: usize, torn: bool) -> metrics::Cut {
+    metrics::Cut {
+        kept,
+        dropped,
+        torn,
+    }
+}
+
 #[test]
 fn cut_drops_a_torn_last_line() {
     let d = dir("torn");
     let path = d.join("metrics.jsonl");
-    let torn = &line(5)[..17];
-    std::fs::write(&path, log(4) + torn).unwrap();
+    let torn = log(4) + &line(5)[..17];
+    std::fs::write(&path, &torn).unwrap();
     // Reading tolerates the torn line (a crash, or a trainer still writing it).
     assert_eq!(steps(&path), [1, 2, 3, 4]);
-    let cut = metrics::cut_to_step(&path, 4).unwrap();
-    assert_eq!(
-        cut,
-        metrics::Cut {
-            kept: 4,
-            dropped: 0,
-            torn: true
-        }
-    );
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), log(4));
-    assert_eq!(others(&d, &["metrics.jsonl"]), Vec::<String>::new());
+    assert_eq!(cut(&d, &torn, 4), (counts(4, 0, true), log(4)));
     // Appending after the cut gives whole lines.
-    std::fs::write(
-        &path,
-        std::fs::read_to_string(&path).unwrap() + &line(5) + "\n",
-    )
-    .unwrap();
+    std::fs::write(&path, log(4) + &line(5) + "\n").unwrap();
     assert_eq!(steps(&path), [1, 2, 3, 4, 5]);
 }
 
 #[test]
 fn cut_drops_steps_past_the_checkpoint() {
     let d = dir("longer");
-    let path = d.join("metrics.jsonl");
     // Killed at step 9 after a checkpoint at step 6, with step 10 half written.
-    std::fs::write(&path, log(9) + &line(10)[..30]).unwrap();
-    let cut = metrics::cut_to_step(&path, 6).unwrap();
-    assert_eq!((cut.kept, cut.dropped, cut.torn), (6, 3, true));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), log(6));
+    let killed = log(9) + &line(10)[..30];
+    assert_eq!(cut(&d, &killed, 6), (counts(6, 3, true), log(6)));
     // Cutting again changes nothing.
-    let again = metrics::cut_to_step(&path, 6).unwrap();
-    assert_eq!((again.kept, again.dropped, again.torn), (6, 0, false));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), log(6));
+    assert_eq!(cut(&d, &log(6), 6), (counts(6, 0, false), log(6)));
 }
 
 #[test]
 fn cut_ends_a_whole_unterminated_last_line() {
     let d = dir("unterminated");
-    let path = d.join("metrics.jsonl");
-    std::fs::write(&path, log(2) + &line(3)).unwrap();
-    let cut = metrics::cut_to_step(&path, 3).unwrap();
-    assert_eq!((cut.kept, cut.dropped, cut.torn), (3, 0, false));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), log(3));
+    let unterminated = log(2) + &line(3);
+    assert_eq!(cut(&d, &unterminated, 3), (counts(3, 0, false), log(3)));
 }
 
 #[test]
@@ -106,17 +101,9 @@ fn cut_of_an_empty_or_missing_log() {
         metrics::Cut::default()
     );
     assert!(!path.exists(), "a missing log stays missing");
-    std::fs::write(&path, "").unwrap();
-    assert_eq!(
-        metrics::cut_to_step(&path, 3).unwrap(),
-        metrics::Cut::default()
-    );
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    assert_eq!(cut(&d, "", 3), (counts(0, 0, false), String::new()));
     // Cut back to before the first step: an empty log.
-    std::fs::write(&path, log(3)).unwrap();
-    let cut = metrics::cut_to_step(&path, 0).unwrap();
-    assert_eq!((cut.kept, cut.dropped), (0, 3));
-    assert_eq!(std::fs::read_to_string(&path).unwrap(), "");
+    assert_eq!(cut(&d, &log(3), 0), (counts(0, 3, false), String::new()));
 }
 
 #[test]

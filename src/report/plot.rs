@@ -100,7 +100,15 @@ impl Axis {
             format!("{v:.*}", (-step_exp).max(0) as usize)
         } else {
             let digits = (v.abs().log10().floor() as i32 - step_exp).max(0) as usize;
-            format!("{v:.digits$e}")
+            let text = format!("{v:.digits$e}");
+            // `2e-5`, not `2.0e-5`.
+            let (mantissa, exp) = text.split_once('e').unwrap_or((&text, "0"));
+            let mantissa = if mantissa.contains('.') {
+                mantissa.trim_end_matches('0').trim_end_matches('.')
+            } else {
+                mantissa
+            };
+            format!("{mantissa}e{exp}")
         }
     }
 }
@@ -393,4 +401,39 @@ pub fn draw(dir: &Path) -> Result<()> {
             .map_err(|e| failed(e.to_string()))?;
     }
     write_atomic(&path, &png_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Axis;
+
+    fn labels(a: &Axis) -> Vec<String> {
+        a.ticks().iter().map(|&v| a.label(v)).collect()
+    }
+
+    #[test]
+    fn steps_tick_at_whole_numbers() {
+        assert_eq!(labels(&Axis::new(0.0, 3.0, 8, true)), ["0", "1", "2", "3"]);
+        assert_eq!(labels(&Axis::new(0.0, 1.0, 8, true)), ["0", "1"]);
+        let long = Axis::new(0.0, 1234.0, 8, true);
+        assert_eq!(long.step, 200.0);
+        assert_eq!(long.ticks().last(), Some(&1200.0));
+    }
+
+    #[test]
+    fn values_tick_at_round_numbers() {
+        let lr = Axis::new(0.0, 0.06, 5, false);
+        assert_eq!(labels(&lr), ["0", "0.02", "0.04", "0.06"]);
+        let flat = Axis::new(0.06, 0.06, 5, false);
+        assert!(flat.lo < 0.06 && flat.hi > 0.06);
+        assert_eq!(labels(&flat)[0], "0.050");
+        let tiny = Axis::new(1.2e-6, 2.8e-6, 5, false);
+        assert_eq!(labels(&tiny), ["1e-6", "1.5e-6", "2e-6", "2.5e-6", "3e-6"]);
+        let loss = Axis::new(1.4046, 1.4080, 5, false);
+        assert!(
+            labels(&loss).iter().all(|l| l.len() <= 5),
+            "{:?}",
+            labels(&loss)
+        );
+    }
 }
