@@ -9,8 +9,9 @@
 //! - method state (`moco.queue`, …) and trainer state (`trainer.order`, u32).
 //! - metadata: `format`, `method`, `step`, the full configuration as JSON, RNG states.
 //!
-//! Files are written atomically (temporary file, fsync, rename, fsync of the directory), so a crash
-//! or SIGKILL in the middle of a write leaves the previous checkpoint intact.
+//! Files are written atomically ([`write_atomic`]), so a crash or SIGKILL in the middle of a write
+//! leaves the previous checkpoint intact; [`find`] passes over a newer file damaged some other way
+//! (a full disk, a copy cut short) for the newest intact one.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -71,6 +72,30 @@ impl Checkpoint {
             path: self.origin.clone(),
             what: what.into(),
         }
+    }
+
+    /// Elements stored in all tensors together.
+    pub fn stored_elements(&self) -> u128 {
+        self.tensors
+            .values()
+            .map(|(shape, _)| shape.iter().map(|&d| d as u128).product::<u128>())
+            .sum()
+    }
+
+    /// Refuses a size read from the checkpoint's stored settings (its `command` metadata) before
+    /// anything is allocated for it: a checkpoint holds every parameter, queue and bank its
+    /// settings size, so an honest setting never needs more than [`Self::stored_elements`].
+    /// `elements` is what `setting` asks for (a parameter count, queue × dim, bank × dim):
+    /// a corrupt or hostile header asking for more is an error naming the file and the setting.
+    pub fn check_size(&self, setting: &str, elements: u128) -> Result<()> {
+        let stored = self.stored_elements();
+        if elements > stored {
+            return Err(self.bad(format!(
+                "its stored setting `{setting}` asks for {elements} elements but the file holds \
+                 only {stored}: corrupt or edited settings"
+            )));
+        }
+        Ok(())
     }
 
     pub fn put_f32(&mut self, name: impl Into<String>, shape: &[usize], data: Vec<f32>) {
@@ -200,30 +225,12 @@ impl Checkpoint {
         safetensors::serialize(views, Some(meta)).map_err(|e| self.bad(e.to_string()))
     }
 
-    /// Writes atomically: a temporary file beside `path`, fsync, rename, fsync of the directory.
+    /// Writes the checkpoint to `path` atomically (see [`write_atomic`]).
     pub fn write(&self, path: &Path) -> Result<()> {
-        let bytes = self.serialize()?;
-        let dir = path.parent().unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp-{}",
-            path.file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("checkpoint"),
-            std::process::id()
-        ));
-        let io = |e| Error::io(&tmp, e);
-        {
-            let mut f = std::fs::File::create(&tmp).map_err(io)?;
-            f.write_all(&bytes).map_err(io)?;
-            f.sync_all().map_err(io)?;
-        }
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_atomic(path, &self.serialize()?)
     }
 
+    /// Reads and parses a checkpoint file; errors name the file.
     pub fn read(path: &Path) -> Result<Checkpoint> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Checkpoint::from_bytes(&bytes, path)
@@ -291,21 +298,108 @@ pub fn path_for(dir: &Path, step: u64) -> PathBuf {
     dir.join(format!("checkpoint-{step:08}.safetensors"))
 }
 
-/// Checkpoints in `dir`, oldest first.
+/// The step in a checkpoint file's name (`checkpoint-<step>.safetensors`).
+fn step_of(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
+/// Checkpoints in `dir`, oldest first (by the step in their names, so that steps past the
+/// zero-padded width still sort).
 pub fn list(dir: &Path) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("checkpoint-") && n.ends_with(".safetensors"))
-        })
+        .filter_map(|p| Some((step_of(&p)?, p)))
         .collect();
     v.sort();
-    v
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The checkpoint [`find`] chose, and the newer files it passed over.
+#[derive(Debug)]
+pub struct Found {
+    pub checkpoint: Checkpoint,
+    /// Newer checkpoint files that are corrupt or truncated, newest first: each error names the
+    /// file and what is wrong with it. Tell the user (the run resumes from an older step).
+    pub skipped: Vec<Error>,
+}
+
+/// Reads a checkpoint and checks that it names its step.
+fn read_intact(path: &Path) -> Result<Checkpoint> {
+    let ck = Checkpoint::read(path)?;
+    ck.meta_parse::<u64>("step")?;
+    Ok(ck)
+}
+
+/// The checkpoint to resume or evaluate from `path`: the file itself when `path` is a file, or
+/// the newest intact checkpoint of a run directory, passing over newer files that do not parse
+/// (truncated by a full disk, damaged) and listing them in [`Found::skipped`].
+///
+/// Errors: `path` missing; a given file that is not an intact checkpoint; a directory with no
+/// checkpoint, or none intact (the message names each file and its problem).
+pub fn find(path: &Path) -> Result<Found> {
+    let meta = std::fs::metadata(path).map_err(|e| Error::io(path, e))?;
+    if !meta.is_dir() {
+        return Ok(Found {
+            checkpoint: read_intact(path)?,
+            skipped: vec![],
+        });
+    }
+    let mut skipped = vec![];
+    for file in list(path).iter().rev() {
+        match read_intact(file) {
+            Ok(checkpoint) => {
+                return Ok(Found {
+                    checkpoint,
+                    skipped,
+                })
+            }
+            Err(e) => skipped.push(e),
+        }
+    }
+    let what = if skipped.is_empty() {
+        "no checkpoint-*.safetensors in this directory".to_string()
+    } else {
+        let each: Vec<String> = skipped.iter().map(|e| e.to_string()).collect();
+        format!(
+            "no intact checkpoint in this directory: {}",
+            each.join("; ")
+        )
+    };
+    Err(Error::Checkpoint {
+        path: path.into(),
+        what,
+    })
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
+/// directory, so that a crash or SIGKILL mid-write leaves the previous file intact. A failed
+/// write removes its temporary file; errors name the file that failed.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let written = (|| {
+        let mut f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
+        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Writes `ck` as the checkpoint of `step` and keeps only the newest `keep`.

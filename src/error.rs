@@ -43,6 +43,14 @@ pub enum Error {
     #[error("checkpoint {}: {what}", path.display())]
     Checkpoint { path: PathBuf, what: String },
 
+    /// A line of a run's training log (`metrics.jsonl`) that does not parse; `line` counts from 1.
+    #[error("{} line {line}: {what}", path.display())]
+    Metrics {
+        path: PathBuf,
+        line: usize,
+        what: String,
+    },
+
     #[error(
         "gradient check failed for input {input} at index {index}: analytic {analytic:.6e}, \
          finite difference {numeric:.6e} (|diff| {diff:.3e} > {bound:.3e})"
