@@ -25,6 +25,7 @@ pub mod nn;
 pub mod optim;
 pub mod report;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
