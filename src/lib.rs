@@ -30,6 +30,7 @@ pub mod optim;
 pub mod report;
 pub mod run;
 pub mod train;
+pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;
