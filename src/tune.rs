@@ -164,8 +164,12 @@ impl Cache {
     pub fn user() -> Option<Cache> {
         let dir = std::env::var_os("CONTRASTIVE_CACHE_DIR")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("contrastive")))
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/contrastive")))?;
+            .or_else(|| {
+                std::env::var_os("XDG_CACHE_HOME").map(|d| PathBuf::from(d).join("contrastive"))
+            })
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/contrastive"))
+            })?;
         Some(Cache::at(dir.join("tune.json")))
     }
 
@@ -296,7 +300,10 @@ pub fn time_candidates(
         return Err(last_error.unwrap_or_else(|| Error::Config("no candidate to time".into())));
     }
     for _ in 1..budget.max_reps {
-        let best = times.iter().map(|(_, t)| median(t)).fold(f64::INFINITY, f64::min);
+        let best = times
+            .iter()
+            .map(|(_, t)| median(t))
+            .fold(f64::INFINITY, f64::min);
         for (c, t) in times.iter_mut() {
             if start.elapsed().as_secs_f64() > budget.seconds_per_shape {
                 break;
@@ -325,7 +332,10 @@ mod tests {
         let cache = Cache::at(dir.join("tune.json"));
         let mut t = Tuning::new(Mode::Full);
         assert_eq!(t.choice("matmul", "NN 64x64x64"), None);
-        assert_eq!(t.take_wanted(), vec![("matmul".into(), "NN 64x64x64".into())]);
+        assert_eq!(
+            t.take_wanted(),
+            vec![("matmul".into(), "NN 64x64x64".into())]
+        );
         t.set(("matmul".into(), "NN 64x64x64".into()), "smem64".into());
         cache.store("gpu a", t.choices()).unwrap();
         cache.store("gpu b", &BTreeMap::new()).unwrap();
@@ -337,7 +347,10 @@ mod tests {
         resumed.pin(loaded);
         assert_eq!(resumed.choice("matmul", "NN 64x64x64"), Some("smem64"));
         assert_eq!(resumed.choice("matmul", "NN 8x8x8"), None);
-        assert!(resumed.take_wanted().is_empty(), "a pinned run times nothing");
+        assert!(
+            resumed.take_wanted().is_empty(),
+            "a pinned run times nothing"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 
