@@ -112,7 +112,7 @@ impl Dims {
             Trans::NT => (self.k, self.k),
             Trans::TN => (self.m, self.n),
         };
-        lda % 4 == 0 && ldb % 4 == 0 && self.n % 4 == 0
+        lda.is_multiple_of(4) && ldb.is_multiple_of(4) && self.n.is_multiple_of(4)
     }
 }
 
@@ -131,9 +131,10 @@ impl Block {
     const fn new(bm: usize, bn: usize, bk: usize, tm: usize, tn: usize) -> Block {
         let b = Block { bm, bn, bk, tm, tn };
         let threads = b.threads();
-        assert!(tm % 4 == 0 && tn % 4 == 0 && bk % 4 == 0 && SPLIT_ALIGN % bk == 0);
-        assert!(bm % tm == 0 && bn % tn == 0);
-        assert!((bm * bk) % (4 * threads) == 0 && (bn * bk) % (4 * threads) == 0);
+        assert!(tm.is_multiple_of(4) && tn.is_multiple_of(4) && bk.is_multiple_of(4));
+        assert!(SPLIT_ALIGN.is_multiple_of(bk));
+        assert!(bm.is_multiple_of(tm) && bn.is_multiple_of(tn));
+        assert!((bm * bk).is_multiple_of(4 * threads) && (bn * bk).is_multiple_of(4 * threads));
         b
     }
 
@@ -400,7 +401,7 @@ pub fn matmul_candidate(
     };
     let (kernel, lanes_x, groups) = match candidate.tiling {
         Tiling::Registers => {
-            let (kernel, side) = if vec4 && (k % 4 == 0) {
+            let (kernel, side) = if vec4 && k.is_multiple_of(4) {
                 (&TILE4, TILE4_SIDE)
             } else {
                 (&TILE1, TILE1_SIDE)
