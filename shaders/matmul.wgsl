@@ -145,9 +145,8 @@ fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
 // op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows; rows past M are clamped to the last one (their
 // results are never stored). In NN and NT a vec4 holds 4 k of one row; in TN (a is [K, M]) it
 // holds 4 rows at one k and the block is transposed. The mode is uniform, but llvmpipe would run
-// the loads of both sides of a branch, so it only selects addresses and orientation. (Keep the
-// address arithmetic scalar: the same selects on vec4<u32> indices made every llvmpipe dispatch
-// cost ~70 ms more, for reasons inside llvmpipe.)
+// the loads of both sides of a branch, so it only selects addresses and orientation. (The address
+// arithmetic stays scalar: llvmpipe runs the same selects on vec4<u32> indices far slower.)
 fn load_a4(r: u32, k4: u32) -> mat4x4<f32> {
     let tn = p.mode == MODE_TN;
     // TN: rows r .. r+4 at k = 4·k4 + t.
