@@ -1,3 +1,12 @@
+// Parameters of the block-tile kernel `block`. The launcher replaces everything above the
+// "end of block parameters" line with one candidate's values; these defaults are one valid set.
+const BM: u32 = 64u; // rows of c per workgroup
+const BN: u32 = 64u; // columns of c per workgroup
+const BK: u32 = 16u; // K slice staged in workgroup memory per step
+const TM: u32 = 4u; // rows of c per invocation (a multiple of 4)
+const TN: u32 = 4u; // columns of c per invocation (a multiple of 4)
+// end of block parameters
+
 // Matrix multiply: c = epilogue(alpha · op(a) · op(b)), op(x) = x or xᵀ per the mode.
 //
 // NN: a [M,K], b [K,N]; NT: a [M,K], b [N,K]; TN: a [K,M], b [K,N]; c [M,N]; all row-major.
@@ -13,8 +22,8 @@
 //   dynamic index would move them to memory). Loads are clamped to the matrix instead of being
 //   bounds-checked, so edge tiles run the same code and only their stores are guarded.
 //   `tile4` needs K and N (and M in TN) to be multiples of 4; `tile1` takes any shape.
-// - `smem`: the classic GPU kernel. A 64×64 tile of c per workgroup of 16×16, 4×4 per
-//   invocation, K in slices of 16 staged in workgroup memory.
+// - `block`, for GPUs: a BM×BN tile of c per workgroup, TM×TN per invocation, K in slices of BK
+//   double-buffered in workgroup memory (see the section's comment).
 
 struct Params {
     m: u32,
@@ -24,13 +33,14 @@ struct Params {
     alpha: f32,
     // Register tiles: how many of a workgroup's 8 lanes sit side by side along N (1, 2, 4 or 8).
     lanes_x: u32,
-    // Element strides of op(a)[row, k] and op(b)[k, col] (`tile1`, `smem`).
+    // Element strides of op(a)[row, k] and op(b)[k, col] (`tile1`; `block` reads its leading
+    // dimensions from them).
     a_row: u32,
     a_k: u32,
     b_k: u32,
     b_col: u32,
     mode: u32, // 0 NN, NT or TN (`tile4`)
-    // `smem`: K is cut into slices of `kchunk`, one per workgroup along z; slice z writes its
+    // `block`: K is cut into slices of `kchunk`, one per workgroup along z; slice z writes its
     // partial product to c[z·M·N ..] (the launcher then sums the slices). kchunk ≥ K: no split.
     kchunk: u32,
 }
@@ -38,23 +48,25 @@ struct Params {
 const FLAG_ACCUMULATE: u32 = 1u;
 const FLAG_BIAS: u32 = 2u;
 const FLAG_RELU: u32 = 4u;
+// `block`: the leading dimensions of a, b and c are multiples of 4 (vec4 loads and stores).
+const FLAG_VEC4: u32 = 8u;
 
 // Params::mode (0 is NN).
-const NT: u32 = 1u;
-const TN: u32 = 2u;
+const MODE_NT: u32 = 1u;
+const MODE_TN: u32 = 2u;
 
 // Side of the square tile of c each lane owns in `tile4` and in `tile1`.
 const TILE4_SIDE: u32 = 32u;
 const TILE1_SIDE: u32 = 16u;
 
 @group(0) @binding(0) var<uniform> p: Params;
-// The same bindings seen as vec4s (aligned kernels) and as scalars (the others).
+// The operands seen as vec4s and, in `tile1`, as scalars (an entry point uses one view of each).
+// The launcher binds them grown to whole vec4s, so element i of any matrix is [i / 4][i % 4].
 @group(1) @binding(0) var<storage, read_write> a4: array<vec4<f32>>;
 @group(1) @binding(1) var<storage, read_write> b4: array<vec4<f32>>;
 @group(1) @binding(2) var<storage, read_write> c4: array<vec4<f32>>;
 @group(1) @binding(0) var<storage, read_write> a1: array<f32>;
 @group(1) @binding(1) var<storage, read_write> b1: array<f32>;
-@group(1) @binding(2) var<storage, read_write> c1: array<f32>;
 // Bias, N elements (bound to c when there is none; then it is not read).
 @group(1) @binding(3) var<storage, read_write> bias: array<f32>;
 
@@ -75,13 +87,16 @@ fn finish(v: vec4<f32>, old: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
     return r;
 }
 
+// Where in c this invocation's [M, N] block starts: 0, or its K slice's partial in `block`.
+var<private> c_base: u32 = 0u;
+
 // Stores v into c[row, col4*4 .. col4*4+4] (N a multiple of 4) if that is inside c.
 fn store4(row: u32, col4: u32, v: vec4<f32>, b: vec4<f32>) {
     let n4 = p.n / 4u;
     if row >= p.m || col4 >= n4 {
         return;
     }
-    let i = row * n4 + col4;
+    let i = c_base / 4u + row * n4 + col4;
     var old = vec4(0.0);
     if (p.flags & FLAG_ACCUMULATE) != 0u {
         old = c4[i];
@@ -89,8 +104,6 @@ fn store4(row: u32, col4: u32, v: vec4<f32>, b: vec4<f32>) {
     c4[i] = finish(v, old, b);
 }
 
-// Where in c this invocation's [M, N] block starts: 0, or its K slice's partial in `smem`.
-var<private> c_base: u32 = 0u;
 
 // Stores v into c[row, col .. col+4], any N: the columns past N are dropped.
 fn store1(row: u32, col: u32, v: vec4<f32>) {
@@ -102,13 +115,13 @@ fn store1(row: u32, col: u32, v: vec4<f32>) {
             let i = c_base + row * p.n + col + j;
             var old = 0.0;
             if (p.flags & FLAG_ACCUMULATE) != 0u {
-                old = c1[i];
+                old = c4[i / 4u][i % 4u];
             }
             var b = 0.0;
             if (p.flags & FLAG_BIAS) != 0u {
                 b = bias[col + j];
             }
-            c1[i] = finish(vec4(v[j]), vec4(old), vec4(b)).x;
+            c4[i / 4u][i % 4u] = finish(vec4(v[j]), vec4(old), vec4(b)).x;
         }
     }
 }
@@ -132,11 +145,10 @@ fn mac(acc: mat4x4<f32>, a: mat4x4<f32>, b: mat4x4<f32>) -> mat4x4<f32> {
 // op(a)[r .. r+4, 4·k4 .. 4·k4+4] as 4 rows; rows past M are clamped to the last one (their
 // results are never stored). In NN and NT a vec4 holds 4 k of one row; in TN (a is [K, M]) it
 // holds 4 rows at one k and the block is transposed. The mode is uniform, but llvmpipe would run
-// the loads of both sides of a branch, so it only selects addresses and orientation. (Keep the
-// address arithmetic scalar: the same selects on vec4<u32> indices made every llvmpipe dispatch
-// cost ~70 ms more, for reasons inside llvmpipe.)
+// the loads of both sides of a branch, so it only selects addresses and orientation. (The address
+// arithmetic stays scalar: llvmpipe runs the same selects on vec4<u32> indices far slower.)
 fn load_a4(r: u32, k4: u32) -> mat4x4<f32> {
-    let tn = p.mode == TN;
+    let tn = p.mode == MODE_TN;
     // TN: rows r .. r+4 at k = 4·k4 + t.
     let m4 = p.m / 4u;
     let kt = 4u * k4 * m4 + min(r / 4u, m4 - 1u);
@@ -153,7 +165,7 @@ fn load_a4(r: u32, k4: u32) -> mat4x4<f32> {
 // op(b)[4·k4 .. 4·k4+4, c .. c+4] as 4 rows, columns past N clamped. In NN and TN a vec4 holds
 // 4 columns at one k; in NT (b is [N, K]) it holds 4 k of one column and the block is transposed.
 fn load_b4(c: u32, k4: u32) -> mat4x4<f32> {
-    let nt = p.mode == NT;
+    let nt = p.mode == MODE_NT;
     // NN, TN: columns c .. c+4 at k = 4·k4 + t.
     let n4 = p.n / 4u;
     let kt = 4u * k4 * n4 + min(c / 4u, n4 - 1u);
@@ -354,77 +366,202 @@ fn outer(acc: mat4x4<f32>, a: vec4<f32>, b: vec4<f32>) -> mat4x4<f32> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Shared-memory tiles (GPUs): any shape, any mode (from the strides).
+// Block tiles (GPUs): any shape and mode; the tile is the compile-time parameter block.
+//
+// Invocation (tx, ty) of a (BN/TN)×(BM/TM) grid owns TM/4 × TN/4 blocks of 4×4 results, spread
+// over the tile: rows g·(4·BM/TM) + 4·ty + 0..4 and columns h·(4·BN/TN) + 4·tx + 0..4. Each K
+// slice of op(a) and op(b) is stored k-major in workgroup memory (sa[k][row], sb[k][col]), so an
+// invocation reads its TM values of a column of op(a) as TM/4 vec4s and its TN values of a row of
+// op(b) as TN/4 vec4s per k, and accumulates their outer product: TM·TN multiply-adds for
+// (TM+TN)/4 workgroup loads. Neighbouring invocations read neighbouring vec4s of sb and the same
+// vec4 of sa (a broadcast), which no bank conflict slows.
+//
+// Staging: the tile of each operand is cut into groups of 4 elements that are consecutive in
+// memory (along K for a [M,K] and b [N,K], along M or N otherwise); each invocation fetches
+// LOADS_A and LOADS_B such groups per slice, as one vec4 load with FLAG_VEC4 (the leading dimensions
+// are multiples of 4, so a group is all inside the matrix or all outside) or as 4 guarded scalar
+// loads. Groups along M or N are stored as one vec4; groups along K are scattered over 4 rows of
+// the k-major tile, whose rows are padded by one vec4 so that those scattered stores of
+// neighbouring invocations fall in different banks.
+//
+// Double buffering: the slice after the current one is fetched into registers before the
+// current one is multiplied and stored into the other half of workgroup memory after it, so the
+// global loads' latency hides behind the arithmetic and one barrier per slice suffices.
 
-const TILE: u32 = 64u;
-const SLICE: u32 = 16u;
-// vec4s per k in the staged slices: 16 hold the tile, one more spreads the column-wise writes
-// of the staging loop over the memory banks.
-const PITCH: u32 = 17u;
+const THREADS: u32 = (BM / TM) * (BN / TN);
+const PITCH_A: u32 = BM / 4u + 1u; // vec4s per k row of the staged op(a), padding included
+const PITCH_B: u32 = BN / 4u + 1u;
+const LOADS_A: u32 = BM * BK / (4u * THREADS);
+const LOADS_B: u32 = BN * BK / (4u * THREADS);
 
-// One K-slice of op(a) and op(b), stored k-major as vec4s: sa[k·PITCH + i] holds rows 4i .. 4i+4
-// (columns in sb).
-var<workgroup> sa: array<vec4<f32>, 272>;
-var<workgroup> sb: array<vec4<f32>, 272>;
+var<workgroup> sa: array<vec4<f32>, 2u * BK * PITCH_A>;
+var<workgroup> sb: array<vec4<f32>, 2u * BK * PITCH_B>;
 
-@compute @workgroup_size(16, 16, 1)
-fn smem(
-    @builtin(workgroup_id) wg: vec3<u32>,
-    @builtin(local_invocation_id) lid: vec3<u32>,
-    @builtin(local_invocation_index) tid: u32,
-) {
-    let row0 = wg.y * TILE;
-    let col0 = wg.x * TILE;
+// One operand's view for staging: `wide` is M for op(a) and N for op(b).
+struct Operand {
+    is_a: bool,
+    // The operand is contiguous along K (a [M,K], b [N,K]); otherwise along M or N.
+    k_major: bool,
+    wide: u32, // BM or BN
+    pitch: u32,
+    origin: u32, // first row (column) of the workgroup's tile
+    extent: u32, // M or N
+    ld: u32, // leading dimension in elements
+}
+
+// Group `e` of the operand's slice at k0: its position (k, w) in the tile, 4 long along K when
+// k_major, else along w.
+fn group_pos(o: Operand, e: u32) -> vec2<u32> {
+    if o.k_major {
+        return vec2(4u * (e % (BK / 4u)), e / (BK / 4u));
+    }
+    return vec2(e / (o.wide / 4u), 4u * (e % (o.wide / 4u)));
+}
+
+fn load1(is_a: bool, i: u32) -> f32 {
+    if is_a {
+        return a4[i / 4u][i % 4u];
+    }
+    return b4[i / 4u][i % 4u];
+}
+
+fn load4(is_a: bool, i: u32) -> vec4<f32> {
+    if is_a {
+        return a4[i];
+    }
+    return b4[i];
+}
+
+// The 4 elements of group `e` of the slice [k0, kend), zero outside the matrix.
+fn fetch(o: Operand, e: u32, k0: u32, kend: u32) -> vec4<f32> {
+    let kw = group_pos(o, e);
+    let k = k0 + kw.x;
+    let w = o.origin + kw.y;
+    // Element (k, w) and the step between the group's 4 elements.
+    let at = select(k * o.ld + w, w * o.ld + k, o.k_major);
+    if (p.flags & FLAG_VEC4) != 0u {
+        if k < kend && w < o.extent {
+            return load4(o.is_a, at / 4u);
+        }
+        return vec4(0.0);
+    }
+    var v = vec4(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        let kj = select(k, k + j, o.k_major);
+        let wj = select(w + j, w, o.k_major);
+        if kj < kend && wj < o.extent {
+            v[j] = load1(o.is_a, at + j);
+        }
+    }
+    return v;
+}
+
+// Stores group `e` into half `half` of the operand's workgroup tile.
+fn stage(o: Operand, half: u32, e: u32, v: vec4<f32>) {
+    let kw = group_pos(o, e);
+    let base = half * BK * o.pitch;
+    if o.k_major {
+        for (var j = 0u; j < 4u; j++) {
+            let i = base + (kw.x + j) * o.pitch + kw.y / 4u;
+            if o.is_a {
+                sa[i][kw.y % 4u] = v[j];
+            } else {
+                sb[i][kw.y % 4u] = v[j];
+            }
+        }
+    } else {
+        let i = base + kw.x * o.pitch + kw.y / 4u;
+        if o.is_a {
+            sa[i] = v;
+        } else {
+            sb[i] = v;
+        }
+    }
+}
+
+@compute @workgroup_size(THREADS, 1, 1)
+fn block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) tid: u32) {
+    let tx = tid % (BN / TN);
+    let ty = tid / (BN / TN);
+    let row0 = wg.y * BM;
+    let col0 = wg.x * BN;
     let kbeg = wg.z * p.kchunk;
     let kend = min(p.k, kbeg + p.kchunk);
     c_base = wg.z * p.m * p.n;
-    var acc0 = vec4(0.0);
-    var acc1 = vec4(0.0);
-    var acc2 = vec4(0.0);
-    var acc3 = vec4(0.0);
-    for (var k0 = kbeg; k0 < kend; k0 += SLICE) {
-        // Each invocation stages 4 elements of each slice; consecutive invocations read
-        // consecutive addresses along whichever dimension is contiguous in memory.
-        for (var s = 0u; s < 4u; s++) {
-            let e = tid + 256u * s;
-            var row = e % TILE;
-            var ka = e / TILE;
-            if p.a_k == 1u {
-                row = e / SLICE;
-                ka = e % SLICE;
+    // a is stored [K, M] in TN, b [N, K] in NT.
+    let a_t = p.mode == MODE_TN;
+    let b_t = p.mode == MODE_NT;
+    let oa = Operand(true, !a_t, BM, PITCH_A, row0, p.m, select(p.a_row, p.a_k, a_t));
+    let ob = Operand(false, b_t, BN, PITCH_B, col0, p.n, select(p.b_k, p.b_col, b_t));
+    let slices = (max(kend, kbeg) - kbeg + BK - 1u) / BK;
+
+    var ra: array<vec4<f32>, LOADS_A>;
+    var rb: array<vec4<f32>, LOADS_B>;
+    for (var s = 0u; s < LOADS_A; s++) {
+        stage(oa, 0u, tid + s * THREADS, fetch(oa, tid + s * THREADS, kbeg, kend));
+    }
+    for (var s = 0u; s < LOADS_B; s++) {
+        stage(ob, 0u, tid + s * THREADS, fetch(ob, tid + s * THREADS, kbeg, kend));
+    }
+    workgroupBarrier();
+
+    // acc[i·TN/4 + h]: row i of the invocation's TM, column block h of its TN/4.
+    var acc: array<vec4<f32>, TM * TN / 4u>;
+    for (var slice = 0u; slice < slices; slice++) {
+        let half = slice % 2u;
+        let more = slice + 1u < slices;
+        let k_next = kbeg + (slice + 1u) * BK;
+        if more {
+            for (var s = 0u; s < LOADS_A; s++) {
+                ra[s] = fetch(oa, tid + s * THREADS, k_next, kend);
             }
-            var va = 0.0;
-            if row0 + row < p.m && k0 + ka < kend {
-                va = a1[(row0 + row) * p.a_row + (k0 + ka) * p.a_k];
+            for (var s = 0u; s < LOADS_B; s++) {
+                rb[s] = fetch(ob, tid + s * THREADS, k_next, kend);
             }
-            sa[ka * PITCH + row / 4u][row % 4u] = va;
-            var col = e % TILE;
-            var kb = e / TILE;
-            if p.b_col != 1u {
-                col = e / SLICE;
-                kb = e % SLICE;
-            }
-            var vb = 0.0;
-            if col0 + col < p.n && k0 + kb < kend {
-                vb = b1[(k0 + kb) * p.b_k + (col0 + col) * p.b_col];
-            }
-            sb[kb * PITCH + col / 4u][col % 4u] = vb;
         }
-        workgroupBarrier();
-        for (var kk = 0u; kk < SLICE; kk++) {
-            let av = sa[kk * PITCH + lid.y];
-            let bv = sb[kk * PITCH + lid.x];
-            acc0 = fma(vec4(av.x), bv, acc0);
-            acc1 = fma(vec4(av.y), bv, acc1);
-            acc2 = fma(vec4(av.z), bv, acc2);
-            acc3 = fma(vec4(av.w), bv, acc3);
+        let base_a = half * BK * PITCH_A + ty;
+        let base_b = half * BK * PITCH_B + tx;
+        for (var kk = 0u; kk < BK; kk++) {
+            var av: array<vec4<f32>, TM / 4u>;
+            var bv: array<vec4<f32>, TN / 4u>;
+            for (var g = 0u; g < TM / 4u; g++) {
+                av[g] = sa[base_a + kk * PITCH_A + g * (BM / TM)];
+            }
+            for (var h = 0u; h < TN / 4u; h++) {
+                bv[h] = sb[base_b + kk * PITCH_B + h * (BN / TN)];
+            }
+            for (var i = 0u; i < TM; i++) {
+                let a = vec4(av[i / 4u][i % 4u]);
+                for (var h = 0u; h < TN / 4u; h++) {
+                    acc[i * (TN / 4u) + h] = fma(a, bv[h], acc[i * (TN / 4u) + h]);
+                }
+            }
+        }
+        if more {
+            for (var s = 0u; s < LOADS_A; s++) {
+                stage(oa, 1u - half, tid + s * THREADS, ra[s]);
+            }
+            for (var s = 0u; s < LOADS_B; s++) {
+                stage(ob, 1u - half, tid + s * THREADS, rb[s]);
+            }
         }
         workgroupBarrier();
     }
-    let r = row0 + 4u * lid.y;
-    let c = col0 + 4u * lid.x;
-    store1(r, c, acc0);
-    store1(r + 1u, c, acc1);
-    store1(r + 2u, c, acc2);
-    store1(r + 3u, c, acc3);
+
+    for (var i = 0u; i < TM; i++) {
+        let row = row0 + (i / 4u) * (4u * BM / TM) + 4u * ty + i % 4u;
+        for (var h = 0u; h < TN / 4u; h++) {
+            let col = col0 + h * (4u * BN / TN) + 4u * tx;
+            let v = acc[i * (TN / 4u) + h];
+            if (p.flags & FLAG_VEC4) != 0u {
+                var b = vec4(0.0);
+                if (p.flags & FLAG_BIAS) != 0u && col < p.n {
+                    b = load_bias4(col);
+                }
+                store4(row, col / 4u, v, b);
+            } else {
+                store1(row, col, v);
+            }
+        }
+    }
 }

@@ -1,31 +1,29 @@
 mod common;
 
 use common::*;
-use contrastive::kernels::matmul::{self, Matmul, Trans, Variant};
+use contrastive::kernels::matmul::{self, Candidate, Dims, Matmul, Tiling, Trans};
+use contrastive::gpu::AdapterKind;
 use contrastive::{Arena, Error, Gpu};
 
 const MODES: [Trans; 3] = [Trans::NN, Trans::NT, Trans::TN];
-const VARIANTS: [Variant; 3] = [Variant::Vec4, Variant::Scalar, Variant::Shared];
 
-/// (M, N, K): the awkward sizes 1, 3, 17, 31, 64, 129 in combinations that cover row vectors,
-/// single columns, K = 1, sizes just past a tile, and shapes the vec4 kernels accept (K, N and,
-/// for TN, M multiples of 4) but whose tiles are cut by the matrix edge.
-const SHAPES: [(usize, usize, usize); 14] = [
+/// (M, N, K): row vectors, single columns, K = 1, sizes just past a tile (64, 128), shapes whose
+/// leading dimensions are multiples of 4 (the vec4 loads) but whose tiles are cut by the edge.
+const SHAPES: [(usize, usize, usize); 10] = [
     (1, 1, 1),
-    (129, 31, 17),
-    (64, 64, 64),
+    (7, 13, 5),
+    (65, 127, 33),
+    (129, 64, 257),
     (3, 129, 1),
-    (1, 64, 64),
-    (1, 129, 31),
     (17, 1, 129),
-    (31, 17, 3),
-    (129, 64, 64),
-    (64, 3, 129),
+    (64, 64, 64),
     (20, 68, 36),
     (132, 260, 8),
     (36, 4, 4),
-    (4, 96, 512),
 ];
+
+/// Few output tiles over a long K: the block candidates split K (the last slice short).
+const LONG_K: [(usize, usize, usize); 3] = [(4, 96, 512), (17, 3, 2000), (70, 65, 1100)];
 
 /// `tol + |ref|·eps`, with the absolute part growing like the rounding of a K-term sum.
 fn tolerance(k: usize) -> (f64, f64) {
@@ -41,8 +39,6 @@ struct Case {
     bias: bool,
     relu: bool,
     accumulate: bool,
-    /// Give the matmul split-K scratch (the shared-memory variant then splits long K loops).
-    split: bool,
 }
 
 impl Case {
@@ -56,12 +52,20 @@ impl Case {
             bias: false,
             relu: false,
             accumulate: false,
-            split: false,
         }
     }
 
-    /// Runs the case on `variant` and compares with the f64 reference.
-    fn check(&self, gpu: &Gpu, arena: &mut Arena, variant: Variant, seed: u64) {
+    fn dims(&self) -> Dims {
+        Dims {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+        }
+    }
+
+    /// Runs the case on `candidate` (with the scratch it needs) and compares with the f64
+    /// reference.
+    fn check(&self, gpu: &Gpu, arena: &mut Arena, candidate: Candidate, seed: u64) {
         let (m, n, k) = (self.m, self.n, self.k);
         let (a_shape, b_shape) = match self.trans {
             Trans::NN => ([m, k], [k, n]),
@@ -76,7 +80,7 @@ impl Case {
         let tb = arena.upload(gpu, b_shape, &b).unwrap();
         let tc = arena.upload(gpu, [m, n], &prev).unwrap();
         let tbias = arena.upload(gpu, [n], &bias).unwrap();
-        let room = matmul::split_k_scratch(variant, m, n, k);
+        let room = candidate.scratch(self.dims());
         let scratch = arena.tensor(gpu, [room.max(1)]).unwrap();
         let spec = Matmul {
             trans: self.trans,
@@ -84,9 +88,9 @@ impl Case {
             bias: self.bias.then_some(&tbias),
             relu: self.relu,
             accumulate: self.accumulate,
-            scratch: self.split.then_some(&scratch),
+            scratch: (room > 0).then_some(&scratch),
         };
-        matmul::matmul_with(gpu, &ta, &tb, &tc, &spec, variant).unwrap();
+        matmul::matmul_candidate(gpu, &ta, &tb, &tc, &spec, candidate).unwrap();
         let got: Vec<f32> = gpu.read(tc.region).unwrap();
         let want = matmul::reference(
             &a,
@@ -101,8 +105,13 @@ impl Case {
         let (tol, eps) = tolerance(k);
         assert_close(
             &format!(
-                "{variant:?} {:?} {m}x{n}x{k} alpha={} bias={} relu={} acc={} split={}",
-                self.trans, self.alpha, self.bias, self.relu, self.accumulate, self.split
+                "{} {:?} {m}x{n}x{k} alpha={} bias={} relu={} acc={}",
+                candidate.name(),
+                self.trans,
+                self.alpha,
+                self.bias,
+                self.relu,
+                self.accumulate
             ),
             &got,
             &want,
@@ -113,86 +122,92 @@ impl Case {
     }
 }
 
-// One test for all numeric cases: every variant compiles its kernels once (llvmpipe takes seconds
-// per kernel when its shader cache is cold, and parallel tests would each compile them again).
+// One test for all numeric cases: every candidate compiles its kernels once (llvmpipe takes
+// seconds per kernel when its shader cache is cold, and parallel tests would each compile them
+// again).
 #[test]
-fn every_variant_mode_shape_and_epilogue_matches_reference() {
+fn every_candidate_mode_shape_and_epilogue_matches_reference() {
     let gpu = gpu();
     let mut arena = Arena::for_gpu("test", &gpu);
-    for variant in VARIANTS {
-        for trans in MODES {
-            for (i, &shape) in SHAPES.iter().enumerate() {
-                Case::plain(trans, shape).check(&gpu, &mut arena, variant, i as u64);
-            }
-            let shapes = [(129, 31, 17), (20, 68, 36), (1, 64, 64), (3, 129, 1)];
-            for (i, &shape) in shapes.iter().enumerate() {
-                let seed = 100 + 10 * i as u64;
-                for (bias, relu) in [(true, false), (false, true), (true, true)] {
-                    let case = Case {
-                        alpha: -0.75,
-                        bias,
-                        relu,
-                        ..Case::plain(trans, shape)
-                    };
-                    case.check(&gpu, &mut arena, variant, seed);
-                }
-                for alpha in [1.0, 0.5] {
-                    let case = Case {
-                        alpha,
-                        accumulate: true,
-                        ..Case::plain(trans, shape)
-                    };
-                    case.check(&gpu, &mut arena, variant, seed + 1);
+    let mut splits_seen = 0;
+    for trans in MODES {
+        for (i, &shape) in SHAPES.iter().chain(&LONG_K).enumerate() {
+            let plain = Case::plain(trans, shape);
+            let candidates = matmul::candidates(&gpu, plain.dims());
+            assert!(candidates.contains(&matmul::choose(&gpu, plain.dims())));
+            for candidate in candidates {
+                splits_seen += (candidate.splits > 1) as usize;
+                let seed = 10 * i as u64;
+                plain.check(&gpu, &mut arena, candidate, seed);
+                let acc = Case {
+                    alpha: 0.5,
+                    accumulate: true,
+                    ..Case::plain(trans, shape)
+                };
+                acc.check(&gpu, &mut arena, candidate, seed + 1);
+                // Epilogues on a few shapes, for the candidates that apply them.
+                if candidate.splits == 1 && [1, 2, 7].contains(&i) {
+                    for (bias, relu) in [(true, false), (false, true), (true, true)] {
+                        let case = Case {
+                            alpha: -0.75,
+                            bias,
+                            relu,
+                            ..Case::plain(trans, shape)
+                        };
+                        case.check(&gpu, &mut arena, candidate, seed + 2);
+                    }
                 }
             }
         }
     }
+    // Every block tiling splits each long-K shape in every mode.
+    let blocks = matmul::candidates(&gpu, Dims { m: 1, n: 1, k: 1 }).len() - 1;
+    assert_eq!(splits_seen, MODES.len() * LONG_K.len() * blocks);
 }
 
 #[test]
-fn split_k_matches_reference() {
-    // Few output tiles over a long K: the shared-memory variant splits K (2, 7 and 4 slices here,
-    // the last one short), with alpha, accumulation and an epilogue (which is not split).
+fn split_k_needs_scratch_and_no_epilogue() {
     let gpu = gpu();
     let mut arena = Arena::for_gpu("test", &gpu);
-    assert_eq!(
-        matmul::split_k_scratch(Variant::Shared, 4, 96, 512),
-        2 * 4 * 96
-    );
-    assert_eq!(
-        matmul::split_k_scratch(Variant::Shared, 17, 3, 2000),
-        7 * 17 * 3
-    );
-    assert_eq!(matmul::split_k_scratch(Variant::Vec4, 17, 3, 2000), 0);
-    assert_eq!(
-        matmul::split_k_scratch(Variant::Shared, 1024, 1024, 4096),
-        0
-    );
-    for variant in VARIANTS {
-        for trans in MODES {
-            for (i, &shape) in [(4, 96, 512), (17, 3, 2000), (70, 65, 1100)]
-                .iter()
-                .enumerate()
-            {
-                let seed = 300 + 10 * i as u64;
-                let split = Case {
-                    split: true,
-                    ..Case::plain(trans, shape)
-                };
-                split.check(&gpu, &mut arena, variant, seed);
-                for (alpha, accumulate, bias) in [(0.5, true, false), (-0.75, false, true)] {
-                    let case = Case {
-                        alpha,
-                        accumulate,
-                        bias,
-                        split: true,
-                        ..Case::plain(trans, shape)
-                    };
-                    case.check(&gpu, &mut arena, variant, seed + 1);
-                }
-            }
-        }
+    let dims = Dims {
+        m: 17,
+        n: 3,
+        k: 2000,
+    };
+    let split = matmul::candidates(&gpu, dims)
+        .into_iter()
+        .find(|c| c.splits > 1)
+        .expect("a split candidate for a long K");
+    assert!(matches!(split.tiling, Tiling::Block(_)));
+    assert_eq!(split.scratch(dims), split.splits * 17 * 3);
+    let a = arena.tensor(&gpu, [17, 2000]).unwrap();
+    let b = arena.tensor(&gpu, [2000, 3]).unwrap();
+    let c = arena.tensor(&gpu, [17, 3]).unwrap();
+    let bias = arena.tensor(&gpu, [3]).unwrap();
+    let small = arena.tensor(&gpu, [split.scratch(dims) - 1]).unwrap();
+    for spec in [
+        Matmul::default(),
+        Matmul {
+            scratch: Some(&small),
+            ..Default::default()
+        },
+        Matmul {
+            bias: Some(&bias),
+            ..Default::default()
+        },
+    ] {
+        let err = matmul::matmul_candidate(&gpu, &a, &b, &c, &spec, split).unwrap_err();
+        assert!(matches!(err, Error::Config(_)), "{err}");
     }
+    // The automatic path asks for exactly the scratch of its pick, and none where it does not split.
+    let want = matmul::choose(&gpu, dims).scratch(dims);
+    assert_eq!(matmul::split_k_scratch_for(&gpu, &a, &b, Trans::NN), want);
+    let big = Dims {
+        m: 2048,
+        n: 2048,
+        k: 64,
+    };
+    assert_eq!(matmul::choose(&gpu, big).splits, 1);
 }
 
 #[test]
@@ -214,14 +229,20 @@ fn leading_dimensions_fold_into_rows() {
 }
 
 #[test]
-fn auto_variant_follows_the_adapter_type() {
+fn choice_follows_the_adapter_type() {
     let gpu = gpu();
-    let want = if gpu.kind() == contrastive::gpu::AdapterKind::Cpu {
-        Variant::Vec4
-    } else {
-        Variant::Shared
+    let dims = Dims {
+        m: 1024,
+        n: 1024,
+        k: 1024,
     };
-    assert_eq!(Variant::for_adapter(&gpu), want);
+    let pick = matmul::choose(&gpu, dims);
+    assert_eq!(
+        gpu.kind() == AdapterKind::Cpu,
+        pick.tiling == Tiling::Registers,
+        "{}",
+        pick.name()
+    );
 }
 
 #[test]

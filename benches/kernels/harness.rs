@@ -23,7 +23,7 @@ impl<'g> Bench<'g> {
             }
         );
         println!(
-            "{:<44} {:>10} {:>10} {:>10}",
+            "{:<72} {:>10} {:>10} {:>10}",
             "case", "ms", "GFLOP/s", "GB/s"
         );
     }
@@ -120,7 +120,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// One table row: time per launch, GFLOP/s and GB/s.
 fn row(name: &str, t: f64, flops: f64, bytes: f64) {
     println!(
-        "{:<44} {:>10.3} {:>10.2} {:>10.2}",
+        "{:<72} {:>10.3} {:>10.2} {:>10.2}",
         name,
         t * 1e3,
         flops / t * 1e-9,

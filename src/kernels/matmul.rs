@@ -1,44 +1,50 @@
 //! Matrix multiply (`shaders/matmul.wgsl`): `c = epilogue(alpha · op(a) · op(b))` with either
 //! operand transposed, a bias + ReLU epilogue, or accumulation into `c`.
 //!
-//! Two kernel families, chosen per adapter ([`Variant::for_adapter`]):
-//! - register tiles for CPU adapters (llvmpipe), where workgroup barriers are very expensive and
-//!   every storage load costs a per-lane loop: each invocation owns a 32×32 tile of `c` and streams
-//!   vec4s of `a` and `b` straight from storage ([`Variant::Vec4`]); shapes that cannot be read as
-//!   vec4s use a scalar-load version ([`Variant::Scalar`]);
-//! - shared-memory tiles for GPUs ([`Variant::Shared`]): 64×64 per workgroup, 4×4 per invocation,
-//!   K in slices of 16 staged in workgroup memory. A product with few output tiles and a long K
-//!   (a weight gradient summed over a batch of locations) splits K across workgroups when the
-//!   caller gives scratch for the partial products ([`split_k_scratch`]); the reduction kernel
-//!   then adds them up. Without the split, DIM's 256×64 score gradient over K = 50176 ran on 4
-//!   workgroups and took 88 % of its step on an H100.
+//! Every product can run on any of an explicit list of [`Candidate`]s ([`candidates`]); [`choose`]
+//! is the one function that picks among them, and [`matmul`] runs its pick. A candidate is a
+//! [`Tiling`] and a number of K splits:
+//! - [`Tiling::Registers`], for CPU adapters (llvmpipe), where workgroup barriers are very
+//!   expensive and every storage load costs a per-lane loop: each invocation owns a 32×32 tile of
+//!   `c` and streams vec4s of `a` and `b` straight from storage; shapes that cannot be read as
+//!   vec4s use a 16×16 scalar-load version;
+//! - [`Tiling::Block`], for GPUs: one parameterised WGSL kernel (block tile per workgroup, results
+//!   per invocation, K slice), built per tiling by rewriting the shader's parameter block;
+//!   double-buffered K slices in workgroup memory, vec4 loads where the leading dimensions allow.
+//!
+//! A product with few output tiles and a long K (a weight gradient summed over a batch of
+//! locations) splits K across workgroups when the caller gives scratch for the partial products
+//! ([`split_k_scratch_for`]); the reduction kernel then adds them up. Without the split such a
+//! product runs on a handful of workgroups while the rest of the GPU idles.
+
+use std::sync::LazyLock;
 
 use crate::error::{Error, Result};
-use crate::gpu::{Gpu, Kernel, Region};
+use crate::gpu::{AdapterKind, Gpu, Kernel, Region};
 use crate::kernel;
 use crate::kernels::reduce::{self, Axis, Reduce};
 use crate::memory::Tensor;
 
 const TILE4: Kernel = kernel!("matmul.wgsl", "tile4", 4);
 const TILE1: Kernel = kernel!("matmul.wgsl", "tile1", 4);
-const SMEM: Kernel = kernel!("matmul.wgsl", "smem", 4);
+const SOURCE: &str = TILE4.source;
+/// The line that ends the shader's block parameters; the launcher replaces everything above it.
+const PARAMS_END: &str = "// end of block parameters\n";
 
-/// Side of the square tile of `c` per invocation in the register-tile kernels and per workgroup
-/// in the shared-memory kernel (they must match the WGSL constants).
+/// Side of the square tile of `c` per invocation in the register-tile kernels (they must match
+/// the WGSL constants).
 const TILE4_SIDE: usize = 32;
 const TILE1_SIDE: usize = 16;
-const SMEM_TILE: usize = 64;
-/// K slice staged per step by the shared-memory kernel (its SLICE).
-const SMEM_SLICE: usize = 16;
 /// Invocations per workgroup in the register-tile kernels: one SIMD vector on llvmpipe.
 const LANES: usize = 8;
-/// Split-K (shared-memory kernel): split K until about this many workgroups run, in slices of at
-/// least SPLIT_MIN_K (a multiple of the kernel's 16-long K slices).
+/// Split-K: split K until about this many workgroups run, in slices of at least SPLIT_MIN_K,
+/// each a multiple of SPLIT_ALIGN (a multiple of every block tiling's K slice).
 const SPLIT_WORKGROUPS: usize = 256;
 const SPLIT_MIN_K: usize = 256;
+const SPLIT_ALIGN: usize = 16;
 
 /// Which operand is transposed. (The discriminants are the kernels' mode codes.)
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Trans {
     /// `a [M,K] · b [K,N]`
     NN = 0,
@@ -59,7 +65,7 @@ pub struct Matmul<'a> {
     pub relu: bool,
     /// `c += alpha · op(a) · op(b)` instead of `c = ...`; excludes `bias` and `relu`.
     pub accumulate: bool,
-    /// Room for the partial products of a split K loop ([`split_k_scratch`] floats). Without
+    /// Room for the partial products of a split K loop ([`split_k_scratch_for`] floats). Without
     /// it, or with a bias or ReLU epilogue, K is not split.
     pub scratch: Option<&'a Tensor>,
 }
@@ -77,29 +83,215 @@ impl Default for Matmul<'_> {
     }
 }
 
-/// Kernel family. [`matmul`] picks one with [`Variant::for_adapter`]; [`matmul_with`] takes it
-/// explicitly (tests run every variant on every adapter).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Variant {
-    /// Register tiles with vec4 loads. Needs K and N (and M in [`Trans::TN`]) to be multiples of
-    /// 4; other shapes run [`Variant::Scalar`].
-    Vec4,
-    /// Register tiles with scalar loads, any shape.
-    Scalar,
-    /// Shared-memory tiles, any shape.
-    Shared,
+/// The size of a product `op(a) [m,k] · op(b) [k,n]`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Dims {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
 }
 
-impl Variant {
-    /// Register tiles on CPU adapters, shared-memory tiles on GPUs.
-    pub fn for_adapter(gpu: &Gpu) -> Variant {
-        if gpu.kind() == crate::gpu::AdapterKind::Cpu {
-            Variant::Vec4
-        } else {
-            Variant::Shared
-        }
+impl Dims {
+    /// The dims of `op(a) · op(b)` as laid out for `trans` (not checked: [`matmul`] reports
+    /// operands that do not multiply).
+    pub fn of(a: &Tensor, b: &Tensor, trans: Trans) -> Dims {
+        let ((ar, ac), (br, bc)) = (a.shape.rows_cols(), b.shape.rows_cols());
+        let (m, k, n) = match trans {
+            Trans::NN => (ar, ac, bc),
+            Trans::NT => (ar, ac, br),
+            Trans::TN => (ac, ar, bc),
+        };
+        Dims { m, n, k }
+    }
+
+    /// Whether every leading dimension (of a, b and c) is a multiple of 4, so that rows can be
+    /// read and written as vec4s.
+    fn vec4(&self, trans: Trans) -> bool {
+        let (lda, ldb) = match trans {
+            Trans::NN => (self.k, self.n),
+            Trans::NT => (self.k, self.k),
+            Trans::TN => (self.m, self.n),
+        };
+        lda.is_multiple_of(4) && ldb.is_multiple_of(4) && self.n.is_multiple_of(4)
     }
 }
+
+/// A block tiling of the GPU kernel: a `bm×bn` tile of `c` per workgroup, `tm×tn` per invocation,
+/// K in slices of `bk` (all multiples of 4; each invocation stages whole vec4s of each slice).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Block {
+    pub bm: usize,
+    pub bn: usize,
+    pub bk: usize,
+    pub tm: usize,
+    pub tn: usize,
+}
+
+impl Block {
+    const fn new(bm: usize, bn: usize, bk: usize, tm: usize, tn: usize) -> Block {
+        let b = Block { bm, bn, bk, tm, tn };
+        let threads = b.threads();
+        assert!(tm.is_multiple_of(4) && tn.is_multiple_of(4) && bk.is_multiple_of(4));
+        assert!(SPLIT_ALIGN.is_multiple_of(bk));
+        assert!(bm.is_multiple_of(tm) && bn.is_multiple_of(tn));
+        assert!((bm * bk).is_multiple_of(4 * threads) && (bn * bk).is_multiple_of(4 * threads));
+        b
+    }
+
+    const fn threads(&self) -> usize {
+        (self.bm / self.tm) * (self.bn / self.tn)
+    }
+
+    /// Bytes of workgroup memory: two slices of each operand, each row padded by one vec4.
+    fn workgroup_bytes(&self) -> usize {
+        2 * self.bk * (self.bm + 4 + self.bn + 4) * 4
+    }
+
+    fn fits(&self, gpu: &Gpu) -> bool {
+        let l = &gpu.limits;
+        self.workgroup_bytes() <= l.max_compute_workgroup_storage_size as usize
+            && self.threads() <= l.max_compute_invocations_per_workgroup as usize
+            && self.threads() <= l.max_compute_workgroup_size_x as usize
+    }
+
+    /// The shader's parameter block for this tiling.
+    fn params(&self) -> String {
+        let Block { bm, bn, bk, tm, tn } = *self;
+        format!(
+            "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
+             const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n"
+        )
+    }
+}
+
+/// The block tilings offered on every adapter whose limits they fit: large tiles with 8×8
+/// results per invocation for large products, smaller ones for fewer, smaller output tiles.
+pub const BLOCKS: [Block; 3] = [
+    Block::new(128, 128, 8, 8, 8),
+    Block::new(128, 64, 16, 8, 4),
+    Block::new(64, 64, 16, 4, 4),
+];
+
+/// How a candidate tiles the product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tiling {
+    /// Register tiles, one invocation per 32×32 tile of `c` (16×16 with scalar loads), no
+    /// workgroup memory: shaped for CPU adapters.
+    Registers,
+    /// Block tiles staged in workgroup memory: shaped for GPUs.
+    Block(Block),
+}
+
+/// One way to run a product: a tiling and the number of workgroups K is split across (1: no
+/// split; more need the scratch of [`Candidate::scratch`] and no bias or ReLU epilogue).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Candidate {
+    pub tiling: Tiling,
+    pub splits: usize,
+}
+
+impl Candidate {
+    /// A short name for tables: `registers`, `block 128x128 k8 8x8`, `... split 4`.
+    pub fn name(&self) -> String {
+        let tiling = match self.tiling {
+            Tiling::Registers => "registers".to_string(),
+            Tiling::Block(b) => format!("block {}x{} k{} {}x{}", b.bm, b.bn, b.bk, b.tm, b.tn),
+        };
+        match self.splits {
+            1 => tiling,
+            s => format!("{tiling} split {s}"),
+        }
+    }
+
+    /// Floats of scratch the candidate needs for its partial products (0 when it does not split).
+    pub fn scratch(&self, dims: Dims) -> usize {
+        match self.splits {
+            1 => 0,
+            s => s * dims.m * dims.n,
+        }
+    }
+
+    /// The candidate with its tiling split for `dims` the way [`choose`] splits: until about
+    /// SPLIT_WORKGROUPS workgroups run, in K slices of at least SPLIT_MIN_K.
+    fn split_for(tiling: Tiling, dims: Dims) -> Candidate {
+        let splits = match tiling {
+            Tiling::Registers => 1,
+            Tiling::Block(b) => {
+                let tiles = dims.m.div_ceil(b.bm) * dims.n.div_ceil(b.bn);
+                if tiles >= SPLIT_WORKGROUPS {
+                    1
+                } else {
+                    let splits = SPLIT_WORKGROUPS
+                        .div_ceil(tiles)
+                        .min(dims.k / SPLIT_MIN_K)
+                        .max(1);
+                    dims.k.div_ceil(k_chunk(dims.k, splits)).max(1)
+                }
+            }
+        };
+        Candidate { tiling, splits }
+    }
+}
+
+/// K per split slice when `k` is split `splits` ways.
+fn k_chunk(k: usize, splits: usize) -> usize {
+    k.div_ceil(splits)
+        .next_multiple_of(SPLIT_ALIGN)
+        .max(SPLIT_ALIGN)
+}
+
+/// Every candidate that can run a `dims` product on `gpu`: the register tiles, every block tiling
+/// that fits the adapter's limits, and each of those split along K where the product has few
+/// output tiles and a long K. All of them take any shape and mode.
+pub fn candidates(gpu: &Gpu, dims: Dims) -> Vec<Candidate> {
+    let mut list = vec![Candidate {
+        tiling: Tiling::Registers,
+        splits: 1,
+    }];
+    for b in BLOCKS.into_iter().filter(|b| b.fits(gpu)) {
+        let tiling = Tiling::Block(b);
+        list.push(Candidate { tiling, splits: 1 });
+        let split = Candidate::split_for(tiling, dims);
+        if split.splits > 1 {
+            list.push(split);
+        }
+    }
+    list
+}
+
+/// The heuristic's pick among [`candidates`], for adapters without tuning: register tiles on CPU
+/// adapters; on GPUs the largest block tile that still keeps a large GPU busy (see
+/// FILL_WORKGROUPS), so 128×128 with 8×8 results per invocation for large products and 64×64
+/// with 4×4 for small ones, split along K when there are few output tiles and a long K (used
+/// when the caller gives scratch).
+pub fn choose(gpu: &Gpu, dims: Dims) -> Candidate {
+    if gpu.kind() == AdapterKind::Cpu {
+        return Candidate {
+            tiling: Tiling::Registers,
+            splits: 1,
+        };
+    }
+    let tiles = |b: &Block| dims.m.div_ceil(b.bm) * dims.n.div_ceil(b.bn);
+    let fitting: Vec<Block> = BLOCKS.into_iter().filter(|b| b.fits(gpu)).collect();
+    // BLOCKS runs from the largest tile to the smallest; the last fitting one is the fallback.
+    let block = fitting
+        .iter()
+        .find(|b| tiles(b) >= FILL_WORKGROUPS * (b.bm * b.bn) / (128 * 64))
+        .or(fitting.last())
+        .copied();
+    match block {
+        Some(b) => Candidate::split_for(Tiling::Block(b), dims),
+        None => Candidate {
+            tiling: Tiling::Registers,
+            splits: 1,
+        },
+    }
+}
+
+/// Workgroups of 128×64 outputs that keep a large GPU (about a hundred compute units) busy. A
+/// tiling is chosen when its grid covers that many outputs' worth with margin for larger tiles:
+/// 256 tiles of 128×128 (products from 2048² up), 128 of 128×64 (1024²), else 64×64.
+const FILL_WORKGROUPS: usize = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -121,6 +313,7 @@ struct Params {
 const FLAG_ACCUMULATE: u32 = 1;
 const FLAG_BIAS: u32 = 2;
 const FLAG_RELU: u32 = 4;
+const FLAG_VEC4: u32 = 8;
 
 /// `c = epilogue(alpha · op(a) · op(b))`; `a`, `b` and `c` are read as matrices through
 /// [`crate::Shape::rows_cols`] (leading dimensions fold into rows).
@@ -131,21 +324,32 @@ const FLAG_RELU: u32 = 4;
 /// - `accumulate`: `c += alpha · op(a) · op(b)`. Combining it with `bias` or `relu` is an
 ///   [`Error::Config`]: the epilogue of a sum of contributions is not the sum of epilogues.
 ///
+/// Runs [`choose`]'s candidate, unsplit when there is no (or too little) scratch or an epilogue.
 /// `c` must not overlap `a`, `b` or the bias. Only records the work (see [`Gpu::dispatch`]).
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<()> {
-    matmul_with(gpu, a, b, c, spec, Variant::for_adapter(gpu))
+    let dims = Dims::of(a, b, spec.trans);
+    let mut pick = choose(gpu, dims);
+    let room = spec
+        .scratch
+        .filter(|_| spec.bias.is_none() && !spec.relu)
+        .map_or(0, |t| t.numel());
+    if pick.scratch(dims) > room {
+        pick.splits = 1;
+    }
+    matmul_candidate(gpu, a, b, c, spec, pick)
 }
 
-/// [`matmul`] with the kernel family chosen by the caller.
-pub fn matmul_with(
+/// [`matmul`] on the given candidate (any of [`candidates`]). A split candidate needs
+/// [`Candidate::scratch`] floats in `spec.scratch` and no bias or ReLU, else [`Error::Config`].
+pub fn matmul_candidate(
     gpu: &Gpu,
     a: &Tensor,
     b: &Tensor,
     c: &Tensor,
     spec: &Matmul,
-    variant: Variant,
+    candidate: Candidate,
 ) -> Result<()> {
-    let (m, n, k) = dims(a, b, c, spec)?;
+    let Dims { m, n, k } = dims(a, b, c, spec)?;
     if spec.accumulate && (spec.bias.is_some() || spec.relu) {
         return Err(Error::Config(
             "matmul: `accumulate` cannot be combined with a bias or ReLU epilogue".into(),
@@ -159,12 +363,33 @@ pub fn matmul_with(
             )));
         }
     }
+    let splits = candidate.splits.max(1);
+    let scratch = match (splits, spec.scratch) {
+        (1, _) => None,
+        _ if spec.bias.is_some() || spec.relu => {
+            return Err(Error::Config(format!(
+                "matmul: {} splits K and cannot apply a bias or ReLU epilogue",
+                candidate.name()
+            )))
+        }
+        (_, Some(t)) if t.numel() >= splits * m * n => Some(t),
+        _ => {
+            return Err(Error::Config(format!(
+                "matmul: {} needs scratch for {} floats of partial products",
+                candidate.name(),
+                splits * m * n
+            )))
+        }
+    };
     if m == 0 || n == 0 {
         return Ok(());
     }
+    let dims = Dims { m, n, k };
+    let vec4 = k > 0 && dims.vec4(spec.trans);
     let flags = if spec.accumulate { FLAG_ACCUMULATE } else { 0 }
         | if spec.bias.is_some() { FLAG_BIAS } else { 0 }
-        | if spec.relu { FLAG_RELU } else { 0 };
+        | if spec.relu { FLAG_RELU } else { 0 }
+        | if vec4 { FLAG_VEC4 } else { 0 };
     // Element strides of op(a)[row, k] and op(b)[k, col].
     let (a_row, a_k) = match spec.trans {
         Trans::NN | Trans::NT => (k, 1),
@@ -174,28 +399,20 @@ pub fn matmul_with(
         Trans::NN | Trans::TN => (n, 1),
         Trans::NT => (1, k),
     };
-    let vec4_ok = k > 0 && k % 4 == 0 && n % 4 == 0 && (spec.trans != Trans::TN || m % 4 == 0);
-    let variant = match variant {
-        Variant::Vec4 if !vec4_ok => Variant::Scalar,
-        v => v,
-    };
-    let (kernel, lanes_x, groups) = match variant {
-        Variant::Vec4 => {
-            let (lanes_x, groups) = lane_grid(m, n, TILE4_SIDE);
-            (&TILE4, lanes_x, groups)
+    let (kernel, lanes_x, groups) = match candidate.tiling {
+        Tiling::Registers => {
+            let (kernel, side) = if vec4 && k.is_multiple_of(4) {
+                (&TILE4, TILE4_SIDE)
+            } else {
+                (&TILE1, TILE1_SIDE)
+            };
+            let (lanes_x, groups) = lane_grid(m, n, side);
+            (kernel, lanes_x, groups)
         }
-        Variant::Scalar => {
-            let (lanes_x, groups) = lane_grid(m, n, TILE1_SIDE);
-            (&TILE1, lanes_x, groups)
-        }
-        Variant::Shared => (
-            &SMEM,
+        Tiling::Block(blk) => (
+            block_kernel(blk)?,
             1,
-            [
-                n.div_ceil(SMEM_TILE) as u32,
-                m.div_ceil(SMEM_TILE) as u32,
-                1,
-            ],
+            [n.div_ceil(blk.bn) as u32, m.div_ceil(blk.bm) as u32, 1],
         ),
     };
     let params = Params {
@@ -212,39 +429,35 @@ pub fn matmul_with(
         mode: spec.trans as u32,
         kchunk: k as u32,
     };
-    // Without a bias, `c` fills the slot; the kernel does not read it.
+    // Without a bias, `c` fills the slot; the kernel does not read it. The kernels read any
+    // element of the operands through their vec4 views (see the shader).
     let bias = spec.bias.map_or(c.region, |t| t.region);
-    // Split K only without an epilogue and with room for at least two partial products.
-    let split = spec
-        .scratch
-        .filter(|_| spec.bias.is_none() && !spec.relu)
-        .map(|t| (t, k_splits(variant, m, n, k).min(t.numel() / (m * n))))
-        .filter(|&(_, splits)| splits > 1);
-    let Some((scratch, splits)) = split else {
+    let (a4, b4) = (a.region.padded_to_vec4(), b.region.padded_to_vec4());
+    let Some(scratch) = scratch.filter(|_| matches!(candidate.tiling, Tiling::Block(_))) else {
         return gpu.dispatch(
             kernel,
             &params,
-            &[a.region, b.region, c.region, bias],
+            &[a4, b4, c.region.padded_to_vec4(), bias],
             groups,
         );
     };
     // Split K: slice z stores alpha · (its partial product) into scratch[z]; a column sum of
     // the [splits, M·N] partials then writes (or adds to) c.
-    let kchunk = k.div_ceil(splits).next_multiple_of(SMEM_SLICE);
-    let splits = k.div_ceil(kchunk);
+    let kchunk = k_chunk(k, splits);
+    let splits = k.div_ceil(kchunk).max(1);
     let partials = Tensor {
         region: scratch.region.slice(0, splits * m * n),
         shape: [splits, m * n].into(),
     };
     let params = Params {
-        flags: 0,
+        flags: flags & FLAG_VEC4,
         kchunk: kchunk as u32,
         ..params
     };
     gpu.dispatch(
         kernel,
         &params,
-        &[a.region, b.region, partials.region, partials.region],
+        &[a4, b4, partials.region.padded_to_vec4(), partials.region],
         [groups[0], groups[1], splits as u32],
     )?;
     let flat_c = Tensor {
@@ -261,39 +474,49 @@ pub fn matmul_with(
     )
 }
 
-/// K slices a product runs in on `variant`: only the shared-memory kernel splits, when it would
-/// run fewer than SPLIT_WORKGROUPS workgroups and K is long enough.
-fn k_splits(variant: Variant, m: usize, n: usize, k: usize) -> usize {
-    let tiles = m.div_ceil(SMEM_TILE) * n.div_ceil(SMEM_TILE);
-    if variant != Variant::Shared || tiles >= SPLIT_WORKGROUPS {
-        return 1;
-    }
-    SPLIT_WORKGROUPS.div_ceil(tiles).min(k / SPLIT_MIN_K).max(1)
-}
-
-/// [`split_k_scratch`] for `op(a) · op(b)` on `gpu`'s own variant (zero for operands whose
-/// shapes do not multiply; [`matmul`] reports those).
+/// Floats of scratch with which [`matmul`] splits the K loop of `op(a) · op(b)` on `gpu` (0 when
+/// it would not split, or for operands whose shapes do not multiply: [`matmul`] reports those).
 pub fn split_k_scratch_for(gpu: &Gpu, a: &Tensor, b: &Tensor, trans: Trans) -> usize {
-    let ((ar, ac), (br, bc)) = (a.shape.rows_cols(), b.shape.rows_cols());
-    let (m, k, n) = match trans {
-        Trans::NN => (ar, ac, bc),
-        Trans::NT => (ar, ac, br),
-        Trans::TN => (ac, ar, bc),
-    };
-    split_k_scratch(Variant::for_adapter(gpu), m, n, k)
+    let dims = Dims::of(a, b, trans);
+    choose(gpu, dims).scratch(dims)
 }
 
-/// Floats of scratch with which [`matmul_with`] on `variant` (see [`Variant::for_adapter`])
-/// splits the K loop of an `m×n` product over `k`; 0 when it would not split.
-pub fn split_k_scratch(variant: Variant, m: usize, n: usize, k: usize) -> usize {
-    match k_splits(variant, m, n, k) {
-        1 => 0,
-        s => s * m * n,
-    }
+/// One build of the shader per block tiling, each with its own file name so that the pipeline
+/// cache tells them apart.
+static BLOCK_SOURCES: LazyLock<Vec<(String, String)>> = LazyLock::new(|| {
+    let body = SOURCE
+        .split_once(PARAMS_END)
+        .map_or(SOURCE, |(_, body)| body);
+    BLOCKS
+        .iter()
+        .map(|b| {
+            let name = format!("matmul.wgsl {}x{} k{} {}x{}", b.bm, b.bn, b.bk, b.tm, b.tn);
+            (name, format!("{}{PARAMS_END}{body}", b.params()))
+        })
+        .collect()
+});
+
+fn block_kernel(blk: Block) -> Result<&'static Kernel> {
+    static KERNELS: LazyLock<Vec<Kernel>> = LazyLock::new(|| {
+        BLOCK_SOURCES
+            .iter()
+            .map(|(file, source)| Kernel {
+                file: file.as_str(),
+                source: source.as_str(),
+                entry: "block",
+                ..TILE4
+            })
+            .collect()
+    });
+    BLOCKS
+        .iter()
+        .position(|&b| b == blk)
+        .map(|i| &KERNELS[i])
+        .ok_or_else(|| Error::Config(format!("matmul: {blk:?} is not one of BLOCKS")))
 }
 
 /// (M, N, K) of the product, or a shape error naming all shapes and the mode.
-fn dims(a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<(usize, usize, usize)> {
+fn dims(a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<Dims> {
     let (ar, ac) = a.shape.rows_cols();
     let (br, bc) = b.shape.rows_cols();
     let (m, k, kb, n) = match spec.trans {
@@ -321,7 +544,7 @@ fn dims(a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<(usize, usi
             return fail(format!("bias {:?} must have {n} elements", t.shape));
         }
     }
-    Ok((m, n, k))
+    Ok(Dims { m, n, k })
 }
 
 fn overlaps(x: Region, y: Region) -> bool {
@@ -336,8 +559,7 @@ fn overlaps(x: Region, y: Region) -> bool {
 /// along N) and the workgroup grid: the layout that covers `m × n` with the least padding,
 /// preferring tall workgroups. Workgroups run in x-major order, so neighbours share their rows
 /// of `a`: with the lanes stacked along M that shared panel is the large one and stays in
-/// cache, while each workgroup streams only a narrow panel of `b` (2048³ runs ~30% faster on
-/// llvmpipe than with the lanes side by side).
+/// cache, while each workgroup streams only a narrow panel of `b`.
 fn lane_grid(m: usize, n: usize, side: usize) -> (usize, [u32; 3]) {
     [1, 2, 4, 8]
         .into_iter()
