@@ -1,8 +1,8 @@
 mod common;
 
 use common::*;
-use contrastive::kernels::matmul::{self, Candidate, Dims, Matmul, Tiling, Trans};
 use contrastive::gpu::AdapterKind;
+use contrastive::kernels::matmul::{self, Candidate, Dims, Matmul, Tiling, Trans};
 use contrastive::{Arena, Error, Gpu};
 
 const MODES: [Trans; 3] = [Trans::NN, Trans::NT, Trans::TN];
