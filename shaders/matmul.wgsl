@@ -565,3 +565,80 @@ fn block(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) 
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// `smem`: the plain shared-memory tile (GPUs): 64×64 per workgroup, 4×4 per invocation, K in
+// slices of 16, no double buffering; any shape, any mode (from the strides), split K like `block`.
+
+const SMEM_TILE: u32 = 64u;
+const SMEM_SLICE: u32 = 16u;
+// vec4s per k in the staged slices: 16 hold the tile, one more spreads the column-wise writes
+// of the staging loop over the memory banks.
+const SMEM_PITCH: u32 = 17u;
+
+// One K-slice of op(a) and op(b), stored k-major as vec4s: smem_a[k·SMEM_PITCH + i] holds rows
+// 4i .. 4i+4 (columns in smem_b).
+var<workgroup> smem_a: array<vec4<f32>, 272>;
+var<workgroup> smem_b: array<vec4<f32>, 272>;
+
+@compute @workgroup_size(16, 16, 1)
+fn smem(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_id) lid: vec3<u32>,
+    @builtin(local_invocation_index) tid: u32,
+) {
+    let row0 = wg.y * SMEM_TILE;
+    let col0 = wg.x * SMEM_TILE;
+    let kbeg = wg.z * p.kchunk;
+    let kend = min(p.k, kbeg + p.kchunk);
+    c_base = wg.z * p.m * p.n;
+    var acc0 = vec4(0.0);
+    var acc1 = vec4(0.0);
+    var acc2 = vec4(0.0);
+    var acc3 = vec4(0.0);
+    for (var k0 = kbeg; k0 < kend; k0 += SMEM_SLICE) {
+        // Each invocation stages 4 elements of each slice; consecutive invocations read
+        // consecutive addresses along whichever dimension is contiguous in memory.
+        for (var s = 0u; s < 4u; s++) {
+            let e = tid + 256u * s;
+            var row = e % SMEM_TILE;
+            var ka = e / SMEM_TILE;
+            if p.a_k == 1u {
+                row = e / SMEM_SLICE;
+                ka = e % SMEM_SLICE;
+            }
+            var va = 0.0;
+            if row0 + row < p.m && k0 + ka < kend {
+                va = a1[(row0 + row) * p.a_row + (k0 + ka) * p.a_k];
+            }
+            smem_a[ka * SMEM_PITCH + row / 4u][row % 4u] = va;
+            var col = e % SMEM_TILE;
+            var kb = e / SMEM_TILE;
+            if p.b_col != 1u {
+                col = e / SMEM_SLICE;
+                kb = e % SMEM_SLICE;
+            }
+            var vb = 0.0;
+            if col0 + col < p.n && k0 + kb < kend {
+                vb = b1[(k0 + kb) * p.b_k + (col0 + col) * p.b_col];
+            }
+            smem_b[kb * SMEM_PITCH + col / 4u][col % 4u] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < SMEM_SLICE; kk++) {
+            let av = smem_a[kk * SMEM_PITCH + lid.y];
+            let bv = smem_b[kk * SMEM_PITCH + lid.x];
+            acc0 = fma(vec4(av.x), bv, acc0);
+            acc1 = fma(vec4(av.y), bv, acc1);
+            acc2 = fma(vec4(av.z), bv, acc2);
+            acc3 = fma(vec4(av.w), bv, acc3);
+        }
+        workgroupBarrier();
+    }
+    let r = row0 + 4u * lid.y;
+    let c = col0 + 4u * lid.x;
+    store1(r, c, acc0);
+    store1(r + 1u, c, acc1);
+    store1(r + 2u, c, acc2);
+    store1(r + 3u, c, acc3);
+}

@@ -7,7 +7,6 @@
 //! Linear probe: multinomial logistic regression on standardised features, trained on the host
 //! with mini-batch SGD (momentum 0.9, cosine learning rate); the encoder is never touched.
 
-use rand::seq::SliceRandom;
 use rand::SeedableRng;
 
 use crate::autodiff::{Graph, Var};
@@ -28,16 +27,21 @@ pub struct FeatureSet {
 }
 
 impl FeatureSet {
+    /// The rows as the linear probe takes them.
+    pub fn rows(&self) -> crate::probe::Rows<'_> {
+        crate::probe::Rows {
+            x: &self.data,
+            labels: &self.labels,
+            dim: self.dim,
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
-    }
-
-    fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
     }
 }
 
@@ -307,131 +311,9 @@ pub fn knn(gpu: &Gpu, bank: &FeatureSet, query: &FeatureSet, k: usize, tau: f32)
     Ok(correct as f64 / query.len().max(1) as f64)
 }
 
-/// Settings of the linear probe.
-#[derive(Clone, Copy, Debug)]
-pub struct Probe {
-    pub epochs: usize,
-    pub batch: usize,
-    pub lr: f32,
-    pub weight_decay: f32,
-    pub seed: u64,
-}
-
-impl Default for Probe {
-    fn default() -> Self {
-        Probe {
-            epochs: 30,
-            batch: 256,
-            lr: 0.1,
-            weight_decay: 1e-4,
-            seed: 0,
-        }
-    }
-}
-
-/// Trains a softmax classifier on `train` and returns its accuracy on `test`.
-pub fn linear_probe(train: &FeatureSet, test: &FeatureSet, p: &Probe) -> f64 {
-    let d = train.dim;
-    let classes = train
-        .labels
-        .iter()
-        .chain(&test.labels)
-        .max()
-        .map_or(1, |&m| m as usize + 1);
-    // Standardise with the training statistics so one learning rate fits every feature scale.
-    let n = train.len().max(1) as f64;
-    let mut mean = vec![0f64; d];
-    let mut var = vec![0f64; d];
-    for i in 0..train.len() {
-        for (j, &x) in train.row(i).iter().enumerate() {
-            mean[j] += x as f64 / n;
-        }
-    }
-    for i in 0..train.len() {
-        for (j, &x) in train.row(i).iter().enumerate() {
-            var[j] += (x as f64 - mean[j]).powi(2) / n;
-        }
-    }
-    let inv: Vec<f32> = var.iter().map(|v| 1.0 / (v.sqrt() as f32 + 1e-6)).collect();
-    let norm = |f: &FeatureSet, i: usize, out: &mut Vec<f32>| {
-        out.clear();
-        out.extend(
-            f.row(i)
-                .iter()
-                .enumerate()
-                .map(|(j, &x)| (x - mean[j] as f32) * inv[j]),
-        );
-    };
-
-    let mut w = vec![0f32; classes * d];
-    let mut b = vec![0f32; classes];
-    let mut mw = vec![0f32; classes * d];
-    let mut mb = vec![0f32; classes];
-    let mut gw = vec![0f32; classes * d];
-    let mut gb = vec![0f32; classes];
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(p.seed);
-    let mut x = Vec::with_capacity(d);
-    let mut logits = vec![0f32; classes];
-    let steps = (p.epochs * train.len().div_ceil(p.batch)).max(1);
-    let mut step = 0;
-    for _ in 0..p.epochs {
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(p.batch) {
-            let lr = p.lr * 0.5 * (1.0 + (std::f32::consts::PI * step as f32 / steps as f32).cos());
-            step += 1;
-            gw.fill(0.0);
-            gb.fill(0.0);
-            for &i in chunk {
-                norm(train, i, &mut x);
-                for c in 0..classes {
-                    logits[c] = b[c]
-                        + w[c * d..(c + 1) * d]
-                            .iter()
-                            .zip(&x)
-                            .map(|(a, b)| a * b)
-                            .sum::<f32>();
-                }
-                let m = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let z: f32 = logits.iter().map(|l| (l - m).exp()).sum();
-                for c in 0..classes {
-                    let g =
-                        (logits[c] - m).exp() / z - (c == train.labels[i] as usize) as u8 as f32;
-                    gb[c] += g;
-                    for (gwj, xj) in gw[c * d..(c + 1) * d].iter_mut().zip(&x) {
-                        *gwj += g * xj;
-                    }
-                }
-            }
-            let s = 1.0 / chunk.len() as f32;
-            for j in 0..w.len() {
-                mw[j] = 0.9 * mw[j] + gw[j] * s + p.weight_decay * w[j];
-                w[j] -= lr * mw[j];
-            }
-            for c in 0..classes {
-                mb[c] = 0.9 * mb[c] + gb[c] * s;
-                b[c] -= lr * mb[c];
-            }
-        }
-    }
-    let mut correct = 0;
-    for i in 0..test.len() {
-        norm(test, i, &mut x);
-        let best = (0..classes)
-            .map(|c| {
-                b[c] + w[c * d..(c + 1) * d]
-                    .iter()
-                    .zip(&x)
-                    .map(|(a, b)| a * b)
-                    .sum::<f32>()
-            })
-            .enumerate()
-            .max_by(|a, b| a.1.total_cmp(&b.1))
-            .unwrap()
-            .0;
-        correct += (best == test.labels[i] as usize) as usize;
-    }
-    correct as f64 / test.len().max(1) as f64
+/// The converged linear probe ([`crate::probe`]) on `train`, scored on `test`.
+pub fn linear_probe(train: &FeatureSet, test: &FeatureSet) -> Result<f64> {
+    Ok(crate::probe::linear_probe(train.rows(), test.rows())?.accuracy)
 }
 
 /// Accuracy of one representation under both probes.
@@ -480,7 +362,7 @@ impl std::fmt::Display for Evaluation {
 pub fn probe(gpu: &Gpu, train: &FeatureSet, test: &FeatureSet) -> Result<ProbeResult> {
     Ok(ProbeResult {
         knn: knn(gpu, train, test, 200, 0.1)?,
-        linear: linear_probe(train, test, &Probe::default()),
+        linear: linear_probe(train, test)?,
     })
 }
 

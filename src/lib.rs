@@ -11,6 +11,7 @@
 //! - [`methods`]: MoCo, Deep InfoMax, two-view invariance and CPC, each its loss and its state;
 //! - [`train`]: the trainer, which owns the step (guard, updates, roll-back) and the loop;
 //! - [`eval`]: features, kNN and the linear probe, beside a random encoder and the raw input;
+//! - [`probe`]: the linear probe itself, multinomial logistic regression trained to convergence;
 //! - [`checkpoint`], [`report`]: resumable safetensors checkpoints, metrics plots and summaries;
 //! - [`run`]: a whole run as the command line makes it — settings and their defaults, the run
 //!   directory, metrics, checkpoint policy, evaluation;
@@ -27,6 +28,7 @@ pub mod memory;
 pub mod methods;
 pub mod nn;
 pub mod optim;
+pub mod probe;
 pub mod report;
 pub mod run;
 pub mod train;

@@ -7,7 +7,7 @@ use common::*;
 use contrastive::autodiff::Graph;
 use contrastive::data;
 use contrastive::data::GpuImages;
-use contrastive::eval::{self, FeatureSet, Probe};
+use contrastive::eval::{self, FeatureSet};
 use contrastive::methods::Network;
 use contrastive::Arena;
 
@@ -31,7 +31,7 @@ fn probes_leave_the_encoder_bit_identical() {
     let ft = eval::features(&gpu, &f, &ti, &train.labels).unwrap();
     let fq = eval::features(&gpu, &f, &qi, &test.labels).unwrap();
     let knn = eval::knn(&gpu, &ft, &fq, 200, 0.1).unwrap();
-    let lin = eval::linear_probe(&ft, &fq, &Probe::default());
+    let lin = eval::linear_probe(&ft, &fq).unwrap();
     assert!((0.0..=1.0).contains(&knn) && (0.0..=1.0).contains(&lin));
     assert_eq!(
         before,
@@ -62,5 +62,5 @@ fn knn_and_linear_probe_solve_separable_data() {
     };
     let (train, test) = (make(400, 1), make(100, 2));
     assert!(eval::knn(&gpu, &train, &test, 20, 0.1).unwrap() > 0.98);
-    assert!(eval::linear_probe(&train, &test, &Probe::default()) > 0.98);
+    assert!(eval::linear_probe(&train, &test).unwrap() > 0.98);
 }

@@ -27,6 +27,9 @@ use crate::memory::Tensor;
 
 const TILE4: Kernel = kernel!("matmul.wgsl", "tile4", 4);
 const TILE1: Kernel = kernel!("matmul.wgsl", "tile1", 4);
+const SMEM: Kernel = kernel!("matmul.wgsl", "smem", 4);
+/// Side of the `smem` kernel's square tile of `c` per workgroup.
+const SMEM_TILE: usize = 64;
 const SOURCE: &str = TILE4.source;
 /// The line that ends the shader's block parameters; the launcher replaces everything above it.
 const PARAMS_END: &str = "// end of block parameters\n";
@@ -178,6 +181,9 @@ pub enum Tiling {
     /// Register tiles, one invocation per 32×32 tile of `c` (16×16 with scalar loads), no
     /// workgroup memory: shaped for CPU adapters.
     Registers,
+    /// The plain shared-memory tile: 64×64 per workgroup, 4×4 per invocation, K slices of 16
+    /// without double buffering, scalar loads.
+    Shared,
     /// Block tiles staged in workgroup memory: shaped for GPUs.
     Block(Block),
 }
@@ -195,6 +201,7 @@ impl Candidate {
     pub fn name(&self) -> String {
         let tiling = match self.tiling {
             Tiling::Registers => "registers".to_string(),
+            Tiling::Shared => "shared 64x64 k16 4x4".to_string(),
             Tiling::Block(b) => format!("block {}x{} k{} {}x{}", b.bm, b.bn, b.bk, b.tm, b.tn),
         };
         match self.splits {
@@ -214,10 +221,15 @@ impl Candidate {
     /// The candidate with its tiling split for `dims` the way [`choose`] splits: until about
     /// SPLIT_WORKGROUPS workgroups run, in K slices of at least SPLIT_MIN_K.
     fn split_for(tiling: Tiling, dims: Dims) -> Candidate {
+        let (bm, bn) = match tiling {
+            Tiling::Registers => (0, 0),
+            Tiling::Shared => (SMEM_TILE, SMEM_TILE),
+            Tiling::Block(b) => (b.bm, b.bn),
+        };
         let splits = match tiling {
             Tiling::Registers => 1,
-            Tiling::Block(b) => {
-                let tiles = dims.m.div_ceil(b.bm) * dims.n.div_ceil(b.bn);
+            Tiling::Shared | Tiling::Block(_) => {
+                let tiles = dims.m.div_ceil(bm) * dims.n.div_ceil(bn);
                 if tiles >= SPLIT_WORKGROUPS {
                     1
                 } else {
@@ -248,8 +260,11 @@ pub fn candidates(gpu: &Gpu, dims: Dims) -> Vec<Candidate> {
         tiling: Tiling::Registers,
         splits: 1,
     }];
-    for b in BLOCKS.into_iter().filter(|b| b.fits(gpu)) {
-        let tiling = Tiling::Block(b);
+    let tilings = BLOCKS
+        .into_iter()
+        .filter(|b| b.fits(gpu))
+        .map(Tiling::Block);
+    for tiling in std::iter::once(Tiling::Shared).chain(tilings) {
         list.push(Candidate { tiling, splits: 1 });
         let split = Candidate::split_for(tiling, dims);
         if split.splits > 1 {
@@ -260,10 +275,10 @@ pub fn candidates(gpu: &Gpu, dims: Dims) -> Vec<Candidate> {
 }
 
 /// The heuristic's pick among [`candidates`], for adapters without tuning: register tiles on CPU
-/// adapters; on GPUs the largest block tile that still keeps a large GPU busy (see
-/// FILL_WORKGROUPS), so 128×128 with 8×8 results per invocation for large products and 64×64
-/// with 4×4 for small ones, split along K when there are few output tiles and a long K (used
-/// when the caller gives scratch).
+/// adapters; on GPUs the plain shared-memory tile, split along K when there are few output tiles
+/// and a long K (used when the caller gives scratch). On an NVIDIA H200 the block tilings ran
+/// slower than the plain tile at every benchmarked shape (docs/BENCHMARKS.md), so they are left
+/// to autotuning, which times them on the user's adapter.
 pub fn choose(gpu: &Gpu, dims: Dims) -> Candidate {
     if gpu.kind() == AdapterKind::Cpu {
         return Candidate {
@@ -271,27 +286,8 @@ pub fn choose(gpu: &Gpu, dims: Dims) -> Candidate {
             splits: 1,
         };
     }
-    let tiles = |b: &Block| dims.m.div_ceil(b.bm) * dims.n.div_ceil(b.bn);
-    let fitting: Vec<Block> = BLOCKS.into_iter().filter(|b| b.fits(gpu)).collect();
-    // BLOCKS runs from the largest tile to the smallest; the last fitting one is the fallback.
-    let block = fitting
-        .iter()
-        .find(|b| tiles(b) >= FILL_WORKGROUPS * (b.bm * b.bn) / (128 * 64))
-        .or(fitting.last())
-        .copied();
-    match block {
-        Some(b) => Candidate::split_for(Tiling::Block(b), dims),
-        None => Candidate {
-            tiling: Tiling::Registers,
-            splits: 1,
-        },
-    }
+    Candidate::split_for(Tiling::Shared, dims)
 }
-
-/// Workgroups of 128×64 outputs that keep a large GPU (about a hundred compute units) busy. A
-/// tiling is chosen when its grid covers that many outputs' worth with margin for larger tiles:
-/// 256 tiles of 128×128 (products from 2048² up), 128 of 128×64 (1024²), else 64×64.
-const FILL_WORKGROUPS: usize = 128;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -409,6 +405,15 @@ pub fn matmul_candidate(
             let (lanes_x, groups) = lane_grid(m, n, side);
             (kernel, lanes_x, groups)
         }
+        Tiling::Shared => (
+            &SMEM,
+            1,
+            [
+                n.div_ceil(SMEM_TILE) as u32,
+                m.div_ceil(SMEM_TILE) as u32,
+                1,
+            ],
+        ),
         Tiling::Block(blk) => (
             block_kernel(blk)?,
             1,
@@ -433,7 +438,7 @@ pub fn matmul_candidate(
     // element of the operands through their vec4 views (see the shader).
     let bias = spec.bias.map_or(c.region, |t| t.region);
     let (a4, b4) = (a.region.padded_to_vec4(), b.region.padded_to_vec4());
-    let Some(scratch) = scratch.filter(|_| matches!(candidate.tiling, Tiling::Block(_))) else {
+    let Some(scratch) = scratch.filter(|_| candidate.tiling != Tiling::Registers) else {
         return gpu.dispatch(
             kernel,
             &params,
