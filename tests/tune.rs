@@ -170,3 +170,82 @@ fn tune_table_caches_the_fastest_and_runs_reuse_and_pin_it() {
     assert!(compared > 0);
     std::fs::remove_dir_all(&cache).unwrap();
 }
+
+/// The choosers take a tuned choice only where it is valid for the shape (a split needs the
+/// scratch, a conv candidate must fit), and note shapes without one as wanted.
+#[test]
+fn choosers_take_valid_tuned_choices_and_otherwise_the_heuristic() {
+    use contrastive::gpu::tune::{Mode, Tuning};
+    use contrastive::kernels::conv::{self, Candidate, Conv2d, ConvShape, Pass};
+    use contrastive::kernels::matmul::{self, Dims, Trans};
+    let gpu = contrastive::Gpu::new().unwrap();
+    let dims = Dims {
+        m: 64,
+        n: 64,
+        k: 4096,
+    };
+    let heuristic = matmul::choose(&gpu, dims);
+    assert_eq!(
+        matmul::pick(&gpu, Trans::TN, dims, 0),
+        heuristic,
+        "tuning off"
+    );
+    *gpu.tuning() = Tuning::new(Mode::Full);
+    assert_eq!(matmul::pick(&gpu, Trans::TN, dims, 0), heuristic);
+    let wanted = gpu.tuning().take_wanted();
+    assert_eq!(
+        wanted,
+        vec![(
+            matmul::FAMILY.to_string(),
+            matmul::shape_class(Trans::TN, dims, 0)
+        )]
+    );
+    let list = matmul::candidates(&gpu, dims);
+    let split = list
+        .iter()
+        .find(|c| c.splits > 1)
+        .expect("a split candidate");
+    let unsplit = list.iter().rfind(|c| c.splits == 1).unwrap();
+    for room in [0, split.scratch(dims)] {
+        let key = (
+            matmul::FAMILY.to_string(),
+            matmul::shape_class(Trans::TN, dims, room),
+        );
+        gpu.tuning().set(key.clone(), split.name());
+        let want = if room == 0 { heuristic } else { *split };
+        assert_eq!(
+            matmul::pick(&gpu, Trans::TN, dims, room),
+            want,
+            "room {room}"
+        );
+        gpu.tuning().set(key, unsplit.name());
+        assert_eq!(matmul::pick(&gpu, Trans::TN, dims, room), *unsplit);
+    }
+
+    let g = Conv2d {
+        kh: 3,
+        kw: 3,
+        stride: (1, 1),
+        pad: (1, 1),
+    };
+    let s = ConvShape {
+        n: 2,
+        h: 8,
+        w: 8,
+        cin: 4,
+        cout: 8,
+    };
+    let key = (
+        conv::FAMILY.to_string(),
+        conv::shape_class(&g, &s, Pass::Forward, 0),
+    );
+    gpu.tuning().set(key.clone(), "Direct".into());
+    assert!(!g.fits(&s, Pass::Forward, Candidate::Direct));
+    assert_eq!(
+        g.pick(&gpu, &s, Pass::Forward, 0),
+        g.choose(gpu.kind(), &s, Pass::Forward),
+        "a candidate that does not fit is not taken"
+    );
+    gpu.tuning().set(key, "Shared".into());
+    assert_eq!(g.pick(&gpu, &s, Pass::Forward, 0), Candidate::Shared);
+}
