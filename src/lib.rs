@@ -1,7 +1,8 @@
 //! `contrastive`: contrastive self-supervised learning on any GPU through wgpu.
 //!
 //! Layers, bottom up:
-//! - [`gpu`]: adapter choice, buffers, cached pipelines, the one-submission-per-step recorder;
+//! - [`gpu`]: adapter choice, buffers, cached pipelines, the one-submission-per-step recorder,
+//!   the autotune cache of kernel choices;
 //! - [`memory`]: tensors and the arenas that hold them (the memory plan);
 //! - [`kernels`]: the WGSL kernel families, each with its CPU reference;
 //! - [`autodiff`]: the tape, its ops and their backward passes, and the gradient checker;
@@ -32,7 +33,6 @@ pub mod probe;
 pub mod report;
 pub mod run;
 pub mod train;
-pub mod tune;
 
 pub use error::{Error, Result};
 pub use gpu::Gpu;

@@ -41,6 +41,16 @@ enum Command {
         #[arg(default_value = "runs")]
         dir: PathBuf,
     },
+    /// Benchmark the kernels of the model `train` would train with the same flags: time every
+    /// candidate kernel of each shape one step uses, print the table, store the fastest in the
+    /// tuning cache.
+    Tune {
+        #[command(subcommand)]
+        method: Box<Settings>,
+        /// Also write the table as JSON to this file.
+        #[arg(long, global = true)]
+        json: Option<PathBuf>,
+    },
     /// List the GPU adapters wgpu can see (honours WGPU_BACKEND) and the one that would be used.
     Devices,
 }
@@ -78,6 +88,32 @@ fn train(settings: Settings, stop: &AtomicBool) -> Result<()> {
     Ok(())
 }
 
+/// Prints the table of candidate timings and writes it as JSON with `--json`.
+fn tune(settings: Settings, json: Option<PathBuf>) -> Result<()> {
+    let (adapter, trials) = run::tune(&settings)?;
+    println!("kernel timings on {adapter} (* chosen)");
+    println!(
+        "{:<7} {:<52} {:<28} {:>10} {:>10}",
+        "family", "shape", "candidate", "ms", "GFLOP/s"
+    );
+    for t in &trials {
+        println!(
+            "{:<7} {:<52} {:<28} {:>10.4} {:>10.1} {}",
+            t.family,
+            t.shape,
+            t.candidate,
+            t.seconds * 1e3,
+            t.gflops(),
+            if t.chosen { "*" } else { "" }
+        );
+    }
+    if let Some(path) = json {
+        let text = serde_json::json!({ "adapter": adapter, "trials": trials });
+        std::fs::write(&path, text.to_string()).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,6 +128,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Devices => devices(),
         Command::Train { method } => train(*method, &stop),
+        Command::Tune { method, json } => tune(*method, json),
         Command::Eval { checkpoint } => run::evaluate(&checkpoint).map(|e| println!("{e}")),
         Command::Runs { dir } => {
             contrastive::report::summarize(&dir).map_err(|e| Error::io(&dir, e))

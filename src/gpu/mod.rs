@@ -6,7 +6,9 @@
 //!   is one submission;
 //! - [`check`]: the finite-check mode, which replays a step with every command's f32 regions
 //!   scanned for NaN and infinity, through a scan kernel handed in by the layer above;
-//! - [`profile`]: per-kernel GPU times and timed submissions.
+//! - [`profile`]: per-kernel GPU times and timed submissions;
+//! - [`tune`]: which candidate kernel each (family, shape) runs, measured on this adapter and
+//!   cached per adapter and driver ([`Gpu::tuning`]).
 //!
 //! Nothing here knows a particular kernel family: kernels are values ([`Kernel`]) that the
 //! `kernels` layer declares and launches.
@@ -30,6 +32,7 @@ use crate::error::{Error, Result};
 mod check;
 mod profile;
 mod recorder;
+pub mod tune;
 
 pub use check::{FiniteScan, Scope};
 pub use profile::KernelTime;
@@ -37,6 +40,7 @@ pub use profile::KernelTime;
 use check::Checks;
 use profile::Profiling;
 use recorder::Command;
+use tune::{Mode, Tuning};
 
 /// Size of one parameter slot in the ring; every kernel's parameter struct fits in it.
 pub const PARAM_BYTES: u64 = 256;
@@ -222,6 +226,8 @@ pub struct Gpu {
     /// Set while the checks of one command are recorded, so that they are not checked themselves.
     instrumenting: Cell<bool>,
     profile: RefCell<Option<Profiling>>,
+    /// The kernel choices in force ([`Gpu::tuning`]).
+    tuning: RefCell<Tuning>,
 }
 
 /// A kernel's `(file, entry)`.
@@ -412,6 +418,7 @@ impl Gpu {
             checks: RefCell::new(None),
             instrumenting: Cell::new(false),
             profile: RefCell::new(None),
+            tuning: RefCell::new(Tuning::new(Mode::Off)),
         })
     }
 
@@ -427,6 +434,19 @@ impl Gpu {
 
     pub fn has_timestamps(&self) -> bool {
         self.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+    }
+
+    /// The kernel choices of this context: [`Mode::Off`] (the heuristics alone) unless the caller
+    /// sets another mode, as `contrastive train --tune` does.
+    pub fn tuning(&self) -> std::cell::RefMut<'_, Tuning> {
+        self.tuning.borrow_mut()
+    }
+
+    /// What the tuning cache files choices under: the adapter's name, backend and driver (a new
+    /// driver may favour other kernels).
+    pub fn identity(&self) -> String {
+        let a = &self.adapter;
+        format!("{} ({}, {})", a.name, a.backend, a.driver)
     }
 
     /// The kind of adapter that launch decisions are taken for.

@@ -1,8 +1,9 @@
 //! Matrix multiply (`shaders/matmul.wgsl`): `c = epilogue(alpha · op(a) · op(b))` with either
 //! operand transposed, a bias + ReLU epilogue, or accumulation into `c`.
 //!
-//! Every product can run on any of an explicit list of [`Candidate`]s ([`candidates`]); [`choose`]
-//! is the one function that picks among them, and [`matmul`] runs its pick. A candidate is a
+//! Every product can run on any of an explicit list of [`Candidate`]s ([`candidates`]); [`pick`]
+//! is the one function that picks among them (the tuned choice, else the heuristic [`choose`]),
+//! [`matmul`] runs its pick and [`time`] measures them all for tuning. A candidate is a
 //! [`Tiling`] and a number of K splits:
 //! - [`Tiling::Registers`], for CPU adapters (llvmpipe), where workgroup barriers are very
 //!   expensive and every storage load costs a per-lane loop: each invocation owns a 32×32 tile of
@@ -19,11 +20,14 @@
 
 use std::sync::LazyLock;
 
+use rand::{Rng, SeedableRng};
+
 use crate::error::{Error, Result};
+use crate::gpu::tune::{time_candidates, Budget, Trial};
 use crate::gpu::{AdapterKind, Gpu, Kernel, Region};
 use crate::kernel;
 use crate::kernels::reduce::{self, Axis, Reduce};
-use crate::memory::Tensor;
+use crate::memory::{Arena, Tensor};
 
 const TILE4: Kernel = kernel!("matmul.wgsl", "tile4", 4);
 const TILE1: Kernel = kernel!("matmul.wgsl", "tile1", 4);
@@ -320,19 +324,121 @@ const FLAG_VEC4: u32 = 8;
 /// - `accumulate`: `c += alpha · op(a) · op(b)`. Combining it with `bias` or `relu` is an
 ///   [`Error::Config`]: the epilogue of a sum of contributions is not the sum of epilogues.
 ///
-/// Runs [`choose`]'s candidate, unsplit when there is no (or too little) scratch or an epilogue.
+/// Runs [`pick`]'s candidate.
 /// `c` must not overlap `a`, `b` or the bias. Only records the work (see [`Gpu::dispatch`]).
 pub fn matmul(gpu: &Gpu, a: &Tensor, b: &Tensor, c: &Tensor, spec: &Matmul) -> Result<()> {
     let dims = Dims::of(a, b, spec.trans);
-    let mut pick = choose(gpu, dims);
     let room = spec
         .scratch
         .filter(|_| spec.bias.is_none() && !spec.relu)
         .map_or(0, |t| t.numel());
-    if pick.scratch(dims) > room {
-        pick.splits = 1;
-    }
+    let pick = pick(gpu, spec.trans, dims, room);
     matmul_candidate(gpu, a, b, c, spec, pick)
+}
+
+/// The kernel family's name in the tuning cache.
+pub const FAMILY: &str = "matmul";
+
+/// The shape class tuning keys a product by: the mode, the dims and the floats of scratch the
+/// caller gives (which decides which splits can run), e.g. `NT 256x4096x128 room 0`.
+pub fn shape_class(trans: Trans, dims: Dims, room: usize) -> String {
+    format!("{trans:?} {}x{}x{} room {room}", dims.m, dims.n, dims.k)
+}
+
+/// Reads what [`shape_class`] wrote.
+fn parse_class(class: &str) -> Result<(Trans, Dims, usize)> {
+    let bad = || Error::Config(format!("malformed matmul shape class `{class}`"));
+    let words: Vec<&str> = class.split_whitespace().collect();
+    let [t, mnk, "room", room] = words[..] else {
+        return Err(bad());
+    };
+    let trans = match t {
+        "NN" => Trans::NN,
+        "NT" => Trans::NT,
+        "TN" => Trans::TN,
+        _ => return Err(bad()),
+    };
+    let sizes: Vec<usize> = mnk
+        .split('x')
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .map_err(|_| bad())?;
+    let [m, n, k] = sizes[..] else {
+        return Err(bad());
+    };
+    Ok((trans, Dims { m, n, k }, room.parse().map_err(|_| bad())?))
+}
+
+/// The candidate [`matmul`] runs for a `dims` product with `room` floats of scratch: the tuned
+/// choice for its shape class where one is valid, else [`choose`]'s, unsplit when the scratch
+/// is too small for its split.
+pub fn pick(gpu: &Gpu, trans: Trans, dims: Dims, room: usize) -> Candidate {
+    let fits = |c: &Candidate| c.scratch(dims) <= room;
+    let tuned = gpu
+        .tuning()
+        .choice(FAMILY, &shape_class(trans, dims, room))
+        .map(str::to_string);
+    let tuned = tuned.and_then(|name| {
+        candidates(gpu, dims)
+            .into_iter()
+            .find(|c| c.name() == name && fits(c))
+    });
+    tuned.unwrap_or_else(|| {
+        let mut c = choose(gpu, dims);
+        if !fits(&c) {
+            c.splits = 1;
+        }
+        c
+    })
+}
+
+/// Times every candidate that can run the products of shape class `class` ([`shape_class`]) on
+/// random operands, each launch in a submission of its own timed by [`Gpu::sync_timed`].
+pub fn time(gpu: &Gpu, class: &str, budget: Budget) -> Result<Vec<Trial>> {
+    let (trans, dims, room) = parse_class(class)?;
+    let Dims { m, n, k } = dims;
+    let mut arena = Arena::for_gpu("tuning", gpu);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let (a_shape, b_shape) = match trans {
+        Trans::NN => ([m, k], [k, n]),
+        Trans::NT => ([m, k], [n, k]),
+        Trans::TN => ([k, m], [k, n]),
+    };
+    let mut random = |arena: &mut Arena, shape: [usize; 2]| {
+        let data: Vec<f32> = (0..shape[0] * shape[1])
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        arena.upload(gpu, shape, &data)
+    };
+    let a = random(&mut arena, a_shape)?;
+    let b = random(&mut arena, b_shape)?;
+    let c = arena.tensor(gpu, [m, n])?;
+    let scratch = (room > 0).then(|| arena.tensor(gpu, [room])).transpose()?;
+    let spec = Matmul {
+        trans,
+        scratch: scratch.as_ref(),
+        ..Matmul::default()
+    };
+    let list: Vec<Candidate> = candidates(gpu, dims)
+        .into_iter()
+        .filter(|cand| cand.scratch(dims) <= room)
+        .collect();
+    let names: Vec<String> = list.iter().map(Candidate::name).collect();
+    let times = time_candidates(&names, budget, |name| {
+        let cand = list
+            .iter()
+            .find(|cand| cand.name() == name)
+            .ok_or_else(|| Error::Config(format!("no matmul candidate `{name}`")))?;
+        matmul_candidate(gpu, &a, &b, &c, &spec, *cand)?;
+        gpu.sync_timed()
+    });
+    arena.free(gpu)?;
+    Ok(Trial::ranked(
+        FAMILY,
+        class,
+        times?,
+        2.0 * (m * n * k) as f64,
+    ))
 }
 
 /// [`matmul`] on the given candidate (any of [`candidates`]). A split candidate needs
@@ -481,6 +587,8 @@ pub fn matmul_candidate(
 
 /// Floats of scratch with which [`matmul`] splits the K loop of `op(a) · op(b)` on `gpu` (0 when
 /// it would not split, or for operands whose shapes do not multiply: [`matmul`] reports those).
+/// The heuristic's size: scratch is planned before any tuning, and the room it leaves is part of
+/// the shape class that tuning times.
 pub fn split_k_scratch_for(gpu: &Gpu, a: &Tensor, b: &Tensor, trans: Trans) -> usize {
     let dims = Dims::of(a, b, trans);
     choose(gpu, dims).scratch(dims)

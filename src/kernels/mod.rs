@@ -17,6 +17,50 @@ pub mod pool;
 pub mod reduce;
 pub mod softmax_xent;
 
+use crate::error::{Error, Result};
+use crate::gpu::tune::{Budget, Trial};
+
+static NO_TIMESTAMPS: std::sync::Once = std::sync::Once::new();
+use crate::gpu::Gpu;
+
+/// Times the candidates of every shape `gpu`'s tuning wants (shapes asked for without a choice,
+/// in [`crate::gpu::tune::Mode::Full`]; the others want none) and makes each fastest the choice. Returns every measurement. Adapters
+/// without timestamp queries keep the heuristics: CPU timers around a submission would measure
+/// the driver as much as the kernel.
+pub fn tune(gpu: &Gpu, budget: Budget) -> Result<Vec<Trial>> {
+    let wanted = gpu.tuning().take_wanted();
+    if wanted.is_empty() {
+        return Ok(vec![]);
+    }
+    if !gpu.has_timestamps() {
+        NO_TIMESTAMPS.call_once(|| {
+            eprintln!(
+                "tuning: {} has no timestamp queries; kernels are chosen by the heuristics",
+                gpu.adapter
+            )
+        });
+        return Ok(vec![]);
+    }
+    gpu.flush()?;
+    let mut all = vec![];
+    for (family, shape) in wanted {
+        let trials = match family.as_str() {
+            matmul::FAMILY => matmul::time(gpu, &shape, budget)?,
+            conv::FAMILY => conv::time(gpu, &shape, budget)?,
+            _ => {
+                return Err(Error::Config(format!(
+                    "no kernel family `{family}` to tune"
+                )))
+            }
+        };
+        if let Some(best) = trials.iter().find(|t| t.chosen) {
+            gpu.tuning().set((family, shape), best.candidate.clone());
+        }
+        all.extend(trials);
+    }
+    Ok(all)
+}
+
 /// Workgroup counts for a 1-D launch of `n` threads in groups of `wg`, folded into a second
 /// dimension when it exceeds the per-dimension limit. Kernels recover the index as
 /// `gid.x + gid.y * num_workgroups.x * WG`.

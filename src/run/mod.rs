@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation};
+use crate::gpu::tune::{Budget, Cache, Mode, Trial, Tuning};
+use crate::gpu::AdapterKind;
 use crate::methods::{Method, Network};
 use crate::train::{self, Checkpointing};
 
@@ -143,6 +145,11 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         )));
     }
     let mut s = setup(&cmd, c.quiet)?;
+    let mode = c.tune.unwrap_or(match s.gpu.kind() {
+        AdapterKind::Gpu => Mode::Full,
+        AdapterKind::Cpu => Mode::Off,
+    });
+    *s.gpu.tuning() = Tuning::new(mode);
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     if resume.is_none() {
         for old in checkpoint::list(&out) {
@@ -300,6 +307,30 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     report.evaluation = Some(evaluation);
     report.summary = Some(summary);
     Ok(report)
+}
+
+/// Benchmarks the kernels of the model `contrastive train` would train with `cmd`, as
+/// `contrastive tune` does: collects the shapes of one dry-run step, times every candidate of
+/// each (cached choices ignored), makes the fastest the choice and stores them in the tuning
+/// cache. Returns every measurement (none where the adapter has no timestamp queries).
+pub fn tune(cmd: &Settings) -> Result<(String, Vec<Trial>)> {
+    let mut s = setup(cmd, true)?;
+    *s.gpu.tuning() = Tuning::new(Mode::Full);
+    let mut arena = crate::memory::Arena::for_gpu("step", &s.gpu);
+    let rng = rand::SeedableRng::seed_from_u64(s.cfg.seed);
+    train::collect_shapes(
+        &s.gpu,
+        s.method.as_mut(),
+        &mut arena,
+        s.data.examples(),
+        &s.cfg,
+        &rng,
+    )?;
+    let trials = crate::kernels::tune(&s.gpu, Budget::default())?;
+    if let (Some(cache), false) = (Cache::user(), trials.is_empty()) {
+        cache.store(&s.gpu.identity(), s.gpu.tuning().choices())?;
+    }
+    Ok((s.gpu.adapter.to_string(), trials))
 }
 
 /// Evaluates a checkpoint (a file, or a run directory's newest) as `contrastive eval` does:

@@ -207,6 +207,11 @@ pub struct Common {
     #[arg(long)]
     #[serde(skip)]
     pub quiet: bool,
+    /// Kernel choice: off (heuristics), cached (the choices cached for this adapter), full
+    /// (also time the shapes the cache lacks) [default: full on GPUs, off on CPU adapters].
+    #[arg(long)]
+    #[serde(skip)]
+    pub tune: Option<crate::gpu::tune::Mode>,
 }
 
 /// The optimiser a run asks for.

@@ -1,6 +1,7 @@
 //! The trainer shared by every method: epochs of shuffled fixed-size batches, one recorded step
 //! ([`step`]) and one submission per batch, progress, the kNN monitor, resumable checkpoints, and
-//! the diagnosis of a step that held a non-finite value.
+//! the diagnosis of a step that held a non-finite value, and the kernel choices a run starts with
+//! (tuned on one dry-run step, or pinned from the checkpoint it resumes).
 
 mod step;
 
@@ -14,6 +15,7 @@ use rand::SeedableRng;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Augment;
 use crate::error::{Error, Result};
+use crate::gpu::tune::{Budget, Cache, Mode, Tuning};
 use crate::gpu::Gpu;
 use crate::memory::Arena;
 use crate::methods::{Examples, Method, StepInput};
@@ -240,7 +242,87 @@ fn save_state(
     batches.save(&mut ck);
     save_rng(&mut ck, "trainer.augment_rng", rng);
     method.save(gpu, &mut ck)?;
+    ck.meta
+        .insert(TUNING_KEY.into(), Tuning::encode(gpu.tuning().choices()));
     Ok(ck)
+}
+
+/// The checkpoint metadata holding the kernel choices in force.
+const TUNING_KEY: &str = "trainer.tuning";
+
+/// Records one step of `method` that changes no state (a dry run, on a clone of the augment RNG,
+/// rewound afterwards) and runs it: the kernel choosers ask the gpu's tuning for every shape the
+/// step uses, so those without a choice become wanted.
+pub fn collect_shapes(
+    gpu: &Gpu,
+    method: &mut dyn Method,
+    arena: &mut Arena,
+    examples: Examples,
+    cfg: &TrainConfig,
+    rng: &rand_chacha::ChaCha8Rng,
+) -> Result<()> {
+    let indices: Vec<u32> = (0..cfg.batch_size)
+        .map(|i| (i % examples.len().max(1)) as u32)
+        .collect();
+    let run = record_step(
+        method,
+        StepInput {
+            gpu,
+            arena,
+            examples,
+            indices: &indices,
+            augment: &cfg.augment,
+            rng: &mut rng.clone(),
+            step: 1,
+            dry_run: true,
+        },
+    )
+    .map_err(|e| with_batch_advice(e, cfg.batch_size));
+    let synced = run.and_then(|_| gpu.sync());
+    rewind(method);
+    synced
+}
+
+/// Sets the kernel choices before the first step. A resumed run pins those its checkpoint
+/// recorded (none: the heuristics), so it runs the kernels its original ran. A fresh run with
+/// tuning on takes the choices cached for this adapter and, in full mode, times the shapes of
+/// one dry-run step that the cache lacks and stores the winners.
+#[allow(clippy::too_many_arguments)]
+fn prepare_tuning(
+    gpu: &Gpu,
+    method: &mut dyn Method,
+    arena: &mut Arena,
+    examples: Examples,
+    cfg: &TrainConfig,
+    resume: Option<&Checkpoint>,
+    rng: &rand_chacha::ChaCha8Rng,
+) -> Result<()> {
+    if let Some(ck) = resume {
+        let choices = match ck.meta.get(TUNING_KEY) {
+            Some(text) => Tuning::decode(text)?,
+            None => Default::default(),
+        };
+        gpu.tuning().pin(choices);
+        return Ok(());
+    }
+    let mode = gpu.tuning().mode();
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    let cache = Cache::user();
+    if let Some(c) = &cache {
+        let cached = c.load(&gpu.identity())?;
+        gpu.tuning().merge(&cached);
+    }
+    if mode != Mode::Full {
+        return Ok(());
+    }
+    collect_shapes(gpu, method, arena, examples, cfg, rng)?;
+    let trials = crate::kernels::tune(gpu, Budget::default())?;
+    if let (Some(c), false) = (&cache, trials.is_empty()) {
+        c.store(&gpu.identity(), gpu.tuning().choices())?;
+    }
+    Ok(())
 }
 
 /// A held-out accuracy of the method as it stands (e.g. [`crate::eval::knn_monitor`]), run every
@@ -301,6 +383,7 @@ pub fn train(
         method.load(gpu, ck)?;
         (rng, first) = load_trainer_state(ck, &mut batches)?;
     }
+    prepare_tuning(gpu, method, &mut arena, examples, cfg, resume, &rng)?;
     let bar = if cfg.progress {
         let bar = indicatif::ProgressBar::new(cfg.steps);
         bar.set_style(

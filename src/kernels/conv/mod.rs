@@ -15,8 +15,9 @@
 //! scalar ones otherwise (with vec4 stores when only the input channels are odd); shared-memory
 //! GEMMs for GPUs, on which those tiles spill: a 64×64 output tile per workgroup, the reduction
 //! staged in slices of 16; and direct kernels. [`Conv2d::candidates`] lists those that fit a
-//! problem and [`Conv2d::choose`] picks one per adapter kind; the `*_with` launchers run a given
-//! one (the tests run every candidate).
+//! problem, [`Conv2d::choose`] picks one per adapter kind and [`Conv2d::pick`] takes the tuned
+//! choice over it ([`time`] measures them all); the `run` methods take a given one (the tests
+//! run every candidate).
 //!
 //! **Direct kernels.** One input channel and a kernel of at most 3×3 (a first layer on grayscale
 //! images) make the GEMM's reduction (at most 9 long) too short to pay for its tile: its loads and
@@ -40,9 +41,11 @@
 
 mod candidate;
 mod reference;
+mod tuning;
 
 pub use candidate::{Candidate, ConvShape, Pass};
 pub use reference::{reference_backward_input, reference_backward_weight, reference_forward};
+pub use tuning::{shape_class, time, FAMILY};
 
 use crate::error::{Error, Result};
 use crate::gpu::{AdapterKind, Gpu, Kernel};
@@ -347,17 +350,16 @@ impl Dims {
         }
     }
 
-    /// Candidate `c`, or the one chosen for `kind` when `None`; an error when `c` cannot run `pass`
-    /// of `g` on these sizes.
+    /// Candidate `c`, or [`Conv2d::pick`]'s when `None` (`room`: partial weight gradients the
+    /// scratch holds); an error when `c` cannot run `pass` of `g` on these sizes.
     fn candidate(
         &self,
         op: &'static str,
-        kind: AdapterKind,
-        g: &Conv2d,
-        pass: Pass,
+        gpu: &Gpu,
+        (g, pass, room): (&Conv2d, Pass, usize),
         c: Option<Candidate>,
     ) -> Result<Candidate> {
-        let c = c.unwrap_or_else(|| g.choose(kind, &self.shape(), pass));
+        let c = c.unwrap_or_else(|| g.pick(gpu, &self.shape(), pass, room));
         if g.fits(&self.shape(), pass, c) {
             return Ok(c);
         }
@@ -519,7 +521,7 @@ impl Forward<'_> {
                 ));
             }
         }
-        let c = d.candidate(OP, gpu.kind(), g, Pass::Forward, c)?;
+        let c = d.candidate(OP, gpu, (g, Pass::Forward, 0), c)?;
         let m = d.n * d.ho * d.wo;
         let flags = if bias.is_some() { F_BIAS } else { 0 } | if relu { F_RELU } else { 0 };
         let regions = [x.region, w.region, bias.unwrap_or(w).region, y.region];
@@ -606,7 +608,7 @@ impl InputGrad<'_> {
         const OP: &str = "conv2d backward_input";
         let (dy, w, dx, accumulate) = (self.dy, self.w, self.dx, self.accumulate);
         let d = Dims::check(OP, g, dx, w, dy)?;
-        let c = d.candidate(OP, gpu.kind(), g, Pass::InputGrad, c)?;
+        let c = d.candidate(OP, gpu, (g, Pass::InputGrad, 0), c)?;
         let flags = if accumulate { F_ACC } else { 0 };
         let regions = [dy.region, w.region, w.region, dx.region];
         match c {
@@ -688,9 +690,9 @@ impl WeightGrad<'_> {
         let (x, dy, dw, scratch) = (self.x, self.dy, self.dw, self.scratch);
         let accumulate = self.accumulate;
         let d = Dims::check(OP, g, x, dw, dy)?;
-        let c = d.candidate(OP, gpu.kind(), g, Pass::WeightGrad, c)?;
         let total = dw.numel();
         let room = scratch.map_or(0, |t| t.numel() / total);
+        let c = d.candidate(OP, gpu, (g, Pass::WeightGrad, room), c)?;
         let (splits, chunk) = d.wgrad_splits(g, c, room.max(1));
         let one_pass = splits == 1;
         let acc_flag = if accumulate { F_ACC } else { 0 };

@@ -78,9 +78,10 @@ impl Tuning {
     }
 
     /// The candidate chosen for `family` at `shape`, if any. Without one, the shape is noted as
-    /// wanted (unless tuning is off) and the caller takes its heuristic.
+    /// wanted (unless tuning is off) and the caller takes its heuristic. Pinned choices hold in
+    /// every mode.
     pub fn choice(&mut self, family: &str, shape: &str) -> Option<&str> {
-        if self.mode == Mode::Off {
+        if self.mode == Mode::Off && !self.pinned {
             return None;
         }
         let key = (family.to_string(), shape.to_string());
@@ -121,6 +122,7 @@ impl Tuning {
     /// Replaces every choice with those a checkpoint recorded and keeps them: a resumed run runs
     /// the kernels its original ran. Shapes the checkpoint does not name take the heuristic.
     pub fn pin(&mut self, choices: BTreeMap<Key, String>) {
+        // Even under `--tune off`: the original run's kernels are what resume must reproduce.
         self.choices = choices;
         self.wanted.clear();
         self.pinned = true;
@@ -251,6 +253,29 @@ pub struct Trial {
 }
 
 impl Trial {
+    /// The trials of one shape from [`time_candidates`]' measurements, the fastest chosen;
+    /// `flops` per launch.
+    pub fn ranked(family: &str, shape: &str, times: Vec<(String, f64)>, flops: f64) -> Vec<Trial> {
+        let best = times.iter().map(|(_, t)| *t).fold(f64::INFINITY, f64::min);
+        let mut chosen = false;
+        times
+            .into_iter()
+            .map(|(candidate, seconds)| {
+                // The first of equally fast candidates, so exactly one is chosen.
+                let pick = !chosen && seconds == best;
+                chosen |= pick;
+                Trial {
+                    family: family.into(),
+                    shape: shape.into(),
+                    candidate,
+                    seconds,
+                    flops,
+                    chosen: pick,
+                }
+            })
+            .collect()
+    }
+
     pub fn gflops(&self) -> f64 {
         if self.seconds > 0.0 {
             self.flops / self.seconds * 1e-9
