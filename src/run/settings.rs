@@ -254,10 +254,17 @@ impl Settings {
     /// Notes which settings `matches` (a method's subcommand matches) took from the command line
     /// rather than from their defaults, in [`Common::given`].
     pub fn with_given(mut self, matches: &clap::ArgMatches) -> Settings {
+        let words = Words::command();
+        let method = words.find_subcommand(self.name());
+        // Argument groups (the flattened `Common`) are listed too: keep the settings only.
+        let setting =
+            |id: &clap::Id| method.is_some_and(|m| m.get_arguments().any(|a| a.get_id() == id));
         self.common_mut().given = matches
             .ids()
             .filter(|id| {
-                matches.value_source(id.as_str()) == Some(clap::parser::ValueSource::CommandLine)
+                setting(id)
+                    && matches.value_source(id.as_str())
+                        == Some(clap::parser::ValueSource::CommandLine)
             })
             .map(|id| id.to_string())
             .collect();
