@@ -47,9 +47,13 @@ fn words(args: &[&str]) -> Vec<String> {
 /// `train moco` on the workspace's data into `root/run`, tiny model, `extra` appended.
 fn train_words(root: &Path, extra: &[&str]) -> Vec<String> {
     let (data, out) = (root.join("data"), root.join("run"));
+    train_words_at(data.to_str().unwrap(), out.to_str().unwrap(), extra)
+}
+
+/// `train moco` on the data in `data` into `out` (as given: relative to where it runs).
+fn train_words_at(data: &str, out: &str, extra: &[&str]) -> Vec<String> {
     let mut w = words(&["train", "moco", "--data", "mnist", "--quiet"]);
-    w.extend(["--data-dir".into(), data.display().to_string()]);
-    w.extend(["--out".into(), out.display().to_string()]);
+    w.extend(words(&["--data-dir", data, "--out", out]));
     w.extend(words(&[
         "--batch-size",
         "16",
@@ -351,31 +355,7 @@ fn runs_skips_unreadable_runs_reads_one_run_and_plots_only_when_asked() {
 #[test]
 fn stored_paths_are_absolute_and_eval_takes_another_data_dir() {
     let root = workspace("paths");
-    let rel = words(&[
-        "train",
-        "moco",
-        "--data",
-        "mnist",
-        "--data-dir",
-        "data",
-        "--out",
-        "run",
-        "--quiet",
-        "--batch-size",
-        "16",
-        "--widths",
-        "4,8",
-        "--queue",
-        "32",
-        "--dim",
-        "8",
-        "--split-bn",
-        "2",
-        "--steps",
-        "20",
-        "--stop-after",
-        "1",
-    ]);
+    let rel = train_words_at("data", "run", &["--steps", "20", "--stop-after", "1"]);
     success(&output(&root, &rel));
     let run = root.join("run");
     let ck = Checkpoint::read(&checkpoint::list(&run).pop().unwrap()).unwrap();
