@@ -62,7 +62,11 @@ fn resume_settings(cmd: &mut Settings) -> Result<Option<Checkpoint>> {
         .map(|g| flag(g))
         .collect();
     if !refused.is_empty() {
-        let honoured: Vec<String> = RESUME_HONOURS[1..].iter().map(|g| flag(g)).collect();
+        let honoured: Vec<String> = RESUME_HONOURS
+            .iter()
+            .filter(|&&g| g != "resume")
+            .map(|g| flag(g))
+            .collect();
         return Err(Error::Config(format!(
             "--resume continues {} with the settings it was started with: {} cannot change (with --resume only {} may be given)",
             path.display(),
