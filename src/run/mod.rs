@@ -248,7 +248,8 @@ pub struct Report {
 /// Trains as `contrastive train` does: resolves the settings (or, with `--resume`, those the run
 /// was started with), writes `metrics.jsonl`, the plots and rotating checkpoints into the run
 /// directory, stops cleanly with a checkpoint when `stop` becomes true, and evaluates the result
-/// into `summary.json`.
+/// into `summary.json`, whose training time and final loss cover every segment of a resumed run.
+/// The run directory and data directory are stored absolute in the checkpoints' command.
 pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     let resume = resume_settings(&mut cmd)?;
     let name = cmd.name();
