@@ -299,7 +299,7 @@ pub fn path_for(dir: &Path, step: u64) -> PathBuf {
 }
 
 /// The step in a checkpoint file's name (`checkpoint-<step>.safetensors`).
-fn step_of(path: &Path) -> Option<u64> {
+pub fn step_of(path: &Path) -> Option<u64> {
     path.file_name()?
         .to_str()?
         .strip_prefix("checkpoint-")?

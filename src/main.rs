@@ -3,13 +3,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use contrastive::run::{self, Settings};
-use contrastive::{Error, Gpu, Result};
+use contrastive::{Gpu, Result};
 
 #[derive(Parser)]
 #[command(
@@ -34,12 +33,18 @@ enum Command {
         /// A checkpoint file, or a run directory (its newest checkpoint).
         #[arg(long)]
         checkpoint: PathBuf,
+        /// Read the dataset from this directory instead of the one the checkpoint stores.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
-    /// Summarise the runs found in a directory (one per sub-directory with a metrics.jsonl) and
-    /// redraw their plots.
+    /// Summarise the runs found in a directory (one per sub-directory with a metrics.jsonl), or
+    /// one run directory; runs that cannot be read are named and skipped.
     Runs {
         #[arg(default_value = "runs")]
         dir: PathBuf,
+        /// Redraw each listed run's training.png.
+        #[arg(long)]
+        plot: bool,
     },
     /// Benchmark the kernels of the model `train` would train with the same flags: time every
     /// candidate kernel of each shape one step uses, print the table, store the fastest in the
@@ -75,9 +80,54 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
+/// Set by the first SIGINT, SIGTERM or SIGHUP: the trainer finishes its step, checkpoints and
+/// stops.
+static STOP: AtomicBool = AtomicBool::new(false);
+/// The signal that asked to stop (0: none), for the exit status 128 + signal.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+
+/// Handles the first interrupting signal by asking the trainer to stop, a second by exiting at
+/// once. Runs in signal context: atomics, `write` and `_exit` only.
+#[cfg(unix)]
+extern "C" fn on_signal(signal: libc::c_int) {
+    let say = |text: &str| {
+        // SAFETY: write(2) is async-signal-safe; the buffer outlives the call.
+        unsafe { libc::write(2, text.as_ptr().cast(), text.len()) };
+    };
+    if SIGNAL.swap(signal, Ordering::SeqCst) != 0 {
+        say("\nsecond interrupt: exiting now without a checkpoint (resume from the last one written)\n");
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signal) };
+    }
+    STOP.store(true, Ordering::SeqCst);
+    say("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to exit without one)…\n");
+}
+
+/// SIGINT (Ctrl-C), SIGTERM (a scheduler's stop) and SIGHUP (a closed terminal) all stop training
+/// with a checkpoint.
+#[cfg(unix)]
+fn handle_signals() {
+    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only touches atomics and async-signal-safe calls.
+        unsafe { libc::signal(signal, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+#[cfg(not(unix))]
+fn handle_signals() {
+    let _ = ctrlc::set_handler(|| {
+        if SIGNAL.swap(2, Ordering::SeqCst) != 0 {
+            eprintln!("\nsecond interrupt: exiting now without a checkpoint (resume from the last one written)");
+            std::process::exit(130);
+        }
+        STOP.store(true, Ordering::SeqCst);
+        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint (interrupt again to exit without one)…");
+    });
+}
+
 /// Trains, then prints the evaluation table and the throughput.
-fn train(settings: Settings, stop: &AtomicBool) -> Result<()> {
-    let report = run::train(settings, stop)?;
+fn train(settings: Settings) -> Result<()> {
+    let report = run::train(settings, &STOP)?;
     if let Some(evaluation) = &report.evaluation {
         println!("\n{evaluation}");
         println!(
@@ -109,34 +159,54 @@ fn tune(settings: Settings, json: Option<PathBuf>) -> Result<()> {
     }
     if let Some(path) = json {
         let text = serde_json::json!({ "adapter": adapter, "trials": trials });
-        std::fs::write(&path, text.to_string()).map_err(|e| Error::io(&path, e))?;
+        std::fs::write(&path, text.to_string()).map_err(|e| contrastive::Error::io(&path, e))?;
+    }
+    Ok(())
+}
+
+/// Prints the table of the runs at `dir`, each skipped run on stderr with its file and reason.
+fn runs(dir: &std::path::Path, plot: bool) -> Result<()> {
+    let found = contrastive::report::runs(dir, plot)?;
+    print!("{found}");
+    if found.runs.is_empty() && found.skipped.is_empty() {
+        eprintln!(
+            "no runs (directories with a metrics.jsonl) in {}",
+            dir.display()
+        );
+    }
+    for e in &found.skipped {
+        eprintln!("skipped: {e}");
+    }
+    for e in &found.unplotted {
+        eprintln!("no plot: {e}");
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    // The first Ctrl-C asks the trainer to checkpoint and stop; a second one exits at once.
-    let _ = ctrlc::set_handler(move || {
-        if flag.swap(true, Ordering::SeqCst) {
-            std::process::exit(130);
+    let matches = Cli::command().get_matches();
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if let (Command::Train { method }, Some((_, train))) = (&mut cli.command, matches.subcommand())
+    {
+        if let Some((_, given)) = train.subcommand() {
+            **method = method.clone().with_given(given);
         }
-        eprintln!("\ninterrupt: finishing the current step and writing a checkpoint…");
-    });
+    }
+    handle_signals();
     let result = match cli.command {
         Command::Devices => devices(),
-        Command::Train { method } => train(*method, &stop),
+        Command::Train { method } => train(*method),
         Command::Tune { method, json } => tune(*method, json),
-        Command::Eval { checkpoint } => run::evaluate(&checkpoint).map(|e| println!("{e}")),
-        Command::Runs { dir } => {
-            contrastive::report::summarize(&dir).map_err(|e| Error::io(&dir, e))
-        }
+        Command::Eval {
+            checkpoint,
+            data_dir,
+        } => run::evaluate(&checkpoint, data_dir.as_deref()).map(|e| println!("{e}")),
+        Command::Runs { dir, plot } => runs(&dir, plot),
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    match (result, SIGNAL.load(Ordering::SeqCst)) {
+        (Ok(()), 0) => ExitCode::SUCCESS,
+        (Ok(()), signal) => ExitCode::from(128 + signal as u8),
+        (Err(e), _) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }

@@ -496,7 +496,7 @@ fn cpc_on_wav_files_and_sequence_settings_errors() {
 }
 
 /// Ctrl-C (SIGINT) during training: the step finishes, a checkpoint is written, the process exits
-/// cleanly saying how to resume, and resuming finishes the run.
+/// with status 130 saying how to resume, and resuming finishes the run.
 #[test]
 fn ctrl_c_checkpoints_and_says_how_to_resume() {
     let out = dir("sigint");
@@ -521,7 +521,12 @@ fn ctrl_c_checkpoints_and_says_how_to_resume() {
         .unwrap();
     assert!(sent.success());
     let o = child.wait_with_output().unwrap();
-    let err = ok(&o);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "exit status 130 after SIGINT: {err}"
+    );
     assert!(err.contains("interrupt"), "{err}");
     assert!(
         err.contains(&format!("--resume {}", out.display())),

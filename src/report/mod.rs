@@ -57,18 +57,3 @@ pub fn refresh(dir: &Path, step: u64) -> io::Result<()> {
     }
     Ok(())
 }
-
-/// Prints the table of [`runs`] at `dir` with its plots redrawn, each skipped run on stderr with
-/// its file and reason. (The command line's entry point until it passes its own plots flag to
-/// [`runs`] and prints the result.)
-pub fn summarize(dir: &Path) -> io::Result<()> {
-    let found = runs(dir, true).map_err(into_io)?;
-    print!("{found}");
-    for e in &found.skipped {
-        eprintln!("skipped: {e}");
-    }
-    for e in &found.unplotted {
-        eprintln!("no plot: {e}");
-    }
-    Ok(())
-}

@@ -21,45 +21,146 @@ use crate::gpu::AdapterKind;
 use crate::methods::{Method, Network};
 use crate::train::{self, Checkpointing};
 
-/// With `--resume DIR`: the newest checkpoint of `DIR`, and `cmd` replaced by the settings that
-/// run was started with, except the ones that only steer this invocation (`--stop-after`,
-/// `--quiet`, and `--lr` when given: lower it after a non-finite step).
+/// The settings `--resume` can honour beside the stored ones: how long to train, the learning
+/// rate (lower it after a non-finite step), the checkpoint policy, and what only steers this
+/// invocation. Any other setting given with `--resume` is refused by name.
+const RESUME_HONOURS: &[&str] = &[
+    "resume",
+    "steps",
+    "epochs",
+    "lr",
+    "checkpoint_every",
+    "keep",
+    "stop_after",
+    "quiet",
+    "tune",
+];
+
+/// A setting's field name as its flag: `batch_size` → `--batch-size`.
+fn flag(field: &str) -> String {
+    format!("--{}", field.replace('_', "-"))
+}
+
+/// The run directory `--resume PATH` continues: `PATH` itself, or the directory of a checkpoint
+/// file.
+fn run_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(parent) if path.is_file() => parent.to_path_buf(),
+        _ => path.to_path_buf(),
+    }
+}
+
+/// With `--resume PATH` (a run directory or one of its checkpoint files): the checkpoint to
+/// continue from, and `cmd` replaced by the settings that run was started with, except those in
+/// [`RESUME_HONOURS`] that were given. `--steps` or `--epochs` extends a run, finished or not.
 fn resume_settings(cmd: &mut Settings) -> Result<Option<Checkpoint>> {
     let given = cmd.common().clone();
-    Ok(match &given.resume {
-        Some(dir) => {
-            let ck = find_checkpoint(dir)?;
-            let stored = command_of(&ck)?;
-            if stored.name() != cmd.name() {
-                return Err(Error::Config(format!(
-                    "{} holds a {} run; resume it with `contrastive train {} --resume {}`",
-                    dir.display(),
-                    stored.name(),
-                    stored.name(),
-                    dir.display()
-                )));
-            }
-            *cmd = stored;
-            let c = cmd.common_mut();
-            c.out = Some(dir.clone());
-            (c.resume, c.stop_after, c.quiet) =
-                (given.resume.clone(), given.stop_after, given.quiet);
-            if given.lr.is_some() {
-                c.lr = given.lr;
-            }
-            Some(ck)
+    let Some(path) = &given.resume else {
+        return Ok(None);
+    };
+    let refused: Vec<String> = given
+        .given
+        .iter()
+        .filter(|g| !RESUME_HONOURS.contains(&g.as_str()))
+        .map(|g| flag(g))
+        .collect();
+    if !refused.is_empty() {
+        let honoured: Vec<String> = RESUME_HONOURS
+            .iter()
+            .filter(|&&g| g != "resume")
+            .map(|g| flag(g))
+            .collect();
+        return Err(Error::Config(format!(
+            "--resume continues {} with the settings it was started with: {} cannot change (with --resume only {} may be given)",
+            path.display(),
+            refused.join(", "),
+            honoured.join(", ")
+        )));
+    }
+    let dir = run_dir(path);
+    let ck = match find_checkpoint(path) {
+        Err(_) if dir.join("metrics.jsonl").exists() && checkpoint::list(&dir).is_empty() => {
+            return Err(Error::Config(format!(
+                "{} holds a run that stopped before its first checkpoint: there is nothing to resume; start it again with `contrastive train {} --out {} --force`",
+                dir.display(),
+                cmd.name(),
+                dir.display()
+            )))
         }
-        None => None,
-    })
+        found => found?,
+    };
+    let stored = command_of(&ck)?;
+    if stored.name() != cmd.name() {
+        return Err(Error::Config(format!(
+            "{} holds a {} run; resume it with `contrastive train {} --resume {}`",
+            path.display(),
+            stored.name(),
+            stored.name(),
+            path.display()
+        )));
+    }
+    *cmd = stored;
+    let c = cmd.common_mut();
+    c.out = Some(dir);
+    (c.resume, c.stop_after, c.quiet) = (given.resume.clone(), given.stop_after, given.quiet);
+    let was_given = |field: &str| given.given.iter().any(|g| g == field);
+    if given.lr.is_some() {
+        c.lr = given.lr;
+    }
+    if was_given("checkpoint_every") {
+        c.checkpoint_every = given.checkpoint_every;
+    }
+    if was_given("keep") {
+        c.keep = given.keep;
+    }
+    if given.steps.is_some() {
+        c.steps = given.steps;
+    } else if given.epochs.is_some() {
+        (c.epochs, c.steps) = (given.epochs, None);
+    }
+    Ok(Some(ck))
+}
+
+/// Before a resumed run appends: removes the checkpoints past the one resumed from (damaged
+/// ones passed over, or newer ones when an older file was chosen) and cuts `metrics.jsonl` back
+/// to its step, so that every later step is logged exactly once.
+fn rewind(out: &Path, ck: &Checkpoint) -> Result<()> {
+    let step: u64 = ck.meta_parse("step")?;
+    for later in checkpoint::list(out) {
+        if checkpoint::step_of(&later).is_some_and(|s| s > step) {
+            std::fs::remove_file(&later).map_err(|e| Error::io(&later, e))?;
+            eprintln!(
+                "removed {} (past step {step}, resumed from)",
+                later.display()
+            );
+        }
+    }
+    let cut = crate::report::metrics::cut_to_step(&out.join("metrics.jsonl"), step)?;
+    if cut.dropped > 0 || cut.torn {
+        eprintln!(
+            "metrics.jsonl cut back to step {step}: {} line(s) logged past it dropped{}",
+            cut.dropped,
+            if cut.torn {
+                ", a torn last line removed"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(())
 }
 
 /// `metrics.jsonl`: one JSON line per step, opened at the first logged step, so that a run that
-/// fails before training leaves no run behind.
+/// fails before training leaves no run behind. Each line also carries `seconds`, the training
+/// time up to its step across every segment of the run (a resumed run continues the count).
 struct Metrics {
     path: PathBuf,
     /// Continue the file (a resumed run) instead of starting it afresh.
     append: bool,
     file: Option<std::fs::File>,
+    /// Training time of the earlier segments, and when this one started.
+    before: f64,
+    start: std::time::Instant,
 }
 
 impl Metrics {
@@ -78,24 +179,40 @@ impl Metrics {
             ),
         };
         let json = serde_json::to_string(line).expect("log lines serialise");
+        let seconds = self.before + self.start.elapsed().as_secs_f64();
+        let json = format!("{},\"seconds\":{seconds:.3}}}", &json[..json.len() - 1]);
         writeln!(file, "{json}").map_err(|e| Error::io(path, e))?;
         file.flush().map_err(|e| Error::io(path, e))
     }
 }
 
-/// The newest checkpoint of a run directory, or the file itself.
-fn find_checkpoint(path: &Path) -> Result<Checkpoint> {
-    let file = if path.is_dir() {
-        checkpoint::list(path)
-            .pop()
-            .ok_or_else(|| Error::Checkpoint {
-                path: path.into(),
-                what: "no checkpoint-*.safetensors in this directory".into(),
-            })?
-    } else {
-        path.to_path_buf()
+/// The last line of a run's log (after [`rewind`]): its training time so far (0 for a log
+/// without it) and loss.
+fn logged(path: &Path) -> Result<(f64, Option<f32>)> {
+    let text = match std::fs::read_to_string(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0.0, None)),
+        read => read.map_err(|e| Error::io(path, e))?,
     };
-    Checkpoint::read(&file)
+    let last: Option<serde_json::Value> = text
+        .lines()
+        .next_back()
+        .and_then(|l| serde_json::from_str(l).ok());
+    Ok(last.map_or((0.0, None), |v| {
+        (
+            v["seconds"].as_f64().unwrap_or(0.0),
+            v["loss"].as_f64().map(|l| l as f32),
+        )
+    }))
+}
+
+/// The checkpoint at `path` (a file, or a run directory's newest intact one), naming on stderr
+/// each damaged newer checkpoint passed over.
+fn find_checkpoint(path: &Path) -> Result<Checkpoint> {
+    let found = checkpoint::find(path)?;
+    for e in &found.skipped {
+        eprintln!("skipped a damaged checkpoint: {e}");
+    }
+    Ok(found.checkpoint)
 }
 
 /// The command a checkpoint was trained with.
@@ -104,6 +221,11 @@ fn command_of(ck: &Checkpoint) -> Result<Settings> {
         path: ck.origin.clone(),
         what: format!("its stored command does not parse ({e})"),
     })
+}
+
+/// `path` made absolute, so that a checkpoint's stored command works from any directory.
+fn absolute(path: &Path) -> Result<PathBuf> {
+    std::path::absolute(path).map_err(|e| Error::io(path, e))
 }
 
 /// How a run ended.
@@ -129,18 +251,31 @@ pub struct Report {
 /// Trains as `contrastive train` does: resolves the settings (or, with `--resume`, those the run
 /// was started with), writes `metrics.jsonl`, the plots and rotating checkpoints into the run
 /// directory, stops cleanly with a checkpoint when `stop` becomes true, and evaluates the result
-/// into `summary.json`.
+/// into `summary.json`, whose training time and final loss cover every segment of a resumed run.
+/// The run directory and data directory are stored absolute in the checkpoints' command.
 pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     let resume = resume_settings(&mut cmd)?;
+    let name = cmd.name();
+    let c = cmd.common_mut();
+    let out = absolute(
+        &c.out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("runs").join(name)),
+    )?;
+    c.out = Some(out.clone());
+    c.data_dir = c.data_dir.as_deref().map(absolute).transpose()?;
     let c = cmd.common().clone();
-    let out = c
-        .out
-        .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(cmd.name()));
     if resume.is_none() && out.join("metrics.jsonl").exists() && !c.force {
+        let advice = if checkpoint::list(&out).is_empty() {
+            "it stopped before its first checkpoint, so it cannot be resumed: start it again with --force, or choose another --out".to_string()
+        } else {
+            format!(
+                "continue it with --resume {}, overwrite it with --force, or choose another --out",
+                out.display()
+            )
+        };
         return Err(Error::Config(format!(
-            "{} already holds a run; continue it with --resume {}, overwrite it with --force, or choose another --out",
-            out.display(),
+            "{} already holds a run; {advice}",
             out.display()
         )));
     }
@@ -150,10 +285,22 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         AdapterKind::Cpu => Mode::Off,
     });
     *s.gpu.tuning() = Tuning::new(mode);
+    let first = resume
+        .as_ref()
+        .map_or(Ok(0), |ck| ck.meta_parse::<u64>("step"))?;
+    if s.cfg.steps < first {
+        return Err(Error::Config(format!(
+            "the run is {} steps long, fewer than the {first} already trained: extend it with --steps (or --epochs) beyond step {first}",
+            s.cfg.steps
+        )));
+    }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    if resume.is_none() {
-        for old in checkpoint::list(&out) {
-            std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+    match &resume {
+        Some(ck) => rewind(&out, ck)?,
+        None => {
+            for old in checkpoint::list(&out) {
+                std::fs::remove_file(&old).map_err(|e| Error::io(&old, e))?;
+            }
         }
     }
     eprintln!("adapter: {}", s.gpu.adapter);
@@ -194,15 +341,14 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         keep: c.keep,
         meta,
     };
+    let start = std::time::Instant::now();
     let mut metrics = Metrics {
         path: out.join("metrics.jsonl"),
         append: resume.is_some(),
         file: None,
+        before: logged(&out.join("metrics.jsonl"))?.0,
+        start,
     };
-    let start = std::time::Instant::now();
-    let first = resume
-        .as_ref()
-        .map_or(Ok(0), |ck| ck.meta_parse::<u64>("step"))?;
     let stop_after = c.stop_after;
     let lower_lr = s.lr / 10.0;
     let lower_lr = if (1e-4..1e4).contains(&lower_lr) {
@@ -285,15 +431,16 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     }
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
     let evaluation = s.evaluate()?;
+    let (seconds, final_loss) = logged(&out.join("metrics.jsonl"))?;
     let summary = serde_json::json!({
         "method": cmd.name(),
         "adapter": s.gpu.adapter.to_string(),
         "data": s.data.describe(),
         "steps": outcome.step,
         "batch_size": s.cfg.batch_size,
-        "seconds": elapsed,
-        "images_per_s": per_s,
-        "final_loss": outcome.lines.last().map(|l| l.loss),
+        "seconds": seconds,
+        "images_per_s": (outcome.step * s.cfg.batch_size as u64) as f64 / seconds,
+        "final_loss": final_loss,
         "evaluation": evaluation,
         "command": cmd,
         "encoder": s.encoder,
@@ -333,12 +480,16 @@ pub fn tune(cmd: &Settings) -> Result<(String, Vec<Trial>)> {
     Ok((s.gpu.adapter.to_string(), trials))
 }
 
-/// Evaluates a checkpoint (a file, or a run directory's newest) as `contrastive eval` does:
-/// rebuilds its run from the settings it stores and probes the trained model beside a random one
-/// and the raw input.
-pub fn evaluate(path: &Path) -> Result<Evaluation> {
+/// Evaluates a checkpoint (a file, or a run directory's newest intact one) as `contrastive eval`
+/// does: rebuilds its run from the settings it stores (reading the data from `data_dir` when
+/// given, else from the stored `--data-dir`) and probes the trained model beside a random one and
+/// the raw input.
+pub fn evaluate(path: &Path, data_dir: Option<&Path>) -> Result<Evaluation> {
     let ck = find_checkpoint(path)?;
-    let cmd = command_of(&ck)?;
+    let mut cmd = command_of(&ck)?;
+    if let Some(d) = data_dir {
+        cmd.common_mut().data_dir = Some(d.to_path_buf());
+    }
     let mut s = setup(&cmd, true)?;
     s.method.load(&s.gpu, &ck)?;
     eprintln!(

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Dataset, SequenceData};
@@ -212,6 +212,12 @@ pub struct Common {
     #[arg(long)]
     #[serde(skip)]
     pub tune: Option<crate::gpu::tune::Mode>,
+    /// The settings given on the command line (their field names, e.g. `batch_size`), as opposed
+    /// to defaults: `--resume` refuses those it cannot honour. Filled by [`Settings::from_words`]
+    /// and [`Settings::with_given`].
+    #[arg(skip)]
+    #[serde(skip)]
+    pub given: Vec<String>,
 }
 
 /// The optimiser a run asks for.
@@ -239,9 +245,35 @@ impl Settings {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Words::try_parse_from(words)
-            .map(|w| w.settings)
-            .map_err(|e| Error::Config(e.to_string()))
+        let config = |e: clap::Error| Error::Config(e.to_string());
+        let matches = Words::command()
+            .try_get_matches_from(words)
+            .map_err(config)?;
+        let settings = Words::from_arg_matches(&matches).map_err(config)?.settings;
+        Ok(match matches.subcommand() {
+            Some((_, method)) => settings.with_given(method),
+            None => settings,
+        })
+    }
+
+    /// Notes which settings `matches` (a method's subcommand matches) took from the command line
+    /// rather than from their defaults, in [`Common::given`].
+    pub fn with_given(mut self, matches: &clap::ArgMatches) -> Settings {
+        let words = Words::command();
+        let method = words.find_subcommand(self.name());
+        // Argument groups (the flattened `Common`) are listed too: keep the settings only.
+        let setting =
+            |id: &clap::Id| method.is_some_and(|m| m.get_arguments().any(|a| a.get_id() == id));
+        self.common_mut().given = matches
+            .ids()
+            .filter(|id| {
+                setting(id)
+                    && matches.value_source(id.as_str())
+                        == Some(clap::parser::ValueSource::CommandLine)
+            })
+            .map(|id| id.to_string())
+            .collect();
+        self
     }
 
     pub fn is_cpc(&self) -> bool {
