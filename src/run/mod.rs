@@ -5,6 +5,7 @@
 
 mod settings;
 mod setup;
+mod validate;
 
 pub use settings::{Common, OptimizerChoice, Settings};
 pub use setup::{setup, RunData, Setup};
@@ -308,7 +309,8 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
 pub fn evaluate(path: &Path) -> Result<Evaluation> {
     let ck = find_checkpoint(path)?;
     let cmd = command_of(&ck)?;
-    let mut s = setup(&cmd, true)?;
+    // Not quiet: the evaluation reports its phases.
+    let mut s = setup(&cmd, false)?;
     s.method.load(&s.gpu, &ck)?;
     eprintln!(
         "{} checkpoint {} (step {}) on {}",

@@ -2,11 +2,14 @@
 //! ([`step`]) and one submission per batch, progress, the kNN monitor, resumable checkpoints, and
 //! the diagnosis of a step that held a non-finite value.
 
+mod progress;
 mod step;
 
 pub use step::{record_step, rewind, StepOutput};
 
 use std::time::Instant;
+
+use progress::Progress;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -301,20 +304,7 @@ pub fn train(
         method.load(gpu, ck)?;
         (rng, first) = load_trainer_state(ck, &mut batches)?;
     }
-    let bar = if cfg.progress {
-        let bar = indicatif::ProgressBar::new(cfg.steps);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(first - 1);
-        bar.reset_eta();
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut bar = Progress::new(cfg.steps, first, cfg.progress);
     let save =
         |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
             ckpt.map(|c| -> Result<std::path::PathBuf> {
@@ -402,13 +392,15 @@ pub fn train(
         let acc = line
             .accuracy
             .map_or(String::new(), |a| format!("  acc {:5.1}%", a * 100.0));
-        bar.set_message(format!(
-            "loss {:.4}{acc}  {:.0} img/s{}",
-            line.loss,
-            images_per_s,
-            knn.map_or(String::new(), |k| format!("  kNN {:.1}%", k * 100.0))
-        ));
-        bar.inc(1);
+        bar.step(
+            step,
+            format!(
+                "loss {:.4}{acc}  {:.0} img/s{}",
+                line.loss,
+                images_per_s,
+                knn.map_or(String::new(), |k| format!("  kNN {:.1}%", k * 100.0))
+            ),
+        );
         log(&line)?;
         lines.push(line);
         if ckpt.is_some_and(|c| c.every > 0 && step % c.every == 0) || step == cfg.steps {
