@@ -80,7 +80,14 @@ fn oversized_settings_are_errors_that_name_them() {
         &["--bank", "100000000"],
         &["--bank 100000000", "bytes"],
     );
-    refused("cmc", &["--batch-size", "100000"], &["--batch-size 100000"]);
+    refused(
+        "cmc",
+        &["--batch-size", "100000"],
+        &[
+            "at batch size 100000",
+            "the largest batch that fits is about",
+        ],
+    );
 }
 
 #[test]

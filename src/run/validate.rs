@@ -78,6 +78,8 @@ struct Need {
     setting: String,
     what: String,
     words: u128,
+    /// Grows with the batch size: the error then says which batch would fit.
+    per_batch: bool,
 }
 
 /// The largest allocations an image run's settings imply (lower bounds: the exact layout adds
@@ -124,11 +126,13 @@ fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
             setting: widths_given.clone(),
             what: format!("the model's parameters ({} floats)", params + head),
             words: params + head,
+            per_batch: false,
         },
         Need {
-            setting: format!("{widths_given} with --batch-size {batch}"),
+            setting: widths_given,
             what: format!("the first stage's activations ({rows}×{h}×{w}×{first})"),
             words: rows * h * w * first,
+            per_batch: true,
         },
     ];
     for (split, set) in [("training", train), ("test", test)] {
@@ -142,6 +146,7 @@ fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
                 set.channels
             ),
             words: (set.images.len() as u128).div_ceil(4),
+            per_batch: false,
         });
     }
     let ring = |flag: &str, size: usize, dim: usize, name: &str| {
@@ -150,11 +155,13 @@ fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
                 setting: format!("{flag} {size}"),
                 what: format!("{name} ({size} rows of {dim})"),
                 words: size as u128 * dim as u128,
+                per_batch: false,
             },
             Need {
-                setting: format!("{flag} {size} with --batch-size {batch}"),
+                setting: format!("{flag} {size}"),
                 what: format!("the scores of {rows} rows against {name}"),
                 words: rows * size as u128,
+                per_batch: true,
             },
         ]
     };
@@ -197,11 +204,16 @@ pub fn image_sizes(cmd: &Settings, gpu: &Gpu, train: &ImageSet, test: &ImageSet)
             (host, "the host's memory")
         };
         if bytes > limit {
-            return Err(Error::OutOfMemory {
+            let e = Error::OutOfMemory {
                 what: format!("{}: {}", need.setting, need.what),
                 needed: bytes.min(u64::MAX as u128) as u64,
                 limit: limit as u64,
-                advice: format!(" ({which}); choose smaller settings"),
+                advice: format!(" ({which})"),
+            };
+            return Err(if need.per_batch {
+                crate::train::with_batch_advice(e, cmd.batch_size())
+            } else {
+                e
             });
         }
     }

@@ -185,7 +185,7 @@ pub fn load_trainer_state(
 
 /// Adds the largest batch that fits to a memory error: the tensor that did not fit grows
 /// linearly with the batch (activations, logits against a queue).
-fn with_batch_advice(e: Error, batch: usize) -> Error {
+pub fn with_batch_advice(e: Error, batch: usize) -> Error {
     match e {
         Error::OutOfMemory {
             what,
