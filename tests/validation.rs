@@ -81,6 +81,16 @@ fn oversized_settings_are_errors_that_name_them() {
         &["--bank 100000000", "bytes"],
     );
     refused(
+        "moco",
+        &["--dim", "100000000"],
+        &["--dim 100000000", "bytes"],
+    );
+    refused(
+        "cpc",
+        &["--data", "japanese-vowels", "--context", "100000"],
+        &["--context 100000", "bytes"],
+    );
+    refused(
         "cmc",
         &["--batch-size", "100000"],
         &[

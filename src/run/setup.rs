@@ -202,6 +202,7 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
             let split = data::sequence::load(kind, c.data_dir.as_deref())?;
             super::validate::train_examples(cmd, split.train.len(), "training sequences")?;
             super::validate::cpc_window(cmd, split.train.max_frames())?;
+            super::validate::sequence_sizes(cmd, &gpu, split.train.dim)?;
             let window = cmd.cpc_window();
             let long: Vec<usize> = (0..split.train.len())
                 .filter(|&i| split.train.frames(i) >= window)

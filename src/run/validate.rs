@@ -120,10 +120,18 @@ fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
             .collect::<Vec<_>>()
             .join(",")
     );
+    let mut model = widths_given.clone();
+    if blocks > 0 {
+        model += &format!(" --residual-blocks {blocks}");
+    }
+    if let Settings::Moco { dim, .. } | Settings::Cmc { dim, .. } | Settings::Dim { dim, .. } = cmd
+    {
+        model += &format!(" --dim {dim}");
+    }
     let first = widths.clone().next().unwrap_or(0);
     let mut needs = vec![
         Need {
-            setting: widths_given.clone(),
+            setting: model,
             what: format!("the model's parameters ({} floats)", params + head),
             words: params + head,
             per_batch: false,
@@ -177,6 +185,21 @@ fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
     needs
 }
 
+/// The model of a CPC run on sequences: its encoder and GRU weights (lower bound).
+fn sequence_needs(cmd: &Settings, features: usize) -> Vec<Need> {
+    let Settings::Cpc { dim, context, .. } = cmd else {
+        return vec![];
+    };
+    let (d, h, f) = (*dim as u128, *context as u128, features as u128);
+    let words = f * d + d * d + 3 * h * (d + h);
+    vec![Need {
+        setting: format!("--dim {dim} --context {context}"),
+        what: format!("the model's parameters ({words} floats)"),
+        words,
+        per_batch: false,
+    }]
+}
+
 /// Physical memory of the host, where the system says (Linux).
 fn host_memory() -> Option<u128> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
@@ -194,15 +217,25 @@ fn host_memory() -> Option<u128> {
 /// Refuses an image run whose settings imply an allocation larger than one GPU binding may hold
 /// or than the host's memory (each is staged on the host before it is uploaded).
 pub fn image_sizes(cmd: &Settings, gpu: &Gpu, train: &ImageSet, test: &ImageSet) -> Result<()> {
+    check(cmd, gpu, image_needs(cmd, train, test))
+}
+
+/// [`image_sizes`] for a CPC run on sequences of `features` values per frame.
+pub fn sequence_sizes(cmd: &Settings, gpu: &Gpu, features: usize) -> Result<()> {
+    check(cmd, gpu, sequence_needs(cmd, features))
+}
+
+fn check(cmd: &Settings, gpu: &Gpu, needs: Vec<Need>) -> Result<()> {
     let binding = gpu.max_binding() as u128;
     let host = host_memory().unwrap_or(u128::MAX);
-    for need in image_needs(cmd, train, test) {
+    let (limit, which) = if binding <= host {
+        (binding, "the adapter's largest binding")
+    } else {
+        (host, "the host's memory")
+    };
+    let batch = cmd.batch_size() as u128;
+    for need in needs {
         let bytes = need.words * 4;
-        let (limit, which) = if binding <= host {
-            (binding, "the adapter's largest binding")
-        } else {
-            (host, "the host's memory")
-        };
         if bytes > limit {
             let e = Error::OutOfMemory {
                 what: format!("{}: {}", need.setting, need.what),
@@ -210,7 +243,8 @@ pub fn image_sizes(cmd: &Settings, gpu: &Gpu, train: &ImageSet, test: &ImageSet)
                 limit: limit as u64,
                 advice: format!(" ({which})"),
             };
-            return Err(if need.per_batch {
+            // A smaller batch helps only when one example fits.
+            return Err(if need.per_batch && bytes / batch.max(1) <= limit {
                 crate::train::with_batch_advice(e, cmd.batch_size())
             } else {
                 e
