@@ -358,14 +358,6 @@ impl std::fmt::Display for Evaluation {
     }
 }
 
-/// Probes one feature set pair with kNN and the linear probe.
-pub fn probe(gpu: &Gpu, train: &FeatureSet, test: &FeatureSet) -> Result<ProbeResult> {
-    Ok(ProbeResult {
-        knn: knn(gpu, train, test, 200, 0.1)?,
-        linear: linear_probe(train, test)?,
-    })
-}
-
 /// Features of a batch recorded on an inference graph.
 pub type FeatureFn<'a> = &'a dyn Fn(&mut Graph, Var) -> Result<Var>;
 
@@ -418,23 +410,50 @@ impl EvalData<'_> {
 }
 
 /// The evaluation table: the trained and the random model's features, and the raw input.
+/// `progress` hears of each phase as it starts (features, kNN, linear probe of each row), since
+/// the whole takes minutes on a large test set.
 pub fn evaluate(
     gpu: &Gpu,
     trained: FeatureFn,
     random: FeatureFn,
     data: EvalData,
+    progress: &dyn Fn(&str),
 ) -> Result<Evaluation> {
     let mut rows = vec![];
-    for f in [trained, random] {
+    for (name, f) in [("trained model", trained), ("random model", random)] {
+        progress(&format!("{name}: features"));
         let (train, test) = data.features(gpu, f)?;
-        rows.push(probe(gpu, &train, &test)?);
+        rows.push(probe(gpu, &train, &test, name, progress)?);
     }
+    progress("raw input: features");
     let (raw_train, raw_test, raw) = data.raw(gpu)?;
     Ok(Evaluation {
         trained: rows[0],
         random: rows[1],
-        pixels: probe(gpu, &raw_train, &raw_test)?,
+        pixels: probe(gpu, &raw_train, &raw_test, raw, progress)?,
         raw: raw.into(),
+    })
+}
+
+/// Probes one feature set pair (of the representation `name`) with kNN and the linear probe,
+/// telling `progress` of each.
+pub fn probe(
+    gpu: &Gpu,
+    train: &FeatureSet,
+    test: &FeatureSet,
+    name: &str,
+    progress: &dyn Fn(&str),
+) -> Result<ProbeResult> {
+    progress(&format!(
+        "{name}: kNN of {} test against {} training examples",
+        test.len(),
+        train.len()
+    ));
+    let knn = knn(gpu, train, test, 200, 0.1)?;
+    progress(&format!("{name}: linear probe on {} features", train.dim));
+    Ok(ProbeResult {
+        knn,
+        linear: linear_probe(train, test)?,
     })
 }
 

@@ -174,7 +174,26 @@ fn idx_pair(dir: &Path, prefix: &str) -> Result<ImageSet> {
 }
 
 /// Loads a dataset: from `dir` when given, otherwise the embedded default (Fashion-MNIST only).
+/// The splits must share one image shape, checked here so that a mismatch stops the run before
+/// training rather than at its evaluation.
 pub fn load(dataset: Dataset, dir: Option<&Path>) -> Result<Split> {
+    let split = read(dataset, dir)?;
+    let shape = |s: &ImageSet| (s.height, s.width, s.channels);
+    if shape(&split.train) != shape(&split.test) {
+        let (a, b) = (shape(&split.train), shape(&split.test));
+        return Err(Error::Data {
+            path: dir.map_or("<embedded>".into(), Path::to_path_buf),
+            what: format!(
+                "the training images are {}×{} with {} channel(s) but the test images are {}×{} with {} channel(s): every split must have one shape",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            ),
+        });
+    }
+    Ok(split)
+}
+
+/// The splits of `dataset` as its files hold them.
+fn read(dataset: Dataset, dir: Option<&Path>) -> Result<Split> {
     match (dataset, dir) {
         (Dataset::JapaneseVowels | Dataset::Wav, _) => Err(Error::Config(format!(
             "{dataset:?} is a sequence dataset, not images (see data::sequence)"

@@ -273,9 +273,27 @@ fn first_error<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> (T, Option<wg
     (out, validation.or(internal))
 }
 
-/// All adapters visible through the backends selected by `WGPU_BACKEND` (all by default).
+/// The backends `WGPU_BACKEND` names (comma-separated; all when it is unset). A name wgpu does
+/// not know is an error: wgpu itself would ignore it and find no adapter.
+pub fn backends_from_env() -> Result<wgpu::Backends> {
+    let Ok(value) = std::env::var("WGPU_BACKEND") else {
+        return Ok(wgpu::Backends::all());
+    };
+    for name in value.split(',').map(str::trim) {
+        if wgpu::Backends::from_comma_list(name).is_empty() {
+            return Err(Error::Config(format!(
+                "WGPU_BACKEND={value:?}: {name:?} is not a backend; use vulkan, gl, metal or dx12 \
+                 (comma-separated), or unset it to try all"
+            )));
+        }
+    }
+    Ok(wgpu::Backends::from_comma_list(&value))
+}
+
+/// All adapters visible through the backends selected by `WGPU_BACKEND` (all by default, and
+/// none when it names no backend: see [`backends_from_env`]).
 pub fn list_adapters() -> (wgpu::Backends, Vec<wgpu::Adapter>) {
-    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let backends = backends_from_env().unwrap_or(wgpu::Backends::empty());
     let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
     desc.backends = backends;
     let instance = wgpu::Instance::new(desc);
@@ -286,6 +304,7 @@ pub fn list_adapters() -> (wgpu::Backends, Vec<wgpu::Adapter>) {
 impl Gpu {
     /// Opens the adapter chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`, or the best one available.
     pub fn new() -> Result<Gpu> {
+        backends_from_env()?;
         let (backends, adapters) = list_adapters();
         let tried = backend_names(backends);
         let names: Vec<String> = adapters

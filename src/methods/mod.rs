@@ -255,10 +255,14 @@ impl Ring {
         dim: usize,
         draw: impl FnMut() -> f32,
     ) -> Result<Ring> {
+        // The device memory first: it is checked against the adapter's limits, so an oversized
+        // ring is refused before its host copy is made.
+        let tensor = arena.tensor(gpu, [rows, dim])?;
         let mut data: Vec<f32> = std::iter::repeat_with(draw).take(rows * dim).collect();
         crate::nn::normalize_rows(&mut data, dim);
+        gpu.upload(tensor.region, &data)?;
         Ok(Ring {
-            rows: arena.upload(gpu, [rows, dim], &data)?,
+            rows: tensor,
             ptr: 0,
             before: 0,
         })

@@ -82,7 +82,17 @@ impl StoreBuilder {
             });
             len = (len + shape.numel()).next_multiple_of(align);
         }
-        let mut host = vec![0.0f32; len.max(1)];
+        let len = len.max(1);
+        // Checked before the host copy is made: an oversized model is an error, not an abort.
+        if len as u64 * 4 > gpu.max_binding() {
+            return Err(Error::OutOfMemory {
+                what: format!("{what}: {len} parameters"),
+                needed: len as u64 * 4,
+                limit: gpu.max_binding(),
+                advice: " (the adapter's largest binding); use smaller layers".into(),
+            });
+        }
+        let mut host = vec![0.0f32; len];
         for ((_, _, init, _), e) in self.entries.iter().zip(&entries) {
             let dst = &mut host[e.offset..e.offset + e.shape.numel()];
             match *init {

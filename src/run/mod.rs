@@ -5,6 +5,7 @@
 
 mod settings;
 mod setup;
+mod validate;
 
 pub use settings::{Common, OptimizerChoice, Settings};
 pub use setup::{setup, RunData, Setup};
@@ -490,7 +491,8 @@ pub fn evaluate(path: &Path, data_dir: Option<&Path>) -> Result<Evaluation> {
     if let Some(d) = data_dir {
         cmd.common_mut().data_dir = Some(d.to_path_buf());
     }
-    let mut s = setup(&cmd, true)?;
+    // Not quiet: the evaluation reports its phases.
+    let mut s = setup(&cmd, false)?;
     s.method.load(&s.gpu, &ck)?;
     eprintln!(
         "{} checkpoint {} (step {}) on {}",

@@ -194,11 +194,15 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
                 .map_or("?".into(), |v| v.get_name().to_string())
         )));
     }
+    super::validate::settings(cmd)?;
     let batch = cmd.batch_size();
     let gpu = Gpu::new()?;
     let data = match seq {
         Some(kind) => {
             let split = data::sequence::load(kind, c.data_dir.as_deref())?;
+            super::validate::train_examples(cmd, split.train.len(), "training sequences")?;
+            super::validate::cpc_window(cmd, split.train.max_frames())?;
+            super::validate::sequence_sizes(cmd, &gpu, split.train.dim)?;
             let window = cmd.cpc_window();
             let long: Vec<usize> = (0..split.train.len())
                 .filter(|&i| split.train.frames(i) >= window)
@@ -212,9 +216,11 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
         }
         None => {
             let mut split = data::load(c.data, c.data_dir.as_deref())?;
+            super::validate::train_examples(cmd, split.train.len(), "training images")?;
             if c.train_images > 0 {
                 split.train = split.train.take(c.train_images);
             }
+            super::validate::image_sizes(cmd, &gpu, &split.train, &split.test)?;
             let mut arena = Arena::for_gpu("datasets", &gpu);
             let train = GpuImages::upload(&gpu, &mut arena, &split.train)?;
             let test = GpuImages::upload(&gpu, &mut arena, &split.test)?;
@@ -284,6 +290,15 @@ impl Setup {
     pub fn evaluate(&self) -> Result<Evaluation> {
         let trained = |g: &mut crate::autodiff::Graph, x| self.method.features(g, x);
         let random = |g: &mut crate::autodiff::Graph, x| self.random.features(g, x);
-        eval::evaluate(&self.gpu, &trained, &random, self.data.eval_data())
+        let say = |phase: &str| eprintln!("evaluating: {phase}…");
+        let quiet = |_: &str| {};
+        let progress: &dyn Fn(&str) = if self.cfg.progress { &say } else { &quiet };
+        eval::evaluate(
+            &self.gpu,
+            &trained,
+            &random,
+            self.data.eval_data(),
+            progress,
+        )
     }
 }

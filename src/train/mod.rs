@@ -3,11 +3,14 @@
 //! the diagnosis of a step that held a non-finite value, and the kernel choices a run starts with
 //! (tuned on one dry-run step, or pinned from the checkpoint it resumes).
 
+mod progress;
 mod step;
 
 pub use step::{record_step, rewind, StepOutput};
 
 use std::time::Instant;
+
+use progress::Progress;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -184,7 +187,7 @@ pub fn load_trainer_state(
 
 /// Adds the largest batch that fits to a memory error: the tensor that did not fit grows
 /// linearly with the batch (activations, logits against a queue).
-fn with_batch_advice(e: Error, batch: usize) -> Error {
+pub fn with_batch_advice(e: Error, batch: usize) -> Error {
     match e {
         Error::OutOfMemory {
             what,
@@ -384,20 +387,7 @@ pub fn train(
         (rng, first) = load_trainer_state(ck, &mut batches)?;
     }
     prepare_tuning(gpu, method, &mut arena, examples, cfg, resume, &rng)?;
-    let bar = if cfg.progress {
-        let bar = indicatif::ProgressBar::new(cfg.steps);
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-            )
-            .expect("valid template"),
-        );
-        bar.set_position(first - 1);
-        bar.reset_eta();
-        bar
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let mut bar = Progress::new(cfg.steps, first, cfg.progress);
     let save =
         |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
             ckpt.map(|c| -> Result<std::path::PathBuf> {
@@ -485,13 +475,15 @@ pub fn train(
         let acc = line
             .accuracy
             .map_or(String::new(), |a| format!("  acc {:5.1}%", a * 100.0));
-        bar.set_message(format!(
-            "loss {:.4}{acc}  {:.0} img/s{}",
-            line.loss,
-            images_per_s,
-            knn.map_or(String::new(), |k| format!("  kNN {:.1}%", k * 100.0))
-        ));
-        bar.inc(1);
+        bar.step(
+            step,
+            format!(
+                "loss {:.4}{acc}  {:.0} img/s{}",
+                line.loss,
+                images_per_s,
+                knn.map_or(String::new(), |k| format!("  kNN {:.1}%", k * 100.0))
+            ),
+        );
         log(&line)?;
         lines.push(line);
         if ckpt.is_some_and(|c| c.every > 0 && step % c.every == 0) || step == cfg.steps {

@@ -1,0 +1,255 @@
+//! Settings refused before anything is built: contradictions between them, settings the data
+//! cannot honour, and allocations too large for the adapter or the host. Each error names the
+//! setting; the memory checks run before the first byte is allocated, so an oversized setting is
+//! an error rather than an aborted process.
+
+use crate::data::ImageSet;
+use crate::error::{Error, Result};
+use crate::gpu::Gpu;
+use crate::methods::cmc::Views;
+
+use super::Settings;
+
+/// Contradictions within the settings themselves, before the device or the data are opened.
+pub fn settings(cmd: &Settings) -> Result<()> {
+    let c = cmd.common();
+    if c.stop_after == Some(0) {
+        return Err(Error::Config(
+            "--stop-after 0 would stop before the first step; give a step of at least 1".into(),
+        ));
+    }
+    if c.keep == 0 {
+        return Err(Error::Config(
+            "--keep 0 would delete every checkpoint, the one a resume needs included; keep at least 1"
+                .into(),
+        ));
+    }
+    let batch = cmd.batch_size();
+    let no_negatives = match cmd {
+        Settings::Cmc { bank, .. } => *bank == 0,
+        Settings::Dim { .. } => true,
+        Settings::Moco { .. } | Settings::Cpc { .. } => false,
+    };
+    if no_negatives && batch == 1 {
+        return Err(Error::Config(format!(
+            "--batch-size 1 leaves {} without negatives (they are the other images of the batch); use a batch of at least 2",
+            cmd.name()
+        )));
+    }
+    if let Settings::Cpc {
+        patch,
+        patch_stride,
+        ..
+    } = cmd
+    {
+        if cmd.sequence_data().is_none() && patch_stride > patch {
+            return Err(Error::Config(format!(
+                "--patch-stride {patch_stride} is larger than --patch {patch}: pixels between the patches would never be seen"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `--train-images` against the examples the data holds.
+pub fn train_examples(cmd: &Settings, available: usize, what: &str) -> Result<()> {
+    let asked = cmd.common().train_images;
+    if asked > available {
+        return Err(Error::Config(format!(
+            "--train-images {asked} is more than the {available} {what} the data holds"
+        )));
+    }
+    Ok(())
+}
+
+/// CPC's `--window` against the longest training sequence.
+pub fn cpc_window(cmd: &Settings, longest: usize) -> Result<()> {
+    let window = cmd.cpc_window();
+    if window > longest {
+        return Err(Error::Config(format!(
+            "--window {window} is longer than every training sequence (the longest has {longest} frames)"
+        )));
+    }
+    Ok(())
+}
+
+/// One allocation the settings imply: the setting that sizes it, what it is, its 32-bit words.
+struct Need {
+    setting: String,
+    what: String,
+    words: u128,
+    /// Grows with the batch size: the error then says which batch would fit.
+    per_batch: bool,
+}
+
+/// The largest allocations an image run's settings imply (lower bounds: the exact layout adds
+/// alignment and smaller tensors).
+fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
+    let c = cmd.common();
+    let widths = c.widths.iter().map(|&w| w as u128);
+    let (h, w) = (train.height as u128, train.width as u128);
+    let batch = cmd.batch_size() as u128;
+    let blocks = c.residual_blocks as u128;
+    let mut cin = train.channels as u128;
+    let mut params = 0;
+    for cout in widths.clone() {
+        params += 9 * cin * cout + 18 * blocks * cout * cout;
+        cin = cout;
+    }
+    let feat = cin;
+    let head = match cmd {
+        Settings::Moco {
+            dim, linear_head, ..
+        } => feat * *dim as u128 + if *linear_head { 0 } else { feat * feat },
+        Settings::Cmc { dim, .. } | Settings::Dim { dim, .. } => feat * *dim as u128,
+        Settings::Cpc { .. } => 0,
+    };
+    // Rows of one forward pass: CMC's augmented views go through the encoder together.
+    let rows = match cmd {
+        Settings::Cmc {
+            views: Views::Augment,
+            ..
+        } => 2 * batch,
+        _ => batch,
+    };
+    let widths_given = format!(
+        "--widths {}",
+        c.widths
+            .iter()
+            .map(|w| w.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let mut model = widths_given.clone();
+    if blocks > 0 {
+        model += &format!(" --residual-blocks {blocks}");
+    }
+    if let Settings::Moco { dim, .. } | Settings::Cmc { dim, .. } | Settings::Dim { dim, .. } = cmd
+    {
+        model += &format!(" --dim {dim}");
+    }
+    let first = widths.clone().next().unwrap_or(0);
+    let mut needs = vec![
+        Need {
+            setting: model,
+            what: format!("the model's parameters ({} floats)", params + head),
+            words: params + head,
+            per_batch: false,
+        },
+        Need {
+            setting: widths_given,
+            what: format!("the first stage's activations ({rows}×{h}×{w}×{first})"),
+            words: rows * h * w * first,
+            per_batch: true,
+        },
+    ];
+    for (split, set) in [("training", train), ("test", test)] {
+        needs.push(Need {
+            setting: "--data".into(),
+            what: format!(
+                "the {split} images ({} of {}×{}×{})",
+                set.len(),
+                set.height,
+                set.width,
+                set.channels
+            ),
+            words: (set.images.len() as u128).div_ceil(4),
+            per_batch: false,
+        });
+    }
+    let ring = |flag: &str, size: usize, dim: usize, name: &str| {
+        [
+            Need {
+                setting: format!("{flag} {size}"),
+                what: format!("{name} ({size} rows of {dim})"),
+                words: size as u128 * dim as u128,
+                per_batch: false,
+            },
+            Need {
+                setting: format!("{flag} {size}"),
+                what: format!("the scores of {rows} rows against {name}"),
+                words: rows * size as u128,
+                per_batch: true,
+            },
+        ]
+    };
+    match cmd {
+        Settings::Moco { queue, dim, .. } => {
+            needs.extend(ring("--queue", *queue, *dim, "the queue"))
+        }
+        Settings::Cmc { bank, dim, .. } if *bank > 0 => {
+            needs.extend(ring("--bank", *bank, *dim, "the memory bank"))
+        }
+        _ => {}
+    }
+    needs
+}
+
+/// The model of a CPC run on sequences: its encoder and GRU weights (lower bound).
+fn sequence_needs(cmd: &Settings, features: usize) -> Vec<Need> {
+    let Settings::Cpc { dim, context, .. } = cmd else {
+        return vec![];
+    };
+    let (d, h, f) = (*dim as u128, *context as u128, features as u128);
+    let words = f * d + d * d + 3 * h * (d + h);
+    vec![Need {
+        setting: format!("--dim {dim} --context {context}"),
+        what: format!("the model's parameters ({words} floats)"),
+        words,
+        per_batch: false,
+    }]
+}
+
+/// Physical memory of the host, where the system says (Linux).
+fn host_memory() -> Option<u128> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse::<u128>()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuses an image run whose settings imply an allocation larger than one GPU binding may hold
+/// or than the host's memory (each is staged on the host before it is uploaded).
+pub fn image_sizes(cmd: &Settings, gpu: &Gpu, train: &ImageSet, test: &ImageSet) -> Result<()> {
+    check(cmd, gpu, image_needs(cmd, train, test))
+}
+
+/// [`image_sizes`] for a CPC run on sequences of `features` values per frame.
+pub fn sequence_sizes(cmd: &Settings, gpu: &Gpu, features: usize) -> Result<()> {
+    check(cmd, gpu, sequence_needs(cmd, features))
+}
+
+fn check(cmd: &Settings, gpu: &Gpu, needs: Vec<Need>) -> Result<()> {
+    let binding = gpu.max_binding() as u128;
+    let host = host_memory().unwrap_or(u128::MAX);
+    let (limit, which) = if binding <= host {
+        (binding, "the adapter's largest binding")
+    } else {
+        (host, "the host's memory")
+    };
+    let batch = cmd.batch_size() as u128;
+    for need in needs {
+        let bytes = need.words * 4;
+        if bytes > limit {
+            let e = Error::OutOfMemory {
+                what: format!("{}: {}", need.setting, need.what),
+                needed: bytes.min(u64::MAX as u128) as u64,
+                limit: limit as u64,
+                advice: format!(" ({which})"),
+            };
+            // A smaller batch helps only when one example fits.
+            return Err(if need.per_batch && bytes / batch.max(1) <= limit {
+                crate::train::with_batch_advice(e, cmd.batch_size())
+            } else {
+                e
+            });
+        }
+    }
+    Ok(())
+}
