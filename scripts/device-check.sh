@@ -97,6 +97,8 @@ run() {
         mkdir -p "$manifest/target/release" && cp "$bin/contrastive" "$manifest/target/release/"
     fi
     export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+    # The tuning cache of this check, not the machine user's.
+    export CONTRASTIVE_CACHE_DIR=${CONTRASTIVE_CACHE_DIR:-$OUT/cache}
     {
         echo "# Device check, $(date -u '+%Y-%m-%d %H:%M UTC')"
         echo
@@ -137,17 +139,19 @@ run() {
     rm -f "$OUT"/test-*.rc
 
     if "$bin/contrastive" tune --help >/dev/null 2>&1; then
-        TAIL=120 section tune "${TUNE_LIMIT:-90}" "Autotune (contrastive tune)" \
-            "$bin/contrastive" tune --tune full --json "$OUT/tune.json"
+        TAIL=120 section tune "${TUNE_LIMIT:-90}" "Autotune (contrastive tune moco)" \
+            "$bin/contrastive" tune moco --json "$OUT/tune.json"
     fi
-    TAIL=150 section bench-kernels "${BENCH_LIMIT:-100}" "Kernel benches" \
-        "$bin/benches/kernels" --bench
+    TAIL=150 section bench-kernels "${BENCH_LIMIT:-100}" "Kernel benches${BENCH_FILTER:+ ($BENCH_FILTER)}" \
+        "$bin/benches/kernels" --bench ${BENCH_FILTER:-}
     TAIL=40 section bench-train 75 "Training benches" \
         "$bin/benches/train" --bench
     TAIL=20 section bench-train-wide 45 "Training bench, MoCo with a wider encoder (64,128,256)" \
         "$bin/benches/train" --bench moco 64,128,256
     TAIL=30 section train-moco 60 "Default training (train moco)" \
         "$bin/contrastive" train moco --out "$work/run-moco" --force
+    TAIL=12 section train-moco-wide 60 "Training a wider encoder (train moco --widths 64,128,256 --steps 100)" \
+        "$bin/contrastive" train moco --widths 64,128,256 --steps 100 --out "$work/run-wide" --force
     if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
         TAIL=40 section pytorch 80 "PyTorch baseline (scripts/baseline_pytorch.py)" \
             env PYTHONUNBUFFERED=1 python3 scripts/baseline_pytorch.py

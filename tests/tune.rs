@@ -175,23 +175,36 @@ fn tune_table_caches_the_fastest_and_runs_reuse_and_pin_it() {
 /// scratch, a conv candidate must fit), and note shapes without one as wanted.
 #[test]
 fn choosers_take_valid_tuned_choices_and_otherwise_the_heuristic() {
+    use contrastive::gpu::AdapterKind;
+    for kind in [AdapterKind::Cpu, AdapterKind::Gpu] {
+        let mut gpu = contrastive::Gpu::new().unwrap();
+        gpu.set_kind(kind);
+        choosers_take_valid_tuned_choices(&gpu);
+    }
+}
+
+fn choosers_take_valid_tuned_choices(gpu: &contrastive::Gpu) {
     use contrastive::gpu::tune::{Mode, Tuning};
     use contrastive::kernels::conv::{self, Candidate, Conv2d, ConvShape, Pass};
     use contrastive::kernels::matmul::{self, Dims, Trans};
-    let gpu = contrastive::Gpu::new().unwrap();
+    let gpu = gpu;
     let dims = Dims {
         m: 64,
         n: 64,
         k: 4096,
     };
-    let heuristic = matmul::choose(&gpu, dims);
+    // Without room for its partial products the heuristic's pick runs unsplit.
+    let heuristic = matmul::Candidate {
+        splits: 1,
+        ..matmul::choose(gpu, dims)
+    };
     assert_eq!(
-        matmul::pick(&gpu, Trans::TN, dims, 0),
+        matmul::pick(gpu, Trans::TN, dims, 0),
         heuristic,
         "tuning off"
     );
     *gpu.tuning() = Tuning::new(Mode::Full);
-    assert_eq!(matmul::pick(&gpu, Trans::TN, dims, 0), heuristic);
+    assert_eq!(matmul::pick(gpu, Trans::TN, dims, 0), heuristic);
     let wanted = gpu.tuning().take_wanted();
     assert_eq!(
         wanted,
