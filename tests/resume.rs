@@ -4,6 +4,8 @@
 //! and a checkpoint's stored paths work from anywhere. Tiny MNIST-like data written here keeps
 //! each run (and its evaluation) to seconds on llvmpipe.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -54,18 +56,8 @@ fn train_words(root: &Path, extra: &[&str]) -> Vec<String> {
 fn train_words_at(data: &str, out: &str, extra: &[&str]) -> Vec<String> {
     let mut w = words(&["train", "moco", "--data", "mnist", "--quiet"]);
     w.extend(words(&["--data-dir", data, "--out", out]));
-    w.extend(words(&[
-        "--batch-size",
-        "16",
-        "--widths",
-        "4,8",
-        "--queue",
-        "32",
-        "--dim",
-        "8",
-        "--split-bn",
-        "2",
-    ]));
+    w.extend(words(&["--batch-size", "16"]));
+    w.extend(words(common::TINY_MOCO));
     w.extend(words(extra));
     w
 }

@@ -2,6 +2,8 @@
 //! step uses and caches the fastest; `train --tune cached` runs the cached choices and records
 //! them in its checkpoints; a resumed run pins them, so resume stays bit-identical.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,21 +11,7 @@ use std::process::Command;
 use contrastive::checkpoint::{self, Checkpoint};
 
 /// A tiny MoCo run (seconds on llvmpipe) with its shapes: a strided layer, odd matmuls.
-const MOCO: &[&str] = &[
-    "moco",
-    "--train-images",
-    "128",
-    "--batch-size",
-    "16",
-    "--widths",
-    "4,8",
-    "--queue",
-    "32",
-    "--dim",
-    "8",
-    "--split-bn",
-    "2",
-];
+const MOCO: &[&str] = &["moco", "--train-images", "128", "--batch-size", "16"];
 
 /// A fresh temporary directory for this test.
 fn temp(name: &str) -> PathBuf {
@@ -50,6 +38,7 @@ fn run(cache: &Path, args: &[&str]) -> String {
 fn train(cache: &Path, out: &Path, steps: &str, extra: &[&str]) {
     let mut args = vec!["train"];
     args.extend_from_slice(MOCO);
+    args.extend_from_slice(common::TINY_MOCO);
     args.extend_from_slice(&["--out", out.to_str().unwrap(), "--quiet", "--steps", steps]);
     args.extend_from_slice(&["--checkpoint-every", "2"]);
     args.extend_from_slice(extra);
@@ -90,6 +79,7 @@ fn tune_table_caches_the_fastest_and_runs_reuse_and_pin_it() {
     let json = cache.join("table.json");
     let mut args = vec!["tune"];
     args.extend_from_slice(MOCO);
+    args.extend_from_slice(common::TINY_MOCO);
     args.extend_from_slice(&["--json", json.to_str().unwrap()]);
     run(&cache, &args);
 
@@ -187,7 +177,6 @@ fn choosers_take_valid_tuned_choices(gpu: &contrastive::Gpu) {
     use contrastive::gpu::tune::{Mode, Tuning};
     use contrastive::kernels::conv::{self, Candidate, Conv2d, ConvShape, Pass};
     use contrastive::kernels::matmul::{self, Dims, Trans};
-    let gpu = gpu;
     let dims = Dims {
         m: 64,
         n: 64,
@@ -213,7 +202,7 @@ fn choosers_take_valid_tuned_choices(gpu: &contrastive::Gpu) {
             matmul::shape_class(Trans::TN, dims, 0)
         )]
     );
-    let list = matmul::candidates(&gpu, dims);
+    let list = matmul::candidates(gpu, dims);
     let split = list
         .iter()
         .find(|c| c.splits > 1)
@@ -227,12 +216,12 @@ fn choosers_take_valid_tuned_choices(gpu: &contrastive::Gpu) {
         gpu.tuning().set(key.clone(), split.name());
         let want = if room == 0 { heuristic } else { *split };
         assert_eq!(
-            matmul::pick(&gpu, Trans::TN, dims, room),
+            matmul::pick(gpu, Trans::TN, dims, room),
             want,
             "room {room}"
         );
         gpu.tuning().set(key, unsplit.name());
-        assert_eq!(matmul::pick(&gpu, Trans::TN, dims, room), *unsplit);
+        assert_eq!(matmul::pick(gpu, Trans::TN, dims, room), *unsplit);
     }
 
     let g = Conv2d {
@@ -255,10 +244,10 @@ fn choosers_take_valid_tuned_choices(gpu: &contrastive::Gpu) {
     gpu.tuning().set(key.clone(), "Direct".into());
     assert!(!g.fits(&s, Pass::Forward, Candidate::Direct));
     assert_eq!(
-        g.pick(&gpu, &s, Pass::Forward, 0),
+        g.pick(gpu, &s, Pass::Forward, 0),
         g.choose(gpu.kind(), &s, Pass::Forward),
         "a candidate that does not fit is not taken"
     );
     gpu.tuning().set(key, "Shared".into());
-    assert_eq!(g.pick(&gpu, &s, Pass::Forward, 0), Candidate::Shared);
+    assert_eq!(g.pick(gpu, &s, Pass::Forward, 0), Candidate::Shared);
 }

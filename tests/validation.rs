@@ -3,6 +3,8 @@
 //! the cause, before any training (no run directory is left behind); and a run without a
 //! terminal still reports its progress.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -189,29 +191,17 @@ fn splits_of_different_shapes_are_refused_when_the_data_loads() {
 #[test]
 fn without_a_terminal_training_and_evaluation_log_plain_progress() {
     let out = scratch("plain-progress");
-    let o = run(
-        &[
-            "train",
-            "moco",
-            "--out",
-            out.to_str().unwrap(),
-            "--train-images",
-            "256",
-            "--batch-size",
-            "32",
-            "--steps",
-            "3",
-            "--widths",
-            "4,8",
-            "--queue",
-            "32",
-            "--dim",
-            "8",
-            "--split-bn",
-            "2",
-        ],
-        &[],
-    );
+    let mut args = vec!["train", "moco", "--out", out.to_str().unwrap()];
+    args.extend_from_slice(&[
+        "--train-images",
+        "256",
+        "--batch-size",
+        "32",
+        "--steps",
+        "3",
+    ]);
+    args.extend_from_slice(common::TINY_MOCO);
+    let o = run(&args, &[]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     // The first and the last step are always logged, with loss, throughput and ETA.

@@ -223,3 +223,16 @@ pub fn sgd(lr: f32) -> OptimConfig {
         schedule: Schedule::Constant,
     }
 }
+
+/// The smallest MoCo model the tests through the binary train (seconds on llvmpipe): flags of
+/// `train moco` beside the data, batch and length settings.
+pub const TINY_MOCO: &[&str] = &[
+    "--widths",
+    "4,8",
+    "--queue",
+    "32",
+    "--dim",
+    "8",
+    "--split-bn",
+    "2",
+];
