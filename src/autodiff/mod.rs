@@ -14,7 +14,7 @@
 //!
 //! Where things are: the tape itself (leaves, backward walk, gradient contributions) in `tape`;
 //! each op's recording function next to its backward in the file of its group. Adding an op means
-//! a variant of [`Op`], its recording function and backward in its group's file, and one arm in
+//! a variant of `Op`, its recording function and backward in its group's file, and one arm in
 //! `Graph::backward_op`.
 
 pub mod gradcheck;

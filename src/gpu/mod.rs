@@ -1,12 +1,12 @@
 //! The GPU context: adapter choice, device, buffers and cached pipelines. The other jobs of the
 //! context live beside it:
-//! - [`recorder`]: every kernel launch goes through [`Gpu::dispatch`], which only *records* the
+//! - `recorder`: every kernel launch goes through [`Gpu::dispatch`], which only *records* the
 //!   dispatch. Nothing reaches the GPU until [`Gpu::flush`] (or a read, which flushes) submits all
 //!   recorded work in one command buffer, so a whole training step — forward, backward, update —
 //!   is one submission;
-//! - [`check`]: the finite-check mode, which replays a step with every command's f32 regions
+//! - `check`: the finite-check mode, which replays a step with every command's f32 regions
 //!   scanned for NaN and infinity, through a scan kernel handed in by the layer above;
-//! - [`profile`]: per-kernel GPU times and timed submissions;
+//! - `profile`: per-kernel GPU times and timed submissions;
 //! - [`tune`]: which candidate kernel each (family, shape) runs, measured on this adapter and
 //!   cached per adapter and driver ([`Gpu::tuning`]).
 //!

@@ -66,7 +66,7 @@ pub struct StepInput<'a> {
 pub struct Loss {
     /// The scalar the trainer differentiates.
     pub value: Var,
-    /// Contrastive accuracy, a [1] tensor; none for methods without one (Deep InfoMax).
+    /// Contrastive accuracy, a `[1]` tensor; none for methods without one (Deep InfoMax).
     pub accuracy: Option<Tensor>,
     /// Further statistics logged after [loss, accuracy, guard] (CPC: each offset's loss and
     /// accuracy).

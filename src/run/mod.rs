@@ -1,7 +1,7 @@
 //! A training run as the command line makes it, for library users too: the settings and their
 //! per-method defaults ([`Settings`]), the run directory with its `metrics.jsonl`, plots and
 //! `summary.json`, the checkpoint policy (cadence, how many to keep, resuming), and the final
-//! evaluation. `contrastive train` is [`train`], `contrastive eval` is [`evaluate`].
+//! evaluation. `contrastive train` is [`train()`], `contrastive eval` is [`evaluate`].
 
 mod settings;
 mod setup;

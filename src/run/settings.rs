@@ -181,7 +181,7 @@ pub struct Common {
     /// Turn augmentation off (debugging: the views are then identical).
     #[arg(long)]
     pub no_augment: bool,
-    /// Run directory for metrics, checkpoints, plots and the summary [default: runs/<method>].
+    /// Run directory for metrics, checkpoints, plots and the summary [default: runs/METHOD].
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Overwrite a run directory that already holds a run.

@@ -1,5 +1,5 @@
 //! The trainer shared by every method: epochs of shuffled fixed-size batches, one recorded step
-//! ([`step`]) and one submission per batch, progress, the kNN monitor, resumable checkpoints, and
+//! (`step`) and one submission per batch, progress, the kNN monitor, resumable checkpoints, and
 //! the diagnosis of a step that held a non-finite value, and the kernel choices a run starts with
 //! (tuned on one dry-run step, or pinned from the checkpoint it resumes).
 

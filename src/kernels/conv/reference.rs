@@ -34,7 +34,7 @@ fn for_each_tap(
     }
 }
 
-/// CPU reference of [`forward`] in f64, returning `y` as `[N,Ho,Wo,Cout]`.
+/// CPU reference of [`super::forward`] in f64, returning `y` as `[N,Ho,Wo,Cout]`.
 pub fn reference_forward(
     s: &ConvShape,
     g: &Conv2d,
@@ -68,7 +68,7 @@ pub fn reference_forward(
     y
 }
 
-/// CPU reference of [`backward_weight`] in f64: `dw` as `[Cout,KH,KW,Cin]` (`prev` is added when
+/// CPU reference of [`super::backward_weight`] in f64: `dw` as `[Cout,KH,KW,Cin]` (`prev` is added when
 /// accumulating).
 pub fn reference_backward_weight(
     s: &ConvShape,
@@ -96,7 +96,7 @@ pub fn reference_backward_weight(
     dw
 }
 
-/// CPU reference of [`backward_input`] in f64: `dx` as `[N,H,W,Cin]` (`prev` is added when
+/// CPU reference of [`super::backward_input`] in f64: `dx` as `[N,H,W,Cin]` (`prev` is added when
 /// accumulating).
 pub fn reference_backward_input(
     s: &ConvShape,
