@@ -858,11 +858,14 @@ fn forward_smem(
         workgroupBarrier();
     }
     let c = co0 + 4u * lid.x;
+    // Dynamic indices into the accumulators would keep them in memory for the whole loop on
+    // GPUs: the epilogue indexes a copy.
+    let accs = acc;
     for (var t = 0u; t < 4u; t++) {
         let m = m0 + 4u * lid.y + t;
         for (var q = 0u; q < 4u; q++) {
             if m < p.m && c + q < p.cout {
-                var v = acc[t][q];
+                var v = accs[t][q];
                 if (p.flags & F_BIAS) != 0u {
                     v += bias1[c + q];
                 }
@@ -933,12 +936,15 @@ fn input_grad_smem(
         workgroupBarrier();
     }
     let c = ci0 + 4u * lid.x;
+    // Dynamic indices into the accumulators would keep them in memory for the whole loop on
+    // GPUs: the epilogue indexes a copy.
+    let accs = acc;
     for (var t = 0u; t < 4u; t++) {
         let m = m0 + 4u * lid.y + t;
         for (var q = 0u; q < 4u; q++) {
             if m < p.m && c + q < p.cin {
                 let i = m * p.cin + c + q;
-                dst1[i] = select(acc[t][q], acc[t][q] + dst1[i], (p.flags & F_ACC) != 0u);
+                dst1[i] = select(accs[t][q], accs[t][q] + dst1[i], (p.flags & F_ACC) != 0u);
             }
         }
     }
@@ -991,11 +997,14 @@ fn weight_grad_smem(
     }
     let base = select(0u, wg.z * p.total, p.splits > 1u);
     let c = kc0 + 4u * lid.x;
+    // Dynamic indices into the accumulators would keep them in memory for the whole loop on
+    // GPUs: the epilogue indexes a copy.
+    let accs = acc;
     for (var t = 0u; t < 4u; t++) {
         let co = co0 + 4u * lid.y + t;
         for (var q = 0u; q < 4u; q++) {
             if co < p.cout && c + q < p.k {
-                put_w(base + co * p.k + c + q, acc[t][q]);
+                put_w(base + co * p.k + c + q, accs[t][q]);
             }
         }
     }
