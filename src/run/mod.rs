@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::checkpoint::{self, Checkpoint};
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation};
-use crate::gpu::tune::{Budget, Cache, Mode, Trial, Tuning};
+use crate::gpu::tune::{Mode, Trial, Tuning};
 use crate::gpu::AdapterKind;
 use crate::methods::{Method, Network};
 use crate::train::{self, Checkpointing};
@@ -466,7 +466,7 @@ pub fn tune(cmd: &Settings) -> Result<(String, Vec<Trial>)> {
     *s.gpu.tuning() = Tuning::new(Mode::Full);
     let mut arena = crate::memory::Arena::for_gpu("step", &s.gpu);
     let rng = rand::SeedableRng::seed_from_u64(s.cfg.seed);
-    train::collect_shapes(
+    let trials = train::tune_step(
         &s.gpu,
         s.method.as_mut(),
         &mut arena,
@@ -474,10 +474,6 @@ pub fn tune(cmd: &Settings) -> Result<(String, Vec<Trial>)> {
         &s.cfg,
         &rng,
     )?;
-    let trials = crate::kernels::tune(&s.gpu, Budget::default())?;
-    if let (Some(cache), false) = (Cache::user(), trials.is_empty()) {
-        cache.store(&s.gpu.identity(), s.gpu.tuning().choices())?;
-    }
     Ok((s.gpu.adapter.to_string(), trials))
 }
 

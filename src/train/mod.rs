@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Augment;
 use crate::error::{Error, Result};
-use crate::gpu::tune::{Budget, Cache, Mode, Tuning};
+use crate::gpu::tune::{Budget, Cache, Mode, Trial, Tuning};
 use crate::gpu::Gpu;
 use crate::memory::Arena;
 use crate::methods::{Examples, Method, StepInput};
@@ -256,7 +256,7 @@ const TUNING_KEY: &str = "trainer.tuning";
 /// Records one step of `method` that changes no state (a dry run, on a clone of the augment RNG,
 /// rewound afterwards) and runs it: the kernel choosers ask the gpu's tuning for every shape the
 /// step uses, so those without a choice become wanted.
-pub fn collect_shapes(
+fn collect_shapes(
     gpu: &Gpu,
     method: &mut dyn Method,
     arena: &mut Arena,
@@ -312,20 +312,34 @@ fn prepare_tuning(
     if mode == Mode::Off {
         return Ok(());
     }
-    let cache = Cache::user();
-    if let Some(c) = &cache {
+    if let Some(c) = Cache::user() {
         let cached = c.load(&gpu.identity())?;
         gpu.tuning().merge(&cached);
     }
     if mode != Mode::Full {
         return Ok(());
     }
+    tune_step(gpu, method, arena, examples, cfg, rng)?;
+    Ok(())
+}
+
+/// Times every candidate of the shapes one step of `method` uses and has no choice for (see
+/// [`crate::kernels::tune`]), makes the fastest the choices and stores them in the user's tuning
+/// cache. Returns every measurement (none where the adapter has no timestamp queries).
+pub fn tune_step(
+    gpu: &Gpu,
+    method: &mut dyn Method,
+    arena: &mut Arena,
+    examples: Examples,
+    cfg: &TrainConfig,
+    rng: &rand_chacha::ChaCha8Rng,
+) -> Result<Vec<Trial>> {
     collect_shapes(gpu, method, arena, examples, cfg, rng)?;
     let trials = crate::kernels::tune(gpu, Budget::default())?;
-    if let (Some(c), false) = (&cache, trials.is_empty()) {
+    if let (Some(c), false) = (Cache::user(), trials.is_empty()) {
         c.store(&gpu.identity(), gpu.tuning().choices())?;
     }
-    Ok(())
+    Ok(trials)
 }
 
 /// A held-out accuracy of the method as it stands (e.g. [`crate::eval::knn_monitor`]), run every
