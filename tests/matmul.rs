@@ -325,3 +325,21 @@ fn accumulate_with_epilogue_and_aliased_output_are_config_errors() {
     let err = matmul::matmul(&gpu, &a, &b, &a, &Matmul::default()).unwrap_err();
     assert!(matches!(err, Error::Config(_)), "{err}");
 }
+
+/// The shader file's parameter block is the generator's output for the 64×64 tiling, so the file
+/// as it stands is one valid candidate (and what naga checks when it builds the other kernels).
+#[test]
+fn shader_parameter_block_is_the_generated_one() {
+    let source = include_str!("../shaders/matmul.wgsl");
+    let (head, _) = source
+        .split_once("// end of block parameters\n")
+        .expect("the parameter block's end marker");
+    let generated: String = head
+        .lines()
+        .filter(|l| !l.starts_with("//"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let block = matmul::BLOCKS[2];
+    assert_eq!((block.bm, block.bn, block.tm, block.tn), (64, 64, 4, 4));
+    assert_eq!(generated, block.params());
+}

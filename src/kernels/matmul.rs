@@ -161,12 +161,74 @@ impl Block {
             && self.threads() <= l.max_compute_workgroup_size_x as usize
     }
 
-    /// The shader's parameter block for this tiling.
-    fn params(&self) -> String {
+    /// The shader's parameter block for this tiling: its constants, and the per-invocation
+    /// registers written out one field per vec4 with the code that touches them, so that every
+    /// index is a constant. GPU compilers keep such values in registers; an array indexed by a loop
+    /// variable (naga does not unroll loops) lives in local memory, several times slower.
+    pub fn params(&self) -> String {
         let Block { bm, bn, bk, tm, tn } = *self;
+        let (ga, gb) = (tm / 4, tn / 4);
+        let (la, lb) = (
+            bm * bk / (4 * self.threads()),
+            bn * bk / (4 * self.threads()),
+        );
+        let list = |n: usize, f: &dyn Fn(usize) -> String| -> String {
+            (0..n).map(f).collect::<Vec<_>>().join(", ")
+        };
+        let lines = |n: usize, f: &dyn Fn(usize) -> String| -> String {
+            (0..n).map(|i| format!("    {};\n", f(i))).collect()
+        };
+        let acc = |i: usize, h: usize| format!("c{i}_{h}");
+        let lane = |i: usize| ["x", "y", "z", "w"][i % 4];
+        let fields = list(tm * gb, &|j| format!("{}: vec4<f32>", acc(j / gb, j % gb)));
+        let stash = list(la + lb, &|j| {
+            if j < la {
+                format!("a{j}: vec4<f32>")
+            } else {
+                format!("b{}: vec4<f32>", j - la)
+            }
+        });
+        let loads = lines(ga, &|g| {
+            format!("let a{g} = sa[base_a + {}u]", g * (bm / tm))
+        }) + &lines(gb, &|h| {
+            format!("let b{h} = sb[base_b + {}u]", h * (bn / tn))
+        });
+        let fmas = lines(tm * gb, &|j| {
+            let (i, h) = (j / gb, j % gb);
+            let c = acc(i, h);
+            format!("r.{c} = fma(vec4(a{}.{}), b{h}, r.{c})", i / 4, lane(i))
+        });
+        let fetches = list(la + lb, &|j| {
+            let (o, s) = if j < la { ("oa", j) } else { ("ob", j - la) };
+            format!("fetch({o}, tid + {s}u * THREADS, k0, kend)")
+        });
+        let stages = lines(la + lb, &|j| {
+            let (o, s, f) = if j < la {
+                ("oa", j, format!("a{j}"))
+            } else {
+                ("ob", j - la, format!("b{}", j - la))
+            };
+            format!("stage({o}, half, tid + {s}u * THREADS, s.{f})")
+        });
+        let stores = lines(tm * gb, &|j| {
+            let (i, h) = (j / gb, j % gb);
+            format!(
+                "store_block(row0 + {}u, col0 + {}u, r.{})",
+                (i / 4) * (4 * bm / tm) + i % 4,
+                h * (4 * bn / tn),
+                acc(i, h)
+            )
+        });
         format!(
             "const BM: u32 = {bm}u;\nconst BN: u32 = {bn}u;\nconst BK: u32 = {bk}u;\n\
-             const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n"
+             const TM: u32 = {tm}u;\nconst TN: u32 = {tn}u;\n\
+             struct Acc {{ {fields} }}\n\
+             struct Stash {{ {stash} }}\n\
+             fn block_mac(acc: Acc, base_a: u32, base_b: u32) -> Acc {{\n{loads}    var r = acc;\n{fmas}    return r;\n}}\n\
+             fn fetch_all(oa: Operand, ob: Operand, tid: u32, k0: u32, kend: u32) -> Stash {{\n\
+             \x20   return Stash({fetches});\n}}\n\
+             fn stage_all(oa: Operand, ob: Operand, half: u32, tid: u32, s: Stash) {{\n{stages}}}\n\
+             fn store_all(r: Acc, row0: u32, col0: u32) {{\n{stores}}}\n"
         )
     }
 }
