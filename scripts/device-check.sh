@@ -155,6 +155,8 @@ run() {
     if python3 -c 'import torch; assert torch.cuda.is_available()' 2>/dev/null; then
         TAIL=40 section pytorch 80 "PyTorch baseline (scripts/baseline_pytorch.py)" \
             env PYTHONUNBUFFERED=1 python3 scripts/baseline_pytorch.py
+        TAIL=60 section pytorch-kernels 80 "cuBLAS and cuDNN, fp32 without TF32 (baseline_pytorch.py kernels)" \
+            env PYTHONUNBUFFERED=1 python3 scripts/baseline_pytorch.py kernels
     else
         echo -e "\nPyTorch with CUDA not found: no baseline in this report." >>"$REPORT"
     fi
