@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 use contrastive::run::{self, config, Settings};
 
 fn dir(name: &str) -> PathBuf {
@@ -156,8 +158,9 @@ fn bad_files_are_errors_naming_the_key_and_the_file() {
     );
 }
 
+/// Trains `words` with the tiny MoCo model's settings added.
 fn train(words: &[&str]) -> run::Report {
-    let settings = Settings::from_words(words.iter().copied()).unwrap();
+    let settings = Settings::from_words(words.iter().chain(common::TINY_MOCO).copied()).unwrap();
     run::train(settings, &AtomicBool::new(false)).unwrap()
 }
 
@@ -186,14 +189,6 @@ fn a_run_replays_from_its_config_toml_bit_for_bit() {
         "256",
         "--batch-size",
         "32",
-        "--widths",
-        "4,8",
-        "--queue",
-        "64",
-        "--dim",
-        "8",
-        "--split-bn",
-        "2",
         "--steps",
         "6",
         "--stop-after",

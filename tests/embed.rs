@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
+mod common;
+
 use contrastive::checkpoint::{self, Checkpoint};
 use contrastive::data::{self, Normalisation};
 use contrastive::embed::Embeddings;
@@ -85,14 +87,6 @@ fn trained(out: &Path) {
         "256",
         "--batch-size",
         "32",
-        "--widths",
-        "4,8",
-        "--queue",
-        "64",
-        "--dim",
-        "8",
-        "--split-bn",
-        "2",
         "--steps",
         "4",
         "--stop-after",
@@ -100,7 +94,7 @@ fn trained(out: &Path) {
         "--quiet",
     ];
     let report = run::train(
-        Settings::from_words(words).unwrap(),
+        Settings::from_words(words.iter().chain(common::TINY_MOCO).copied()).unwrap(),
         &AtomicBool::new(false),
     )
     .unwrap();
