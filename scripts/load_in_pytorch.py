@@ -89,6 +89,18 @@ def load_encoder(path, prefix="query"):
     return model.encoder.eval(), (widths, in_channels, blocks)
 
 
+def normalise(path, images):
+    """uint8 NHWC images as the encoder takes them: NCHW, (pixel/255 - input.mean) / input.std,
+    with the training statistics the checkpoint stores (older checkpoints lack them)."""
+    tensors = load_file(path)
+    x = images.float().div(255).permute(0, 3, 1, 2)
+    if "input.mean" not in tensors:
+        print(f"{path}: no input.mean/input.std (an older checkpoint): pixels left in [0, 1]")
+        return x
+    mean, std = tensors["input.mean"], tensors["input.std"]
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -100,7 +112,8 @@ def main():
     encoder, (widths, in_channels, blocks) = load_encoder(args.checkpoint, args.prefix)
     print(f"encoder: widths {widths}, {in_channels} input channel(s), {blocks} residual block(s) per stage")
     if args.expected is None:
-        x = torch.rand(4, in_channels, 28, 28)
+        pixels = torch.randint(0, 256, (4, 28, 28, in_channels), dtype=torch.uint8)
+        x = normalise(args.checkpoint, pixels)
         with torch.no_grad():
             print(f"features of a random batch: {tuple(encoder(x).shape)}")
         return

@@ -7,6 +7,8 @@
 //!   and for MoCo `key` (the EMA copy).
 //! - `optim.state1`, `optim.state2`: optimiser state, flat in the parameter store's layout.
 //! - method state (`moco.queue`, …) and trainer state (`trainer.order`, u32).
+//! - `input.mean`, `input.std`: f32 `[C]`, the input normalisation the encoder was trained with
+//!   (image runs).
 //! - metadata: `format`, `method`, `step`, the full configuration as JSON, RNG states.
 //!
 //! Files are written atomically ([`write_atomic`]), so a crash or SIGKILL in the middle of a write
@@ -19,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
+use crate::data::Normalisation;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
 use crate::nn::Store;
@@ -152,6 +155,34 @@ impl Checkpoint {
         self.meta(key)?
             .parse()
             .map_err(|_| self.bad(format!("metadata `{key}` is not valid")))
+    }
+
+    /// Stores the input normalisation of `channels`-channel images as `input.mean` and
+    /// `input.std`, one value per channel (today every channel has the same).
+    pub fn put_normalisation(&mut self, norm: Normalisation, channels: usize) {
+        self.put_f32("input.mean", &[channels], vec![norm.mean; channels]);
+        self.put_f32("input.std", &[channels], vec![norm.std; channels]);
+    }
+
+    /// The stored input normalisation, `None` for a checkpoint written before it was stored.
+    pub fn normalisation(&self, channels: usize) -> Result<Option<Normalisation>> {
+        if self.shape("input.mean").is_none() && self.shape("input.std").is_none() {
+            return Ok(None);
+        }
+        let one = |name: &str| -> Result<f32> {
+            let v = self.get_f32(name, &[channels])?;
+            match v[..] {
+                [x, ..] if v.iter().all(|&y| y == x) && x.is_finite() => Ok(x),
+                _ => Err(self.bad(format!(
+                    "tensor `{name}` is {v:?}: this version normalises every channel alike, with a finite value"
+                ))),
+            }
+        };
+        let (mean, std) = (one("input.mean")?, one("input.std")?);
+        if std <= 0.0 {
+            return Err(self.bad(format!("tensor `input.std` is {std}, not positive")));
+        }
+        Ok(Some(Normalisation { mean, std }))
     }
 
     /// Reads a store's tensors from the GPU under `prefix.`.

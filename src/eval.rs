@@ -78,15 +78,28 @@ pub fn features(
     images: &GpuImages,
     labels: &[u8],
 ) -> Result<FeatureSet> {
+    features_counted(gpu, f, images, labels, &mut |_| {})
+}
+
+/// [`features`], telling `done` how many images are done after each batch.
+pub fn features_counted(
+    gpu: &Gpu,
+    f: &dyn Fn(&mut Graph, Var) -> Result<Var>,
+    images: &GpuImages,
+    labels: &[u8],
+    done: &mut dyn FnMut(usize),
+) -> Result<FeatureSet> {
     let mut data = Vec::with_capacity(images.len);
     let mut dim = 0;
     let mut arena = Arena::for_gpu("eval", gpu);
-    for_batches(gpu, &mut arena, images, 256, |arena, x, _| {
+    for_batches(gpu, &mut arena, images, 256, |arena, x, start| {
+        let rows = x.shape.dim(0);
         let mut g = Graph::inference(gpu, arena);
         let x = g.input(x);
         let y = f(&mut g, x)?;
         dim = g.shape(y).rows_cols().1;
         data.extend(g.read(y)?);
+        done(start + rows);
         Ok(())
     })?;
     arena.free(gpu)?;

@@ -12,6 +12,7 @@
 //! - [`methods`]: MoCo, Deep InfoMax, two-view invariance and CPC, each its loss and its state;
 //! - [`train`]: the trainer, which owns the step (guard, updates, roll-back) and the loop;
 //! - [`eval`]: features, kNN and the linear probe, beside a random encoder and the raw input;
+//! - [`embed`]: those features written out (safetensors or `.npy`) with labels and file names;
 //! - [`probe`]: the linear probe itself, multinomial logistic regression trained to convergence;
 //! - [`checkpoint`], [`report`]: resumable safetensors checkpoints, metrics plots and summaries;
 //! - [`run`]: a whole run as the command line makes it — settings and their defaults, the run
@@ -21,6 +22,7 @@
 pub mod autodiff;
 pub mod checkpoint;
 pub mod data;
+pub mod embed;
 pub mod error;
 pub mod eval;
 pub mod gpu;

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
-use contrastive::run::{self, Settings};
+use contrastive::data::Dataset;
+use contrastive::run::{self, EmbedRequest, Part, Settings};
 use contrastive::{Gpu, Result};
 
 #[derive(Parser)]
@@ -36,6 +37,28 @@ enum Command {
         /// Read the dataset from this directory instead of the one the checkpoint stores.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+    },
+    /// Write the frozen encoder's features for every image (safetensors or .npy, by --out's
+    /// suffix), with labels and file names where known.
+    Embed {
+        /// A checkpoint file, or a run directory (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Dataset [default: the one the run trained on].
+        #[arg(long, value_enum)]
+        data: Option<Dataset>,
+        /// Read the dataset from this directory instead of the one the checkpoint stores.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Which images: the training split, the held-out one, or both (training first).
+        #[arg(long, value_enum, default_value = "all")]
+        split: Part,
+        /// Output file: FILE.safetensors, or FILE.npy (+ FILE.labels.npy, FILE.names.json).
+        #[arg(long)]
+        out: PathBuf,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
     },
     /// Summarise the runs found in a directory (one per sub-directory with a metrics.jsonl), or
     /// one run directory; runs that cannot be read are named and skipped.
@@ -164,6 +187,21 @@ fn tune(settings: Settings, json: Option<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Writes the embeddings and says what went where.
+fn embed(request: EmbedRequest) -> Result<()> {
+    let e = run::embed(&request)?;
+    let files: Vec<String> = e.files.iter().map(|f| f.display().to_string()).collect();
+    println!(
+        "{} images, {} features each{}{}: {}",
+        e.images,
+        e.dim,
+        if e.labelled { ", labelled" } else { "" },
+        if e.named { ", named" } else { "" },
+        files.join(", ")
+    );
+    Ok(())
+}
+
 /// Prints the table of the runs at `dir`, each skipped run on stderr with its file and reason.
 fn runs(dir: &std::path::Path, plot: bool) -> Result<()> {
     let found = contrastive::report::runs(dir, plot)?;
@@ -186,21 +224,37 @@ fn runs(dir: &std::path::Path, plot: bool) -> Result<()> {
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
     let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
-    if let (Command::Train { method }, Some((_, train))) = (&mut cli.command, matches.subcommand())
+    if let (Command::Train { method } | Command::Tune { method, .. }, Some((_, sub))) =
+        (&mut cli.command, matches.subcommand())
     {
-        if let Some((_, given)) = train.subcommand() {
+        if let Some((_, given)) = sub.subcommand() {
             **method = method.clone().with_given(given);
         }
     }
     handle_signals();
     let result = match cli.command {
         Command::Devices => devices(),
-        Command::Train { method } => train(*method),
-        Command::Tune { method, json } => tune(*method, json),
+        Command::Train { method } => run::config::apply(*method).and_then(train),
+        Command::Tune { method, json } => run::config::apply(*method).and_then(|m| tune(m, json)),
         Command::Eval {
             checkpoint,
             data_dir,
         } => run::evaluate(&checkpoint, data_dir.as_deref()).map(|e| println!("{e}")),
+        Command::Embed {
+            checkpoint,
+            data,
+            data_dir,
+            split,
+            out,
+            quiet,
+        } => embed(EmbedRequest {
+            checkpoint,
+            data,
+            data_dir,
+            part: split,
+            out,
+            quiet,
+        }),
         Command::Runs { dir, plot } => runs(&dir, plot),
     };
     match (result, SIGNAL.load(Ordering::SeqCst)) {

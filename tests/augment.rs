@@ -14,6 +14,7 @@ fn images(n: usize, h: usize, w: usize, c: usize) -> ImageSet {
         width: w,
         channels: c,
         classes: 1,
+        names: Vec::new(),
     }
 }
 

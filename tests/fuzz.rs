@@ -235,6 +235,7 @@ fn cifar_reader_survives_fuzzed_files() {
             width: 32,
             channels: 3,
             classes: 10,
+            names: Vec::new(),
         };
         let valid = cifar::encode(&set);
         // The "header" of a CIFAR record is its label byte: edit record starts more often.
@@ -248,6 +249,7 @@ fn cifar_reader_survives_fuzzed_files() {
         let mut out = ImageSet {
             images: vec![],
             labels: vec![],
+            names: vec![],
             ..set
         };
         match case("cifar", n, &input, || {
@@ -294,7 +296,7 @@ fn real_checkpoint(gpu: &Gpu, name: &str) -> (Vec<u8>, Moco) {
         dir: dir.clone(),
         every: 1,
         keep: 1,
-        meta: Default::default(),
+        base: Default::default(),
     };
     let stop = AtomicBool::new(false);
     train::train(

@@ -257,7 +257,7 @@ fn poisoned_resume(gpu: &Gpu, method: &mut dyn Method, tensor: &str, name: &str)
         dir: dir.clone(),
         every: 1,
         keep: 5,
-        meta: Default::default(),
+        base: Default::default(),
     };
     run(gpu, &s, method, 2, Some(&ckpt), None).unwrap();
     let files = checkpoint::list(&dir);

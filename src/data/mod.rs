@@ -13,7 +13,7 @@ pub mod ts;
 pub mod wav;
 
 pub use augment::Augment;
-pub use gpu_images::GpuImages;
+pub use gpu_images::{GpuImages, Normalisation};
 pub use sequence::{SequenceData, SequenceSet, SequenceSplit};
 
 use std::path::{Path, PathBuf};
@@ -28,7 +28,10 @@ pub struct ImageSet {
     pub height: usize,
     pub width: usize,
     pub channels: usize,
+    /// Classes of the labels; 0: unlabelled.
     pub classes: usize,
+    /// Each image's file path relative to the data directory; empty where the source has none.
+    pub names: Vec<String>,
 }
 
 impl ImageSet {
@@ -50,6 +53,10 @@ impl ImageSet {
         ImageSet {
             images: self.images[range.start * d..range.end * d].to_vec(),
             labels: self.labels[range.clone()].to_vec(),
+            names: match self.names.is_empty() {
+                true => Vec::new(),
+                false => self.names[range].to_vec(),
+            },
             ..*self
         }
     }

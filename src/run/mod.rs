@@ -1,20 +1,23 @@
 //! A training run as the command line makes it, for library users too: the settings and their
 //! per-method defaults ([`Settings`]), the run directory with its `metrics.jsonl`, plots and
 //! `summary.json`, the checkpoint policy (cadence, how many to keep, resuming), and the final
-//! evaluation. `contrastive train` is [`train()`], `contrastive eval` is [`evaluate`].
+//! evaluation; settings files ([`config`]). `contrastive train` is [`train()`], `contrastive
+//! eval` is [`evaluate`], `contrastive embed` is [`embed()`].
 
+pub mod config;
 mod settings;
 mod setup;
 mod validate;
 
 pub use settings::{Common, OptimizerChoice, Settings};
-pub use setup::{setup, RunData, Setup};
+pub use setup::{restore, setup, RunData, Setup};
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::data::Dataset;
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation};
 use crate::gpu::tune::{Mode, Trial, Tuning};
@@ -296,6 +299,7 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         )));
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    config::write(&cmd, &out)?;
     match &resume {
         Some(ck) => rewind(&out, ck)?,
         None => {
@@ -327,20 +331,23 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
             ck.meta("step")?
         );
     }
-    let mut meta = std::collections::BTreeMap::new();
-    meta.insert(
+    let mut base = Checkpoint::new();
+    base.meta.insert(
         "command".into(),
         serde_json::to_string(&cmd).expect("command serialises"),
     );
-    meta.insert(
+    base.meta.insert(
         "encoder".into(),
         serde_json::to_string(&s.encoder).expect("config serialises"),
     );
+    if let RunData::Images { train, .. } = &s.data {
+        base.put_normalisation(train.normalisation(), train.channels);
+    }
     let ckpt = Checkpointing {
         dir: out.clone(),
         every: c.checkpoint_every,
         keep: c.keep,
-        meta,
+        base,
     };
     let start = std::time::Instant::now();
     let mut metrics = Metrics {
@@ -488,8 +495,7 @@ pub fn evaluate(path: &Path, data_dir: Option<&Path>) -> Result<Evaluation> {
         cmd.common_mut().data_dir = Some(d.to_path_buf());
     }
     // Not quiet: the evaluation reports its phases.
-    let mut s = setup(&cmd, false)?;
-    s.method.load(&s.gpu, &ck)?;
+    let s = restore(&cmd, &ck, false)?;
     eprintln!(
         "{} checkpoint {} (step {}) on {}",
         cmd.name(),
@@ -498,4 +504,121 @@ pub fn evaluate(path: &Path, data_dir: Option<&Path>) -> Result<Evaluation> {
         s.gpu.adapter
     );
     s.evaluate()
+}
+
+/// The images `contrastive embed` encodes: the training split, the held-out split, or both (the
+/// training split first).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    Train,
+    Test,
+    All,
+}
+
+/// What `contrastive embed` is asked to do.
+#[derive(Clone, Debug)]
+pub struct EmbedRequest {
+    /// A checkpoint file, or a run directory (its newest intact checkpoint).
+    pub checkpoint: PathBuf,
+    /// Another dataset than the one the run trained on.
+    pub data: Option<Dataset>,
+    /// Read the data from this directory instead of the one the checkpoint stores.
+    pub data_dir: Option<PathBuf>,
+    pub part: Part,
+    /// `.safetensors` or `.npy` (see [`crate::embed`]).
+    pub out: PathBuf,
+    /// No progress bar.
+    pub quiet: bool,
+}
+
+/// What `contrastive embed` wrote.
+#[derive(Clone, Debug)]
+pub struct Embedded {
+    pub files: Vec<PathBuf>,
+    pub images: usize,
+    pub dim: usize,
+    pub labelled: bool,
+    pub named: bool,
+}
+
+/// Writes the features of a checkpoint's frozen encoder (BatchNorm in eval mode, its stored input
+/// normalisation) for every image of the chosen data, as `contrastive embed` does: the run's
+/// own data unless `data` or `data_dir` point elsewhere. The features are the evaluation's
+/// ([`eval::features`]), row for row. Image methods only.
+pub fn embed(req: &EmbedRequest) -> Result<Embedded> {
+    crate::embed::Format::of(&req.out)?;
+    let ck = find_checkpoint(&req.checkpoint)?;
+    let mut cmd = command_of(&ck)?;
+    let c = cmd.common_mut();
+    if let Some(d) = req.data {
+        c.data = d;
+    }
+    if let Some(d) = &req.data_dir {
+        c.data_dir = Some(d.clone());
+    }
+    // Every image of the data, not the part of it the run trained on.
+    c.train_images = 0;
+    if cmd.sequence_data().is_some() {
+        return Err(Error::Config(format!(
+            "contrastive embed encodes images; {} reads sequences (--data {}), which it does not support",
+            ck.origin.display(),
+            clap::ValueEnum::to_possible_value(&cmd.common().data)
+                .map_or("?".into(), |v| v.get_name().to_string())
+        )));
+    }
+    let s = restore(&cmd, &ck, req.quiet)?;
+    let RunData::Images {
+        split, train, test, ..
+    } = &s.data
+    else {
+        unreachable!("image settings give image data");
+    };
+    let parts = match req.part {
+        Part::Train => vec![(&split.train, train)],
+        Part::Test => vec![(&split.test, test)],
+        Part::All => vec![(&split.train, train), (&split.test, test)],
+    };
+    let total: usize = parts.iter().map(|(set, _)| set.len()).sum();
+    let mut bar = train::Progress::counting("image", total as u64, 1, !req.quiet);
+    let f = |g: &mut crate::autodiff::Graph, x| s.method.features(g, x);
+    let mut features = eval::FeatureSet {
+        data: Vec::new(),
+        labels: Vec::new(),
+        dim: 0,
+    };
+    let mut names = Vec::new();
+    for (set, images) in &parts {
+        let before = features.len();
+        let part = eval::features_counted(&s.gpu, &f, images, &set.labels, &mut |done| {
+            bar.step((before + done) as u64, String::new())
+        })?;
+        features.dim = part.dim;
+        features.data.extend(part.data);
+        features.labels.extend(part.labels);
+        names.extend(set.names.iter().cloned());
+    }
+    bar.finish();
+    if names.len() != features.len() {
+        names.clear();
+    }
+    let part = clap::ValueEnum::to_possible_value(&req.part).expect("a named part");
+    let meta = std::collections::BTreeMap::from([
+        ("checkpoint".to_string(), ck.origin.display().to_string()),
+        ("step".to_string(), ck.meta("step")?.to_string()),
+        ("method".to_string(), cmd.name().to_string()),
+        ("data".to_string(), split.origin.clone()),
+        ("split".to_string(), part.get_name().to_string()),
+    ]);
+    let embeddings = crate::embed::Embeddings {
+        labelled: parts.iter().all(|(set, _)| set.classes > 0),
+        names,
+        features,
+    };
+    Ok(Embedded {
+        files: embeddings.write(&req.out, &meta)?,
+        images: embeddings.features.len(),
+        dim: embeddings.features.dim,
+        labelled: embeddings.labelled,
+        named: !embeddings.names.is_empty(),
+    })
 }

@@ -212,8 +212,13 @@ pub struct Common {
     #[arg(long)]
     #[serde(skip)]
     pub tune: Option<crate::gpu::tune::Mode>,
-    /// The settings given on the command line (their field names, e.g. `batch_size`), as opposed
-    /// to defaults: `--resume` refuses those it cannot honour. Filled by [`Settings::from_words`]
+    /// Read the settings from this TOML file (a run's config.toml replays it); flags given on
+    /// the command line override it.
+    #[arg(long, value_name = "FILE.toml")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The settings given on the command line or in a `--config` file (their field names, e.g.
+    /// `batch_size`), as opposed to defaults: `--resume` refuses those it cannot honour. Filled by [`Settings::from_words`]
     /// and [`Settings::with_given`].
     #[arg(skip)]
     #[serde(skip)]
@@ -232,14 +237,15 @@ pub enum OptimizerChoice {
 /// Parses a method's settings from command-line words, e.g. `["moco", "--steps", "10"]`.
 #[derive(Parser)]
 #[command(no_binary_name = true)]
-struct Words {
+pub(super) struct Words {
     #[command(subcommand)]
     settings: Settings,
 }
 
 impl Settings {
     /// The settings `contrastive train` would take from `words` (the words after `train`), e.g.
-    /// `["moco", "--steps", "10", "--out", "runs/a"]`: every default filled in as the CLI does.
+    /// `["moco", "--steps", "10", "--out", "runs/a"]`: every default filled in as the CLI does,
+    /// and those of a `--config` file that the words do not give.
     pub fn from_words<I, T>(words: I) -> Result<Settings>
     where
         I: IntoIterator<Item = T>,
@@ -250,7 +256,7 @@ impl Settings {
             .try_get_matches_from(words)
             .map_err(config)?;
         let settings = Words::from_arg_matches(&matches).map_err(config)?.settings;
-        Ok(match matches.subcommand() {
+        super::config::apply(match matches.subcommand() {
             Some((_, method)) => settings.with_given(method),
             None => settings,
         })

@@ -1,8 +1,11 @@
 //! What a run is built from its settings: the device, the data (images on the GPU or sequences on
 //! the host), the method, and a randomly initialised model of the same kind for the evaluation's
-//! baseline.
+//! baseline; for a checkpoint, the same with its trained model loaded.
 
-use crate::data::{self, Augment, GpuImages, SequenceData, SequenceSet, SequenceSplit, Split};
+use crate::checkpoint::Checkpoint;
+use crate::data::{
+    self, Augment, GpuImages, Normalisation, SequenceData, SequenceSet, SequenceSplit, Split,
+};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalData, Evaluation};
 use crate::gpu::Gpu;
@@ -183,8 +186,43 @@ fn build_method(
     })
 }
 
-/// Builds the device, the data, the method and its random baseline.
+/// Builds the device, the data, the method and its random baseline, to train: every image is
+/// normalised with the training split's statistics.
 pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
+    build(cmd, quiet, None)
+}
+
+/// Builds the run `ck` was trained with (`cmd`, its stored settings, perhaps pointed at other
+/// data) with its trained model loaded, to compute features: every image is normalised as in
+/// training, by the statistics the checkpoint stores (computed from the training split, with a
+/// note, for a checkpoint older than them). The settings are not checked against the data's
+/// size, since nothing is trained.
+pub fn restore(cmd: &Settings, ck: &Checkpoint, quiet: bool) -> Result<Setup> {
+    let mut s = build(cmd, quiet, Some(ck))?;
+    s.method.load(&s.gpu, ck)?;
+    Ok(s)
+}
+
+/// The input normalisation: the checkpoint's when restoring one that stores it, else the
+/// training split's.
+fn normalisation(train: &data::ImageSet, ck: Option<&Checkpoint>) -> Result<Normalisation> {
+    let Some(ck) = ck else {
+        return Ok(Normalisation::of(train));
+    };
+    Ok(match ck.normalisation(train.channels)? {
+        Some(stored) => stored,
+        None => {
+            eprintln!(
+                "note: {} stores no input normalisation (written by an older version): using the training split's statistics, computed now",
+                ck.origin.display()
+            );
+            Normalisation::of(train)
+        }
+    })
+}
+
+fn build(cmd: &Settings, quiet: bool, ck: Option<&Checkpoint>) -> Result<Setup> {
+    let training = ck.is_none();
     let c = cmd.common();
     let seq = cmd.sequence_data();
     if seq.is_some() && !cmd.is_cpc() {
@@ -200,7 +238,9 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
     let data = match seq {
         Some(kind) => {
             let split = data::sequence::load(kind, c.data_dir.as_deref())?;
-            super::validate::train_examples(cmd, split.train.len(), "training sequences")?;
+            if training {
+                super::validate::train_examples(cmd, split.train.len(), "training sequences")?;
+            }
             super::validate::cpc_window(cmd, split.train.max_frames())?;
             super::validate::sequence_sizes(cmd, &gpu, split.train.dim)?;
             let window = cmd.cpc_window();
@@ -216,14 +256,17 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
         }
         None => {
             let mut split = data::load(c.data, c.data_dir.as_deref())?;
-            super::validate::train_examples(cmd, split.train.len(), "training images")?;
+            if training {
+                super::validate::train_examples(cmd, split.train.len(), "training images")?;
+            }
             if c.train_images > 0 {
                 split.train = split.train.take(c.train_images);
             }
             super::validate::image_sizes(cmd, &gpu, &split.train, &split.test)?;
+            let norm = normalisation(&split.train, ck)?;
             let mut arena = Arena::for_gpu("datasets", &gpu);
-            let train = GpuImages::upload(&gpu, &mut arena, &split.train)?;
-            let test = GpuImages::upload(&gpu, &mut arena, &split.test)?;
+            let train = GpuImages::upload_normalised(&gpu, &mut arena, &split.train, norm)?;
+            let test = GpuImages::upload_normalised(&gpu, &mut arena, &split.test, norm)?;
             RunData::Images {
                 split,
                 train,
@@ -251,7 +294,9 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
         monitor_images,
         progress: !quiet,
     };
-    train::validate(&cfg, train_len)?;
+    if training {
+        train::validate(&cfg, train_len)?;
+    }
     let (h, w, ch) = match &data {
         RunData::Images { split, .. } => {
             (split.train.height, split.train.width, split.train.channels)

@@ -10,7 +10,7 @@ pub use step::{record_step, rewind, StepOutput};
 
 use std::time::Instant;
 
-use progress::Progress;
+pub use progress::Progress;
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -215,8 +215,9 @@ pub struct Checkpointing {
     pub every: u64,
     /// How many checkpoints to keep.
     pub keep: usize,
-    /// Written into every checkpoint (method name, configuration).
-    pub meta: std::collections::BTreeMap<String, String>,
+    /// What every checkpoint starts from: metadata (the command, the encoder configuration) and
+    /// tensors (the input normalisation).
+    pub base: Checkpoint,
 }
 
 /// How a training run ended.
@@ -236,10 +237,9 @@ fn save_state(
     step: u64,
     batches: &Batches,
     rng: &rand_chacha::ChaCha8Rng,
-    meta: &std::collections::BTreeMap<String, String>,
+    base: &Checkpoint,
 ) -> Result<Checkpoint> {
-    let mut ck = Checkpoint::new();
-    ck.meta.extend(meta.clone());
+    let mut ck = base.clone();
     ck.meta.insert("method".into(), method.name().into());
     ck.meta.insert("step".into(), step.to_string());
     batches.save(&mut ck);
@@ -405,7 +405,7 @@ pub fn train(
     let save =
         |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
             ckpt.map(|c| -> Result<std::path::PathBuf> {
-                let ck = save_state(gpu, method, step, batches, rng, &c.meta)?;
+                let ck = save_state(gpu, method, step, batches, rng, &c.base)?;
                 checkpoint::save_rotating(&ck, &c.dir, step, c.keep)
             })
             .transpose()

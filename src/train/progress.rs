@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 /// Time between two plain lines.
 const PLAIN_EVERY: Duration = Duration::from_secs(5);
 
+/// Progress through a count of things (`noun`: training steps, images to embed).
 pub struct Progress {
     bar: indicatif::ProgressBar,
+    noun: &'static str,
     /// Plain lines instead of the bar: `(last line's time, this call's start, first step)`.
     plain: Option<(Option<Instant>, Instant, u64)>,
     total: u64,
@@ -18,13 +20,18 @@ pub struct Progress {
 impl Progress {
     /// Progress of steps `first..=total` (`first - 1` already done); nothing when not `enabled`.
     pub fn new(total: u64, first: u64, enabled: bool) -> Progress {
+        Progress::counting("step", total, first, enabled)
+    }
+
+    /// Progress of `noun`s (singular) `first..=total`, as [`Progress::new`] of steps.
+    pub fn counting(noun: &'static str, total: u64, first: u64, enabled: bool) -> Progress {
         let terminal = std::io::stderr().is_terminal();
         let bar = if enabled && terminal {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
-                )
+                indicatif::ProgressStyle::with_template(&format!(
+                    "{{bar:30}} {{pos}}/{{len}} {noun}s  {{msg}}  [{{elapsed_precise}} < {{eta_precise}}]"
+                ))
                 .expect("valid template"),
             );
             bar.set_position(first - 1);
@@ -35,6 +42,7 @@ impl Progress {
         };
         Progress {
             bar,
+            noun,
             plain: (enabled && !terminal).then(|| (None, Instant::now(), first)),
             total,
         }
@@ -43,7 +51,7 @@ impl Progress {
     /// Step `step` is done; `message` describes it (loss, throughput).
     pub fn step(&mut self, step: u64, message: String) {
         self.bar.set_message(message.clone());
-        self.bar.inc(1);
+        self.bar.set_position(step);
         let total = self.total;
         if let Some((said, start, first)) = &mut self.plain {
             if said.is_some_and(|t| t.elapsed() < PLAIN_EVERY) && step < total {
@@ -52,7 +60,11 @@ impl Progress {
             *said = Some(Instant::now());
             let per_step = start.elapsed().as_secs_f64() / (step + 1 - *first) as f64;
             let eta = per_step * (total - step) as f64;
-            eprintln!("step {step}/{total}  {message}  eta {}", clock(eta));
+            eprintln!(
+                "{} {step}/{total}  {message}  eta {}",
+                self.noun,
+                clock(eta)
+            );
         }
     }
 
