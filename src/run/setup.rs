@@ -104,6 +104,7 @@ fn build_method(
             dim,
             linear_head,
             split_bn,
+            query_split_bn,
             symmetric,
             ..
         } => {
@@ -114,6 +115,7 @@ fn build_method(
                 dim,
                 mlp: !linear_head,
                 split_bn,
+                query_split_bn,
                 symmetric,
             };
             config.validate(batch)?;
@@ -196,7 +198,7 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
     }
     super::validate::settings(cmd)?;
     let batch = cmd.batch_size();
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::nth(crate::dist::rank())?;
     let data = match seq {
         Some(kind) => {
             let split = data::sequence::load(kind, c.data_dir.as_deref())?;
@@ -249,7 +251,7 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
         },
         knn_every: c.knn_every,
         monitor_images,
-        progress: !quiet,
+        progress: !quiet && crate::dist::is_root(),
     };
     train::validate(&cfg, train_len)?;
     let (h, w, ch) = match &data {
