@@ -316,7 +316,12 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         }
     }
     if dist::size() > 1 {
-        eprintln!("rank {} of {}: adapter: {}", dist::rank(), dist::size(), s.gpu.adapter);
+        eprintln!(
+            "rank {} of {}: adapter: {}",
+            dist::rank(),
+            dist::size(),
+            s.gpu.adapter
+        );
     } else {
         eprintln!("adapter: {}", s.gpu.adapter);
     }
