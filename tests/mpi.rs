@@ -11,31 +11,9 @@ use contrastive::checkpoint::{self, Checkpoint};
 
 /// Tiny MoCo with BatchNorm grouped alike in one process and on two ranks: each rank normalises
 /// its half of the batch, as two groups do in one process (query and key networks).
-const TINY: &[&str] = &[
-    "train",
-    "moco",
-    "--quiet",
-    "--train-images",
-    "256",
-    "--batch-size",
-    "16",
-    "--widths",
-    "4,8",
-    "--queue",
-    "64",
-    "--dim",
-    "8",
-    "--split-bn",
-    "2",
-    "--query-split-bn",
-    "2",
-    "--steps",
-    "20",
-    "--stop-after",
-    "10",
-    "--checkpoint-every",
-    "10",
-];
+const TINY: &str = "train moco --quiet --train-images 256 --batch-size 16 --widths 4,8 \
+    --queue 64 --dim 8 --split-bn 2 --query-split-bn 2 --steps 20 --stop-after 10 \
+    --checkpoint-every 10";
 
 fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("contrastive-mpi-{name}-{}", std::process::id()));
@@ -43,9 +21,9 @@ fn dir(name: &str) -> PathBuf {
     d
 }
 
-/// `args` with `--out out` added.
-fn with_out<'a>(args: &[&'a str], out: &'a Path) -> Vec<&'a str> {
-    let mut v = args.to_vec();
+/// `args` (words) with `--out out` added.
+fn with_out<'a>(args: &'a str, out: &'a Path) -> Vec<&'a str> {
+    let mut v: Vec<&str> = args.split_whitespace().collect();
     v.extend(["--out", out.to_str().unwrap()]);
     v
 }
