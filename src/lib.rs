@@ -11,6 +11,8 @@
 //!   images on the GPU and the augmentation policy;
 //! - [`methods`]: MoCo, Deep InfoMax, two-view invariance and CPC, each its loss and its state;
 //! - [`train`]: the trainer, which owns the step (guard, updates, roll-back) and the loop;
+//! - [`dist`]: data parallelism over MPI (`--features mpi`): ranks, shards of the batch,
+//!   host-staged collectives;
 //! - [`eval`]: features, kNN and the linear probe, beside a random encoder and the raw input;
 //! - [`embed`]: those features written out (safetensors or `.npy`) with labels and file names;
 //! - [`probe`]: the linear probe itself, multinomial logistic regression trained to convergence;
@@ -22,6 +24,7 @@
 pub mod autodiff;
 pub mod checkpoint;
 pub mod data;
+pub mod dist;
 pub mod embed;
 pub mod error;
 pub mod eval;

@@ -304,6 +304,12 @@ pub fn list_adapters() -> (wgpu::Backends, Vec<wgpu::Adapter>) {
 impl Gpu {
     /// Opens the adapter chosen by `WGPU_BACKEND` / `WGPU_ADAPTER_NAME`, or the best one available.
     pub fn new() -> Result<Gpu> {
+        Gpu::nth(0)
+    }
+
+    /// Opens the adapter `WGPU_ADAPTER_NAME` names, or else adapter `index` (modulo their count)
+    /// among the best kind available: rank r of a data-parallel job takes the r-th GPU.
+    pub fn nth(index: usize) -> Result<Gpu> {
         backends_from_env()?;
         let (backends, adapters) = list_adapters();
         let tried = backend_names(backends);
@@ -325,13 +331,21 @@ impl Gpu {
                         ),
                     })?
             }
-            Err(_) => adapters
-                .into_iter()
-                .min_by_key(|a| adapter_rank(&a.get_info()))
-                .ok_or_else(|| Error::NoAdapter {
-                    tried,
-                    hint: "The system reported no adapter for these backends.".into(),
-                })?,
+            Err(_) => {
+                let best = adapters.iter().map(|a| adapter_rank(&a.get_info())).min();
+                let mut alike: Vec<_> = adapters
+                    .into_iter()
+                    .filter(|a| Some(adapter_rank(&a.get_info())) == best)
+                    .collect();
+                if alike.is_empty() {
+                    return Err(Error::NoAdapter {
+                        tried,
+                        hint: "The system reported no adapter for these backends.".into(),
+                    });
+                }
+                let count = alike.len();
+                alike.swap_remove(index % count)
+            }
         };
         Gpu::from_adapter(adapter)
     }

@@ -13,7 +13,7 @@
 
 use rand::SeedableRng;
 
-use super::{augmented_views, Loss, Method, Network, Ring, StepInput};
+use super::{augmented_views, gather_rows, Loss, Method, Network, Ring, StepInput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
@@ -268,6 +268,15 @@ impl Method for Cmc {
             accuracy: Some(acc),
             extra: None,
         })
+    }
+
+    /// The bank takes every rank's embeddings (in rank order: the same rows as one process
+    /// writes, in another order, which the loss does not see).
+    fn exchange(&mut self, gpu: &Gpu, arena: &mut Arena) -> Result<()> {
+        if let (Some(_), Some(z)) = (&self.bank, self.last) {
+            self.last = Some(gather_rows(gpu, arena, &z)?);
+        }
+        Ok(())
     }
 
     fn after_guard(&mut self, gpu: &Gpu, flag: Region) -> Result<()> {

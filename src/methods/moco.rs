@@ -11,9 +11,10 @@
 
 use rand::SeedableRng;
 
-use super::{augmented_views, Loss, Method, Network, Ring, StepInput};
+use super::{augmented_views, gather_rows, Loss, Method, Network, Ring, StepInput};
 use crate::autodiff::{Graph, Var};
 use crate::checkpoint::Checkpoint;
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
 use crate::kernels::elementwise::{self, Broadcast, Map};
@@ -36,8 +37,11 @@ pub struct MocoConfig {
     pub dim: usize,
     /// MoCo v2's 2-layer MLP head instead of v1's linear one.
     pub mlp: bool,
-    /// BatchNorm groups in the key network (split-BN); 1 disables.
+    /// BatchNorm groups in the key network (split-BN) over the global batch; 1 disables.
     pub split_bn: usize,
+    /// BatchNorm groups in the query network over the global batch. A data-parallel run
+    /// normalises each rank's slice on its own, so N ranks match N groups in one process.
+    pub query_split_bn: usize,
     pub symmetric: bool,
 }
 
@@ -50,6 +54,7 @@ impl Default for MocoConfig {
             dim: 128,
             mlp: true,
             split_bn: 8,
+            query_split_bn: 1,
             symmetric: false,
         }
     }
@@ -75,11 +80,16 @@ impl MocoConfig {
         if self.dim == 0 {
             return Err(Error::Config("--dim must be at least 1".into()));
         }
-        if self.split_bn == 0 || !batch.is_multiple_of(self.split_bn) {
-            return Err(Error::Config(format!(
-                "--split-bn {} must divide the batch size {batch}",
-                self.split_bn
-            )));
+        for (groups, flag) in [
+            (self.split_bn, "--split-bn"),
+            (self.query_split_bn, "--query-split-bn"),
+        ] {
+            if groups == 0 || !batch.is_multiple_of(groups) {
+                return Err(Error::Config(format!(
+                    "{flag} {groups} must divide the batch size {batch}"
+                )));
+            }
+            dist::local_groups(groups, flag)?;
         }
         Ok(())
     }
@@ -190,6 +200,12 @@ impl Method for Moco {
         ]
     }
 
+    /// The BatchNorm statistics: the key network is an EMA of the averaged query network, the
+    /// same on every rank.
+    fn averaged(&self) -> Vec<Region> {
+        vec![self.query.buffers.values, self.key.buffers.values]
+    }
+
     fn before_forward(&mut self, gpu: &Gpu) -> Result<()> {
         let _scope = gpu.scope(|| "EMA of the key network".into());
         ema(
@@ -201,15 +217,16 @@ impl Method for Moco {
     }
 
     fn loss(&mut self, g: &mut Graph, views: &[Tensor]) -> Result<Loss> {
-        let groups = self.config.split_bn;
+        let groups = dist::local_groups(self.config.split_bn, "--split-bn")?;
+        let query_groups = dist::local_groups(self.config.query_split_bn, "--query-split-bn")?;
         let x1 = g.input(views[0]);
         let x2 = g.input(views[1]);
-        let q1 = self.query.embed(g, x1, 1)?;
+        let q1 = self.query.embed(g, x1, query_groups)?;
         let k2 = self.key.embed(g, x2, groups)?;
         let (mut loss, acc) = self.infonce(g, q1, k2)?;
         let mut keys = vec![g.value(k2)];
         if self.config.symmetric {
-            let q2 = self.query.embed(g, x2, 1)?;
+            let q2 = self.query.embed(g, x2, query_groups)?;
             let k1 = self.key.embed(g, x1, groups)?;
             let (loss2, acc2) = self.infonce(g, q2, k1)?;
             let sum = g.add(loss, loss2)?;
@@ -227,6 +244,16 @@ impl Method for Moco {
             accuracy: Some(acc),
             extra: None,
         })
+    }
+
+    /// The queue takes every rank's keys, as the reference's `concat_all_gather` does.
+    fn exchange(&mut self, gpu: &Gpu, arena: &mut Arena) -> Result<()> {
+        self.last_keys = self
+            .last_keys
+            .iter()
+            .map(|k| gather_rows(gpu, arena, k))
+            .collect::<Result<_>>()?;
+        Ok(())
     }
 
     fn after_guard(&mut self, gpu: &Gpu, flag: Region) -> Result<()> {

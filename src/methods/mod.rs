@@ -76,7 +76,8 @@ pub struct Loss {
 /// A contrastive method: its loss and the state it owns. The trainer records the step around it
 /// in this order: [`Method::inputs`], clearing the gradients of [`Method::trained`], copying
 /// [`Method::rollback`] aside, [`Method::before_forward`], [`Method::loss`], backward, the guard,
-/// the optimiser updates, [`Method::after_guard`], and the roll-back when the guard is raised.
+/// (with several ranks: the gradients averaged, [`Method::exchange`]), the optimiser updates,
+/// [`Method::after_guard`], and the roll-back when the guard is raised.
 pub trait Method {
     fn name(&self) -> &'static str;
     /// Records the step's input tensors (augmented views, uploaded crops). Everything uploaded
@@ -89,6 +90,14 @@ pub trait Method {
     /// by the forward pass), an EMA target network: the trainer copies it aside at the start of
     /// every step and back when the guard is raised.
     fn rollback(&self) -> Vec<Region>;
+    /// The part of [`Method::rollback`] that each rank of a data-parallel run changes from its
+    /// own slice of the batch (BatchNorm running statistics), averaged over the ranks after every
+    /// step as one process averages split-BN groups. All of it by default; a method leaves out
+    /// what is the same on every rank anyway (an EMA of the averaged parameters), which would
+    /// only cost traffic.
+    fn averaged(&self) -> Vec<Region> {
+        self.rollback()
+    }
     /// Records the updates that precede the forward pass (MoCo's EMA of the key network).
     fn before_forward(&mut self, _gpu: &Gpu) -> Result<()> {
         Ok(())
@@ -98,6 +107,13 @@ pub trait Method {
     /// Records the updates of the method's own state that follow a finite step (a queue or bank
     /// write); each reads the guard `flag` on the GPU and skips itself when it is raised.
     fn after_guard(&mut self, _gpu: &Gpu, _flag: Region) -> Result<()> {
+        Ok(())
+    }
+    /// In a data-parallel run, between the step's backward pass and its updates (after
+    /// [`Method::loss`], before [`Method::after_guard`]): gathers from every rank what the
+    /// updates of the method's own state need from the whole global batch (MoCo's keys for its
+    /// queue), so that every rank's state stays that of one process.
+    fn exchange(&mut self, _gpu: &Gpu, _arena: &mut Arena) -> Result<()> {
         Ok(())
     }
     /// The guard skipped the last recorded step: takes back the host-side bookkeeping of
@@ -233,6 +249,49 @@ pub fn augmented_views(
         augment::augment(input.gpu, im, st, &x, input.augment.noise, seed)?;
         out.push(x);
     }
+    if crate::dist::size() == 1 {
+        return Ok(out);
+    }
+    // Every rank draws and augments the whole global batch (cheap beside the network), so the
+    // random choices and the per-pixel noise are those of one process, and keeps its own rows.
+    let rows = crate::dist::shard(input.indices.len());
+    let per_tensor = if stacked { views } else { 1 };
+    out.iter()
+        .map(|x| shard_rows(input.gpu, input.arena, x, per_tensor, rows.clone()))
+        .collect()
+}
+
+/// Rows `rows` of each of the `parts` equal blocks of `x` (the views of a stacked batch), as a new
+/// tensor with the blocks' rows one after the other.
+fn shard_rows(
+    gpu: &Gpu,
+    arena: &mut Arena,
+    x: &Tensor,
+    parts: usize,
+    rows: std::ops::Range<usize>,
+) -> Result<Tensor> {
+    let dims = x.shape.dims();
+    let (n, row) = (dims[0] / parts, x.numel() / dims[0]);
+    let mut shape = dims.to_vec();
+    shape[0] = parts * rows.len();
+    let out = arena.tensor(gpu, shape.as_slice())?;
+    for p in 0..parts {
+        gpu.copy(
+            x.region.slice((p * n + rows.start) * row, rows.len() * row),
+            out.region.slice(p * rows.len() * row, rows.len() * row),
+        )?;
+    }
+    Ok(out)
+}
+
+/// Every rank's rows of `x` (`[b, …]`, the same shape on every rank), in rank order, uploaded as a
+/// new `[N·b, …]` tensor of `arena`: what a rank's state updates need from the whole global batch.
+pub fn gather_rows(gpu: &Gpu, arena: &mut Arena, x: &Tensor) -> Result<Tensor> {
+    let all = crate::dist::all_gather(&gpu.read::<f32>(x.region)?);
+    let mut shape = x.shape.dims().to_vec();
+    shape[0] *= crate::dist::size();
+    let out = arena.tensor(gpu, shape.as_slice())?;
+    gpu.upload(out.region, &all)?;
     Ok(out)
 }
 

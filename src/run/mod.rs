@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Dataset;
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::eval::{self, Evaluation};
 use crate::gpu::tune::{Mode, Trial, Tuning};
@@ -257,7 +258,16 @@ pub struct Report {
 /// directory, stops cleanly with a checkpoint when `stop` becomes true, and evaluates the result
 /// into `summary.json`, whose training time and final loss cover every segment of a resumed run.
 /// The run directory and data directory are stored absolute in the checkpoints' command.
-pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
+///
+/// Started by `mpirun` (built with the `mpi` feature), each rank trains on its slice of every
+/// batch ([`crate::dist`]) and rank 0 alone writes the run directory, reports and evaluates; an
+/// error on any rank ends the whole job with that rank's message.
+pub fn train(cmd: Settings, stop: &AtomicBool) -> Result<Report> {
+    let _job = dist::Session::join()?;
+    train_rank(cmd, stop).map_err(dist::fail)
+}
+
+fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     let resume = resume_settings(&mut cmd)?;
     let name = cmd.name();
     let c = cmd.common_mut();
@@ -299,8 +309,11 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         )));
     }
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
-    config::write(&cmd, &out)?;
+    if dist::is_root() {
+        config::write(&cmd, &out)?;
+    }
     match &resume {
+        _ if !dist::is_root() => {}
         Some(ck) => rewind(&out, ck)?,
         None => {
             for old in checkpoint::list(&out) {
@@ -308,28 +321,18 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
             }
         }
     }
-    eprintln!("adapter: {}", s.gpu.adapter);
-    eprintln!("data: {}", s.data.describe());
-    if matches!(s.data, RunData::Images { .. }) && !matches!(cmd, Settings::Cpc { .. }) {
-        let probe = Network::new(&s.gpu, &s.encoder, &[], 0)?;
+    if dist::size() > 1 {
         eprintln!(
-            "encoder: {} parameters, {:.1} MFLOP per image forward",
-            probe.params.count(),
-            probe.encoder.flops_per_image() * 1e-6,
+            "rank {} of {}: adapter: {}",
+            dist::rank(),
+            dist::size(),
+            s.gpu.adapter
         );
+    } else {
+        eprintln!("adapter: {}", s.gpu.adapter);
     }
-    eprintln!(
-        "trained model: {} parameters; {} steps of batch {}",
-        s.method.parameter_count(),
-        s.cfg.steps,
-        s.cfg.batch_size
-    );
-    if let Some(ck) = &resume {
-        eprintln!(
-            "resuming {} at step {}",
-            ck.origin.display(),
-            ck.meta("step")?
-        );
+    if dist::is_root() {
+        describe(&cmd, &s, resume.as_ref())?;
     }
     let mut base = Checkpoint::new();
     base.meta.insert(
@@ -406,8 +409,10 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         }
         e => e,
     })?;
-    crate::report::draw(&out).map_err(|e| Error::io(&out, e))?;
-    if outcome.interrupted {
+    if dist::is_root() {
+        crate::report::draw(&out).map_err(|e| Error::io(&out, e))?;
+    }
+    if outcome.interrupted && dist::is_root() {
         let saved = outcome
             .checkpoint
             .as_ref()
@@ -434,7 +439,8 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         evaluation: None,
         summary: None,
     };
-    if outcome.interrupted {
+    // The other ranks' work ends with training: rank 0 evaluates and writes the summary.
+    if outcome.interrupted || !dist::is_root() {
         return Ok(report);
     }
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
@@ -462,6 +468,37 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     report.evaluation = Some(evaluation);
     report.summary = Some(summary);
     Ok(report)
+}
+
+/// Prints what is trained (rank 0 of a data-parallel run).
+fn describe(cmd: &Settings, s: &Setup, resume: Option<&Checkpoint>) -> Result<()> {
+    eprintln!("data: {}", s.data.describe());
+    if matches!(s.data, RunData::Images { .. }) && !matches!(cmd, Settings::Cpc { .. }) {
+        let probe = Network::new(&s.gpu, &s.encoder, &[], 0)?;
+        eprintln!(
+            "encoder: {} parameters, {:.1} MFLOP per image forward",
+            probe.params.count(),
+            probe.encoder.flops_per_image() * 1e-6,
+        );
+    }
+    eprintln!(
+        "trained model: {} parameters; {} steps of batch {}{}",
+        s.method.parameter_count(),
+        s.cfg.steps,
+        s.cfg.batch_size,
+        match dist::size() {
+            1 => String::new(),
+            n => format!(" over {n} ranks ({} each)", s.cfg.batch_size / n),
+        }
+    );
+    if let Some(ck) = resume {
+        eprintln!(
+            "resuming {} at step {}",
+            ck.origin.display(),
+            ck.meta("step")?
+        );
+    }
+    Ok(())
 }
 
 /// Benchmarks the kernels of the model `contrastive train` would train with `cmd`, as

@@ -40,6 +40,11 @@ pub enum Settings {
         /// BatchNorm groups in the key encoder (split-BN, the one-device shuffle-BN); must divide the batch.
         #[arg(long, default_value_t = 8)]
         split_bn: usize,
+        /// BatchNorm groups in the query encoder over the global batch; N ranks (MPI) normalise
+        /// per rank, as N groups do in one process.
+        #[arg(long, default_value_t = 1)]
+        #[serde(default = "one")]
+        query_split_bn: usize,
         /// Symmetric loss: both views serve as queries (mean of the two directions).
         #[arg(long)]
         symmetric: bool,
@@ -390,4 +395,10 @@ fn cpc_window(data: Dataset, window: Option<usize>) -> usize {
         Dataset::Wav => 8000,
         _ => 10,
     })
+}
+
+/// The default of settings added after checkpoints were first written (their stored command
+/// lacks them).
+fn one() -> usize {
+    1
 }

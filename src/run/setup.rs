@@ -107,6 +107,7 @@ fn build_method(
             dim,
             linear_head,
             split_bn,
+            query_split_bn,
             symmetric,
             ..
         } => {
@@ -117,6 +118,7 @@ fn build_method(
                 dim,
                 mlp: !linear_head,
                 split_bn,
+                query_split_bn,
                 symmetric,
             };
             config.validate(batch)?;
@@ -234,7 +236,7 @@ fn build(cmd: &Settings, quiet: bool, ck: Option<&Checkpoint>) -> Result<Setup> 
     }
     super::validate::settings(cmd)?;
     let batch = cmd.batch_size();
-    let gpu = Gpu::new()?;
+    let gpu = Gpu::nth(crate::dist::rank())?;
     let data = match seq {
         Some(kind) => {
             let split = data::sequence::load(kind, c.data_dir.as_deref())?;
@@ -292,7 +294,7 @@ fn build(cmd: &Settings, quiet: bool, ck: Option<&Checkpoint>) -> Result<Setup> 
         },
         knn_every: c.knn_every,
         monitor_images,
-        progress: !quiet,
+        progress: !quiet && crate::dist::is_root(),
     };
     if training {
         train::validate(&cfg, train_len)?;

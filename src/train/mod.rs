@@ -17,6 +17,7 @@ use rand::SeedableRng;
 
 use crate::checkpoint::{self, Checkpoint};
 use crate::data::Augment;
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::gpu::tune::{Budget, Cache, Mode, Trial, Tuning};
 use crate::gpu::Gpu;
@@ -67,6 +68,14 @@ pub fn validate(cfg: &TrainConfig, train_len: usize) -> Result<()> {
     }
     if cfg.steps == 0 {
         return Err(Error::Config("nothing to do: 0 training steps".into()));
+    }
+    let ranks = dist::size();
+    if !cfg.batch_size.is_multiple_of(ranks) {
+        return Err(Error::Config(format!(
+            "--batch-size {} must be a multiple of the {ranks} ranks (each trains on an equal \
+             slice of the global batch)",
+            cfg.batch_size
+        )));
     }
     Ok(())
 }
@@ -242,12 +251,69 @@ fn save_state(
     let mut ck = base.clone();
     ck.meta.insert("method".into(), method.name().into());
     ck.meta.insert("step".into(), step.to_string());
+    ck.meta.insert(RANKS_KEY.into(), dist::size().to_string());
     batches.save(&mut ck);
     save_rng(&mut ck, "trainer.augment_rng", rng);
     method.save(gpu, &mut ck)?;
     ck.meta
         .insert(TUNING_KEY.into(), Tuning::encode(gpu.tuning().choices()));
     Ok(ck)
+}
+
+/// The checkpoint metadata holding the number of ranks that trained it (absent: one).
+const RANKS_KEY: &str = "trainer.ranks";
+
+/// A run resumes with the ranks it was trained with: each rank's BatchNorm normalises its own
+/// slice of the batch, so other ranks would train another model than the uninterrupted run.
+fn check_ranks(ck: &Checkpoint) -> Result<()> {
+    let trained: usize = match ck.meta.get(RANKS_KEY) {
+        Some(_) => ck.meta_parse(RANKS_KEY)?,
+        None => 1,
+    };
+    if trained != dist::size() {
+        return Err(Error::Checkpoint {
+            path: ck.origin.clone(),
+            what: format!(
+                "it was trained by {trained} rank(s) and resumes only with as many (this run has \
+                 {}): each rank normalises its own slice of the batch, so another count trains \
+                 another model; use `mpirun -n {trained}`",
+                dist::size()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that every rank holds the same state — the tensors of the checkpoint `ck` each rank
+/// made at `step`, bit for bit — which the step's averaging promises: a rank that drifted would
+/// train another model than the one rank 0 saves.
+fn check_ranks_agree(ck: &Checkpoint, step: u64) -> Result<()> {
+    if dist::size() == 1 {
+        return Ok(());
+    }
+    // FNV-1a over the tensors' words, exchanged as four 16-bit parts (exact in f32).
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for name in ck.names() {
+        let shape = ck.shape(name).unwrap_or_default().to_vec();
+        let words = match ck.get_f32(name, &shape) {
+            Ok(v) => v.iter().map(|x| x.to_bits()).collect(),
+            Err(_) => ck.get_u32(name)?,
+        };
+        for w in name.bytes().map(u32::from).chain(words) {
+            hash = (hash ^ u64::from(w)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    let parts: Vec<f32> = (0..4)
+        .map(|i| ((hash >> (16 * i)) & 0xffff) as f32)
+        .collect();
+    let all = dist::all_gather(&parts);
+    if all.chunks(4).any(|c| c != parts.as_slice()) {
+        return Err(Error::Gpu(format!(
+            "the ranks hold different parameters or state at step {step}, although every step \
+             averages them; is one of the devices non-deterministic?"
+        )));
+    }
+    Ok(())
 }
 
 /// The checkpoint metadata holding the kernel choices in force.
@@ -397,25 +463,32 @@ pub fn train(
                 ),
             });
         }
+        check_ranks(ck)?;
         method.load(gpu, ck)?;
         (rng, first) = load_trainer_state(ck, &mut batches)?;
     }
     prepare_tuning(gpu, method, &mut arena, examples, cfg, resume, &rng)?;
     let mut bar = Progress::new(cfg.steps, first, cfg.progress);
+    // Every rank holds the same state, checked here: rank 0 alone writes it.
     let save =
         |method: &dyn Method, step: u64, batches: &Batches, rng: &rand_chacha::ChaCha8Rng| {
-            ckpt.map(|c| -> Result<std::path::PathBuf> {
+            ckpt.map(|c| -> Result<Option<std::path::PathBuf>> {
                 let ck = save_state(gpu, method, step, batches, rng, &c.base)?;
-                checkpoint::save_rotating(&ck, &c.dir, step, c.keep)
+                check_ranks_agree(&ck, step)?;
+                dist::is_root()
+                    .then(|| checkpoint::save_rotating(&ck, &c.dir, step, c.keep))
+                    .transpose()
             })
             .transpose()
+            .map(Option::flatten)
         };
     let mut lines = vec![];
     let mut images_per_s = 0.0;
     let mut last_saved = None;
     let mut step = first - 1;
     while step < cfg.steps {
-        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        // Agreed, so that every rank stops after the same step.
+        if dist::any(stop.load(std::sync::atomic::Ordering::SeqCst)) {
             bar.abandon();
             let path = save(method, step, &batches, &rng)?;
             return Ok(Outcome {
@@ -473,7 +546,7 @@ pub fn train(
             });
         }
         let knn = monitor
-            .filter(|_| cfg.knn_every > 0 && step % cfg.knn_every == 0)
+            .filter(|_| cfg.knn_every > 0 && step % cfg.knn_every == 0 && dist::is_root())
             .map(|m| m(method))
             .transpose()?;
         let line = LogLine {
@@ -498,7 +571,9 @@ pub fn train(
                 knn.map_or(String::new(), |k| format!("  kNN {:.1}%", k * 100.0))
             ),
         );
-        log(&line)?;
+        if dist::is_root() {
+            log(&line)?;
+        }
         lines.push(line);
         if ckpt.is_some_and(|c| c.every > 0 && step % c.every == 0) || step == cfg.steps {
             last_saved = save(method, step, &batches, &rng)?.or(last_saved);

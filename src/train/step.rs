@@ -2,9 +2,11 @@
 //! non-finite guard, the optimiser updates and the method's own state updates, all recorded into
 //! one submission. A step that holds a NaN or an infinity in its loss or gradients changes no state:
 //! every update after the guard reads its flag on the GPU and skips itself, and what changed before
-//! the guard was known is copied back.
+//! the guard was known is copied back. In a data-parallel run (several MPI ranks, [`crate::dist`])
+//! the step is two submissions, with the gradients averaged over the ranks between them.
 
 use crate::autodiff::Graph;
+use crate::dist;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
 use crate::kernels::elementwise::{self, Broadcast, Map};
@@ -46,6 +48,10 @@ pub fn record_step(method: &mut dyn Method, mut input: StepInput<'_>) -> Result<
     let loss = method.loss(&mut g, &inputs)?;
     g.backward(loss.value)?;
     let (stats, flag) = guard_step(&mut g, &loss, &grads, input.dry_run)?;
+    if dist::size() > 1 && !input.dry_run {
+        average_over_ranks(gpu, stats, flag, &grads, &method.averaged())?;
+        method.exchange(gpu, input.arena)?;
+    }
     let mut lr = 0.0;
     for (store, optim) in method.trained() {
         lr = optim.step(gpu, store, flag)?;
@@ -53,6 +59,43 @@ pub fn record_step(method: &mut dyn Method, mut input: StepInput<'_>) -> Result<
     method.after_guard(gpu, flag)?;
     rollback.restore(gpu, flag)?;
     Ok(StepOutput { stats, lr })
+}
+
+/// Ends the first of a data-parallel step's two submissions (forward, backward, guard) and makes
+/// every rank's state agree before the second (updates): the statistics and the gradients
+/// become their means over the ranks — each rank's loss is the mean over its equal slice, so the
+/// mean of those is the loss of one process on the global batch — and so do the running
+/// statistics each rank's forward pass updated from its slice ([`Method::averaged`]), as
+/// split-BN groups in one process. The guard flag is raised on
+/// every rank when it is raised on any, so a non-finite value anywhere skips the step everywhere.
+fn average_over_ranks(
+    gpu: &Gpu,
+    stats: Tensor,
+    flag: Region,
+    grads: &[Region],
+    averaged: &[Region],
+) -> Result<()> {
+    let _scope = gpu.scope(|| "all-reduce over the ranks".into());
+    let n = dist::size() as f32;
+    let mut s: Vec<f32> = gpu.read(stats.region)?;
+    let raised = dist::any(s[2].to_bits() != 0);
+    s[2] = 0.0;
+    dist::all_reduce_sum(&mut s);
+    s.iter_mut().for_each(|v| *v /= n);
+    s[2] = f32::from_bits(u32::from(raised));
+    gpu.upload(stats.region, &s)?;
+    gpu.upload(flag, &[u32::from(raised)])?;
+    if raised {
+        // Nothing is updated: the gradients and the rolled-back state need not agree.
+        return Ok(());
+    }
+    for &r in grads.iter().chain(averaged.iter().filter(|r| r.len > 0)) {
+        let mut values: Vec<f32> = gpu.read(r)?;
+        dist::all_reduce_sum(&mut values);
+        values.iter_mut().for_each(|v| *v /= n);
+        gpu.upload(r, &values)?;
+    }
+    Ok(())
 }
 
 /// The guard skipped the last recorded step's updates on the GPU: takes back the host-side
