@@ -8,6 +8,7 @@ use crate::eval::{self, EvalData, Evaluation};
 use crate::gpu::Gpu;
 use crate::kernels::cpc::PatchGrid;
 use crate::memory::Arena;
+use crate::methods::cpc::NegativeSampling;
 use crate::methods::{
     Cmc, CmcConfig, Cpc, CpcConfig, CpcInput, Dim, DimConfig, Examples, Method, Moco, MocoConfig,
 };
@@ -153,6 +154,8 @@ fn build_method(
             context,
             patch,
             patch_stride,
+            negatives,
+            num_negatives,
             ..
         } => {
             let input = match (cmd.sequence_data(), data) {
@@ -177,6 +180,10 @@ fn build_method(
                 dim,
                 context,
                 window: cmd.cpc_window(),
+                negatives: NegativeSampling {
+                    scheme: negatives,
+                    count: num_negatives,
+                },
             };
             Box::new(Cpc::new(gpu, config, batch, optim, seed)?)
         }
