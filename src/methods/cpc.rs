@@ -380,7 +380,7 @@ fn drawn_negatives(
         return Err(Error::Config(format!(
             "--num-negatives {count}: {} predictions per batch would need {} MiB of candidate indices, more than the adapter binds; draw fewer",
             o.rows(),
-            4 * words >> 20
+            (4 * words) >> 20
         )));
     }
     Ok(Some(count))
