@@ -169,6 +169,7 @@ fn main() -> Result<()> {
         dim: 64,
         context: 64,
         window,
+        negatives: Default::default(),
     };
     for name in wanted {
         let batch = if name.starts_with("cpc") { 64 } else { 256 };

@@ -10,6 +10,14 @@
 //
 // so the positive of row r is column b = r mod B, and a plain row softmax over candidates
 // follows. The two gradients are gathers over that layout (no float atomics, no scatter).
+//
+// Drawn candidates (random positions) score row r = (k, t, b) against the encodings at the
+// positions idx[r, j] (n = b'·T + s, the rows of z as [B·T, D]) drawn on the host:
+//
+//   logits[r, j] = pred[b, t, k] · z[idx[r, j]]
+//
+// Their gradient of z is a gather too: the host also uploads, for every position, the list of
+// flat indices r·C + j that name it (CSR: starts, entries), in increasing order.
 
 struct Params {
     batch: u32, // B
@@ -18,8 +26,8 @@ struct Params {
     offsets: u32, // K
     rows: u32, // Σ_k (T − k)·B
     accumulate: u32,
-    _pad0: u32,
-    _pad1: u32,
+    cols: u32, // C: candidates per row of drawn scores
+    _pad: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -247,6 +255,96 @@ fn grad_z(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups
                 gz_dz[base + v] = tile_at(acc, u, v);
             }
         }
+    }
+}
+
+// ---- drawn candidates -------------------------------------------------------------------------
+
+// (k, t, b) of logits row r.
+fn row_ktb(r: u32) -> vec3<u32> {
+    let kt = block_kt(r / p.batch);
+    return vec3<u32>(kt.x, kt.y, r % p.batch);
+}
+
+@group(1) @binding(0) var<storage, read_write> ga_z: array<f32>;
+@group(1) @binding(1) var<storage, read_write> ga_pred: array<f32>;
+@group(1) @binding(2) var<storage, read_write> ga_idx: array<u32>; // [rows, C]
+@group(1) @binding(3) var<storage, read_write> ga_logits: array<f32>; // [rows, C]
+
+// One invocation per score.
+@compute @workgroup_size(64)
+fn gather_scores(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if i >= p.rows * p.cols {
+        return;
+    }
+    let key = row_ktb(i / p.cols);
+    let a = pred_at(key.z, key.y, key.x);
+    let c = ga_idx[i] * p.dim;
+    var acc = 0.0;
+    for (var d = 0u; d < p.dim; d++) {
+        acc += ga_pred[a + d] * ga_z[c + d];
+    }
+    ga_logits[i] = acc;
+}
+
+@group(1) @binding(0) var<storage, read_write> gg_dlogits: array<f32>;
+@group(1) @binding(1) var<storage, read_write> gg_z: array<f32>;
+@group(1) @binding(2) var<storage, read_write> gg_idx: array<u32>;
+@group(1) @binding(3) var<storage, read_write> gg_dpred: array<f32>;
+
+// dpred[b, t, k, d] = Σ_j dlogits[r, j] · z[idx[r, j], d] for r = (k, t, b); 0 where t + k ≥ T.
+// One invocation per element of dpred, so every element is written.
+@compute @workgroup_size(64)
+fn gather_grad_pred(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if i >= p.batch * p.steps * p.offsets * p.dim {
+        return;
+    }
+    let d = i % p.dim;
+    let slot = i / p.dim; // (b·T + t)·K + k − 1
+    let k = slot % p.offsets + 1u;
+    let t = (slot / p.offsets) % p.steps;
+    let b = slot / (p.offsets * p.steps);
+    var acc = 0.0;
+    if t + k < p.steps {
+        let row = (off(k) + t * p.batch + b) * p.cols;
+        for (var j = 0u; j < p.cols; j++) {
+            acc += gg_dlogits[row + j] * gg_z[gg_idx[row + j] * p.dim + d];
+        }
+    }
+    if p.accumulate != 0u {
+        gg_dpred[i] += acc;
+    } else {
+        gg_dpred[i] = acc;
+    }
+}
+
+@group(1) @binding(0) var<storage, read_write> gw_dlogits: array<f32>;
+@group(1) @binding(1) var<storage, read_write> gw_pred: array<f32>;
+@group(1) @binding(2) var<storage, read_write> gw_starts: array<u32>; // [B·T + 1]
+@group(1) @binding(3) var<storage, read_write> gw_entries: array<u32>; // [rows·C]
+@group(1) @binding(4) var<storage, read_write> gw_dz: array<f32>;
+
+// dz[n, d] = Σ over the entries e = r·C + j of position n: dlogits[e] · pred[r, d].
+@compute @workgroup_size(64)
+fn gather_grad_z(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = gid.x + gid.y * nwg.x * 64u;
+    if i >= p.batch * p.steps * p.dim {
+        return;
+    }
+    let n = i / p.dim;
+    let d = i % p.dim;
+    var acc = 0.0;
+    for (var e = gw_starts[n]; e < gw_starts[n + 1u]; e++) {
+        let flat = gw_entries[e];
+        let key = row_ktb(flat / p.cols);
+        acc += gw_dlogits[flat] * gw_pred[pred_at(key.z, key.y, key.x) + d];
+    }
+    if p.accumulate != 0u {
+        gw_dz[i] += acc;
+    } else {
+        gw_dz[i] = acc;
     }
 }
 

@@ -490,6 +490,7 @@ fn every_method(gpu: &Gpu) -> Vec<Box<dyn Method>> {
         dim: 8,
         context: 8,
         window: 0,
+        negatives: Default::default(),
     };
     vec![
         Box::new(Moco::new(gpu, moco, &enc, BATCH, &sgd(0.05), 3).unwrap()),

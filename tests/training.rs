@@ -206,6 +206,7 @@ fn cpc_predicts_every_offset_well_above_chance() {
         dim: 32,
         context: 32,
         window,
+        negatives: Default::default(),
     };
     let mut cpc = Cpc::new(&gpu, config, batch, &adam(1e-2, steps), 7).unwrap();
     let cfg = TrainConfig {

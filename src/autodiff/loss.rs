@@ -3,7 +3,7 @@
 
 use super::{Graph, Op, Var};
 use crate::error::{Error, Result};
-use crate::kernels::cpc::{self, Offsets};
+use crate::kernels::cpc::{self, Candidates, Offsets};
 use crate::kernels::elementwise::{Broadcast, Map};
 use crate::kernels::mi::{self, Estimator};
 use crate::kernels::reduce::{self, Axis, Reduce};
@@ -70,12 +70,43 @@ impl Graph<'_> {
     /// against the encodings `z [B, T, D]` of every sequence at the predicted step (see
     /// [`crate::kernels::cpc`]).
     pub fn cpc_scores(&mut self, z: Var, pred: Var, k: usize) -> Result<(Var, Offsets)> {
+        self.cpc_scores_with(z, pred, k, None)
+    }
+
+    /// CPC's logits `[rows, C]` against drawn candidates: row r's prediction scored against the
+    /// encodings at the positions `candidates.idx[r, ·]` (see [`crate::kernels::cpc::Drawn`]).
+    pub fn cpc_gather(
+        &mut self,
+        z: Var,
+        pred: Var,
+        k: usize,
+        candidates: &Candidates,
+    ) -> Result<(Var, Offsets)> {
+        self.cpc_scores_with(z, pred, k, Some(*candidates))
+    }
+
+    fn cpc_scores_with(
+        &mut self,
+        z: Var,
+        pred: Var,
+        k: usize,
+        candidates: Option<Candidates>,
+    ) -> Result<(Var, Offsets)> {
         let _scope = self.scope("cpc_scores");
         let (zv, pv) = (self.value(z), self.value(pred));
         let offsets = Offsets::of(&zv, &pv, k)?;
-        let logits = self.alloc([offsets.rows(), offsets.batch])?;
-        cpc::scores(self.gpu, &zv, &pv, &logits, &offsets)?;
-        let op = Op::CpcScores { z, pred, offsets };
+        let cols = candidates.map_or(offsets.batch, |c| c.cols());
+        let logits = self.alloc([offsets.rows(), cols])?;
+        match &candidates {
+            None => cpc::scores(self.gpu, &zv, &pv, &logits, &offsets)?,
+            Some(c) => cpc::gather_scores(self.gpu, &zv, &pv, c, &logits, &offsets)?,
+        }
+        let op = Op::CpcScores {
+            z,
+            pred,
+            offsets,
+            candidates,
+        };
         Ok((self.record("cpc_scores", logits, op, &[z, pred]), offsets))
     }
 
@@ -83,15 +114,18 @@ impl Graph<'_> {
         &mut self,
         z: Var,
         pred: Var,
-        offsets: &Offsets,
+        o: &Offsets,
+        candidates: Option<Candidates>,
         dout: Tensor,
     ) -> Result<()> {
         let (zv, pv) = (self.value(z), self.value(pred));
-        self.contribute(pred, |gpu, g, acc| {
-            cpc::grad_pred(gpu, &dout, &zv, g, offsets, acc)
+        self.contribute(pred, |gpu, g, acc| match &candidates {
+            None => cpc::grad_pred(gpu, &dout, &zv, g, o, acc),
+            Some(c) => cpc::gather_grad_pred(gpu, &dout, &zv, c, g, o, acc),
         })?;
-        self.contribute(z, |gpu, g, acc| {
-            cpc::grad_z(gpu, &dout, &pv, g, offsets, acc)
+        self.contribute(z, |gpu, g, acc| match &candidates {
+            None => cpc::grad_z(gpu, &dout, &pv, g, o, acc),
+            Some(c) => cpc::gather_grad_z(gpu, &dout, &pv, c, g, o, acc),
         })
     }
 }

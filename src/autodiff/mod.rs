@@ -32,7 +32,7 @@ mod tape;
 use crate::gpu::Gpu;
 use crate::kernels::batchnorm::BatchNorm;
 use crate::kernels::conv::Conv2d;
-use crate::kernels::cpc::Offsets;
+use crate::kernels::cpc::{Candidates, Offsets};
 use crate::kernels::elementwise::{Broadcast, Map};
 use crate::kernels::matmul::Trans;
 use crate::kernels::reduce::Axis;
@@ -108,11 +108,13 @@ enum Op {
         scores: Var,
         dscores: Tensor,
     },
-    /// CPC's per-offset scores of predictions against encodings.
+    /// CPC's per-offset scores of predictions against encodings: the same step's, or the
+    /// drawn `candidates`' (`loss.rs`).
     CpcScores {
         z: Var,
         pred: Var,
         offsets: Offsets,
+        candidates: Option<Candidates>,
     },
     /// `conv.rs`.
     Conv2d {

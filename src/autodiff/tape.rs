@@ -234,7 +234,12 @@ impl<'a> Graph<'a> {
             Op::MiEstimate { scores, dscores } => {
                 self.saved_grad_backward(scores, dscores, dout, Broadcast::Scalar)
             }
-            Op::CpcScores { z, pred, offsets } => self.cpc_scores_backward(z, pred, &offsets, dout),
+            Op::CpcScores {
+                z,
+                pred,
+                offsets,
+                candidates,
+            } => self.cpc_scores_backward(z, pred, &offsets, candidates, dout),
             Op::Conv2d {
                 x,
                 w,

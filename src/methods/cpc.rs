@@ -2,10 +2,20 @@
 //!
 //! An encoder maps each step of a sequence to `z_t`; a GRU summarises `z_≤t` into the context
 //! `c_t`; for each offset k = 1..K a bias-free linear map predicts `W_k·c_t`, scored against the
-//! encodings at step t + k of every sequence in the batch (the positive is the same sequence, the
-//! other sequences at that step are the negatives — one GEMM-shaped score per step, see
-//! [`crate::kernels::cpc`]). The loss is the softmax cross-entropy over those candidates, averaged
-//! over every offset and valid step; the trainer logs it with each offset's loss and accuracy.
+//! positive, the encoding `z_{t+k}` of the same sequence, and negatives ([`Negatives`]):
+//! - `same-step` (the default): the other sequences of the batch at step t + k — one GEMM-shaped
+//!   score per step;
+//! - `random`: `--num-negatives` positions drawn at random, for every prediction, among all the
+//!   batch's encodings but the positive (other steps of the same sequence and any step of the
+//!   other sequences alike, the paper's mixed-sequence sampling); by default as many as the
+//!   same-step scheme has (sequences per batch − 1), so both cost alike;
+//! - `both`: the same-step candidates and the drawn ones in one softmax.
+//!
+//! The positions are drawn on the host from the run's seeded RNG and uploaded with the step's
+//! inputs, so runs are reproducible and resume bit-identical; the scores and their gradients are
+//! gathers (see [`crate::kernels::cpc`]). The loss is the softmax cross-entropy over the
+//! candidates, averaged over every offset and valid step; the trainer logs it with each offset's
+//! loss and accuracy.
 //!
 //! Encoders by input:
 //! - feature frames (JapaneseVowels): an MLP applied to every frame;
@@ -28,7 +38,7 @@ use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
 use crate::kernels::batchnorm::BatchNorm;
 use crate::kernels::conv::Conv2d;
-use crate::kernels::cpc::{self, PatchGrid};
+use crate::kernels::cpc::{self, Candidates, Drawn, PatchGrid};
 use crate::kernels::softmax_xent::Xent;
 use crate::memory::{Arena, Tensor};
 use crate::nn::layers::{BatchNormLayer, ConvLayer, Linear};
@@ -50,6 +60,37 @@ pub enum CpcInput {
     },
 }
 
+/// The negatives each prediction is scored against.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum Negatives {
+    /// The other sequences at the predicted step.
+    #[default]
+    SameStep,
+    /// Positions drawn at random from every sequence of the batch.
+    Random,
+    /// The same-step negatives and the drawn ones.
+    Both,
+}
+
+/// Which negatives, and how many are drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NegativeSampling {
+    pub scheme: Negatives,
+    /// Negatives drawn per prediction (random, both); none: the sequences per batch − 1.
+    pub count: Option<usize>,
+}
+
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CpcConfig {
     pub input: CpcInput,
@@ -61,6 +102,8 @@ pub struct CpcConfig {
     pub context: usize,
     /// Training crop in frames (frames) or samples (waveforms); ignored for patches.
     pub window: usize,
+    #[serde(default)]
+    pub negatives: NegativeSampling,
 }
 
 /// The waveform encoder's layers: (kernel, stride, padding).
@@ -87,8 +130,10 @@ pub struct Cpc {
     pub optim: Optim,
     /// The positive of every logits row at the training shape.
     targets: Tensor,
-    /// Sequences and steps per training batch.
-    shape: (usize, usize),
+    /// The scoring problem of a training batch.
+    offsets: cpc::Offsets,
+    /// Negatives drawn per prediction (none for same-step).
+    drawn: Option<usize>,
     _state: Arena,
 }
 
@@ -184,8 +229,14 @@ impl Cpc {
             dim: d,
             k: config.offsets,
         };
+        let drawn = drawn_negatives(&config.negatives, per_batch, &offsets, gpu)?;
         let targets = state.tensor(gpu, [offsets.rows()])?;
-        gpu.upload(targets.region, &offsets.targets())?;
+        // Drawn candidates alone put the positive first; otherwise it is among the same-step ones.
+        let positives = match config.negatives.scheme {
+            Negatives::Random => vec![0; offsets.rows()],
+            Negatives::SameStep | Negatives::Both => offsets.targets(),
+        };
+        gpu.upload(targets.region, &positives)?;
         Ok(Cpc {
             config,
             enc,
@@ -197,7 +248,8 @@ impl Cpc {
             buffers,
             optim,
             targets,
-            shape: (per_batch, steps),
+            offsets,
+            drawn,
             _state: state,
         })
     }
@@ -305,16 +357,60 @@ impl Cpc {
     }
 }
 
+/// The negatives drawn per prediction (none for same-step), checked: at least one, and the
+/// candidates of a batch within one storage binding.
+fn drawn_negatives(
+    n: &NegativeSampling,
+    per_batch: usize,
+    o: &cpc::Offsets,
+    gpu: &Gpu,
+) -> Result<Option<usize>> {
+    let count = match (n.scheme, n.count) {
+        (Negatives::SameStep, None) => return Ok(None),
+        (Negatives::SameStep, Some(_)) => {
+            return Err(Error::Config(
+                "--num-negatives applies to --negatives random or both".into(),
+            ))
+        }
+        (_, Some(0)) => return Err(Error::Config("--num-negatives must be at least 1".into())),
+        (_, count) => count.unwrap_or(per_batch.saturating_sub(1).max(1)),
+    };
+    let words = o.rows() as u64 * (count as u64 + 1);
+    if 4 * words > gpu.max_binding() {
+        return Err(Error::Config(format!(
+            "--num-negatives {count}: {} predictions per batch would need {} MiB of candidate indices, more than the adapter binds; draw fewer",
+            o.rows(),
+            (4 * words) >> 20
+        )));
+    }
+    Ok(Some(count))
+}
+
 impl Method for Cpc {
     fn name(&self) -> &'static str {
         "cpc"
     }
 
+    /// The batch, then the drawn candidates' three tensors (see [`Candidates`]) when the scheme
+    /// draws. The candidates are drawn and uploaded first: augmentation records work, which an
+    /// upload would flush.
     fn inputs(&mut self, input: &mut StepInput<'_>) -> Result<Vec<Tensor>> {
-        match self.enc {
-            Enc::Patches { .. } => augmented_views(input, 1, false),
-            _ => Ok(vec![self.crops(input)?]),
+        let candidates = match self.drawn {
+            Some(count) => {
+                let with_positive = self.config.negatives.scheme == Negatives::Random;
+                let drawn = Drawn::draw(&self.offsets, count, with_positive, input.rng);
+                Some(drawn.upload(input.gpu, input.arena, &self.offsets)?)
+            }
+            None => None,
+        };
+        let mut inputs = match self.enc {
+            Enc::Patches { .. } => augmented_views(input, 1, false)?,
+            _ => vec![self.crops(input)?],
+        };
+        if let Some(c) = candidates {
+            inputs.extend([c.idx, c.starts, c.entries]);
         }
+        Ok(inputs)
     }
 
     fn trained(&mut self) -> Vec<(&Store, &mut Optim)> {
@@ -335,13 +431,36 @@ impl Method for Cpc {
         let flat = g.reshape(c, [d[0] * d[1], d[2]])?;
         let pred = self.heads.forward(g, &self.params, flat, false)?;
         let pred = g.reshape(pred, [d[0], d[1], self.heads.out_features])?;
-        let (logits, o) = g.cpc_scores(z, pred, self.config.offsets)?;
-        if (o.batch, o.steps) != self.shape {
+        let k = self.config.offsets;
+        let candidates = match inputs {
+            [_, idx, starts, entries] => Some(Candidates {
+                idx: *idx,
+                starts: *starts,
+                entries: *entries,
+            }),
+            _ => None,
+        };
+        let (logits, o) = match (self.config.negatives.scheme, candidates) {
+            (Negatives::SameStep, None) => g.cpc_scores(z, pred, k)?,
+            (Negatives::Random, Some(c)) => g.cpc_gather(z, pred, k, &c)?,
+            (Negatives::Both, Some(c)) => {
+                let (same, o) = g.cpc_scores(z, pred, k)?;
+                let (drawn, _) = g.cpc_gather(z, pred, k, &c)?;
+                (g.concat_cols(same, drawn)?, o)
+            }
+            (scheme, _) => {
+                return Err(Error::Config(format!(
+                    "cpc: {scheme:?} negatives with {} input tensors",
+                    inputs.len()
+                )))
+            }
+        };
+        if o != self.offsets {
             return Err(Error::shape(
                 "cpc",
                 format!(
-                    "a batch of {} sequences of {} steps, built for {:?}",
-                    o.batch, o.steps, self.shape
+                    "a batch of {} sequences of {} steps, built for {} of {}",
+                    o.batch, o.steps, self.offsets.batch, self.offsets.steps
                 ),
             ));
         }

@@ -59,6 +59,38 @@ pub fn read(path: &Path) -> Result<Vec<LogLine>> {
         .collect())
 }
 
+/// Logged steps [`offsets_at_end`] averages over.
+pub const OFFSET_WINDOW: usize = 25;
+
+/// Each predicted offset's loss and contrastive accuracy (CPC), `[loss, accuracy]` for
+/// k = 1, 2, …, averaged over the last [`OFFSET_WINDOW`] logged steps: one batch's accuracy is
+/// noisy. Empty for methods that log no offsets.
+pub fn offsets_at_end(lines: &[LogLine]) -> Vec<[f64; 2]> {
+    let last = &lines[lines.len().saturating_sub(OFFSET_WINDOW)..];
+    let k = last.iter().map(|l| l.offsets.len()).min().unwrap_or(0);
+    (0..k)
+        .map(|j| {
+            let mean = |i: usize| {
+                last.iter().map(|l| l.offsets[j][i] as f64).sum::<f64>() / last.len() as f64
+            };
+            [mean(0), mean(1)]
+        })
+        .collect()
+}
+
+/// The line a run prints of [`offsets_at_end`]: each offset's accuracy in percent.
+pub fn describe_offsets(offsets: &[[f64; 2]]) -> String {
+    let each: Vec<String> = offsets
+        .iter()
+        .enumerate()
+        .map(|(j, o)| format!("k={} {:.1} %", j + 1, 100.0 * o[1]))
+        .collect();
+    format!(
+        "contrastive accuracy per offset (mean of the last {OFFSET_WINDOW} steps): {}",
+        each.join(", ")
+    )
+}
+
 /// What [`cut_to_step`] did to a log.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Cut {

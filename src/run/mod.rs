@@ -443,9 +443,19 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     if outcome.interrupted || !dist::is_root() {
         return Ok(report);
     }
+    let log = crate::report::metrics::read(&out.join("metrics.jsonl"))?;
+    let offsets = crate::report::metrics::offsets_at_end(&log);
+    if !offsets.is_empty() {
+        eprintln!("{}", crate::report::metrics::describe_offsets(&offsets));
+    }
     eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
     let evaluation = s.evaluate()?;
     let (seconds, final_loss) = logged(&out.join("metrics.jsonl"))?;
+    let offsets: Vec<_> = offsets
+        .iter()
+        .enumerate()
+        .map(|(j, o)| serde_json::json!({"k": j + 1, "loss": o[0], "accuracy": o[1]}))
+        .collect();
     let summary = serde_json::json!({
         "method": cmd.name(),
         "adapter": s.gpu.adapter.to_string(),
@@ -455,6 +465,7 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         "seconds": seconds,
         "images_per_s": (outcome.step * s.cfg.batch_size as u64) as f64 / seconds,
         "final_loss": final_loss,
+        "offsets": offsets,
         "evaluation": evaluation,
         "command": cmd,
         "encoder": s.encoder,

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::kernels::mi::Estimator;
 use crate::kernels::optim::{Optimizer, Schedule};
 use crate::methods::cmc::Views;
+use crate::methods::cpc::Negatives;
 use crate::optim::OptimConfig;
 
 /// A method and its settings, as `contrastive train` parses them (and as a checkpoint stores
@@ -104,6 +105,16 @@ pub enum Settings {
         /// Image patch stride (images; smaller than the patch: patches overlap).
         #[arg(long, default_value_t = 4)]
         patch_stride: usize,
+        /// Negatives of each prediction: the other sequences at the predicted step, positions
+        /// drawn at random from every sequence of the batch, or both.
+        #[arg(long, value_enum, default_value = "same-step")]
+        #[serde(default)]
+        negatives: Negatives,
+        /// Negatives drawn per prediction (random, both) [default: sequences per batch − 1,
+        /// as many as same-step has; for images every column of a patch grid is a sequence].
+        #[arg(long)]
+        #[serde(default)]
+        num_negatives: Option<usize>,
     },
 }
 

@@ -11,6 +11,7 @@ use crate::eval::{self, EvalData, Evaluation};
 use crate::gpu::Gpu;
 use crate::kernels::cpc::PatchGrid;
 use crate::memory::Arena;
+use crate::methods::cpc::NegativeSampling;
 use crate::methods::{
     Cmc, CmcConfig, Cpc, CpcConfig, CpcInput, Dim, DimConfig, Examples, Method, Moco, MocoConfig,
 };
@@ -158,6 +159,8 @@ fn build_method(
             context,
             patch,
             patch_stride,
+            negatives,
+            num_negatives,
             ..
         } => {
             let input = match (cmd.sequence_data(), data) {
@@ -182,6 +185,10 @@ fn build_method(
                 dim,
                 context,
                 window: cmd.cpc_window(),
+                negatives: NegativeSampling {
+                    scheme: negatives,
+                    count: num_negatives,
+                },
             };
             Box::new(Cpc::new(gpu, config, batch, optim, seed)?)
         }
