@@ -191,6 +191,8 @@ impl ConvBn {
     }
 }
 
+// A few dozen blocks per encoder, built once: their size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Block {
     /// conv-BN-ReLU.
