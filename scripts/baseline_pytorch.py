@@ -4,6 +4,7 @@
     python3 scripts/baseline_pytorch.py            # kernels, then the MoCo training step
     python3 scripts/baseline_pytorch.py kernels    # fp32 matmul, conv passes, BatchNorm
     python3 scripts/baseline_pytorch.py moco       # MoCo step at batch 256 (examples/s)
+    python3 scripts/baseline_pytorch.py moco --encoder resnet18 --width-mult 0.5
 
 Everything runs in fp32 with TF32 off, because the WGSL kernels compute in plain f32. Shapes are
 those of `cargo bench --bench kernels` (conv: NHWC as channels_last, batch 256, 3x3, padding 1)
@@ -86,20 +87,35 @@ def kernels():
 
 
 class Encoder(nn.Module):
-    """Conv-BN-ReLU stages (stride 1 first, 2 after), global average pool."""
+    """Conv-BN-ReLU stages (stride 1 first, 2 after), global average pool; with `--encoder
+    resnet18`, torchvision's CIFAR-style ResNet-18 (widths times `--width-mult`, as
+    `contrastive train --encoder resnet18 --width-mult F` builds it)."""
 
     def __init__(self, widths=(16, 32, 64), cin=1):
         super().__init__()
-        layers = []
-        for i, cout in enumerate(widths):
-            layers += [nn.Conv2d(cin, cout, 3, 1 if i == 0 else 2, 1, bias=False),
-                       nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
-            cin = cout
-        self.body = nn.Sequential(*layers)
+        encoder, mult = option("--encoder", "small"), float(option("--width-mult", "1"))
+        widths = [max(1, round(w * mult)) for w in (widths if encoder == "small" else (64, 128, 256, 512))]
+        if encoder == "resnet18":
+            from load_in_pytorch import resnet18
+            self.body = nn.Sequential(resnet18(widths, cin, 2), nn.Unflatten(1, (widths[-1], 1, 1)))
+            cin = widths[-1]
+        else:
+            layers = []
+            for i, cout in enumerate(widths):
+                layers += [nn.Conv2d(cin, cout, 3, 1 if i == 0 else 2, 1, bias=False),
+                           nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                cin = cout
+            self.body = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Linear(cin, cin), nn.ReLU(inplace=True), nn.Linear(cin, 128))
 
     def forward(self, x):
         return F.normalize(self.head(self.body(x).mean(dim=(2, 3))), dim=1)
+
+
+def option(name, default):
+    """The value after `name` on the command line, or `default`."""
+    args = sys.argv[1:]
+    return args[args.index(name) + 1] if name in args else default
 
 
 def augment(x):
@@ -169,7 +185,7 @@ def moco(batch=256, steps=30):
 
 
 if __name__ == "__main__":
-    what = sys.argv[1:] or ["kernels", "moco"]
+    what = [a for a in sys.argv[1:] if a in ("kernels", "moco")] or ["kernels", "moco"]
     print(f"torch {torch.__version__} on {torch.cuda.get_device_name()}")
     if "kernels" in what:
         kernels()

@@ -7,7 +7,11 @@
 The checkpoint is read with `safetensors.torch.load_file`; the architecture is read off the tensor
 names (README, "Checkpoint layout"): per stage a 3x3 convolution without bias (stride 1 in the
 first stage, 2 after, padding 1) -> BatchNorm (eps 1e-5) -> ReLU, then `blockJ` residual blocks
-(conv-BN-ReLU, conv-BN, add the input, ReLU), and global average pooling at the end.
+(conv-BN-ReLU, conv-BN, add the input, ReLU), and global average pooling at the end. A checkpoint
+of `--encoder resnet18` (tensors `encoder.conv1.weight`, `encoder.layer1.0.conv1.weight`, ...) is
+loaded with `strict=True` into torchvision's `resnet18()` with `conv1` a 3x3 stride-1 convolution,
+`maxpool` and `fc` replaced by `nn.Identity()` (its stages rebuilt from torchvision's BasicBlock
+when the checkpoint is narrower, `--width-mult`).
 
 With --expected, the file must hold `input` (NHWC images, f32) and `features` (what this crate
 computed for them, BatchNorm in eval mode); the script exits with status 1 when PyTorch's
@@ -67,6 +71,40 @@ class Encoder(nn.Module):
         return x.mean(dim=(2, 3))
 
 
+def resnet18(widths, in_channels, blocks):
+    """torchvision's ResNet-18 with the CIFAR stem (3x3 stride-1 conv1, no max-pool, fc removed).
+    Widths other than 64,128,256,512 (--width-mult) rebuild its stages with torchvision's own
+    BasicBlock, so the module names stay torchvision's."""
+    import torchvision
+    from torchvision.models.resnet import BasicBlock
+
+    m = torchvision.models.resnet18()
+    if list(widths) != [64, 128, 256, 512] or blocks != 2:
+        m.inplanes = widths[0]
+        m.bn1 = nn.BatchNorm2d(widths[0])
+        for i, w in enumerate(widths):
+            setattr(m, f"layer{i + 1}", m._make_layer(BasicBlock, w, blocks, stride=1 if i == 0 else 2))
+    m.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+    m.maxpool = nn.Identity()
+    m.fc = nn.Identity()
+    return m
+
+
+def load_resnet(ours, path):
+    """The resnet18 preset: `<prefix>.encoder.*` is a torchvision state_dict, loaded strictly
+    (a plain dict without num_batches_tracked: BatchNorm then counts from 0)."""
+    state = {k[len("encoder."):]: v for k, v in ours.items()}
+    widths = [state[f"layer{i}.0.conv1.weight"].shape[0] for i in range(1, 5)]
+    blocks = len({k.split(".")[1] for k in state if k.startswith("layer1.")})
+    in_channels = state["conv1.weight"].shape[1]
+    model = resnet18(widths, in_channels, blocks)
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        sys.exit(f"{path}: torchvision's resnet18 refuses the tensors: {e}")
+    return model.eval(), (widths, in_channels, blocks)
+
+
 def load_encoder(path, prefix="query"):
     """The checkpoint's encoder under `prefix` as an eval-mode torch module."""
     tensors = load_file(path)
@@ -74,6 +112,8 @@ def load_encoder(path, prefix="query"):
     ours = {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(head)}
     if not ours:
         sys.exit(f"{path}: no tensors named {head}*")
+    if "encoder.conv1.weight" in ours:
+        return load_resnet(ours, path)
     stages = sorted(int(m.group(1)) for k in ours
                     if (m := re.fullmatch(r"encoder\.stage(\d+)\.down\.conv\.weight", k)))
     widths = [ours[f"encoder.stage{i}.down.conv.weight"].shape[0] for i in stages]
@@ -101,6 +141,15 @@ def normalise(path, images):
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
+def torchvision_resnet():
+    """torchvision's ResNet class, or a class nothing is an instance of without torchvision."""
+    try:
+        from torchvision.models.resnet import ResNet
+        return ResNet
+    except ImportError:
+        return type("NoTorchvision", (), {})
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("checkpoint")
@@ -110,7 +159,8 @@ def main():
     args = ap.parse_args()
 
     encoder, (widths, in_channels, blocks) = load_encoder(args.checkpoint, args.prefix)
-    print(f"encoder: widths {widths}, {in_channels} input channel(s), {blocks} residual block(s) per stage")
+    kind = "torchvision resnet18, " if isinstance(encoder, torchvision_resnet()) else ""
+    print(f"encoder: {kind}widths {widths}, {in_channels} input channel(s), {blocks} residual block(s) per stage")
     if args.expected is None:
         pixels = torch.randint(0, 256, (4, 28, 28, in_channels), dtype=torch.uint8)
         x = normalise(args.checkpoint, pixels)

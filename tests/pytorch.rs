@@ -9,40 +9,60 @@ use contrastive::autodiff::Graph;
 use contrastive::checkpoint::Checkpoint;
 use contrastive::kernels::batchnorm::BatchNorm;
 use contrastive::methods::Network;
-use contrastive::nn::EncoderConfig;
+use contrastive::nn::{EncoderConfig, Preset};
 use contrastive::{Arena, Gpu};
 use rand::{Rng, SeedableRng};
 
-fn torch_available() -> bool {
+fn torch_available(modules: &str) -> bool {
     Command::new("python3")
-        .args(["-c", "import torch, safetensors"])
+        .args(["-c", &format!("import {modules}")])
         .output()
         .is_ok_and(|o| o.status.success())
 }
 
 #[test]
 fn pytorch_reproduces_the_encoder_features_of_a_checkpoint() {
-    if !torch_available() {
-        eprintln!(
-            "NOT RUN: `python3 -c \"import torch, safetensors\"` fails here; install them \
-             (pip install torch safetensors) to check scripts/load_in_pytorch.py"
-        );
-        return;
-    }
-    let gpu = Gpu::new().unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
     // Residual blocks and an odd size (27×27: strides meet odd inputs) cover the whole layout.
     let enc = EncoderConfig {
         widths: vec![4, 8, 16],
         residual_blocks: 1,
         ..EncoderConfig::small(27, 27, 1)
     };
-    let net = Network::new(&gpu, &enc, &[8], 11).unwrap();
+    reproduces(&enc, "torch, safetensors", "1 residual block");
+}
+
+/// The resnet18 preset at a sixteenth of its width loads into torchvision's `resnet18()` with
+/// `strict=True` and gives the same features.
+#[test]
+fn torchvision_resnet18_reproduces_the_resnet_features_of_a_checkpoint() {
+    let enc = Preset::Resnet18.config((27, 27, 1), &[], 0, 1.0 / 16.0);
+    reproduces(
+        &enc,
+        "torch, torchvision, safetensors",
+        "torchvision resnet18",
+    );
+}
+
+/// Saves a network with encoder `enc` and non-trivial BatchNorm, and checks that
+/// scripts/load_in_pytorch.py reproduces its eval-mode features and prints `says`.
+fn reproduces(enc: &EncoderConfig, modules: &str, says: &str) {
+    if !torch_available(modules) {
+        eprintln!(
+            "NOT RUN: `python3 -c \"import {modules}\"` fails here; install them \
+             (pip install {}) to check scripts/load_in_pytorch.py",
+            modules.replace(',', "")
+        );
+        return;
+    }
+    let gpu = Gpu::new().unwrap_or_else(|e| panic!("tests need a GPU adapter: {e}"));
+    let net = Network::new(&gpu, enc, &[8], 11).unwrap();
     // Non-trivial BatchNorm: random scales, shifts and running statistics.
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
     for store in [&net.params, &net.buffers] {
         let mut values: Vec<f32> = gpu.read(store.values).unwrap();
         for e in &store.entries {
-            if e.name.contains(".bn.") {
+            // The encoder's convolutions have no bias: its vectors are BatchNorm's.
+            if e.name.starts_with("encoder.") && e.shape.rank() == 1 {
                 for v in &mut values[e.offset..e.offset + e.shape.numel()] {
                     *v = rng.random_range(0.5..1.5);
                 }
@@ -71,7 +91,11 @@ fn pytorch_reproduces_the_encoder_features_of_a_checkpoint() {
         .unwrap();
     let features = g.read(f.global).unwrap();
 
-    let dir = std::env::temp_dir().join(format!("contrastive-pytorch-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "contrastive-pytorch-{}-{}",
+        enc.widths.len(),
+        std::process::id()
+    ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut ck = Checkpoint::new();
@@ -79,7 +103,7 @@ fn pytorch_reproduces_the_encoder_features_of_a_checkpoint() {
     ck.write(&dir.join("model.safetensors")).unwrap();
     let mut expected = Checkpoint::new();
     expected.put_f32("input", &[n, 27, 27, 1], input);
-    expected.put_f32("features", &[n, 16], features);
+    expected.put_f32("features", &[n, *enc.widths.last().unwrap()], features);
     expected.write(&dir.join("expected.safetensors")).unwrap();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/load_in_pytorch.py");
@@ -94,5 +118,5 @@ fn pytorch_reproduces_the_encoder_features_of_a_checkpoint() {
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     eprintln!("{text}");
     assert!(out.status.success(), "PyTorch disagrees: {text}");
-    assert!(text.contains("1 residual block"), "{text}");
+    assert!(text.contains(says), "{text}");
 }

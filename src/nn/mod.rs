@@ -1,5 +1,5 @@
 //! Layers and models built on the tape: parameter stores, Linear / Conv2d / BatchNorm layers, the
-//! MLP head and the CNN encoder.
+//! MLP head and the CNN encoders (small and ResNet-18).
 //!
 //! All parameters of a model live in one [`Store`]: one GPU buffer of values and one of gradients
 //! with the same layout, so optimisers and EMA updates are single dispatches over the whole model.
@@ -8,7 +8,7 @@
 pub mod encoder;
 pub mod layers;
 
-pub use encoder::{Encoder, EncoderConfig, Features};
+pub use encoder::{Encoder, EncoderConfig, Features, Layout, Preset};
 pub use layers::{BatchNormLayer, ConvLayer, Linear, Mlp};
 
 use rand::{Rng, SeedableRng};

@@ -191,6 +191,15 @@ pub struct Common {
     /// Residual blocks per stage.
     #[arg(long, default_value_t = 0)]
     pub residual_blocks: usize,
+    /// Encoder: small (--widths, --residual-blocks) or resnet18 (CIFAR-style ResNet-18, its
+    /// checkpoint tensors named as torchvision's).
+    #[arg(long, value_enum, default_value = "small")]
+    #[serde(default)]
+    pub encoder: crate::nn::Preset,
+    /// Multiplies every encoder width (rounded, at least 1): a narrower resnet18 for small machines.
+    #[arg(long, default_value_t = 1.0)]
+    #[serde(default = "unit")]
+    pub width_mult: f32,
     /// Run the kNN monitor every N steps (0: only the final evaluation).
     #[arg(long, default_value_t = 0)]
     pub knn_every: u64,
@@ -412,4 +421,9 @@ fn cpc_window(data: Dataset, window: Option<usize>) -> usize {
 /// lacks them).
 fn one() -> usize {
     1
+}
+
+/// `--width-mult` of settings stored before it existed.
+fn unit() -> f32 {
+    1.0
 }

@@ -312,11 +312,9 @@ fn build(cmd: &Settings, quiet: bool, ck: Option<&Checkpoint>) -> Result<Setup> 
         }
         RunData::Sequences { .. } => (1, 1, 1),
     };
-    let encoder = EncoderConfig {
-        widths: c.widths.clone(),
-        residual_blocks: c.residual_blocks,
-        ..EncoderConfig::small(h, w, ch)
-    };
+    let encoder = c
+        .encoder
+        .config((h, w, ch), &c.widths, c.residual_blocks, c.width_mult);
     let optim = cmd.optim_config(steps);
     let method = build_method(&gpu, cmd, &encoder, &data, &optim, batch, c.seed)?;
     let random = build_method(

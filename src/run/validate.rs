@@ -7,6 +7,7 @@ use crate::data::ImageSet;
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::methods::cmc::Views;
+use crate::nn::Preset;
 
 use super::Settings;
 
@@ -23,6 +24,23 @@ pub fn settings(cmd: &Settings) -> Result<()> {
             "--keep 0 would delete every checkpoint, the one a resume needs included; keep at least 1"
                 .into(),
         ));
+    }
+    if !(c.width_mult.is_finite() && c.width_mult > 0.0) {
+        return Err(Error::Config(format!(
+            "--width-mult {} must be a positive number",
+            c.width_mult
+        )));
+    }
+    if c.encoder == Preset::Resnet18 {
+        if let Some(g) = ["widths", "residual_blocks"]
+            .iter()
+            .find(|g| c.given.iter().any(|h| h == *g))
+        {
+            return Err(Error::Config(format!(
+                "--{} sets the small encoder; resnet18's stages are fixed (scale their widths with --width-mult)",
+                g.replace('_', "-")
+            )));
+        }
     }
     let batch = cmd.batch_size();
     let no_negatives = match cmd {
@@ -86,17 +104,16 @@ struct Need {
 /// alignment and smaller tensors).
 fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
     let c = cmd.common();
-    let widths = c.widths.iter().map(|&w| w as u128);
     let (h, w) = (train.height as u128, train.width as u128);
     let batch = cmd.batch_size() as u128;
-    let blocks = c.residual_blocks as u128;
-    let mut cin = train.channels as u128;
-    let mut params = 0;
-    for cout in widths.clone() {
-        params += 9 * cin * cout + 18 * blocks * cout * cout;
-        cin = cout;
-    }
-    let feat = cin;
+    let enc = c.encoder.config(
+        (train.height, train.width, train.channels),
+        &c.widths,
+        c.residual_blocks,
+        c.width_mult,
+    );
+    let params = enc.parameter_count();
+    let feat = enc.widths.last().map_or(0, |&w| w as u128);
     let head = match cmd {
         Settings::Moco {
             dim, linear_head, ..
@@ -112,28 +129,32 @@ fn image_needs(cmd: &Settings, train: &ImageSet, test: &ImageSet) -> Vec<Need> {
         } => 2 * batch,
         _ => batch,
     };
-    let widths_given = format!(
-        "--widths {}",
-        c.widths
-            .iter()
-            .map(|w| w.to_string())
-            .collect::<Vec<_>>()
-            .join(",")
-    );
+    let list = |v: &[usize]| v.iter().map(usize::to_string).collect::<Vec<_>>().join(",");
+    let mult = match c.width_mult {
+        1.0 => String::new(),
+        m => format!(" --width-mult {m}"),
+    };
+    let widths_given = match c.encoder {
+        Preset::Small => format!("--widths {}{mult}", list(&c.widths)),
+        Preset::Resnet18 => format!("--encoder resnet18{mult} (widths {})", list(&enc.widths)),
+    };
     let mut model = widths_given.clone();
-    if blocks > 0 {
-        model += &format!(" --residual-blocks {blocks}");
+    if c.encoder == Preset::Small && c.residual_blocks > 0 {
+        model += &format!(" --residual-blocks {}", c.residual_blocks);
     }
     if let Settings::Moco { dim, .. } | Settings::Cmc { dim, .. } | Settings::Dim { dim, .. } = cmd
     {
         model += &format!(" --dim {dim}");
     }
-    let first = widths.clone().next().unwrap_or(0);
+    let first = enc.widths.first().map_or(0, |&w| w as u128);
     let mut needs = vec![
         Need {
             setting: model,
-            what: format!("the model's parameters ({} floats)", params + head),
-            words: params + head,
+            what: format!(
+                "the model's parameters ({} floats)",
+                params.saturating_add(head)
+            ),
+            words: params.saturating_add(head),
             per_batch: false,
         },
         Need {
