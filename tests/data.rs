@@ -132,6 +132,7 @@ fn cifar_binary_round_trip_and_errors() {
         width: 32,
         channels: 3,
         classes: 10,
+        names: vec![],
     };
     let bytes = cifar::encode(&set);
     assert_eq!(bytes.len(), 4 * 3073);

@@ -235,6 +235,7 @@ fn cifar_reader_survives_fuzzed_files() {
             width: 32,
             channels: 3,
             classes: 10,
+            names: vec![],
         };
         let valid = cifar::encode(&set);
         // The "header" of a CIFAR record is its label byte: edit record starts more often.

@@ -46,6 +46,7 @@ pub fn read_batches(paths: &[impl AsRef<Path>]) -> Result<ImageSet> {
         width: SIDE,
         channels: 3,
         classes: 10,
+        names: vec![],
     };
     for p in paths {
         let p = p.as_ref();

@@ -110,6 +110,7 @@ pub fn parse_images(raw: &[u8], path: &Path) -> Result<ImageSet> {
         width: dims[2],
         channels: 1,
         classes: 0,
+        names: vec![],
     })
 }
 

@@ -244,7 +244,8 @@ pub struct Report {
     pub images_per_s: f64,
     /// The adapter trained on.
     pub adapter: String,
-    /// The evaluation table and `summary.json`'s content, once training finished.
+    /// The evaluation table (none for unlabelled images) and `summary.json`'s content, once
+    /// training finished.
     pub evaluation: Option<Evaluation>,
     pub summary: Option<serde_json::Value>,
 }
@@ -265,6 +266,7 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     )?;
     c.out = Some(out.clone());
     c.data_dir = c.data_dir.as_deref().map(absolute).transpose()?;
+    c.val_dir = c.val_dir.as_deref().map(absolute).transpose()?;
     let c = cmd.common().clone();
     if resume.is_none() && out.join("metrics.jsonl").exists() && !c.force {
         let advice = if checkpoint::list(&out).is_empty() {
@@ -430,8 +432,16 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     if outcome.interrupted {
         return Ok(report);
     }
-    eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
-    let evaluation = s.evaluate()?;
+    let evaluation = match s.data.eval_data().unlabelled() {
+        Some(why) => {
+            eprintln!("not evaluated: {why}");
+            None
+        }
+        None => {
+            eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
+            Some(s.evaluate()?)
+        }
+    };
     let (seconds, final_loss) = logged(&out.join("metrics.jsonl"))?;
     let summary = serde_json::json!({
         "method": cmd.name(),
@@ -452,7 +462,7 @@ pub fn train(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         serde_json::to_string_pretty(&summary).expect("summary serialises"),
     )
     .map_err(|e| Error::io(&path, e))?;
-    report.evaluation = Some(evaluation);
+    report.evaluation = evaluation;
     report.summary = Some(summary);
     Ok(report)
 }

@@ -2,7 +2,9 @@
 //! the host), the method, and a randomly initialised model of the same kind for the evaluation's
 //! baseline.
 
-use crate::data::{self, Augment, GpuImages, SequenceData, SequenceSet, SequenceSplit, Split};
+use crate::data::{
+    self, Augment, FolderOptions, GpuImages, SequenceData, SequenceSet, SequenceSplit, Split,
+};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalData, Evaluation};
 use crate::gpu::Gpu;
@@ -215,7 +217,17 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
             RunData::Sequences { split, train, crop }
         }
         None => {
-            let mut split = data::load(c.data, c.data_dir.as_deref())?;
+            let folder = FolderOptions::default();
+            let folder = FolderOptions {
+                image_size: c.image_size.unwrap_or(folder.image_size),
+                channels: c.channels,
+                strict: c.strict,
+                val_dir: c.val_dir.clone(),
+                val_fraction: c.val_fraction.unwrap_or(folder.val_fraction),
+                progress: !quiet,
+            };
+            let mut split = data::load_with(c.data, c.data_dir.as_deref(), &folder)?;
+            super::validate::labels(cmd, &split.train)?;
             super::validate::train_examples(cmd, split.train.len(), "training images")?;
             if c.train_images > 0 {
                 split.train = split.train.take(c.train_images);
@@ -223,7 +235,10 @@ pub fn setup(cmd: &Settings, quiet: bool) -> Result<Setup> {
             super::validate::image_sizes(cmd, &gpu, &split.train, &split.test)?;
             let mut arena = Arena::for_gpu("datasets", &gpu);
             let train = GpuImages::upload(&gpu, &mut arena, &split.train)?;
-            let test = GpuImages::upload(&gpu, &mut arena, &split.test)?;
+            // Held-out images are normalised as the training images are, as a user's new
+            // images would be.
+            let test =
+                GpuImages::upload_normalised(&gpu, &mut arena, &split.test, train.stats.clone())?;
             RunData::Images {
                 split,
                 train,
