@@ -216,8 +216,6 @@ fn train(method: &str, data_dir: &Path, extra: &[&str]) -> contrastive::Result<r
         data_dir.display().to_string(),
         "--out".into(),
         out.display().to_string(),
-        "--image-size".into(),
-        "16".into(),
         "--steps".into(),
         "2".into(),
         "--batch-size".into(),
@@ -230,6 +228,9 @@ fn train(method: &str, data_dir: &Path, extra: &[&str]) -> contrastive::Result<r
     ];
     if method == "moco" {
         words.extend(["--queue", "16", "--split-bn", "2"].map(String::from));
+    }
+    if !extra.contains(&"--image-size") {
+        words.extend(["--image-size", "16"].map(String::from));
     }
     words.extend(extra.iter().map(|s| s.to_string()));
     let settings = Settings::from_words(&words)?;
