@@ -266,6 +266,9 @@ fn decode_into(path: &Path, size: u32, channels: usize, slot: &mut [u8]) -> Resu
     Ok(colour)
 }
 
+/// Files that failed to decode: (index, reason).
+type Failures = Vec<(usize, String)>;
+
 /// The images of `entries`, decoded in parallel into one buffer, with the files that failed:
 /// `(index, reason)`. Panics inside a decoder count as failures, so that no file stops the run.
 fn decode(
@@ -274,7 +277,7 @@ fn decode(
     channels: usize,
     progress: &Progress,
     dir: &Path,
-) -> Result<(Vec<u8>, bool, Vec<(usize, String)>)> {
+) -> Result<(Vec<u8>, bool, Failures)> {
     let d = size * size * channels;
     let mut images = vec![];
     images

@@ -20,6 +20,8 @@ use crate::train::{self, TrainConfig};
 use super::Settings;
 
 /// The data of a run: images on the GPU, or sequences on the host.
+// One value per run: the size of its larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RunData {
     Images {
         split: Split,
