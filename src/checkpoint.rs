@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors};
 
-use crate::data::Normalisation;
+use crate::data::PixelStats;
 use crate::error::{Error, Result};
 use crate::gpu::{Gpu, Region};
 use crate::nn::Store;
@@ -157,32 +157,27 @@ impl Checkpoint {
             .map_err(|_| self.bad(format!("metadata `{key}` is not valid")))
     }
 
-    /// Stores the input normalisation of `channels`-channel images as `input.mean` and
-    /// `input.std`, one value per channel (today every channel has the same).
-    pub fn put_normalisation(&mut self, norm: Normalisation, channels: usize) {
-        self.put_f32("input.mean", &[channels], vec![norm.mean; channels]);
-        self.put_f32("input.std", &[channels], vec![norm.std; channels]);
+    /// Stores the input normalisation as `input.mean` and `input.std`, one value per channel.
+    pub fn put_normalisation(&mut self, stats: &PixelStats) {
+        let c = stats.mean.len();
+        self.put_f32("input.mean", &[c], stats.mean.clone());
+        self.put_f32("input.std", &[c], stats.std.clone());
     }
 
-    /// The stored input normalisation, `None` for a checkpoint written before it was stored.
-    pub fn normalisation(&self, channels: usize) -> Result<Option<Normalisation>> {
+    /// The stored input normalisation of `channels`-channel images, `None` for a checkpoint
+    /// written before it was stored.
+    pub fn normalisation(&self, channels: usize) -> Result<Option<PixelStats>> {
         if self.shape("input.mean").is_none() && self.shape("input.std").is_none() {
             return Ok(None);
         }
-        let one = |name: &str| -> Result<f32> {
-            let v = self.get_f32(name, &[channels])?;
-            match v[..] {
-                [x, ..] if v.iter().all(|&y| y == x) && x.is_finite() => Ok(x),
-                _ => Err(self.bad(format!(
-                    "tensor `{name}` is {v:?}: this version normalises every channel alike, with a finite value"
-                ))),
-            }
-        };
-        let (mean, std) = (one("input.mean")?, one("input.std")?);
-        if std <= 0.0 {
-            return Err(self.bad(format!("tensor `input.std` is {std}, not positive")));
+        let mean = self.get_f32("input.mean", &[channels])?;
+        let std = self.get_f32("input.std", &[channels])?;
+        if !mean.iter().all(|m| m.is_finite()) || !std.iter().all(|s| s.is_finite() && *s > 0.0) {
+            return Err(self.bad(format!(
+                "tensors `input.mean` {mean:?} and `input.std` {std:?}: every mean must be finite and every std positive"
+            )));
         }
-        Ok(Some(Normalisation { mean, std }))
+        Ok(Some(PixelStats { mean, std }))
     }
 
     /// Reads a store's tensors from the GPU under `prefix.`.

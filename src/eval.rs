@@ -391,6 +391,21 @@ pub enum EvalData<'a> {
 }
 
 impl EvalData<'_> {
+    /// Why the data cannot be scored, when its images carry no labels (a flat folder).
+    pub fn unlabelled(&self) -> Option<String> {
+        match self {
+            EvalData::Images { split, .. } if !split.train.is_labelled() => Some(
+                "kNN and linear-probe accuracy need labelled images, and these are a flat folder without class sub-folders: put each class's images in its own sub-folder of --data-dir (and of --val-dir)".into(),
+            ),
+            _ => None,
+        }
+    }
+
+    fn labelled(&self) -> Result<()> {
+        self.unlabelled()
+            .map_or(Ok(()), |why| Err(Error::Config(why)))
+    }
+
     /// (train, test) features of a frozen model.
     fn features(&self, gpu: &Gpu, f: FeatureFn) -> Result<(FeatureSet, FeatureSet)> {
         Ok(match *self {
@@ -432,6 +447,7 @@ pub fn evaluate(
     data: EvalData,
     progress: &dyn Fn(&str),
 ) -> Result<Evaluation> {
+    data.labelled()?;
     let mut rows = vec![];
     for (name, f) in [("trained model", trained), ("random model", random)] {
         progress(&format!("{name}: features"));
@@ -472,6 +488,7 @@ pub fn probe(
 
 /// kNN accuracy of the method's current model on the held-out data.
 pub fn knn_monitor(gpu: &Gpu, method: &dyn Method, data: EvalData) -> Result<f64> {
+    data.labelled()?;
     let f = |g: &mut Graph, x: Var| method.features(g, x);
     let (bank, query) = data.features(gpu, &f)?;
     knn(gpu, &bank, &query, 200, 0.1)

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 mod common;
 
 use contrastive::checkpoint::{self, Checkpoint};
-use contrastive::data::{self, Normalisation};
+use contrastive::data::{self, PixelStats};
 use contrastive::embed::Embeddings;
 use contrastive::eval::{self, FeatureSet};
 use contrastive::run::{self, EmbedRequest, Part, RunData, Settings};
@@ -107,11 +107,11 @@ fn embed_writes_the_evaluation_features_bit_for_bit() {
     let out = d.join("run");
     trained(&out);
     let split = data::embedded().unwrap();
-    let train_norm = Normalisation::of(&split.train.take(256));
+    let train_norm = PixelStats::of(&split.train.take(256));
 
     // The checkpoint stores the training split's normalisation, one value per channel.
     let ck = Checkpoint::read(checkpoint::list(&out).last().unwrap()).unwrap();
-    assert_eq!(ck.normalisation(1).unwrap(), Some(train_norm));
+    assert_eq!(ck.normalisation(1).unwrap(), Some(train_norm.clone()));
     assert_eq!(ck.shape("input.mean"), Some(&[1][..]));
 
     // The evaluation path: the run restored as `contrastive eval` restores it.
@@ -126,10 +126,9 @@ fn embed_writes_the_evaluation_features_bit_for_bit() {
     else {
         panic!("image data");
     };
-    assert_eq!(train.normalisation(), train_norm);
+    assert_eq!(train.stats, train_norm);
     assert_eq!(
-        test.normalisation(),
-        train_norm,
+        test.stats, train_norm,
         "held-out images are normalised with the training statistics"
     );
     let f = |g: &mut contrastive::autodiff::Graph, x| s.method.features(g, x);

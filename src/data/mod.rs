@@ -1,11 +1,12 @@
-//! Datasets: file readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary), the embedded default data,
-//! and the image set type the trainers consume; sequence data (`.ts` series, WAV audio) in
+//! Datasets: file readers (IDX for MNIST/Fashion-MNIST, CIFAR-10 binary, folders of image files),
+//! the embedded default data, and the image set type the trainers consume; sequence data (`.ts` series, WAV audio) in
 //! [`sequence`]; the images on the GPU ([`GpuImages`]) and the augmentation policy ([`Augment`]).
 //!
 //! Images are kept as `u8` in NHWC order (channels last, as every activation in this crate).
 
 pub mod augment;
 pub mod cifar;
+pub mod folder;
 pub mod gpu_images;
 pub mod idx;
 pub mod sequence;
@@ -13,14 +14,16 @@ pub mod ts;
 pub mod wav;
 
 pub use augment::Augment;
-pub use gpu_images::{GpuImages, Normalisation};
+pub use folder::FolderOptions;
+pub use gpu_images::{GpuImages, PixelStats};
 pub use sequence::{SequenceData, SequenceSet, SequenceSplit};
 
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
 
-/// Images as bytes, NHWC, with one label each.
+/// Images as bytes, NHWC, with one label each. `classes == 0` means the images have no labels
+/// (a flat folder): every label is 0 and nothing can be scored against them.
 #[derive(Clone, Debug)]
 pub struct ImageSet {
     pub images: Vec<u8>,
@@ -30,7 +33,8 @@ pub struct ImageSet {
     pub channels: usize,
     /// Classes of the labels; 0: unlabelled.
     pub classes: usize,
-    /// Each image's file path relative to the data directory; empty where the source has none.
+    /// Each image's file, relative to its data directory, in set order; empty for sources
+    /// without file names (IDX, CIFAR-10).
     pub names: Vec<String>,
 }
 
@@ -53,10 +57,7 @@ impl ImageSet {
         ImageSet {
             images: self.images[range.start * d..range.end * d].to_vec(),
             labels: self.labels[range.clone()].to_vec(),
-            names: match self.names.is_empty() {
-                true => Vec::new(),
-                false => self.names[range].to_vec(),
-            },
+            names: self.names.get(range).map_or(vec![], <[String]>::to_vec),
             ..*self
         }
     }
@@ -89,6 +90,11 @@ impl ImageSet {
             ..images
         })
     }
+
+    /// Whether the images carry labels (see [`ImageSet::classes`]).
+    pub fn is_labelled(&self) -> bool {
+        self.classes > 0
+    }
 }
 
 /// Which dataset to train on.
@@ -108,6 +114,9 @@ pub enum Dataset {
     JapaneseVowels,
     /// WAV recordings from --data-dir/speech, one folder per class (`train cpc` only).
     Wav,
+    /// Image files (PNG, JPEG, BMP, GIF, WebP, TIFF) from --data-dir: one sub-folder per class,
+    /// or a flat folder of unlabelled images.
+    Images,
 }
 
 /// A pre-training set and a held-out set for evaluation.
@@ -180,11 +189,17 @@ fn idx_pair(dir: &Path, prefix: &str) -> Result<ImageSet> {
     ImageSet::with_labels(images, labels, &lp)
 }
 
-/// Loads a dataset: from `dir` when given, otherwise the embedded default (Fashion-MNIST only).
-/// The splits must share one image shape, checked here so that a mismatch stops the run before
-/// training rather than at its evaluation.
+/// Loads a dataset: from `dir` when given, otherwise the embedded default (Fashion-MNIST only);
+/// a folder of images with the default [`FolderOptions`].
 pub fn load(dataset: Dataset, dir: Option<&Path>) -> Result<Split> {
-    let split = read(dataset, dir)?;
+    load_with(dataset, dir, &FolderOptions::default())
+}
+
+/// [`load`], reading a folder of images (`Dataset::Images`) as `folder` says. The splits must
+/// share one image shape, checked here so that a mismatch stops the run before training rather
+/// than at its evaluation.
+pub fn load_with(dataset: Dataset, dir: Option<&Path>, folder: &FolderOptions) -> Result<Split> {
+    let split = read(dataset, dir, folder)?;
     let shape = |s: &ImageSet| (s.height, s.width, s.channels);
     if shape(&split.train) != shape(&split.test) {
         let (a, b) = (shape(&split.train), shape(&split.test));
@@ -200,12 +215,17 @@ pub fn load(dataset: Dataset, dir: Option<&Path>) -> Result<Split> {
 }
 
 /// The splits of `dataset` as its files hold them.
-fn read(dataset: Dataset, dir: Option<&Path>) -> Result<Split> {
+fn read(dataset: Dataset, dir: Option<&Path>, folder: &FolderOptions) -> Result<Split> {
     match (dataset, dir) {
         (Dataset::JapaneseVowels | Dataset::Wav, _) => Err(Error::Config(format!(
             "{dataset:?} is a sequence dataset, not images (see data::sequence)"
         ))),
         (Dataset::FashionMnist, None) => embedded(),
+        (Dataset::Images, Some(dir)) => folder::load(dir, folder),
+        (Dataset::Images, None) => Err(Error::Config(
+            "--data images needs --data-dir DIR: a folder of images, one sub-folder per class"
+                .into(),
+        )),
         (_, None) => Err(Error::Config(format!(
             "{dataset:?} needs --data-dir (run scripts/fetch-data.sh to download it)"
         ))),

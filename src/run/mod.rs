@@ -248,7 +248,8 @@ pub struct Report {
     pub images_per_s: f64,
     /// The adapter trained on.
     pub adapter: String,
-    /// The evaluation table and `summary.json`'s content, once training finished.
+    /// The evaluation table (none for unlabelled images) and `summary.json`'s content, once
+    /// training finished.
     pub evaluation: Option<Evaluation>,
     pub summary: Option<serde_json::Value>,
 }
@@ -278,6 +279,7 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     )?;
     c.out = Some(out.clone());
     c.data_dir = c.data_dir.as_deref().map(absolute).transpose()?;
+    c.val_dir = c.val_dir.as_deref().map(absolute).transpose()?;
     let c = cmd.common().clone();
     if resume.is_none() && out.join("metrics.jsonl").exists() && !c.force {
         let advice = if checkpoint::list(&out).is_empty() {
@@ -344,7 +346,7 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         serde_json::to_string(&s.encoder).expect("config serialises"),
     );
     if let RunData::Images { train, .. } = &s.data {
-        base.put_normalisation(train.normalisation(), train.channels);
+        base.put_normalisation(&train.stats);
     }
     let ckpt = Checkpointing {
         dir: out.clone(),
@@ -448,8 +450,16 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
     if !offsets.is_empty() {
         eprintln!("{}", crate::report::metrics::describe_offsets(&offsets));
     }
-    eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
-    let evaluation = s.evaluate()?;
+    let evaluation = match s.data.eval_data().unlabelled() {
+        Some(why) => {
+            eprintln!("not evaluated: {why}");
+            None
+        }
+        None => {
+            eprintln!("evaluating (features computed once, BatchNorm in eval mode)…");
+            Some(s.evaluate()?)
+        }
+    };
     let (seconds, final_loss) = logged(&out.join("metrics.jsonl"))?;
     let offsets: Vec<_> = offsets
         .iter()
@@ -476,7 +486,7 @@ fn train_rank(mut cmd: Settings, stop: &AtomicBool) -> Result<Report> {
         serde_json::to_string_pretty(&summary).expect("summary serialises"),
     )
     .map_err(|e| Error::io(&path, e))?;
-    report.evaluation = Some(evaluation);
+    report.evaluation = evaluation;
     report.summary = Some(summary);
     Ok(report)
 }
@@ -540,7 +550,10 @@ pub fn evaluate(path: &Path, data_dir: Option<&Path>) -> Result<Evaluation> {
     let ck = find_checkpoint(path)?;
     let mut cmd = command_of(&ck)?;
     if let Some(d) = data_dir {
-        cmd.common_mut().data_dir = Some(d.to_path_buf());
+        // A held-out folder of the original data does not belong to data elsewhere.
+        let c = cmd.common_mut();
+        c.data_dir = Some(d.to_path_buf());
+        c.val_dir = None;
     }
     // Not quiet: the evaluation reports its phases.
     let s = restore(&cmd, &ck, false)?;
@@ -603,6 +616,7 @@ pub fn embed(req: &EmbedRequest) -> Result<Embedded> {
     }
     if let Some(d) = &req.data_dir {
         c.data_dir = Some(d.clone());
+        c.val_dir = None;
     }
     // Every image of the data, not the part of it the run trained on.
     c.train_images = 0;

@@ -153,9 +153,33 @@ pub struct Common {
     /// Dataset. Without --data-dir, fashion-mnist is the embedded 10,000-image test set (8,000 train / 2,000 held out).
     #[arg(long, value_enum, default_value = "fashion-mnist")]
     pub data: Dataset,
-    /// Directory with the dataset files (see scripts/fetch-data.sh).
+    /// Directory with the dataset files (see scripts/fetch-data.sh); with --data images, a folder
+    /// of images, one sub-folder per class (a flat folder is unlabelled).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Held-out images (--data images): a folder with the training data's class folders
+    /// [default: --val-fraction of each class].
+    #[arg(long)]
+    #[serde(default)]
+    pub val_dir: Option<PathBuf>,
+    /// Fraction of each class held out for evaluation when no --val-dir is given (--data images)
+    /// [default: 0.1, every 10th file by name].
+    #[arg(long)]
+    #[serde(default)]
+    pub val_fraction: Option<f64>,
+    /// Side of the square images are resized (shorter side) and centre-cropped to (--data
+    /// images) [default: 32].
+    #[arg(long)]
+    #[serde(default)]
+    pub image_size: Option<usize>,
+    /// 1 (grayscale) or 3 (RGB) (--data images) [default: 3 if any image has colour, else 1].
+    #[arg(long)]
+    #[serde(default)]
+    pub channels: Option<usize>,
+    /// Refuse files that are not readable images instead of skipping them (--data images).
+    #[arg(long)]
+    #[serde(default)]
+    pub strict: bool,
     /// Use only the first N training images (0: all).
     #[arg(long, default_value_t = 0)]
     pub train_images: usize,

@@ -4,7 +4,8 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::data::{
-    self, Augment, GpuImages, Normalisation, SequenceData, SequenceSet, SequenceSplit, Split,
+    self, Augment, FolderOptions, GpuImages, PixelStats, SequenceData, SequenceSet, SequenceSplit,
+    Split,
 };
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalData, Evaluation};
@@ -22,6 +23,8 @@ use crate::train::{self, TrainConfig};
 use super::Settings;
 
 /// The data of a run: images on the GPU, or sequences on the host.
+// One value per run: the size of its larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum RunData {
     Images {
         split: Split,
@@ -214,9 +217,9 @@ pub fn restore(cmd: &Settings, ck: &Checkpoint, quiet: bool) -> Result<Setup> {
 
 /// The input normalisation: the checkpoint's when restoring one that stores it, else the
 /// training split's.
-fn normalisation(train: &data::ImageSet, ck: Option<&Checkpoint>) -> Result<Normalisation> {
+fn normalisation(train: &data::ImageSet, ck: Option<&Checkpoint>) -> Result<PixelStats> {
     let Some(ck) = ck else {
-        return Ok(Normalisation::of(train));
+        return Ok(PixelStats::of(train));
     };
     Ok(match ck.normalisation(train.channels)? {
         Some(stored) => stored,
@@ -225,7 +228,7 @@ fn normalisation(train: &data::ImageSet, ck: Option<&Checkpoint>) -> Result<Norm
                 "note: {} stores no input normalisation (written by an older version): using the training split's statistics, computed now",
                 ck.origin.display()
             );
-            Normalisation::of(train)
+            PixelStats::of(train)
         }
     })
 }
@@ -264,8 +267,18 @@ fn build(cmd: &Settings, quiet: bool, ck: Option<&Checkpoint>) -> Result<Setup> 
             RunData::Sequences { split, train, crop }
         }
         None => {
-            let mut split = data::load(c.data, c.data_dir.as_deref())?;
+            let folder = FolderOptions::default();
+            let folder = FolderOptions {
+                image_size: c.image_size.unwrap_or(folder.image_size),
+                channels: c.channels,
+                strict: c.strict,
+                val_dir: c.val_dir.clone(),
+                val_fraction: c.val_fraction.unwrap_or(folder.val_fraction),
+                progress: !quiet,
+            };
+            let mut split = data::load_with(c.data, c.data_dir.as_deref(), &folder)?;
             if training {
+                super::validate::labels(cmd, &split.train)?;
                 super::validate::train_examples(cmd, split.train.len(), "training images")?;
             }
             if c.train_images > 0 {
@@ -274,7 +287,7 @@ fn build(cmd: &Settings, quiet: bool, ck: Option<&Checkpoint>) -> Result<Setup> 
             super::validate::image_sizes(cmd, &gpu, &split.train, &split.test)?;
             let norm = normalisation(&split.train, ck)?;
             let mut arena = Arena::for_gpu("datasets", &gpu);
-            let train = GpuImages::upload_normalised(&gpu, &mut arena, &split.train, norm)?;
+            let train = GpuImages::upload_normalised(&gpu, &mut arena, &split.train, norm.clone())?;
             let test = GpuImages::upload_normalised(&gpu, &mut arena, &split.test, norm)?;
             RunData::Images {
                 split,

@@ -3,7 +3,7 @@
 //! setting; the memory checks run before the first byte is allocated, so an oversized setting is
 //! an error rather than an aborted process.
 
-use crate::data::ImageSet;
+use crate::data::{Dataset, FolderOptions, ImageSet};
 use crate::error::{Error, Result};
 use crate::gpu::Gpu;
 use crate::methods::cmc::Views;
@@ -42,6 +42,7 @@ pub fn settings(cmd: &Settings) -> Result<()> {
             )));
         }
     }
+    images(cmd)?;
     let batch = cmd.batch_size();
     let no_negatives = match cmd {
         Settings::Cmc { bank, .. } => *bank == 0,
@@ -65,6 +66,81 @@ pub fn settings(cmd: &Settings) -> Result<()> {
                 "--patch-stride {patch_stride} is larger than --patch {patch}: pixels between the patches would never be seen"
             )));
         }
+    }
+    Ok(())
+}
+
+/// The settings of `--data images`, and that no other dataset is given them.
+fn images(cmd: &Settings) -> Result<()> {
+    let c = cmd.common();
+    if c.data != Dataset::Images {
+        let given = [
+            ("--val-dir", c.val_dir.is_some()),
+            ("--val-fraction", c.val_fraction.is_some()),
+            ("--image-size", c.image_size.is_some()),
+            ("--channels", c.channels.is_some()),
+            ("--strict", c.strict),
+        ];
+        if let Some((flag, _)) = given.iter().find(|g| g.1) {
+            return Err(Error::Config(format!(
+                "{flag} applies to folders of images (--data images) only"
+            )));
+        }
+        return Ok(());
+    }
+    if c.data_dir.is_none() {
+        return Err(Error::Config(
+            "--data images needs --data-dir DIR: a folder of images, one sub-folder per class (a flat folder is unlabelled)".into(),
+        ));
+    }
+    let size = c.image_size.unwrap_or(FolderOptions::default().image_size);
+    // Each encoder stage after the first halves the resolution.
+    let least = (1usize << c.widths.len().saturating_sub(1)).max(MIN_IMAGE_SIZE);
+    if !(least..=MAX_IMAGE_SIZE).contains(&size) {
+        return Err(Error::Config(format!(
+            "--image-size {size} is outside {least}..={MAX_IMAGE_SIZE} (pixels per side; the smallest leaves the encoder's {} stages at least one pixel)",
+            c.widths.len()
+        )));
+    }
+    if let Settings::Cpc { patch, .. } = cmd {
+        if *patch > size {
+            return Err(Error::Config(format!(
+                "--patch {patch} is larger than --image-size {size}"
+            )));
+        }
+    }
+    if let Some(ch) = c.channels.filter(|&ch| ch != 1 && ch != 3) {
+        return Err(Error::Config(format!(
+            "--channels {ch}: images are read as 1 (grayscale) or 3 (RGB) channels"
+        )));
+    }
+    if let Some(f) = c.val_fraction {
+        if c.val_dir.is_some() {
+            return Err(Error::Config(
+                "--val-fraction and --val-dir both choose the held-out images: give one".into(),
+            ));
+        }
+        if !(f > 0.0 && f < 1.0) {
+            return Err(Error::Config(format!(
+                "--val-fraction {f} is outside (0, 1): it is the fraction of each class held out"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Bounds of `--image-size`.
+const MIN_IMAGE_SIZE: usize = 8;
+const MAX_IMAGE_SIZE: usize = 1024;
+
+/// Unlabelled images (a flat folder) train, but nothing can score them: a kNN monitor is refused.
+pub fn labels(cmd: &Settings, train: &ImageSet) -> Result<()> {
+    let every = cmd.common().knn_every;
+    if every > 0 && !train.is_labelled() {
+        return Err(Error::Config(format!(
+            "--knn-every {every} needs labelled images, and {} is a flat folder: put each class's images in a sub-folder, or leave out --knn-every",
+            cmd.common().data_dir.as_deref().unwrap_or(std::path::Path::new("--data-dir")).display()
+        )));
     }
     Ok(())
 }
