@@ -315,8 +315,9 @@ def main():
     ablation.add_argument("--noise", type=float, default=0.03)
     ablation.add_argument("--no-flip", action="store_true")
     args = ap.parse_args()
+    default_lr = 1e-3 if args.method == "dim" else 0.06
     if args.lr is None:
-        args.lr = 1e-3 if args.method == "dim" else 0.06
+        args.lr = default_lr
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -340,6 +341,8 @@ def main():
     ablated = {k: v for k, v in vars(args).items()
                if ap.get_default(k) != v and k not in ("method", "seed", "raw", "threads",
                                                         "data_dir", "steps", "batch", "lr")}
+    if args.lr != default_lr:
+        ablated["lr"] = args.lr
     if ablated:
         result["ablation"] = ablated
     print(json.dumps(result))
