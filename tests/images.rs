@@ -255,7 +255,48 @@ fn moco_and_two_view_train_on_a_folder_in_both_channel_modes() {
             );
             let e = report.evaluation.expect("labelled images are evaluated");
             assert!((0.0..=1.0).contains(&e.trained.knn));
+            embed_folder(&report.dir, &root);
         }
+    }
+}
+
+/// `contrastive embed` of the folder a run trained on: every decodable image once, with its
+/// label and file name, in the safetensors file.
+fn embed_folder(run_dir: &Path, root: &Path) {
+    let out = run_dir.join("features.safetensors");
+    let e = run::embed(&run::EmbedRequest {
+        checkpoint: run_dir.to_path_buf(),
+        data: None,
+        data_dir: Some(root.to_path_buf()),
+        part: run::Part::All,
+        out: out.clone(),
+        quiet: true,
+    })
+    .unwrap();
+    assert_eq!((e.images, e.dim, e.labelled, e.named), (30, 8, true, true));
+    let bytes = std::fs::read(&out).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(st.tensor("features").unwrap().shape(), [30, 8]);
+    let labels: Vec<i64> = st
+        .tensor("labels")
+        .unwrap()
+        .data()
+        .chunks(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let names: Vec<String> =
+        serde_json::from_str(&meta.metadata().as_ref().unwrap()["names"]).unwrap();
+    assert_eq!((labels.len(), names.len()), (30, 30));
+    let mut sorted = names.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 30, "every image once");
+    for (name, label) in names.iter().zip(&labels) {
+        let class = ["pullover", "trouser", "tshirt"]
+            .iter()
+            .position(|c| name.starts_with(&format!("{c}/")));
+        assert_eq!(class, Some(*label as usize), "{name}");
     }
 }
 
