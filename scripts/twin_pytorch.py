@@ -51,11 +51,14 @@ def read_idx(path):
 
 
 class Images:
-    """u8 images as [N, 1, H, W] floats in [0, 1], with the set's own pixel mean and std
-    (src/data/gpu_images.rs: each split is normalised with its own statistics)."""
+    """u8 images as [N, 1, H, W] floats in [0, 1], with the pixel mean and std they are normalised
+    by: the training split's, for every split (src/run/setup.rs)."""
 
-    def __init__(self, u8):
+    def __init__(self, u8, stats_of=None):
         self.x = torch.from_numpy(u8.astype(np.float32) / 255.0).unsqueeze(1).to(DEV)
+        if stats_of is not None:
+            self.mean, self.std = stats_of.mean, stats_of.std
+            return
         x64 = u8.astype(np.float64) / 255.0
         self.mean = float(x64.mean())
         self.std = max(float(x64.std()), 1e-6)
@@ -68,8 +71,8 @@ class Augment:
     """src/data/augment.rs (`Augment::contrastive`) and shaders/augment.wgsl: a crop box of area
     U(0.35, 1) and log-uniform aspect ratio in [3/4, 4/3], placed uniformly, shifted by U(±2) px
     each way; a flip with probability 1/2; bilinear sampling at pixel centres with 0 outside the
-    image; brightness and contrast ×U(0.6, 1.4), contrast around the dataset mean, clamped to
-    [0, 1]; Gaussian noise of std 0.03; normalised with the dataset mean and std."""
+    image; with probability 0.8, brightness and contrast ×U(0.6, 1.4) in a random order, contrast
+    around the dataset mean, each clamped to [0, 1]; Gaussian noise of std 0.03; normalised with the dataset mean and std."""
 
     def __init__(self, args):
         self.scale = (args.crop_min, 1.0)
@@ -90,6 +93,10 @@ class Augment:
         flip = rng.uniform(size=b) < 0.5 if self.flip else np.zeros(b, dtype=bool)
         bright = rng.uniform(1 - self.jitter, 1 + self.jitter, size=b)
         contrast = rng.uniform(1 - self.jitter, 1 + self.jitter, size=b)
+        jittered = rng.uniform(size=b) < 0.8
+        bright = np.where(jittered, bright, 1.0)
+        contrast = np.where(jittered, contrast, 1.0)
+        contrast_first = rng.uniform(size=b) < 0.5
         t = lambda a: torch.tensor(a, dtype=torch.float32, device=DEV)  # noqa: E731
         u = torch.arange(w, device=DEV, dtype=torch.float32)
         v = torch.arange(h, device=DEV, dtype=torch.float32)
@@ -102,8 +109,11 @@ class Augment:
         grid = torch.stack([gx[:, None, :].expand(b, h, w), gy[:, :, None].expand(b, h, w)], -1)
         y = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         m = images.mean
-        y = ((y * t(bright)[:, None, None, None] - m) * t(contrast)[:, None, None, None] + m)
-        y = y.clamp(0.0, 1.0)
+        bv, cv = t(bright)[:, None, None, None], t(contrast)[:, None, None, None]
+        by_b = lambda z: (z * bv).clamp(0.0, 1.0)  # noqa: E731
+        by_c = lambda z: ((z - m) * cv + m).clamp(0.0, 1.0)  # noqa: E731
+        first = torch.from_numpy(contrast_first).to(DEV)[:, None, None, None]
+        y = torch.where(first, by_b(by_c(y)), by_c(by_b(y)))
         if self.noise > 0:
             y = y + self.noise * torch.randn(y.shape, generator=gen, device=DEV)
         return (y - m) / images.std
@@ -323,7 +333,8 @@ def main():
 
     u8 = read_idx(os.path.join(args.data_dir, "t10k-images-idx3-ubyte.gz"))
     labels = read_idx(os.path.join(args.data_dir, "t10k-labels-idx1-ubyte.gz"))
-    train_set, test_set = Images(u8[:TRAIN]), Images(u8[TRAIN:])
+    train_set = Images(u8[:TRAIN])
+    test_set = Images(u8[TRAIN:], stats_of=train_set)
     ytr, yte = labels[:TRAIN], labels[TRAIN:]
 
     model, random_model, wall, losses = train(args, train_set)
