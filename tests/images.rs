@@ -76,6 +76,13 @@ fn tree(name: &str, tinted: bool) -> PathBuf {
     root
 }
 
+/// The class index a file name's folder stands for (folders sorted by name).
+fn class_of(name: &str) -> Option<usize> {
+    ["pullover", "trouser", "tshirt"]
+        .iter()
+        .position(|c| name.starts_with(&format!("{c}/")))
+}
+
 fn options(size: usize) -> FolderOptions {
     FolderOptions {
         image_size: size,
@@ -116,10 +123,7 @@ fn a_class_tree_loads_with_its_classes_names_held_out_files_and_skips() {
         .iter()
         .any(|n| n.contains("broken") || n.contains("notes")));
     for (name, &label) in train.names.iter().zip(&train.labels) {
-        let class = ["pullover", "trouser", "tshirt"]
-            .iter()
-            .position(|c| name.starts_with(&format!("{c}/")));
-        assert_eq!(Some(label as usize), class, "{name}");
+        assert_eq!(Some(label as usize), class_of(name), "{name}");
     }
     // Grayscale files give one channel; the size is the one asked for.
     assert_eq!((train.height, train.width, train.channels), (16, 16, 1));
@@ -293,10 +297,7 @@ fn embed_folder(run_dir: &Path, root: &Path) {
     sorted.dedup();
     assert_eq!(sorted.len(), 30, "every image once");
     for (name, label) in names.iter().zip(&labels) {
-        let class = ["pullover", "trouser", "tshirt"]
-            .iter()
-            .position(|c| name.starts_with(&format!("{c}/")));
-        assert_eq!(class, Some(*label as usize), "{name}");
+        assert_eq!(class_of(name), Some(*label as usize), "{name}");
     }
 }
 
